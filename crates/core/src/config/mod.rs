@@ -1,0 +1,246 @@
+//! fieldlink's configuration: one TOML file, one section per component.
+//!
+//! Two layers ("parse, don't validate"): [`file::FileConfig`] is the file as written, every
+//! value optional and carrying its place in the file; [`Settings`] is what the components get,
+//! with every value checked and every default filled in. [`load`] goes from a path to
+//! [`Settings`], and reports *all* mistakes at once, each with file, line, key, value (redacted
+//! when secret) and a hint.
+//!
+//! Secrets are never written into this file: keys that need one take a path to a 0600 file (or,
+//! later, a PKCS#11 URI).
+
+mod error;
+pub mod file;
+mod reader;
+mod validate;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use error::{ConfigError, ConfigErrors, Origin};
+
+use crate::message::Priority;
+use crate::topic::TopicFilter;
+
+/// Where `fieldlink` looks for its configuration when `--config` is not given.
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/fieldlink/fieldlink.toml";
+
+/// Which file to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConfigSource {
+    /// A path the user named: it must exist.
+    Explicit(PathBuf),
+    /// The default path: when no file is there, the built-in defaults apply.
+    DefaultPath(PathBuf),
+}
+
+/// Reads and validates the configuration.
+pub fn load(source: &ConfigSource) -> Result<(Settings, Origin), ConfigErrors> {
+    let path = match source {
+        ConfigSource::Explicit(path) | ConfigSource::DefaultPath(path) => path,
+    };
+    let origin = Origin::File(path.clone());
+    match std::fs::read_to_string(path) {
+        Ok(text) => parse(&text, origin.clone()).map(|s| (s, origin)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => match source {
+            ConfigSource::DefaultPath(_) => Ok((Settings::default(), Origin::BuiltIn)),
+            ConfigSource::Explicit(_) => Err(file_error(
+                origin,
+                "the file does not exist",
+                "create it (configs/fieldlink.toml in the source tree is a fully annotated \
+                 example) or name another file with --config PATH",
+            )),
+        },
+        Err(e) => Err(file_error(
+            origin,
+            &format!("the file cannot be read: {e}"),
+            "check that it is a regular file readable by the user fieldlink runs as",
+        )),
+    }
+}
+
+/// Parses and validates configuration text; `origin` is used in error messages.
+pub fn parse(text: &str, origin: Origin) -> Result<Settings, ConfigErrors> {
+    let mut errors = error::Collector::new(origin, text);
+    let file: Option<file::FileConfig> = reader::read(text, &mut errors);
+    let settings = file.map(|file| validate::settings(&file, &mut errors));
+    errors.finish()?;
+    // `finish` returned Ok, so nothing failed and `read` returned the file.
+    Ok(settings.unwrap_or_default())
+}
+
+fn file_error(origin: Origin, problem: &str, hint: &str) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        origin,
+        position: None,
+        key: String::new(),
+        value: None,
+        problem: problem.to_owned(),
+        hint: hint.to_owned(),
+    }])
+}
+
+/// The validated configuration of the whole gateway.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Settings {
+    /// `[gateway]`.
+    pub gateway: GatewaySettings,
+    /// `[broker]`.
+    pub broker: BrokerSettings,
+    /// `[[routes]]`, in file order.
+    pub routes: Vec<Route>,
+}
+
+/// `[gateway]`: process-wide settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GatewaySettings {
+    /// Where state lives. `None`: `$STATE_DIRECTORY` (set by systemd), else
+    /// `/var/lib/fieldlink` for root, else `$HOME/.local/state/fieldlink`.
+    pub data_dir: Option<PathBuf>,
+    /// How long a shutdown may take before the process exits anyway.
+    pub shutdown_grace: Duration,
+}
+
+impl Default for GatewaySettings {
+    fn default() -> Self {
+        Self {
+            data_dir: None,
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl GatewaySettings {
+    /// The state directory this run uses (see [`GatewaySettings::data_dir`]).
+    pub fn resolved_data_dir(&self) -> PathBuf {
+        if let Some(dir) = &self.data_dir {
+            return dir.clone();
+        }
+        if let Some(dir) = std::env::var_os("STATE_DIRECTORY") {
+            // systemd may list several, separated by ':'; the first is ours.
+            let first = dir
+                .to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned();
+            if !first.is_empty() {
+                return PathBuf::from(first);
+            }
+        }
+        let root = Path::new("/var/lib");
+        if is_root() && root.is_dir() {
+            return root.join("fieldlink");
+        }
+        let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("."), PathBuf::from);
+        home.join(".local/state/fieldlink")
+    }
+}
+
+fn is_root() -> bool {
+    // /proc/self is owned by the effective user; no libc call needed for that.
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// `[broker]`: the local MQTT broker, sized for a small board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// Where clients connect.
+    pub listeners: Vec<ListenerSettings>,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes.
+    pub max_packet_size: usize,
+    /// Most unacknowledged QoS 1/2 messages per client.
+    pub max_inflight: u16,
+    /// Bytes in one in-memory log segment per subscription filter.
+    pub segment_size: usize,
+    /// Segments kept per filter: memory per filter is at most `segment_size × segment_count`.
+    pub segment_count: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            listeners: vec![ListenerSettings::default()],
+            max_connections: default_max_connections(),
+            max_packet_size: default_max_packet_size(),
+            max_inflight: default_max_inflight(),
+            segment_size: default_segment_size(),
+            segment_count: default_segment_count(),
+            connect_timeout: default_connect_timeout(),
+        }
+    }
+}
+
+/// One listener of the local broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// The address and port to bind.
+    pub addr: SocketAddr,
+    /// The MQTT version spoken.
+    pub mqtt: MqttVersion,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        Self {
+            name: "loopback".into(),
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
+            mqtt: MqttVersion::V311,
+        }
+    }
+}
+
+/// An MQTT protocol version.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MqttVersion {
+    /// MQTT 3.1.1 (protocol level 4).
+    V311,
+    /// MQTT 5.
+    V5,
+}
+
+/// A route: local messages matching `filter` go to the cloud, in the stream `name`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Route {
+    /// The stream name; order is kept within a stream.
+    pub name: String,
+    /// The local topics it takes.
+    pub filter: TopicFilter,
+    /// How urgent its messages are.
+    pub priority: Priority,
+}
+
+fn default_shutdown_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_max_connections() -> usize {
+    256
+}
+fn default_max_packet_size() -> usize {
+    256 * 1024
+}
+fn default_max_inflight() -> u16 {
+    100
+}
+/// 256 KiB × 8 per filter: a few MiB for a typical site, not rumqttd's server-class 1 GiB.
+fn default_segment_size() -> usize {
+    256 * 1024
+}
+fn default_segment_count() -> usize {
+    8
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(5)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,154 @@
+//! Reads a TOML document into the serde file layer while collecting *every* mistake, not only
+//! the first one serde meets.
+//!
+//! serde stops at the first error. So we parse the document once into a span-keeping tree,
+//! deserialize, and when that fails at a place in the file, record the error, cut the offending
+//! entry out of the tree and try again. Spans stay those of the original text, so every error
+//! points at its real line. Each round removes one entry, so the loop ends.
+
+use std::ops::Range;
+
+use serde::de::DeserializeOwned;
+use toml::Spanned;
+use toml::de::{DeArray, DeTable, DeValue};
+
+use super::error::Collector;
+
+/// Deserializes `source` into `T`, recording every syntax, unknown-key and type error in
+/// `errors`. Returns `None` when nothing usable could be read.
+pub(crate) fn read<T: DeserializeOwned>(source: &str, errors: &mut Collector<'_>) -> Option<T> {
+    let (mut root, syntax_errors) = DeTable::parse_recoverable(source);
+    if !syntax_errors.is_empty() {
+        for e in syntax_errors {
+            errors.without_value(
+                "",
+                e.span(),
+                format!("not valid TOML: {}", e.message().trim()),
+                "fix the syntax at this place (see https://toml.io)",
+            );
+        }
+        return None;
+    }
+    root.get_mut().make_owned();
+    loop {
+        let de = toml::de::Deserializer::from(root.clone());
+        let e = match T::deserialize(de) {
+            Ok(value) => return Some(value),
+            Err(e) => e,
+        };
+        let Some(span) = e.span() else {
+            errors.without_value("", None, e.message().to_owned(), "");
+            return None;
+        };
+        match cut(root.get_mut(), &span, "") {
+            Some(found) => report(errors, &found, span, e.message()),
+            None => {
+                errors.without_value("", Some(span), e.message().trim().to_owned(), "");
+                return None;
+            }
+        }
+    }
+}
+
+/// Words serde uses, turned into a problem and a hint. Values that serde quotes in its
+/// messages are left out: the collector shows the value itself, redacted where secret.
+fn report(errors: &mut Collector<'_>, found: &Cut, span: Range<usize>, message: &str) {
+    let key = found.path.as_str();
+    if let Some(rest) = message.strip_prefix("unknown field ") {
+        let known = rest.split_once("expected ").map_or("", |(_, k)| k);
+        errors.entry(
+            key,
+            found.key_span.clone(),
+            found.value_span.clone(),
+            "unknown key",
+            format!("check the spelling or remove it; the keys allowed here are {known}"),
+        );
+    } else if let Some((_, expected)) = message.split_once(", expected ") {
+        errors.at(
+            key,
+            Some(span),
+            format!("wrong type: expected {}", expected.trim()),
+            "write a value of the expected type",
+        );
+    } else {
+        errors.at(key, Some(span), message.trim().to_owned(), "");
+    }
+}
+
+/// An entry cut out of the tree.
+struct Cut {
+    /// Its dotted key, e.g. `broker.listeners[0].port`.
+    path: String,
+    /// Where its key is written.
+    key_span: Range<usize>,
+    /// Where its value is written.
+    value_span: Range<usize>,
+}
+
+/// Removes the entry that `span` falls in.
+fn cut(table: &mut DeTable<'_>, span: &Range<usize>, prefix: &str) -> Option<Cut> {
+    let mut hit = None;
+    for (key, value) in table.iter_mut() {
+        let path = join(prefix, key.get_ref());
+        // Deeper entries first: a table header's span may cover its whole body.
+        if let Some(found) = cut_inside(value, span, &path) {
+            return Some(found);
+        }
+        if contains(&key.span(), span) || contains(&value.span(), span) {
+            hit = Some((key.clone(), path, value.span()));
+            break;
+        }
+    }
+    let (key, path, value_span) = hit?;
+    table.remove(&key);
+    Some(Cut {
+        path,
+        key_span: key.span(),
+        value_span,
+    })
+}
+
+fn cut_inside(value: &mut Spanned<DeValue<'_>>, span: &Range<usize>, path: &str) -> Option<Cut> {
+    match value.get_mut() {
+        DeValue::Table(inner) => cut(inner, span, path),
+        DeValue::Array(items) => {
+            let mut hit = None;
+            for (i, item) in items.iter_mut().enumerate() {
+                let item_path = format!("{path}[{i}]");
+                if let Some(found) = cut_inside(item, span, &item_path) {
+                    return Some(found);
+                }
+                if contains(&item.span(), span) {
+                    hit = Some((i, item_path, item.span()));
+                    break;
+                }
+            }
+            let (index, path, item_span) = hit?;
+            let mut kept = DeArray::new();
+            for (i, item) in items.iter().enumerate() {
+                if i != index {
+                    kept.push(item.clone());
+                }
+            }
+            *value.get_mut() = DeValue::Array(kept);
+            Some(Cut {
+                path,
+                key_span: item_span.clone(),
+                value_span: item_span,
+            })
+        }
+        _ => None,
+    }
+}
+
+fn contains(outer: &Range<usize>, inner: &Range<usize>) -> bool {
+    outer.start <= inner.start && inner.end <= outer.end && outer.start < outer.end
+}
+
+fn join(prefix: &str, key: &str) -> String {
+    if prefix.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{prefix}.{key}")
+    }
+}

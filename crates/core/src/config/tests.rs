@@ -1,0 +1,222 @@
+use std::path::PathBuf;
+
+use super::*;
+
+fn origin() -> Origin {
+    Origin::File(PathBuf::from("test.toml"))
+}
+
+fn errors_of(text: &str) -> Vec<ConfigError> {
+    match parse(text, origin()) {
+        Ok(settings) => panic!("expected errors, got {settings:?}"),
+        Err(ConfigErrors(errors)) => errors,
+    }
+}
+
+/// One bad config, the one error it must give, where, and words the message must contain.
+struct Case {
+    text: &'static str,
+    key: &'static str,
+    line: usize,
+    words: &'static [&'static str],
+}
+
+#[test]
+fn each_bad_config_is_reported_with_line_key_and_hint() {
+    let cases = [
+        Case {
+            text: "[broker]\nmax_conections = 5\n",
+            key: "broker.max_conections",
+            line: 2,
+            words: &["unknown key", "max_connections", "= 5"],
+        },
+        Case {
+            text: "[gatway]\n",
+            key: "gatway",
+            line: 1,
+            words: &["unknown key", "gateway"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nbind = \"127.0.0.1\"\nport = 70000\n",
+            key: "broker.listeners[0].port",
+            line: 3,
+            words: &["out of range", "1 to 65535", "= 70000"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nport = \"eighty\"\n",
+            key: "broker.listeners[0].port",
+            line: 2,
+            words: &["wrong type", "i64"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nbind = \"localhost:1883\"\nport = 1883\n",
+            key: "broker.listeners[0].bind",
+            line: 2,
+            words: &["not an IP address"],
+        },
+        Case {
+            text: "[[routes]]\nname = \"t\"\nfilter = \"sensors/#/temp\"\n",
+            key: "routes[0].filter",
+            line: 3,
+            words: &["not a valid topic filter", "'#'", "sensors/#/temp"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nname = \"a\"\nport = 1883\n\
+                   [[broker.listeners]]\nname = \"b\"\nbind = \"0.0.0.0\"\nport = 1883\n",
+            key: "broker.listeners[1].port",
+            line: 7,
+            words: &["already used", "127.0.0.1:1883"],
+        },
+        Case {
+            text: "[gateway]\nshutdown_grace = \"10 parsecs\"\n",
+            key: "gateway.shutdown_grace",
+            line: 2,
+            words: &["not a duration", "\"10s\""],
+        },
+        Case {
+            text: "[broker]\nsegment_size = 512\n",
+            key: "broker.segment_size",
+            line: 2,
+            words: &["out of range", "1024"],
+        },
+        Case {
+            text: "[broker\nmax_connections = 5\n",
+            key: "",
+            line: 1,
+            words: &["not valid TOML"],
+        },
+    ];
+    for case in cases {
+        let errors = errors_of(case.text);
+        assert_eq!(errors.len(), 1, "{}: {errors:#?}", case.text);
+        let e = &errors[0];
+        assert_eq!(e.key, case.key, "{}", case.text);
+        assert_eq!(
+            e.position.map(|p| p.0),
+            Some(case.line),
+            "{}: {e}",
+            case.text
+        );
+        let shown = e.to_string();
+        assert!(shown.starts_with("test.toml:"), "{shown}");
+        for word in case.words {
+            assert!(
+                shown.contains(word),
+                "{:?} lacks {word:?}: {shown}",
+                case.text
+            );
+        }
+    }
+}
+
+#[test]
+fn all_mistakes_are_reported_at_once_in_file_order() {
+    let text = "\
+[gateway]
+shutdown_grace = \"forever\"
+colour = \"blue\"
+
+[broker]
+max_connections = 0
+[[broker.listeners]]
+port = 1883
+protocol = \"tcp\"
+
+[[routes]]
+name = \"t\"
+filter = \"a/+b\"
+";
+    let errors = errors_of(text);
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "gateway.shutdown_grace",
+            "gateway.colour",
+            "broker.max_connections",
+            "broker.listeners[0].protocol",
+            "routes[0].filter",
+        ]
+    );
+    let lines: Vec<usize> = errors.iter().map(|e| e.position.unwrap().0).collect();
+    assert_eq!(lines, [2, 3, 6, 9, 13]);
+}
+
+#[test]
+fn secret_values_are_never_echoed() {
+    let errors = errors_of("[gateway]\nadmin_password = \"hunter2\"\n");
+    let shown = ConfigErrors(errors).to_string();
+    assert!(shown.contains("admin_password"), "{shown}");
+    assert!(shown.contains("<redacted>"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+}
+
+#[test]
+fn the_shipped_config_equals_the_built_in_defaults() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let (settings, origin) = load(&ConfigSource::Explicit(path.clone())).unwrap();
+    assert_eq!(origin, Origin::File(path));
+    assert_eq!(settings, Settings::default());
+}
+
+#[test]
+fn an_empty_file_gives_the_defaults() {
+    assert_eq!(parse("", origin()).unwrap(), Settings::default());
+}
+
+#[test]
+fn a_full_config_is_read_into_settings() {
+    let settings = parse(
+        "[gateway]\ndata_dir = \"/srv/fl\"\nshutdown_grace = \"250ms\"\n\
+         [[broker.listeners]]\nname = \"lan\"\nbind = \"::\"\nport = 8883\nmqtt = \"5\"\n\
+         [[routes]]\nname = \"alarms\"\nfilter = \"+/alarm/#\"\npriority = \"high\"\n",
+        origin(),
+    )
+    .unwrap();
+    assert_eq!(settings.gateway.data_dir, Some(PathBuf::from("/srv/fl")));
+    assert_eq!(settings.gateway.shutdown_grace, Duration::from_millis(250));
+    let lan = &settings.broker.listeners[0];
+    assert_eq!(
+        (lan.name.as_str(), lan.addr.to_string().as_str(), lan.mqtt),
+        ("lan", "[::]:8883", MqttVersion::V5)
+    );
+    assert_eq!(settings.routes[0].filter.as_str(), "+/alarm/#");
+    assert_eq!(settings.routes[0].priority, Priority::High);
+}
+
+#[test]
+fn a_missing_explicit_file_is_an_error_but_a_missing_default_file_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let err = load(&ConfigSource::Explicit(missing.clone())).unwrap_err();
+    let shown = err.to_string();
+    assert!(
+        shown.contains("nope.toml") && shown.contains("does not exist"),
+        "{shown}"
+    );
+    assert!(shown.contains("--config"), "{shown}");
+    let (settings, origin) = load(&ConfigSource::DefaultPath(missing)).unwrap();
+    assert_eq!((settings, origin), (Settings::default(), Origin::BuiltIn));
+}
+
+#[test]
+fn an_unreadable_file_is_an_error_that_names_it() {
+    let dir = tempfile::tempdir().unwrap();
+    // A directory cannot be read as a file, even by root (mode bits would not stop root).
+    let err = load(&ConfigSource::Explicit(dir.path().to_path_buf())).unwrap_err();
+    let shown = err.to_string();
+    assert!(shown.contains("cannot be read"), "{shown}");
+    assert!(shown.contains(&dir.path().display().to_string()), "{shown}");
+}
+
+#[test]
+fn durations_accept_the_documented_units_only() {
+    use super::validate::parse_duration;
+    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
+    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
+    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
+    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
+    for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10d"] {
+        assert_eq!(parse_duration(bad), None, "{bad}");
+    }
+}

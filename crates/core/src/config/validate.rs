@@ -1,0 +1,378 @@
+//! From the file layer to [`Settings`]: every value checked, every default filled in, every
+//! mistake recorded (not only the first).
+
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Collector;
+use super::file::{BrokerFile, FileConfig, GatewayFile, ListenerFile, RouteFile};
+use super::{
+    BrokerSettings, GatewaySettings, ListenerSettings, MqttVersion, Route, Settings,
+    default_connect_timeout, default_max_connections, default_max_inflight,
+    default_max_packet_size, default_segment_count, default_segment_size, default_shutdown_grace,
+};
+use crate::message::Priority;
+use crate::topic::TopicFilter;
+
+pub(super) fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
+    Settings {
+        gateway: gateway(&file.gateway, c),
+        broker: broker(&file.broker, c),
+        routes: routes(&file.routes, c),
+    }
+}
+
+fn gateway(file: &GatewayFile, c: &mut Collector<'_>) -> GatewaySettings {
+    let data_dir = file.data_dir.as_ref().and_then(|dir| {
+        if dir.get_ref().as_os_str().is_empty() {
+            c.at(
+                "gateway.data_dir",
+                Some(dir.span()),
+                "must not be empty",
+                "give a directory, or leave the key out to use the default",
+            );
+            return None;
+        }
+        Some(dir.get_ref().clone())
+    });
+    GatewaySettings {
+        data_dir,
+        shutdown_grace: duration(
+            c,
+            "gateway.shutdown_grace",
+            &file.shutdown_grace,
+            Duration::from_millis(100)..=Duration::from_secs(600),
+            default_shutdown_grace(),
+        ),
+    }
+}
+
+fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
+    const MIB: i64 = 1024 * 1024;
+    BrokerSettings {
+        listeners: listeners(file.listeners.as_ref(), c),
+        max_connections: int(
+            c,
+            "broker.max_connections",
+            &file.max_connections,
+            1..=10_000,
+        )
+        .unwrap_or_else(default_max_connections),
+        // MQTT's own ceiling is 256 MiB; a board has no use for more than a few MiB.
+        max_packet_size: int(
+            c,
+            "broker.max_packet_size",
+            &file.max_packet_size,
+            128..=64 * MIB,
+        )
+        .unwrap_or_else(default_max_packet_size),
+        max_inflight: int(c, "broker.max_inflight", &file.max_inflight, 1..=65_535)
+            .unwrap_or_else(default_max_inflight),
+        // rumqttd panics below 1 KiB segments.
+        segment_size: int(
+            c,
+            "broker.segment_size",
+            &file.segment_size,
+            1024..=256 * MIB,
+        )
+        .unwrap_or_else(default_segment_size),
+        segment_count: int(c, "broker.segment_count", &file.segment_count, 1..=1000)
+            .unwrap_or_else(default_segment_count),
+        // rumqttd holds it in a u16 of milliseconds.
+        connect_timeout: duration(
+            c,
+            "broker.connect_timeout",
+            &file.connect_timeout,
+            Duration::from_millis(100)..=Duration::from_millis(65_535),
+            default_connect_timeout(),
+        ),
+    }
+}
+
+fn listeners(
+    file: Option<&Spanned<Vec<Spanned<ListenerFile>>>>,
+    c: &mut Collector<'_>,
+) -> Vec<ListenerSettings> {
+    let Some(file) = file else {
+        return BrokerSettings::default().listeners;
+    };
+    if file.get_ref().is_empty() {
+        c.at(
+            "broker.listeners",
+            Some(file.span()),
+            "at least one listener is needed",
+            "add a [[broker.listeners]] table, e.g. bind = \"127.0.0.1\", port = 1883",
+        );
+    }
+    let mut seen_names: HashMap<String, ()> = HashMap::new();
+    let mut seen_addrs: Vec<SocketAddr> = Vec::new();
+    let mut out = Vec::new();
+    for (i, entry) in file.get_ref().iter().enumerate() {
+        let key = format!("broker.listeners[{i}]");
+        if let Some(listener) = listener(&key, entry, c) {
+            if seen_names.insert(listener.name.clone(), ()).is_some() {
+                let span = entry.get_ref().name.as_ref().map(Spanned::span);
+                c.at(
+                    &format!("{key}.name"),
+                    span,
+                    "another listener has this name",
+                    "give each listener its own name",
+                );
+            }
+            if let Some(other) = seen_addrs.iter().find(|a| overlaps(a, &listener.addr)) {
+                let span = entry.get_ref().port.as_ref().map(Spanned::span);
+                c.at(
+                    &format!("{key}.port"),
+                    span,
+                    format!(
+                        "address {} is already used by another listener ({other})",
+                        listener.addr
+                    ),
+                    "give each listener its own port",
+                );
+            }
+            seen_addrs.push(listener.addr);
+            out.push(listener);
+        }
+    }
+    out
+}
+
+/// Two listeners clash on the same port when one binds the other's address or a wildcard.
+fn overlaps(a: &SocketAddr, b: &SocketAddr) -> bool {
+    a.port() == b.port() && (a.ip() == b.ip() || a.ip().is_unspecified() || b.ip().is_unspecified())
+}
+
+fn listener(
+    key: &str,
+    entry: &Spanned<ListenerFile>,
+    c: &mut Collector<'_>,
+) -> Option<ListenerSettings> {
+    let file = entry.get_ref();
+    let errors_before = c.len();
+    let defaults = ListenerSettings::default();
+    let name = match &file.name {
+        Some(name) if name.get_ref().trim().is_empty() => {
+            c.at(
+                &format!("{key}.name"),
+                Some(name.span()),
+                "must not be empty",
+                "name the listener, e.g. \"lan\"",
+            );
+            String::new()
+        }
+        Some(name) => name.get_ref().clone(),
+        None => key.to_owned(),
+    };
+    let ip = match &file.bind {
+        None => defaults.addr.ip(),
+        Some(bind) => bind.get_ref().parse::<IpAddr>().unwrap_or_else(|_| {
+            c.at(
+                &format!("{key}.bind"),
+                Some(bind.span()),
+                "not an IP address",
+                "write an IPv4 or IPv6 address such as \"127.0.0.1\", \"0.0.0.0\" or \"::1\"",
+            );
+            defaults.addr.ip()
+        }),
+    };
+    let port = match &file.port {
+        None => {
+            c.missing(
+                &format!("{key}.port"),
+                entry.span(),
+                "every listener needs a port, e.g. port = 1883",
+            );
+            0
+        }
+        Some(_) => int(c, &format!("{key}.port"), &file.port, 1..=65_535).unwrap_or(0),
+    };
+    let mqtt = match &file.mqtt {
+        None => MqttVersion::V311,
+        Some(v) => match v.get_ref().as_str() {
+            "3.1.1" => MqttVersion::V311,
+            "5" => MqttVersion::V5,
+            _ => {
+                c.at(
+                    &format!("{key}.mqtt"),
+                    Some(v.span()),
+                    "unknown MQTT version",
+                    "write \"3.1.1\" or \"5\"",
+                );
+                MqttVersion::V311
+            }
+        },
+    };
+    (c.len() == errors_before).then(|| ListenerSettings {
+        name,
+        addr: SocketAddr::new(ip, port),
+        mqtt,
+    })
+}
+
+fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {
+    let mut out: Vec<Route> = Vec::new();
+    for (i, entry) in file.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        let route = entry.get_ref();
+        let errors_before = c.len();
+        let name = match &route.name {
+            None => {
+                c.missing(
+                    &format!("{key}.name"),
+                    entry.span(),
+                    "name the route's stream, e.g. name = \"telemetry\"",
+                );
+                String::new()
+            }
+            Some(name) => {
+                let valid = !name.get_ref().is_empty()
+                    && name.get_ref().len() <= 64
+                    && name
+                        .get_ref()
+                        .chars()
+                        .all(|ch| ch.is_ascii_alphanumeric() || ch == '-' || ch == '_');
+                if !valid {
+                    c.at(
+                        &format!("{key}.name"),
+                        Some(name.span()),
+                        "not a valid stream name",
+                        "use 1 to 64 letters, digits, '-' or '_'",
+                    );
+                } else if out.iter().any(|r| r.name == *name.get_ref()) {
+                    c.at(
+                        &format!("{key}.name"),
+                        Some(name.span()),
+                        "another route has this name",
+                        "give each route its own name",
+                    );
+                }
+                name.get_ref().clone()
+            }
+        };
+        let filter = match &route.filter {
+            None => {
+                c.missing(
+                    &format!("{key}.filter"),
+                    entry.span(),
+                    "give the topic filter this route takes, e.g. filter = \"sensors/#\"",
+                );
+                None
+            }
+            Some(filter) => TopicFilter::new(filter.get_ref().as_str())
+                .map_err(|e| {
+                    c.at(
+                        &format!("{key}.filter"),
+                        Some(filter.span()),
+                        format!("not a valid topic filter: {e}"),
+                        "see the MQTT topic rules: '+' is one level, '#' all the rest",
+                    );
+                })
+                .ok(),
+        };
+        let priority = match &route.priority {
+            None => Priority::default(),
+            Some(p) => match p.get_ref().as_str() {
+                "low" => Priority::Low,
+                "normal" => Priority::Normal,
+                "high" => Priority::High,
+                _ => {
+                    c.at(
+                        &format!("{key}.priority"),
+                        Some(p.span()),
+                        "unknown priority",
+                        "write \"low\", \"normal\" or \"high\"",
+                    );
+                    Priority::default()
+                }
+            },
+        };
+        if let (Some(filter), true) = (filter, c.len() == errors_before) {
+            out.push(Route {
+                name,
+                filter,
+                priority,
+            });
+        }
+    }
+    out
+}
+
+/// An integer within `range`; `None` when absent or invalid (the error is recorded).
+fn int<T: TryFrom<i64>>(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<i64>>,
+    range: RangeInclusive<i64>,
+) -> Option<T> {
+    let value = value.as_ref()?;
+    let n = *value.get_ref();
+    if !range.contains(&n) {
+        c.at(
+            key,
+            Some(value.span()),
+            format!(
+                "out of range: must be from {} to {}",
+                range.start(),
+                range.end()
+            ),
+            "write a whole number within the range",
+        );
+        return None;
+    }
+    T::try_from(n).ok()
+}
+
+/// A duration such as `"250ms"`, `"10s"`, `"5m"` or `"1h"`, within `range`.
+fn duration(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<String>>,
+    range: RangeInclusive<Duration>,
+    default: Duration,
+) -> Duration {
+    let Some(value) = value else { return default };
+    match parse_duration(value.get_ref()) {
+        Some(d) if range.contains(&d) => d,
+        Some(_) => {
+            c.at(
+                key,
+                Some(value.span()),
+                format!(
+                    "out of range: must be from {:?} to {:?}",
+                    range.start(),
+                    range.end()
+                ),
+                "write a duration within the range",
+            );
+            default
+        }
+        None => {
+            c.at(
+                key,
+                Some(value.span()),
+                "not a duration",
+                "write a number and a unit: \"250ms\", \"10s\", \"5m\" or \"1h\"",
+            );
+            default
+        }
+    }
+}
+
+pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text.find(|ch: char| !ch.is_ascii_digit())?;
+    let (digits, unit) = text.split_at(split);
+    let n: u64 = digits.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
+    }
+}

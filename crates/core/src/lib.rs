@@ -1,0 +1,25 @@
+//! fieldlink core: the types and ports every other fieldlink crate meets through.
+//!
+//! - [`config`]: the TOML configuration, its serde file layer and the validated [`config::Settings`];
+//! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
+//! - [`message`]: the message that travels from ingress through the queue to the uplink;
+//! - [`ports`]: the traits that connect the domain crates (outbox, local bus, component status);
+//! - [`shutdown`]: the process-wide shutdown token;
+//! - [`tls`]: the one place that builds TLS configurations, with the one crypto provider;
+//! - [`metrics`]: every metric name, in one place;
+//! - [`logging`]: `tracing` set up for a terminal or for journald.
+//!
+//! ```
+//! use fieldlink_core::topic::{TopicFilter, TopicName};
+//! let filter = TopicFilter::new("site/+/temperature").unwrap();
+//! assert!(filter.matches(&TopicName::new("site/boiler/temperature").unwrap()));
+//! ```
+
+pub mod config;
+pub mod logging;
+pub mod message;
+pub mod metrics;
+pub mod ports;
+pub mod shutdown;
+pub mod tls;
+pub mod topic;

@@ -1,0 +1,163 @@
+//! The ports through which the domain crates meet. Each crate depends on `core`, never on a
+//! sibling; the binary plugs the real implementations together.
+//!
+//! - [`Outbox`]: durable storage for everything bound for the cloud (the queue implements it);
+//! - [`LocalBus`]: publish onto the local broker (the broker implements it; the field bridge
+//!   and the uplink's command path use it);
+//! - [`StatusBoard`]: each component's health, for the CLI, the web UI and the watchdog.
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use tokio::sync::watch;
+
+use crate::message::{Message, Priority};
+
+/// A boxed future, so that the ports stay usable as trait objects.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A message on its way to the outbox, with the stream (route) it belongs to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxEntry {
+    /// The stream, i.e. the route's name: order is kept within a stream.
+    pub stream: String,
+    /// How urgent it is.
+    pub priority: Priority,
+    /// The message itself.
+    pub message: Message,
+}
+
+/// Why the outbox did not take a message. The producer decides what to tell its client.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum OutboxError {
+    /// The outbox is full and its policy is to refuse: apply backpressure (withhold the
+    /// PUBACK, or answer "quota exceeded" in MQTT 5).
+    #[error("the outbox is full: {0}")]
+    Full(String),
+    /// The storage failed; the message is not stored.
+    #[error("the outbox could not store the message: {0}")]
+    Storage(String),
+    /// The gateway is shutting down and takes no more messages.
+    #[error("the outbox is closed")]
+    Closed,
+}
+
+/// Durable storage for messages bound for the cloud.
+///
+/// `append` resolves only once every entry is durable (it survives a crash or a power cut), so
+/// the caller may then acknowledge the message to its producer.
+pub trait Outbox: Send + Sync {
+    /// Stores `entries`, all or none, and resolves when they are durable.
+    fn append(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), OutboxError>>;
+}
+
+/// Why a message could not be published on the local bus.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BusError {
+    /// The local broker is not running (stopped or shutting down).
+    #[error("the local broker is not running")]
+    Closed,
+}
+
+/// Publishing onto the local broker, from inside the process.
+pub trait LocalBus: Send + Sync {
+    /// Publishes `message` to the local subscribers.
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>>;
+}
+
+/// The health of one component.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Health {
+    /// Starting up, not serving yet.
+    Starting,
+    /// Working.
+    Up,
+    /// Working partly or retrying; the text says what is wrong, in plain words.
+    Degraded(String),
+    /// Not working; the text says why.
+    Down(String),
+    /// Stopped on purpose (shutdown).
+    Stopped,
+}
+
+/// One component's handle on its own health entry.
+#[derive(Debug, Clone)]
+pub struct StatusReporter {
+    name: &'static str,
+    tx: Arc<watch::Sender<BTreeMap<&'static str, Health>>>,
+}
+
+impl StatusReporter {
+    /// Records the component's current health.
+    pub fn set(&self, health: Health) {
+        self.tx.send_modify(|all| {
+            all.insert(self.name, health);
+        });
+    }
+}
+
+/// The health of every component, watched by the CLI, the web UI and the systemd watchdog.
+#[derive(Debug, Clone)]
+pub struct StatusBoard {
+    tx: Arc<watch::Sender<BTreeMap<&'static str, Health>>>,
+}
+
+impl Default for StatusBoard {
+    fn default() -> Self {
+        Self {
+            tx: Arc::new(watch::Sender::new(BTreeMap::new())),
+        }
+    }
+}
+
+impl StatusBoard {
+    /// Registers a component, starting in [`Health::Starting`].
+    pub fn register(&self, name: &'static str) -> StatusReporter {
+        let reporter = StatusReporter {
+            name,
+            tx: self.tx.clone(),
+        };
+        reporter.set(Health::Starting);
+        reporter
+    }
+
+    /// The health of every component now.
+    pub fn snapshot(&self) -> BTreeMap<&'static str, Health> {
+        self.tx.borrow().clone()
+    }
+
+    /// A receiver that sees every change.
+    pub fn watch(&self) -> watch::Receiver<BTreeMap<&'static str, Health>> {
+        self.tx.subscribe()
+    }
+
+    /// Whether every registered component is up.
+    pub fn all_up(&self) -> bool {
+        let all = self.tx.borrow();
+        !all.is_empty() && all.values().all(|h| *h == Health::Up)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn board_is_up_only_when_every_component_is() {
+        let board = StatusBoard::default();
+        assert!(!board.all_up(), "an empty board is not up");
+        let a = board.register("a");
+        let b = board.register("b");
+        a.set(Health::Up);
+        assert!(!board.all_up());
+        b.set(Health::Up);
+        assert!(board.all_up());
+        b.set(Health::Degraded("retrying".into()));
+        assert!(!board.all_up());
+        assert_eq!(board.snapshot()["b"], Health::Degraded("retrying".into()));
+    }
+}

@@ -1,0 +1,221 @@
+//! The one place where fieldlink builds TLS configurations.
+//!
+//! Every TLS client and server in the project is built here, from a [`TlsPolicy`], with the one
+//! crypto provider the project ships: *ring*. `clippy.toml` forbids the rustls builders
+//! everywhere else, so nothing can bypass the policy.
+//!
+//! Why one provider, set explicitly: when cargo feature unification enables both `ring` and
+//! `aws-lc-rs` in rustls, `ClientConfig::builder()` panics at run time ("no process-level
+//! CryptoProvider available"). Building from an explicit provider cannot hit that, and
+//! [`install_default_provider`] makes any third-party default builder safe too.
+#![allow(clippy::disallowed_methods)] // this module is the allowed place
+
+use std::sync::Arc;
+
+use rustls::crypto::{CryptoProvider, ring};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
+
+/// The lowest TLS version a connection may use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MinTlsVersion {
+    /// TLS 1.2 or 1.3 (the default: many cloud brokers still speak 1.2).
+    #[default]
+    Tls12,
+    /// TLS 1.3 only.
+    Tls13,
+}
+
+/// What every TLS connection of the gateway must satisfy: a minimum version and AEAD suites only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TlsPolicy {
+    /// The lowest version accepted.
+    pub min_version: MinTlsVersion,
+}
+
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum TlsError {
+    /// rustls refused the combination (e.g. a key that does not match the certificate).
+    #[error("TLS configuration refused: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+/// Installs *ring* as the process-wide default provider. Idempotent; call it once in `main`.
+pub fn install_default_provider() {
+    // Err only means a default is already installed, which is what we want.
+    let _ = ring::default_provider().install_default();
+}
+
+impl TlsPolicy {
+    /// The provider this policy allows: *ring*, AEAD suites only, TLS 1.3 suites only when
+    /// TLS 1.3 is the minimum.
+    pub fn provider(&self) -> Arc<CryptoProvider> {
+        let mut provider = ring::default_provider();
+        let min = self.min_version;
+        provider
+            .cipher_suites
+            .retain(|suite| is_aead(suite) && (min == MinTlsVersion::Tls12 || is_tls13(suite)));
+        Arc::new(provider)
+    }
+
+    fn versions(&self) -> &'static [&'static rustls::SupportedProtocolVersion] {
+        static TLS13_ONLY: &[&rustls::SupportedProtocolVersion] = &[&rustls::version::TLS13];
+        match self.min_version {
+            MinTlsVersion::Tls12 => rustls::ALL_VERSIONS,
+            MinTlsVersion::Tls13 => TLS13_ONLY,
+        }
+    }
+
+    /// A client configuration that verifies the server against `roots` (hostname included) and
+    /// presents no client certificate.
+    pub fn client_config(&self, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
+        Ok(ClientConfig::builder_with_provider(self.provider())
+            .with_protocol_versions(self.versions())?
+            .with_root_certificates(roots)
+            .with_no_client_auth())
+    }
+
+    /// A server configuration presenting `chain` and `key`, without client authentication.
+    pub fn server_config(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<ServerConfig, TlsError> {
+        Ok(ServerConfig::builder_with_provider(self.provider())
+            .with_protocol_versions(self.versions())?
+            .with_no_client_auth()
+            .with_single_cert(chain, key)?)
+    }
+}
+
+fn is_tls13(suite: &SupportedCipherSuite) -> bool {
+    matches!(suite, SupportedCipherSuite::Tls13(_))
+}
+
+/// Whether a suite is an AEAD (GCM or ChaCha20-Poly1305). Every TLS 1.3 suite is; a TLS 1.2
+/// suite is when its name says so. ring ships no CBC suite today; this guards a future one.
+fn is_aead(suite: &SupportedCipherSuite) -> bool {
+    let name = format!("{:?}", suite.suite());
+    is_tls13(suite) || name.contains("_GCM_") || name.contains("CHACHA20_POLY1305")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use rustls::{ClientConnection, ServerConnection};
+
+    struct Pki {
+        roots: RootCertStore,
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    }
+
+    fn pki() -> Pki {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let issuer = rcgen::Issuer::new(ca_params, ca_key);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".into()])
+            .unwrap()
+            .signed_by(&key, &issuer)
+            .unwrap();
+        let mut roots = RootCertStore::empty();
+        roots.add(ca.der().clone()).unwrap();
+        Pki {
+            roots,
+            chain: vec![cert.der().clone()],
+            key: PrivateKeyDer::Pkcs8(key.serialize_der().into()),
+        }
+    }
+
+    /// Runs a handshake in memory; returns the negotiated version or the first error.
+    fn handshake(
+        client: ClientConfig,
+        server: ServerConfig,
+    ) -> Result<rustls::ProtocolVersion, rustls::Error> {
+        let name = "localhost".try_into().unwrap();
+        let mut c = ClientConnection::new(Arc::new(client), name)?;
+        let mut s = ServerConnection::new(Arc::new(server))?;
+        for _ in 0..10 {
+            let mut buf = Vec::new();
+            c.write_tls(&mut buf).unwrap();
+            s.read_tls(&mut &buf[..]).unwrap();
+            s.process_new_packets()?;
+            let mut buf = Vec::new();
+            s.write_tls(&mut buf).unwrap();
+            c.read_tls(&mut &buf[..]).unwrap();
+            c.process_new_packets()?;
+            if !c.is_handshaking() && !s.is_handshaking() {
+                return Ok(c.protocol_version().unwrap());
+            }
+        }
+        panic!("handshake did not finish");
+    }
+
+    /// Builds every configuration the project makes, without a process default provider:
+    /// a dependency that enables a second provider must not turn this into a panic.
+    #[test]
+    fn every_configuration_builds_and_handshakes() {
+        let pki = pki();
+        for min_version in [MinTlsVersion::Tls12, MinTlsVersion::Tls13] {
+            let policy = TlsPolicy { min_version };
+            let client = policy.client_config(pki.roots.clone()).unwrap();
+            let server = policy
+                .server_config(pki.chain.clone(), pki.key.clone_key())
+                .unwrap();
+            assert_eq!(
+                handshake(client, server).unwrap(),
+                rustls::ProtocolVersion::TLSv1_3
+            );
+        }
+    }
+
+    #[test]
+    fn a_tls13_only_server_refuses_a_tls12_only_client() {
+        let pki = pki();
+        let server = TlsPolicy {
+            min_version: MinTlsVersion::Tls13,
+        }
+        .server_config(pki.chain.clone(), pki.key.clone_key())
+        .unwrap();
+        let tls12_client = ClientConfig::builder_with_provider(Arc::new(ring::default_provider()))
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(pki.roots.clone())
+            .with_no_client_auth();
+        assert!(handshake(tls12_client, server).is_err());
+    }
+
+    #[test]
+    fn a_client_refuses_a_server_from_another_ca() {
+        let (ours, theirs) = (pki(), pki());
+        let policy = TlsPolicy::default();
+        let client = policy.client_config(ours.roots).unwrap();
+        let server = policy.server_config(theirs.chain, theirs.key).unwrap();
+        let err = handshake(client, server).unwrap_err();
+        assert!(
+            matches!(err, rustls::Error::InvalidCertificate(_)),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn only_aead_suites_are_offered() {
+        for min_version in [MinTlsVersion::Tls12, MinTlsVersion::Tls13] {
+            let provider = TlsPolicy { min_version }.provider();
+            assert!(!provider.cipher_suites.is_empty());
+            for suite in &provider.cipher_suites {
+                let name = format!("{:?}", suite.suite());
+                assert!(name.contains("GCM") || name.contains("CHACHA20"), "{name}");
+                if min_version == MinTlsVersion::Tls13 {
+                    assert!(name.starts_with("TLS13_"), "{name}");
+                }
+            }
+        }
+    }
+}
