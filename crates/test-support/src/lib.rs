@@ -1,0 +1,43 @@
+//! Test helpers for fieldlink (a dev-dependency only, never shipped).
+//!
+//! - [`free_port`]: a loopback port nobody holds;
+//! - [`Mosquitto`]: a real mosquitto on loopback, configured per test, killed on drop;
+//! - [`certs`]: a CA and certificates made at test time (no key is ever committed);
+//! - [`within`]: an await that fails the test instead of hanging it.
+
+pub mod certs;
+mod mosquitto;
+
+use std::future::Future;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::{Duration, Instant};
+
+pub use mosquitto::Mosquitto;
+
+/// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("the OS hands out a free loopback port")
+}
+
+/// Awaits `future`, panicking with `what` if it takes longer than `limit`.
+pub async fn within<F: Future>(limit: Duration, what: &str, future: F) -> F::Output {
+    match tokio::time::timeout(limit, future).await {
+        Ok(output) => output,
+        Err(_) => panic!("timed out after {limit:?}: {what}"),
+    }
+}
+
+/// Waits until something accepts TCP connections on `addr`; panics after `limit`.
+pub fn wait_for_port(addr: SocketAddr, limit: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect_timeout(&addr, Duration::from_millis(200)).is_err() {
+        assert!(
+            start.elapsed() < limit,
+            "nothing listens on {addr} after {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
