@@ -1,20 +1,28 @@
 //! `tracing` set up once for the process.
 //!
-//! `RUST_LOG` is honoured (default `info`). Under systemd (`JOURNAL_STREAM` set) lines carry no
+//! `RUST_LOG` is honoured. The default is `info` for fieldlink and nothing from rumqttd, which
+//! logs every connection at INFO and ordinary disconnects at ERROR; fieldlink reports what an
+//! operator needs itself (`RUST_LOG=info,rumqttd=info` shows rumqttd again). Under systemd (`JOURNAL_STREAM` set) lines carry no
 //! timestamp and no colour, because journald stamps them itself.
+
+use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
+/// The filter when `RUST_LOG` is not set.
+pub const DEFAULT_FILTER: &str = "info,rumqttd=off";
+
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
+    let colour = std::io::stderr().is_terminal();
     let result = if under_journald() {
         builder.without_time().with_ansi(false).try_init()
     } else {
-        builder.try_init()
+        builder.with_ansi(colour).try_init()
     };
     // An error only means a subscriber is already installed (tests, embedding).
     drop(result);
