@@ -14,7 +14,8 @@ pub const DEFAULT_FILTER: &str = "info,rumqttd=off";
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
 pub fn init() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

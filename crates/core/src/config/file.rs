@@ -19,6 +19,9 @@ pub struct FileConfig {
     /// `[broker]`: the local MQTT broker.
     #[serde(default)]
     pub broker: BrokerFile,
+    /// `[queue]`: the store-and-forward queue.
+    #[serde(default)]
+    pub queue: QueueFile,
     /// `[[routes]]`: which local topics go to the cloud.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -68,6 +71,22 @@ pub struct ListenerFile {
     pub mqtt: Option<Spanned<String>>,
 }
 
+/// `[queue]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueFile {
+    /// Most bytes (payloads and topics) held, over all streams.
+    pub max_bytes: Option<Spanned<i64>>,
+    /// Most messages held, over all streams.
+    pub max_messages: Option<Spanned<i64>>,
+    /// Messages older than this are dropped, e.g. `"168h"`; `"0s"` keeps them for ever.
+    pub max_age: Option<Spanned<String>>,
+    /// `"reject"`, `"drop_oldest"` or `"drop_newest"`.
+    pub when_full: Option<Spanned<String>>,
+    /// Free disk space to keep: intake stops before the file system has less.
+    pub disk_reserve: Option<Spanned<i64>>,
+}
+
 /// `[[routes]]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -78,4 +97,10 @@ pub struct RouteFile {
     pub filter: Option<Spanned<String>>,
     /// `"low"`, `"normal"` or `"high"`.
     pub priority: Option<Spanned<String>>,
+    /// Most messages this stream may hold in the queue.
+    pub max_messages: Option<Spanned<i64>>,
+    /// Most bytes this stream may hold in the queue.
+    pub max_bytes: Option<Spanned<i64>>,
+    /// What to do when this stream is full; the queue's `when_full` when left out.
+    pub when_full: Option<Spanned<String>>,
 }

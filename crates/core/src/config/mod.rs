@@ -88,6 +88,8 @@ pub struct Settings {
     pub gateway: GatewaySettings,
     /// `[broker]`.
     pub broker: BrokerSettings,
+    /// `[queue]`.
+    pub queue: QueueSettings,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
 }
@@ -208,6 +210,57 @@ pub enum MqttVersion {
     V5,
 }
 
+/// `[queue]`: limits of the store-and-forward queue.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueueSettings {
+    /// Most bytes (payloads and topics) held, over all streams.
+    pub max_bytes: u64,
+    /// Most messages held, over all streams.
+    pub max_messages: u64,
+    /// Messages older than this are dropped; `None` keeps them for ever.
+    pub max_age: Option<Duration>,
+    /// What to do with a message that does not fit.
+    pub when_full: FullPolicy,
+    /// Free disk space to keep: intake stops before the file system has less.
+    pub disk_reserve: u64,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self {
+            max_bytes: default_queue_max_bytes(),
+            max_messages: default_queue_max_messages(),
+            max_age: Some(default_queue_max_age()),
+            when_full: FullPolicy::default(),
+            disk_reserve: default_disk_reserve(),
+        }
+    }
+}
+
+/// What the queue does with a message that does not fit within a limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FullPolicy {
+    /// Refuse it: the producer is told (the broker withholds its PUBACK or answers "quota
+    /// exceeded"), so nothing is dropped silently. The default.
+    #[default]
+    Reject,
+    /// Make room by dropping the oldest messages (of the stream, or of the whole queue).
+    DropOldest,
+    /// Drop the new message, keep the backlog.
+    DropNewest,
+}
+
+/// Limits of one stream, on top of the queue's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct StreamLimits {
+    /// Most messages the stream may hold.
+    pub max_messages: Option<u64>,
+    /// Most bytes the stream may hold.
+    pub max_bytes: Option<u64>,
+    /// What to do when the stream is full; the queue's policy when `None`.
+    pub when_full: Option<FullPolicy>,
+}
+
 /// A route: local messages matching `filter` go to the cloud, in the stream `name`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Route {
@@ -217,6 +270,8 @@ pub struct Route {
     pub filter: TopicFilter,
     /// How urgent its messages are.
     pub priority: Priority,
+    /// Its limits in the queue.
+    pub limits: StreamLimits,
 }
 
 fn default_shutdown_grace() -> Duration {
@@ -240,6 +295,21 @@ fn default_segment_count() -> usize {
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(5)
+}
+/// Half a GiB: days of telemetry for a typical site, and room to spare on an 8 GB card.
+fn default_queue_max_bytes() -> u64 {
+    512 * 1024 * 1024
+}
+fn default_queue_max_messages() -> u64 {
+    5_000_000
+}
+/// A week: longer than any outage worth buffering for; older readings are rarely wanted.
+fn default_queue_max_age() -> Duration {
+    Duration::from_secs(7 * 24 * 3600)
+}
+/// Keep 64 MiB free so that the system (logs, updates) never runs out of disk because of us.
+fn default_disk_reserve() -> u64 {
+    64 * 1024 * 1024
 }
 
 #[cfg(test)]

@@ -74,6 +74,12 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["not a duration", "\"10s\""],
         },
         Case {
+            text: "[queue]\nwhen_full = \"drop_everything\"\n",
+            key: "queue.when_full",
+            line: 2,
+            words: &["unknown policy", "drop_oldest"],
+        },
+        Case {
             text: "[broker]\nsegment_size = 512\n",
             key: "broker.segment_size",
             line: 2,
@@ -169,7 +175,9 @@ fn a_full_config_is_read_into_settings() {
     let settings = parse(
         "[gateway]\ndata_dir = \"/srv/fl\"\nshutdown_grace = \"250ms\"\n\
          [[broker.listeners]]\nname = \"lan\"\nbind = \"::\"\nport = 8883\nmqtt = \"5\"\n\
-         [[routes]]\nname = \"alarms\"\nfilter = \"+/alarm/#\"\npriority = \"high\"\n",
+         [queue]\nmax_age = \"0s\"\nwhen_full = \"drop_oldest\"\n\
+         [[routes]]\nname = \"alarms\"\nfilter = \"+/alarm/#\"\npriority = \"high\"\n\
+         max_messages = 10\nwhen_full = \"drop_newest\"\n",
         origin(),
     )
     .unwrap();
@@ -182,6 +190,13 @@ fn a_full_config_is_read_into_settings() {
     );
     assert_eq!(settings.routes[0].filter.as_str(), "+/alarm/#");
     assert_eq!(settings.routes[0].priority, Priority::High);
+    assert_eq!(settings.queue.max_age, None, "0s keeps messages for ever");
+    assert_eq!(settings.queue.when_full, FullPolicy::DropOldest);
+    let limits = settings.routes[0].limits;
+    assert_eq!(
+        (limits.max_messages, limits.when_full),
+        (Some(10), Some(FullPolicy::DropNewest))
+    );
 }
 
 #[test]
@@ -216,7 +231,8 @@ fn durations_accept_the_documented_units_only() {
     assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
     assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
     assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-    for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10d"] {
+    assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
+    for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10w"] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
 }

@@ -9,11 +9,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Collector;
-use super::file::{BrokerFile, FileConfig, GatewayFile, ListenerFile, RouteFile};
+use super::file::{BrokerFile, FileConfig, GatewayFile, ListenerFile, QueueFile, RouteFile};
 use super::{
-    BrokerSettings, GatewaySettings, ListenerSettings, MqttVersion, Route, Settings,
-    default_connect_timeout, default_max_connections, default_max_inflight,
-    default_max_packet_size, default_segment_count, default_segment_size, default_shutdown_grace,
+    BrokerSettings, FullPolicy, GatewaySettings, ListenerSettings, MqttVersion, QueueSettings,
+    Route, Settings, StreamLimits, default_connect_timeout, default_max_connections,
+    default_max_inflight, default_max_packet_size, default_segment_count, default_segment_size,
+    default_shutdown_grace,
 };
 use crate::message::Priority;
 use crate::topic::TopicFilter;
@@ -22,6 +23,7 @@ pub(super) fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
     Settings {
         gateway: gateway(&file.gateway, c),
         broker: broker(&file.broker, c),
+        queue: queue(&file.queue, c),
         routes: routes(&file.routes, c),
     }
 }
@@ -90,6 +92,49 @@ fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             Duration::from_millis(100)..=Duration::from_millis(65_535),
             default_connect_timeout(),
         ),
+    }
+}
+
+fn queue(file: &QueueFile, c: &mut Collector<'_>) -> QueueSettings {
+    const GIB: i64 = 1024 * 1024 * 1024;
+    let defaults = QueueSettings::default();
+    let max_age = duration(
+        c,
+        "queue.max_age",
+        &file.max_age,
+        Duration::ZERO..=Duration::from_secs(10 * 366 * 24 * 3600),
+        defaults.max_age.unwrap_or_default(),
+    );
+    QueueSettings {
+        max_bytes: int(c, "queue.max_bytes", &file.max_bytes, 1024..=1024 * GIB)
+            .unwrap_or(defaults.max_bytes),
+        max_messages: int(c, "queue.max_messages", &file.max_messages, 1..=i64::MAX)
+            .unwrap_or(defaults.max_messages),
+        max_age: (!max_age.is_zero()).then_some(max_age),
+        when_full: file
+            .when_full
+            .as_ref()
+            .and_then(|p| full_policy(c, "queue.when_full", p))
+            .unwrap_or(defaults.when_full),
+        disk_reserve: int(c, "queue.disk_reserve", &file.disk_reserve, 0..=1024 * GIB)
+            .unwrap_or(defaults.disk_reserve),
+    }
+}
+
+fn full_policy(c: &mut Collector<'_>, key: &str, value: &Spanned<String>) -> Option<FullPolicy> {
+    match value.get_ref().as_str() {
+        "reject" => Some(FullPolicy::Reject),
+        "drop_oldest" => Some(FullPolicy::DropOldest),
+        "drop_newest" => Some(FullPolicy::DropNewest),
+        _ => {
+            c.at(
+                key,
+                Some(value.span()),
+                "unknown policy",
+                "write \"reject\", \"drop_oldest\" or \"drop_newest\"",
+            );
+            None
+        }
     }
 }
 
@@ -291,11 +336,30 @@ fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {
                 }
             },
         };
+        let limits = StreamLimits {
+            max_messages: int(
+                c,
+                &format!("{key}.max_messages"),
+                &route.max_messages,
+                1..=i64::MAX,
+            ),
+            max_bytes: int(
+                c,
+                &format!("{key}.max_bytes"),
+                &route.max_bytes,
+                1024..=i64::MAX,
+            ),
+            when_full: route
+                .when_full
+                .as_ref()
+                .and_then(|p| full_policy(c, &format!("{key}.when_full"), p)),
+        };
         if let (Some(filter), true) = (filter, c.len() == errors_before) {
             out.push(Route {
                 name,
                 filter,
                 priority,
+                limits,
             });
         }
     }
@@ -356,7 +420,7 @@ fn duration(
                 key,
                 Some(value.span()),
                 "not a duration",
-                "write a number and a unit: \"250ms\", \"10s\", \"5m\" or \"1h\"",
+                "write a number and a unit: \"250ms\", \"10s\", \"5m\", \"1h\" or \"7d\"",
             );
             default
         }
@@ -373,6 +437,7 @@ pub(crate) fn parse_duration(text: &str) -> Option<Duration> {
         "s" => Some(Duration::from_secs(n)),
         "m" => n.checked_mul(60).map(Duration::from_secs),
         "h" => n.checked_mul(3600).map(Duration::from_secs),
+        "d" => n.checked_mul(86_400).map(Duration::from_secs),
         _ => None,
     }
 }
