@@ -27,6 +27,8 @@ pub struct OutboxEntry {
     pub priority: Priority,
     /// The message itself.
     pub message: Message,
+    /// Its MQTT 5 properties as received (user properties, content type, ...), kept opaque.
+    pub properties: Option<Vec<u8>>,
 }
 
 /// Why the outbox did not take a message. The producer decides what to tell its client.

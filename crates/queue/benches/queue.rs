@@ -1,1 +1,2 @@
+//! Queue benchmark (TODO)
 fn main() {}

@@ -1,1 +1,57 @@
-//! x
+//! fieldlink's store-and-forward queue: everything bound for the cloud, on SQLite, until the
+//! cloud broker has acknowledged it.
+//!
+//! # Guarantee
+//! At least once. [`Queue::append`] returns only after its messages are committed with
+//! `synchronous=FULL` in WAL mode, i.e. the WAL is fsynced: they survive a crash or a power cut
+//! (a cut that loses the drive's volatile cache despite the flush is outside any software's
+//! reach). A message is deleted only by [`Queue::ack`] (the cloud's PUBACK), by a limit whose
+//! policy drops it, or by age; every such drop is counted by reason.
+//!
+//! # Invariants
+//! - Ids are assigned by SQLite `AUTOINCREMENT`: strictly increasing, never reused, so the cloud
+//!   can drop duplicates by id.
+//! - Within a stream, messages are leased in id order (all of a stream's messages share its
+//!   route's priority). Across streams, higher priority is leased first, then older first.
+//! - A message is leased to at most one holder at a time; leases live in memory only, so after
+//!   a restart every unacknowledged message is leasable again (in order).
+//! - `enqueued_ms` never decreases with id (the writer clamps it), so age expiry only ever
+//!   looks at the oldest rows.
+//! - The in-memory depth counters (messages and bytes, per stream and in total) are loaded from
+//!   the table at open and changed only from the rows a statement actually inserted or deleted
+//!   (`RETURNING`), so they cannot drift.
+//!
+//! # Group commit
+//! One writer task owns the connection. Requests (appends, acks, nacks, leases) wait in a
+//! bounded channel; each round takes everything waiting, applies all appends and acks in one
+//! transaction and one fsync, then answers. While one commit is being fsynced the next round's
+//! requests pile up, so the batch grows with the load and no request waits for a timer.
+//!
+//! # Schema
+//! `migrations/0001_messages.sql`: one table `messages` (id, stream, priority, topic, payload,
+//! qos, retain, properties, enqueued_ms), indexed by (priority DESC, id) for leasing and by
+//! (stream, id) for per-stream drop-oldest. Embedded with `sqlx::migrate!`.
+//!
+//! # Crash recovery and corruption
+//! SQLite's WAL recovery restores the last committed state on open. A file SQLite cannot open or
+//! whose `quick_check` fails is renamed aside (`queue.db.corrupt-<unix time>`, kept for
+//! inspection), a fresh one is created, and an error is logged and reported in [`Stats`]; the
+//! gateway goes on instead of crash-looping.
+//!
+//! # Space
+//! The database uses incremental auto-vacuum: free pages are returned to the file system as the
+//! queue drains, and the WAL is truncated back to a small size after checkpoints. Before each
+//! batch of appends the free space of the file system is checked; below the configured reserve,
+//! appends are refused.
+
+mod disk;
+mod error;
+mod queue;
+mod store;
+
+pub use disk::{DiskSpace, StatvfsDisk};
+pub use error::QueueError;
+pub use queue::{Leased, Queue, Stats, StreamStats};
+
+/// The database file's name inside the data directory.
+pub const DB_FILE: &str = "queue.db";

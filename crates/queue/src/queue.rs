@@ -1,0 +1,626 @@
+//! The queue's API and its writer task (see the crate documentation for the design).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
+use fieldlink_core::ports::{BoxFuture, Outbox, OutboxEntry, OutboxError};
+use sqlx::{Connection as _, SqliteConnection};
+use tokio::sync::{mpsc, oneshot};
+
+pub use crate::store::Leased;
+use crate::store::{self, Removed, entry_bytes};
+use crate::{DB_FILE, DiskSpace, QueueError};
+
+/// Requests waiting for the writer; producers wait (backpressure) once it is full.
+const REQUEST_CAPACITY: usize = 4096;
+/// How often age expiry and space reclaim run.
+const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+
+/// The durable store-and-forward queue. Cheap to clone; every clone talks to one writer.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    tx: mpsc::Sender<Op>,
+    path: Arc<PathBuf>,
+}
+
+/// Depth and counters of one stream.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StreamStats {
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held (payloads, topics, properties).
+    pub bytes: u64,
+}
+
+/// What the queue holds and what it has done since it was opened.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Per stream.
+    pub streams: BTreeMap<String, StreamStats>,
+    /// Messages leased and not yet acknowledged.
+    pub leased: u64,
+    /// Age of the oldest message held.
+    pub oldest_age: Option<Duration>,
+    /// Messages appended since open.
+    pub appended_total: u64,
+    /// Messages acknowledged (and deleted) since open.
+    pub acked_total: u64,
+    /// Messages dropped since open, by reason: `age`, `drop_oldest`, `drop_newest`.
+    pub dropped_total: BTreeMap<&'static str, u64>,
+    /// Appends refused since open, by reason: `full`, `disk_reserve`.
+    pub refused_total: BTreeMap<&'static str, u64>,
+    /// Where a corrupt database was moved at open, if it was.
+    pub corrupt_file_moved_to: Option<PathBuf>,
+}
+
+type AppendReply = oneshot::Sender<Result<Vec<i64>, QueueError>>;
+type AckReply = oneshot::Sender<Result<(), QueueError>>;
+type AppendRequest = (Vec<OutboxEntry>, AppendReply);
+type AckRequest = (Vec<i64>, AckReply);
+
+enum Op {
+    Append(
+        Vec<OutboxEntry>,
+        oneshot::Sender<Result<Vec<i64>, QueueError>>,
+    ),
+    Ack(Vec<i64>, oneshot::Sender<Result<(), QueueError>>),
+    Nack(Vec<i64>, oneshot::Sender<()>),
+    Lease(usize, oneshot::Sender<Result<Vec<Leased>, QueueError>>),
+    Peek(usize, oneshot::Sender<Result<Vec<Leased>, QueueError>>),
+    Stats(oneshot::Sender<Result<Stats, QueueError>>),
+    Purge(oneshot::Sender<Result<u64, QueueError>>),
+}
+
+impl Queue {
+    /// Opens (or creates) the queue in `dir`, with the queue's limits and each stream's own.
+    pub async fn open(
+        dir: &Path,
+        settings: QueueSettings,
+        streams: HashMap<String, StreamLimits>,
+        disk: Arc<dyn DiskSpace>,
+    ) -> Result<Self, QueueError> {
+        std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+        let path = dir.join(DB_FILE);
+        let (mut conn, corrupt) = store::open(&path).await?;
+        let db = |source| QueueError::Database {
+            path: path.clone(),
+            source,
+        };
+        let mut depth = Depth::default();
+        for (stream, messages, bytes) in store::depth_by_stream(&mut conn).await.map_err(db)? {
+            depth.add(&stream, messages, bytes);
+        }
+        let last_ms = store::oldest_ms(&mut conn).await.map_err(db)?.unwrap_or(0);
+        let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
+        let writer = Writer {
+            conn,
+            path: path.clone(),
+            settings,
+            streams,
+            disk,
+            depth,
+            leased: HashSet::new(),
+            last_ms,
+            stats: Stats {
+                corrupt_file_moved_to: corrupt,
+                ..Stats::default()
+            },
+        };
+        tokio::spawn(writer.run(rx));
+        Ok(Self {
+            tx,
+            path: Arc::new(path),
+        })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Stores `entries`, all or none, and returns their ids once they are fsync-durable.
+    /// A message dropped by a `drop_newest` policy gets no id and is counted.
+    pub async fn append(&self, entries: Vec<OutboxEntry>) -> Result<Vec<i64>, QueueError> {
+        self.call(|reply| Op::Append(entries, reply)).await?
+    }
+
+    /// Leases up to `max` messages in delivery order; they are not handed out again until
+    /// nacked, or after a restart.
+    pub async fn lease(&self, max: usize) -> Result<Vec<Leased>, QueueError> {
+        self.call(|reply| Op::Lease(max, reply)).await?
+    }
+
+    /// The cloud has them: deletes them.
+    pub async fn ack(&self, ids: Vec<i64>) -> Result<(), QueueError> {
+        self.call(|reply| Op::Ack(ids, reply)).await?
+    }
+
+    /// Not delivered: makes them leasable again, in their original order.
+    pub async fn nack(&self, ids: Vec<i64>) -> Result<(), QueueError> {
+        self.call(|reply| Op::Nack(ids, reply)).await
+    }
+
+    /// The first `max` messages in delivery order, without leasing them.
+    pub async fn peek(&self, max: usize) -> Result<Vec<Leased>, QueueError> {
+        self.call(|reply| Op::Peek(max, reply)).await?
+    }
+
+    /// Depth and counters.
+    pub async fn stats(&self) -> Result<Stats, QueueError> {
+        self.call(Op::Stats).await?
+    }
+
+    /// Deletes every message; returns how many there were.
+    pub async fn purge(&self) -> Result<u64, QueueError> {
+        self.call(Op::Purge).await?
+    }
+
+    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, QueueError> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send(op(reply))
+            .await
+            .map_err(|_| QueueError::Closed)?;
+        answer.await.map_err(|_| QueueError::Closed)
+    }
+}
+
+impl Outbox for Queue {
+    fn append(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), OutboxError>> {
+        Box::pin(async move {
+            Queue::append(self, entries)
+                .await
+                .map(drop)
+                .map_err(|e| match e {
+                    QueueError::Full(_) | QueueError::DiskReserve { .. } => {
+                        OutboxError::Full(e.to_string())
+                    }
+                    QueueError::Closed => OutboxError::Closed,
+                    other => OutboxError::Storage(other.to_string()),
+                })
+        })
+    }
+}
+
+/// Messages and bytes held, per stream and in total.
+#[derive(Debug, Clone, Default)]
+struct Depth {
+    messages: u64,
+    bytes: u64,
+    streams: HashMap<String, StreamStats>,
+}
+
+impl Depth {
+    fn add(&mut self, stream: &str, messages: u64, bytes: u64) {
+        self.messages += messages;
+        self.bytes += bytes;
+        let s = self.streams.entry(stream.to_owned()).or_default();
+        s.messages += messages;
+        s.bytes += bytes;
+    }
+
+    fn remove(&mut self, removed: &[Removed]) {
+        for r in removed {
+            self.messages = self.messages.saturating_sub(1);
+            self.bytes = self.bytes.saturating_sub(r.bytes);
+            if let Some(s) = self.streams.get_mut(&r.stream) {
+                s.messages = s.messages.saturating_sub(1);
+                s.bytes = s.bytes.saturating_sub(r.bytes);
+                if s.messages == 0 {
+                    self.streams.remove(&r.stream);
+                }
+            }
+        }
+    }
+
+    fn stream(&self, stream: &str) -> StreamStats {
+        self.streams.get(stream).cloned().unwrap_or_default()
+    }
+}
+
+struct Writer {
+    conn: SqliteConnection,
+    path: PathBuf,
+    settings: QueueSettings,
+    streams: HashMap<String, StreamLimits>,
+    disk: Arc<dyn DiskSpace>,
+    depth: Depth,
+    leased: HashSet<i64>,
+    last_ms: i64,
+    stats: Stats,
+}
+
+/// One append request's outcome within a round, before the commit.
+enum Planned {
+    Refused(QueueError),
+    Stored(Vec<i64>),
+}
+
+impl Writer {
+    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+        let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
+        maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let first = tokio::select! {
+                op = rx.recv() => match op {
+                    Some(op) => op,
+                    None => break,
+                },
+                _ = maintenance.tick() => {
+                    self.maintain().await;
+                    continue;
+                }
+            };
+            let mut round = vec![first];
+            while round.len() < REQUEST_CAPACITY {
+                match rx.try_recv() {
+                    Ok(op) => round.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.round(round).await;
+        }
+        // Every handle is gone: checkpoint so the WAL is folded into the database.
+        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&mut self.conn)
+            .await;
+        let _ = self.conn.close().await;
+    }
+
+    /// Applies every append and ack of the round in one transaction, then answers; then
+    /// serves the reads.
+    async fn round(&mut self, round: Vec<Op>) {
+        let mut appends = Vec::new();
+        let mut acks = Vec::new();
+        let mut reads = Vec::new();
+        for op in round {
+            match op {
+                Op::Append(entries, reply) => appends.push((entries, reply)),
+                Op::Ack(ids, reply) => acks.push((ids, reply)),
+                Op::Nack(ids, reply) => {
+                    for id in &ids {
+                        self.leased.remove(id);
+                    }
+                    let _ = reply.send(());
+                }
+                read => reads.push(read),
+            }
+        }
+        if !appends.is_empty() || !acks.is_empty() {
+            self.write(appends, acks).await;
+        }
+        for read in reads {
+            self.read(read).await;
+        }
+    }
+
+    async fn write(&mut self, appends: Vec<AppendRequest>, acks: Vec<AckRequest>) {
+        let before = (self.depth.clone(), self.stats.clone());
+        let result = self.write_transaction(&appends, &acks).await;
+        match result {
+            Ok(planned) => {
+                for ((_, reply), outcome) in appends.into_iter().zip(planned) {
+                    let _ = reply.send(match outcome {
+                        Planned::Stored(ids) => Ok(ids),
+                        Planned::Refused(e) => Err(e),
+                    });
+                }
+                for (ids, reply) in acks {
+                    for id in &ids {
+                        self.leased.remove(id);
+                    }
+                    let _ = reply.send(Ok(()));
+                }
+            }
+            Err(e) => {
+                // Nothing was committed: the counters go back to what is on disk.
+                (self.depth, self.stats) = before;
+                tracing::error!(path = %self.path.display(), error = %e, "Queue write failed; nothing stored");
+                for (_, reply) in appends {
+                    let _ = reply.send(Err(self.db_error(clone_err(&e))));
+                }
+                for (_, reply) in acks {
+                    let _ = reply.send(Err(self.db_error(clone_err(&e))));
+                }
+            }
+        }
+    }
+
+    async fn write_transaction(
+        &mut self,
+        appends: &[AppendRequest],
+        acks: &[AckRequest],
+    ) -> Result<Vec<Planned>, sqlx::Error> {
+        let now = self.now_ms();
+        let available = if appends.is_empty() {
+            u64::MAX
+        } else {
+            self.disk.available(&self.path).unwrap_or(u64::MAX)
+        };
+        let Self {
+            conn,
+            depth,
+            stats,
+            settings,
+            streams,
+            path,
+            ..
+        } = self;
+        let mut tx = conn.begin().await?;
+        let ack_ids: Vec<i64> = acks
+            .iter()
+            .flat_map(|(ids, _)| ids.iter().copied())
+            .collect();
+        if !ack_ids.is_empty() {
+            let removed = store::delete_ids(&mut tx, &ack_ids).await?;
+            stats.acked_total += removed.len() as u64;
+            depth.remove(&removed);
+        }
+        let mut planned = Vec::with_capacity(appends.len());
+        let mut written: u64 = 0;
+        for (entries, _) in appends {
+            let bytes: u64 = entries.iter().map(entry_bytes).sum();
+            if available.saturating_sub(written) < settings.disk_reserve.saturating_add(bytes) {
+                *stats.refused_total.entry("disk_reserve").or_default() += entries.len() as u64;
+                planned.push(Planned::Refused(QueueError::DiskReserve {
+                    path: path.clone(),
+                    available,
+                    reserve: settings.disk_reserve,
+                }));
+                continue;
+            }
+            let limits = Limits {
+                queue: settings,
+                streams,
+            };
+            match make_room(&mut tx, depth, stats, limits, entries).await? {
+                Err(e) => planned.push(Planned::Refused(e)),
+                Ok(keep) => {
+                    let kept: Vec<OutboxEntry> = entries
+                        .iter()
+                        .zip(&keep)
+                        .filter(|(_, k)| **k)
+                        .map(|(e, _)| e.clone())
+                        .collect();
+                    let ids = store::insert(&mut tx, &kept, now).await?;
+                    for entry in &kept {
+                        depth.add(&entry.stream, 1, entry_bytes(entry));
+                    }
+                    stats.appended_total += kept.len() as u64;
+                    written += bytes;
+                    planned.push(Planned::Stored(ids));
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(planned)
+    }
+
+    async fn read(&mut self, op: Op) {
+        match op {
+            Op::Lease(max, reply) => {
+                let result = self.next(max, true).await;
+                let _ = reply.send(result);
+            }
+            Op::Peek(max, reply) => {
+                let result = self.next(max, false).await;
+                let _ = reply.send(result);
+            }
+            Op::Stats(reply) => {
+                let result = self.current_stats().await;
+                let _ = reply.send(result);
+            }
+            Op::Purge(reply) => {
+                let result = self.purge().await;
+                let _ = reply.send(result);
+            }
+            Op::Append(..) | Op::Ack(..) | Op::Nack(..) => {
+                unreachable!("writes are sorted out by round()")
+            }
+        }
+    }
+
+    async fn next(&mut self, max: usize, lease: bool) -> Result<Vec<Leased>, QueueError> {
+        // Leased rows are skipped in memory; asking for that many more keeps it one query.
+        let skip = if lease { self.leased.len() } else { 0 };
+        let limit = i64::try_from(max.saturating_add(skip)).unwrap_or(i64::MAX);
+        let rows = store::select_next(&mut self.conn, limit)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut out = Vec::with_capacity(max.min(rows.len()));
+        for row in rows {
+            if out.len() == max {
+                break;
+            }
+            if lease && !self.leased.insert(row.id) {
+                continue;
+            }
+            out.push(row);
+        }
+        Ok(out)
+    }
+
+    async fn current_stats(&mut self) -> Result<Stats, QueueError> {
+        let oldest = store::oldest_ms(&mut self.conn)
+            .await
+            .map_err(|e| self.db_error(e))?;
+        let mut stats = self.stats.clone();
+        stats.messages = self.depth.messages;
+        stats.bytes = self.depth.bytes;
+        stats.streams = self
+            .depth
+            .streams
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        stats.leased = self.leased.len() as u64;
+        stats.oldest_age = oldest.map(|ms| {
+            Duration::from_millis(u64::try_from(self.now_ms().saturating_sub(ms)).unwrap_or(0))
+        });
+        Ok(stats)
+    }
+
+    async fn purge(&mut self) -> Result<u64, QueueError> {
+        let removed = sqlx::query("DELETE FROM messages")
+            .execute(&mut self.conn)
+            .await
+            .map_err(|e| self.db_error(e))?
+            .rows_affected();
+        self.depth = Depth::default();
+        self.leased.clear();
+        let _ = store::reclaim(&mut self.conn).await;
+        Ok(removed)
+    }
+
+    /// Age expiry and space reclaim.
+    async fn maintain(&mut self) {
+        if let Some(max_age) = self.settings.max_age {
+            let cutoff = self
+                .now_ms()
+                .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
+            loop {
+                match store::delete_expired(&mut self.conn, cutoff).await {
+                    Ok(removed) if removed.is_empty() => break,
+                    Ok(removed) => {
+                        tracing::warn!(
+                            count = removed.len(),
+                            ?max_age,
+                            "Dropped messages older than queue.max_age"
+                        );
+                        *self.stats.dropped_total.entry("age").or_default() += removed.len() as u64;
+                        self.depth.remove(&removed);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "Queue age expiry failed");
+                        break;
+                    }
+                }
+            }
+        }
+        if let Err(e) = store::reclaim(&mut self.conn).await {
+            tracing::warn!(error = %e, "Queue space reclaim failed");
+        }
+    }
+
+    /// Milliseconds since the epoch, never less than the last value handed out.
+    fn now_ms(&mut self) -> i64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
+        self.last_ms = self.last_ms.max(now);
+        self.last_ms
+    }
+
+    fn db_error(&self, source: sqlx::Error) -> QueueError {
+        QueueError::Database {
+            path: self.path.clone(),
+            source,
+        }
+    }
+}
+
+/// The limits that apply to an append.
+#[derive(Clone, Copy)]
+struct Limits<'a> {
+    queue: &'a QueueSettings,
+    streams: &'a HashMap<String, StreamLimits>,
+}
+
+/// Applies the limits to one append request: `Err` refuses it whole; `Ok` says which of
+/// its entries to store (drop-newest may leave some out; drop-oldest deletes old rows).
+async fn make_room(
+    conn: &mut SqliteConnection,
+    depth: &mut Depth,
+    stats: &mut Stats,
+    limits: Limits<'_>,
+    entries: &[OutboxEntry],
+) -> Result<Result<Vec<bool>, QueueError>, sqlx::Error> {
+    let mut keep = vec![true; entries.len()];
+    // Check as if the request's earlier entries were already in.
+    let mut pending = Depth::default();
+    for (i, entry) in entries.iter().enumerate() {
+        let bytes = entry_bytes(entry);
+        let stream_limits = limits
+            .streams
+            .get(&entry.stream)
+            .copied()
+            .unwrap_or_default();
+        let stream_policy = stream_limits.when_full.unwrap_or(limits.queue.when_full);
+        loop {
+            let stream = depth.stream(&entry.stream);
+            let pend = pending.stream(&entry.stream);
+            let stream_over = stream_limits
+                .max_messages
+                .is_some_and(|m| stream.messages + pend.messages + 1 > m)
+                || stream_limits
+                    .max_bytes
+                    .is_some_and(|m| stream.bytes + pend.bytes + bytes > m);
+            let global_over = depth.messages + pending.messages + 1 > limits.queue.max_messages
+                || depth.bytes + pending.bytes + bytes > limits.queue.max_bytes;
+            let (policy, scope) = match (stream_over, global_over) {
+                (false, false) => break,
+                (true, _) => (stream_policy, Some(entry.stream.as_str())),
+                (false, true) => (limits.queue.when_full, None),
+            };
+            match policy {
+                FullPolicy::Reject => {
+                    *stats.refused_total.entry("full").or_default() += entries.len() as u64;
+                    let which = scope.map_or("the queue".to_owned(), |s| format!("stream {s:?}"));
+                    return Ok(Err(QueueError::Full(format!("{which} is at its limit"))));
+                }
+                FullPolicy::DropNewest => {
+                    keep[i] = false;
+                    *stats.dropped_total.entry("drop_newest").or_default() += 1;
+                    break;
+                }
+                FullPolicy::DropOldest => {
+                    // Exactly the rows a message-count limit needs; for a byte limit one at a time,
+                    // since a row's size is known only once it is deleted.
+                    let held = match scope {
+                        Some(stream) => (
+                            depth.stream(stream).messages + pending.stream(stream).messages,
+                            stream_limits.max_messages,
+                        ),
+                        None => (
+                            depth.messages + pending.messages,
+                            Some(limits.queue.max_messages),
+                        ),
+                    };
+                    let excess = held
+                        .1
+                        .map_or(1, |max| (held.0 + 1).saturating_sub(max).max(1));
+                    let removed =
+                        store::delete_oldest(conn, scope, i64::try_from(excess).unwrap_or(1))
+                            .await?;
+                    if removed.is_empty() {
+                        // Nothing stored is left to drop: the entry itself cannot fit.
+                        keep[i] = false;
+                        *stats.dropped_total.entry("drop_oldest").or_default() += 1;
+                        break;
+                    }
+                    *stats.dropped_total.entry("drop_oldest").or_default() += removed.len() as u64;
+                    depth.remove(&removed);
+                }
+            }
+        }
+        if keep[i] {
+            pending.add(&entry.stream, 1, bytes);
+        }
+    }
+    Ok(Ok(keep))
+}
+
+/// sqlx errors are not `Clone`; every waiter of a failed round gets the same words.
+fn clone_err(e: &sqlx::Error) -> sqlx::Error {
+    sqlx::Error::Protocol(e.to_string())
+}

@@ -1,0 +1,353 @@
+//! The queue's public behaviour, on a real SQLite file in a temporary directory.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
+use fieldlink_core::message::{Message, Priority, QoS};
+use fieldlink_core::ports::OutboxEntry;
+use fieldlink_core::topic::TopicName;
+use fieldlink_queue::{DiskSpace, Queue, QueueError, StatvfsDisk};
+
+fn entry(stream: &str, n: u64) -> OutboxEntry {
+    OutboxEntry {
+        stream: stream.into(),
+        priority: Priority::Normal,
+        message: Message {
+            topic: TopicName::new(format!("site/{stream}")).unwrap(),
+            payload: format!("{n:08}").into_bytes(),
+            qos: QoS::AtLeastOnce,
+            retain: false,
+        },
+        properties: None,
+    }
+}
+
+fn settings() -> QueueSettings {
+    QueueSettings {
+        disk_reserve: 0,
+        ..QueueSettings::default()
+    }
+}
+
+async fn open(dir: &Path, settings: QueueSettings) -> Queue {
+    open_with(dir, settings, HashMap::new()).await
+}
+
+async fn open_with(
+    dir: &Path,
+    settings: QueueSettings,
+    streams: HashMap<String, StreamLimits>,
+) -> Queue {
+    Queue::open(dir, settings, streams, Arc::new(StatvfsDisk))
+        .await
+        .unwrap()
+}
+
+fn payloads(leased: &[fieldlink_queue::Leased]) -> Vec<String> {
+    leased
+        .iter()
+        .map(|l| String::from_utf8(l.message.payload.clone()).unwrap())
+        .collect()
+}
+
+#[tokio::test]
+async fn leased_but_unacked_messages_come_back_after_a_restart_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    let ids = queue
+        .append((0..5).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap();
+    assert!(ids.windows(2).all(|w| w[0] < w[1]), "ids increase: {ids:?}");
+    let first = queue.lease(3).await.unwrap();
+    assert_eq!(payloads(&first), ["00000000", "00000001", "00000002"]);
+    // Leased messages are not handed out twice.
+    assert_eq!(
+        payloads(&queue.lease(10).await.unwrap()),
+        ["00000003", "00000004"]
+    );
+    queue.ack(vec![first[0].id]).await.unwrap();
+    drop(queue);
+
+    let queue = open(dir.path(), settings()).await;
+    let again = queue.lease(10).await.unwrap();
+    assert_eq!(
+        payloads(&again),
+        ["00000001", "00000002", "00000003", "00000004"]
+    );
+    let stats = queue.stats().await.unwrap();
+    assert_eq!((stats.messages, stats.leased), (4, 4));
+    // New ids keep growing past the acked one: ids are never reused.
+    let next = queue.append(vec![entry("t", 9)]).await.unwrap();
+    assert!(next[0] > ids[4]);
+}
+
+#[tokio::test]
+async fn nacked_messages_are_leased_again_before_newer_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    queue
+        .append((0..4).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap();
+    let leased = queue.lease(2).await.unwrap();
+    queue.nack(vec![leased[1].id]).await.unwrap();
+    assert_eq!(
+        payloads(&queue.lease(10).await.unwrap()),
+        ["00000001", "00000002", "00000003"]
+    );
+}
+
+#[tokio::test]
+async fn high_priority_is_served_before_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    queue
+        .append((0..3).map(|n| entry("bulk", n)).collect())
+        .await
+        .unwrap();
+    let mut alarm = entry("alarm", 7);
+    alarm.priority = Priority::High;
+    queue.append(vec![alarm]).await.unwrap();
+    let order: Vec<String> = queue
+        .lease(10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|l| l.stream.clone())
+        .collect();
+    assert_eq!(order, ["alarm", "bulk", "bulk", "bulk"]);
+}
+
+#[tokio::test]
+async fn reject_policy_refuses_and_stores_nothing_of_the_request() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(
+        dir.path(),
+        QueueSettings {
+            max_messages: 3,
+            ..settings()
+        },
+    )
+    .await;
+    queue
+        .append((0..2).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap();
+    let err = queue
+        .append((2..4).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.messages, 2, "all or none");
+    assert_eq!(stats.refused_total.get("full"), Some(&2));
+    queue.append(vec![entry("t", 2)]).await.unwrap();
+}
+
+#[tokio::test]
+async fn drop_oldest_makes_room_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(
+        dir.path(),
+        QueueSettings {
+            max_messages: 3,
+            when_full: FullPolicy::DropOldest,
+            ..settings()
+        },
+    )
+    .await;
+    for n in 0..5 {
+        queue.append(vec![entry("t", n)]).await.unwrap();
+    }
+    assert_eq!(
+        payloads(&queue.peek(10).await.unwrap()),
+        ["00000002", "00000003", "00000004"]
+    );
+    assert_eq!(
+        queue
+            .stats()
+            .await
+            .unwrap()
+            .dropped_total
+            .get("drop_oldest"),
+        Some(&2)
+    );
+}
+
+#[tokio::test]
+async fn drop_newest_keeps_the_backlog_and_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(
+        dir.path(),
+        QueueSettings {
+            max_bytes: 1024,
+            when_full: FullPolicy::DropNewest,
+            ..settings()
+        },
+    )
+    .await;
+    let mut big = entry("t", 0);
+    big.message.payload = vec![b'x'; 600];
+    queue.append(vec![big.clone()]).await.unwrap();
+    let ids = queue.append(vec![big]).await.unwrap();
+    assert!(ids.is_empty(), "the new message is dropped, not stored");
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.messages, stats.dropped_total.get("drop_newest")),
+        (1, Some(&1))
+    );
+}
+
+#[tokio::test]
+async fn a_stream_limit_applies_to_its_stream_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let limits = StreamLimits {
+        max_messages: Some(2),
+        max_bytes: None,
+        when_full: Some(FullPolicy::DropOldest),
+    };
+    let queue = open_with(
+        dir.path(),
+        settings(),
+        HashMap::from([("noisy".to_owned(), limits)]),
+    )
+    .await;
+    for n in 0..5 {
+        queue
+            .append(vec![entry("noisy", n), entry("quiet", n)])
+            .await
+            .unwrap();
+    }
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.streams["noisy"].messages, 2);
+    assert_eq!(stats.streams["quiet"].messages, 5);
+    let noisy: Vec<String> = queue
+        .peek(20)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|l| l.stream == "noisy")
+        .map(|l| String::from_utf8(l.message.payload).unwrap())
+        .collect();
+    assert_eq!(noisy, ["00000003", "00000004"]);
+}
+
+#[tokio::test]
+async fn messages_older_than_max_age_are_dropped_and_counted() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(
+        dir.path(),
+        QueueSettings {
+            max_age: Some(Duration::from_millis(300)),
+            ..settings()
+        },
+    )
+    .await;
+    queue
+        .append((0..3).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    queue.append(vec![entry("t", 3)]).await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.dropped_total.get("age"), Some(&3));
+    assert_eq!(payloads(&queue.peek(10).await.unwrap()), ["00000003"]);
+}
+
+/// A file system whose free space the test sets.
+struct FakeDisk(AtomicU64);
+
+impl DiskSpace for FakeDisk {
+    fn available(&self, _: &Path) -> std::io::Result<u64> {
+        Ok(self.0.load(Ordering::SeqCst))
+    }
+}
+
+#[tokio::test]
+async fn intake_stops_at_the_disk_reserve_and_resumes_when_space_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = Arc::new(FakeDisk(AtomicU64::new(10 << 20)));
+    let queue = Queue::open(
+        dir.path(),
+        QueueSettings {
+            disk_reserve: 8 << 20,
+            ..QueueSettings::default()
+        },
+        HashMap::new(),
+        disk.clone(),
+    )
+    .await
+    .unwrap();
+    queue.append(vec![entry("t", 0)]).await.unwrap();
+    disk.0.store(7 << 20, Ordering::SeqCst);
+    let err = queue.append(vec![entry("t", 1)]).await.unwrap_err();
+    assert!(matches!(err, QueueError::DiskReserve { .. }), "{err}");
+    assert!(err.to_string().contains("queue.disk_reserve"), "{err}");
+    disk.0.store(9 << 20, Ordering::SeqCst);
+    queue.append(vec![entry("t", 2)]).await.unwrap();
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(
+        (stats.messages, stats.refused_total.get("disk_reserve")),
+        (2, Some(&1))
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_database_is_moved_aside_and_a_fresh_one_starts() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    queue.append(vec![entry("t", 0)]).await.unwrap();
+    drop(queue);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let db = dir.path().join(fieldlink_queue::DB_FILE);
+    std::fs::write(&db, vec![0x5a; 64 * 1024]).unwrap();
+
+    let queue = open(dir.path(), settings()).await;
+    let stats = queue.stats().await.unwrap();
+    let aside = stats
+        .corrupt_file_moved_to
+        .expect("the corrupt file was moved aside");
+    assert!(aside.exists(), "kept for inspection: {aside:?}");
+    assert_eq!(std::fs::read(&aside).unwrap(), vec![0x5a; 64 * 1024]);
+    assert_eq!(stats.messages, 0);
+    queue.append(vec![entry("t", 1)]).await.unwrap();
+    assert_eq!(queue.peek(5).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn the_file_shrinks_as_the_queue_drains() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    let mut big = entry("t", 0);
+    big.message.payload = vec![7; 4096];
+    for _ in 0..50 {
+        queue.append(vec![big.clone(); 20]).await.unwrap();
+    }
+    let db = dir.path().join(fieldlink_queue::DB_FILE);
+    loop {
+        let leased = queue.lease(500).await.unwrap();
+        if leased.is_empty() {
+            break;
+        }
+        queue
+            .ack(leased.iter().map(|l| l.id).collect())
+            .await
+            .unwrap();
+    }
+    drop(queue);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Reopen: maintenance runs at once and gives the free pages back.
+    let queue = open(dir.path(), settings()).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let size = std::fs::metadata(&db).unwrap().len();
+    assert!(
+        size < 1 << 20,
+        "4 MB were written and drained; the file is {size} bytes"
+    );
+    drop(queue);
+}
