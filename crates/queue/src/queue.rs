@@ -115,6 +115,8 @@ impl Queue {
                 corrupt_file_moved_to: corrupt,
                 ..Stats::default()
             },
+            wrote_this_tick: false,
+            unchecked_writes: true,
         };
         tokio::spawn(writer.run(rx));
         Ok(Self {
@@ -238,6 +240,9 @@ struct Writer {
     leased: HashSet<i64>,
     last_ms: i64,
     stats: Stats,
+    /// Writes since the last maintenance tick, and since the last checkpoint.
+    wrote_this_tick: bool,
+    unchecked_writes: bool,
 }
 
 /// One append request's outcome within a round, before the commit.
@@ -297,6 +302,8 @@ impl Writer {
             }
         }
         if !appends.is_empty() || !acks.is_empty() {
+            self.wrote_this_tick = true;
+            self.unchecked_writes = true;
             self.write(appends, acks).await;
         }
         for read in reads {
@@ -478,6 +485,8 @@ impl Writer {
             .rows_affected();
         self.depth = Depth::default();
         self.leased.clear();
+        self.wrote_this_tick = true;
+        self.unchecked_writes = true;
         let _ = store::reclaim(&mut self.conn).await;
         Ok(removed)
     }
@@ -509,6 +518,15 @@ impl Writer {
         }
         if let Err(e) = store::reclaim(&mut self.conn).await {
             tracing::warn!(error = %e, "Queue space reclaim failed");
+        }
+        // Once writes pause, fold the WAL into the file, so that what was drained and
+        // reclaimed leaves the disk too; under load SQLite's own checkpoints suffice.
+        if !std::mem::take(&mut self.wrote_this_tick) && std::mem::take(&mut self.unchecked_writes)
+        {
+            if let Err(e) = store::checkpoint(&mut self.conn).await {
+                tracing::warn!(error = %e, "Queue checkpoint failed");
+                self.unchecked_writes = true;
+            }
         }
     }
 

@@ -340,6 +340,14 @@ pub(crate) async fn oldest_ms(conn: &mut SqliteConnection) -> Result<Option<i64>
         .await
 }
 
+/// Folds the WAL into the database file and truncates it (to `journal_size_limit`).
+pub(crate) async fn checkpoint(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
+}
+
 /// Gives free pages back to the file system, a bounded number at a time.
 pub(crate) async fn reclaim(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
     let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
