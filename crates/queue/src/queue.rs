@@ -521,12 +521,13 @@ impl Writer {
         }
         // Once writes pause, fold the WAL into the file, so that what was drained and
         // reclaimed leaves the disk too; under load SQLite's own checkpoints suffice.
-        if !std::mem::take(&mut self.wrote_this_tick) && std::mem::take(&mut self.unchecked_writes)
+        let idle = !std::mem::take(&mut self.wrote_this_tick);
+        if idle
+            && std::mem::take(&mut self.unchecked_writes)
+            && let Err(e) = store::checkpoint(&mut self.conn).await
         {
-            if let Err(e) = store::checkpoint(&mut self.conn).await {
-                tracing::warn!(error = %e, "Queue checkpoint failed");
-                self.unchecked_writes = true;
-            }
+            tracing::warn!(error = %e, "Queue checkpoint failed");
+            self.unchecked_writes = true;
         }
     }
 
