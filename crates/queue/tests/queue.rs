@@ -1,5 +1,7 @@
 //! The queue's public behaviour, on a real SQLite file in a temporary directory.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
@@ -7,35 +9,10 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
-use fieldlink_core::message::{Message, Priority, QoS};
-use fieldlink_core::ports::OutboxEntry;
-use fieldlink_core::topic::TopicName;
+use fieldlink_core::message::Priority;
 use fieldlink_queue::{DiskSpace, Queue, QueueError, StatvfsDisk};
 
-fn entry(stream: &str, n: u64) -> OutboxEntry {
-    OutboxEntry {
-        stream: stream.into(),
-        priority: Priority::Normal,
-        message: Message {
-            topic: TopicName::new(format!("site/{stream}")).unwrap(),
-            payload: format!("{n:08}").into_bytes(),
-            qos: QoS::AtLeastOnce,
-            retain: false,
-        },
-        properties: None,
-    }
-}
-
-fn settings() -> QueueSettings {
-    QueueSettings {
-        disk_reserve: 0,
-        ..QueueSettings::default()
-    }
-}
-
-async fn open(dir: &Path, settings: QueueSettings) -> Queue {
-    open_with(dir, settings, HashMap::new()).await
-}
+use common::{entry, open, settings};
 
 async fn open_with(
     dir: &Path,
