@@ -245,10 +245,14 @@ struct Writer {
     unchecked_writes: bool,
 }
 
-/// One append request's outcome within a round, before the commit.
+/// One append request's outcome within a round.
 enum Planned {
+    /// Refused whole.
     Refused(QueueError),
-    Stored(Vec<i64>),
+    /// This many of its entries are in the round's insert (before the commit).
+    Stored(usize),
+    /// Committed, with these ids (after the commit).
+    Ids(Vec<i64>),
 }
 
 impl Writer {
@@ -313,13 +317,15 @@ impl Writer {
 
     async fn write(&mut self, appends: Vec<AppendRequest>, acks: Vec<AckRequest>) {
         let before = (self.depth.clone(), self.stats.clone());
-        let result = self.write_transaction(&appends, &acks).await;
+        let mut appends = appends;
+        let result = self.write_transaction(&mut appends, &acks).await;
         match result {
             Ok(planned) => {
                 for ((_, reply), outcome) in appends.into_iter().zip(planned) {
                     let _ = reply.send(match outcome {
-                        Planned::Stored(ids) => Ok(ids),
+                        Planned::Ids(ids) => Ok(ids),
                         Planned::Refused(e) => Err(e),
+                        Planned::Stored(_) => unreachable!("write_transaction returns ids"),
                     });
                 }
                 for (ids, reply) in acks {
@@ -343,9 +349,11 @@ impl Writer {
         }
     }
 
+    /// One transaction for the whole round: acks first, then every append's limits (which
+    /// may delete old rows), then one multi-row insert of everything kept.
     async fn write_transaction(
         &mut self,
-        appends: &[AppendRequest],
+        appends: &mut [AppendRequest],
         acks: &[AckRequest],
     ) -> Result<Vec<Planned>, sqlx::Error> {
         let now = self.now_ms();
@@ -374,10 +382,12 @@ impl Writer {
             depth.remove(&removed);
         }
         let mut planned = Vec::with_capacity(appends.len());
-        let mut written: u64 = 0;
-        for (entries, _) in appends {
+        let mut batch: Vec<OutboxEntry> = Vec::new();
+        // What this round adds, on top of what is stored.
+        let mut round = Depth::default();
+        for (entries, _) in appends.iter_mut() {
             let bytes: u64 = entries.iter().map(entry_bytes).sum();
-            if available.saturating_sub(written) < settings.disk_reserve.saturating_add(bytes) {
+            if available.saturating_sub(round.bytes) < settings.disk_reserve.saturating_add(bytes) {
                 *stats.refused_total.entry("disk_reserve").or_default() += entries.len() as u64;
                 planned.push(Planned::Refused(QueueError::DiskReserve {
                     path: path.clone(),
@@ -390,27 +400,33 @@ impl Writer {
                 queue: settings,
                 streams,
             };
-            match make_room(&mut tx, depth, stats, limits, entries).await? {
+            match make_room(&mut tx, depth, &round, stats, limits, entries).await? {
                 Err(e) => planned.push(Planned::Refused(e)),
                 Ok(keep) => {
-                    let kept: Vec<OutboxEntry> = entries
-                        .iter()
-                        .zip(&keep)
-                        .filter(|(_, k)| **k)
-                        .map(|(e, _)| e.clone())
-                        .collect();
-                    let ids = store::insert(&mut tx, &kept, now).await?;
-                    for entry in &kept {
-                        depth.add(&entry.stream, 1, entry_bytes(entry));
+                    let before = batch.len();
+                    for (entry, keep) in std::mem::take(entries).into_iter().zip(keep) {
+                        if keep {
+                            round.add(&entry.stream, 1, entry_bytes(&entry));
+                            batch.push(entry);
+                        }
                     }
-                    stats.appended_total += kept.len() as u64;
-                    written += bytes;
-                    planned.push(Planned::Stored(ids));
+                    planned.push(Planned::Stored(batch.len() - before));
                 }
             }
         }
+        let mut ids = store::insert(&mut tx, &batch, now).await?.into_iter();
         tx.commit().await?;
-        Ok(planned)
+        for entry in &batch {
+            depth.add(&entry.stream, 1, entry_bytes(entry));
+        }
+        stats.appended_total += batch.len() as u64;
+        Ok(planned
+            .into_iter()
+            .map(|p| match p {
+                Planned::Stored(n) => Planned::Ids(ids.by_ref().take(n).collect()),
+                other => other,
+            })
+            .collect())
     }
 
     async fn read(&mut self, op: Op) {
@@ -560,13 +576,14 @@ struct Limits<'a> {
 async fn make_room(
     conn: &mut SqliteConnection,
     depth: &mut Depth,
+    round: &Depth,
     stats: &mut Stats,
     limits: Limits<'_>,
     entries: &[OutboxEntry],
 ) -> Result<Result<Vec<bool>, QueueError>, sqlx::Error> {
     let mut keep = vec![true; entries.len()];
-    // Check as if the request's earlier entries were already in.
-    let mut pending = Depth::default();
+    // Check as if the round's and this request's earlier entries were already in.
+    let mut pending = round.clone();
     for (i, entry) in entries.iter().enumerate() {
         let bytes = entry_bytes(entry);
         let stream_limits = limits
