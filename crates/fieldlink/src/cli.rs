@@ -32,6 +32,27 @@ enum Command {
     CheckConfig,
     /// Print the version.
     Version,
+    /// Inspect or empty the store-and-forward queue.
+    #[command(subcommand)]
+    Queue(QueueCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum QueueCommand {
+    /// Depth per stream, oldest message, drops and refusals.
+    Stats,
+    /// The next messages in delivery order (not leased, not removed).
+    Peek {
+        /// How many.
+        #[arg(long, default_value_t = 10)]
+        limit: usize,
+    },
+    /// Delete every queued message. Stop the service first: a running gateway keeps counting.
+    Purge {
+        /// Confirm that the messages are to be deleted for good.
+        #[arg(long)]
+        yes: bool,
+    },
 }
 
 /// Parses the command line and runs it.
@@ -56,6 +77,19 @@ pub fn main() -> ExitCode {
             }
             Err(errors) => bad_config(&errors),
         },
+        Command::Queue(command) => {
+            let (settings, _) = match config::load(&source) {
+                Ok(loaded) => loaded,
+                Err(errors) => return bad_config(&errors),
+            };
+            match queue_command(settings, command) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fieldlink: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::Run => {
             fieldlink_core::logging::init();
             let (settings, origin) = match config::load(&source) {
@@ -112,6 +146,59 @@ fn run(settings: Settings) -> anyhow::Result<()> {
     })
 }
 
+fn queue_command(settings: Settings, command: QueueCommand) -> anyhow::Result<()> {
+    if let QueueCommand::Purge { yes: false } = command {
+        anyhow::bail!("purge deletes every queued message for good: add --yes to confirm");
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(async {
+        let data_dir = settings.gateway.resolved_data_dir();
+        let queue = crate::open_queue(&settings, &data_dir).await?;
+        let mut out = String::new();
+        match command {
+            QueueCommand::Stats => {
+                let stats = queue.stats().await?;
+                out += &format!("queue: {}\n", queue.path().display());
+                out += &format!("messages: {}  bytes: {}\n", stats.messages, stats.bytes);
+                if let Some(age) = stats.oldest_age {
+                    out += &format!("oldest: {}s ago\n", age.as_secs());
+                }
+                for (stream, s) in &stats.streams {
+                    out += &format!(
+                        "  stream {stream}: {} messages, {} bytes\n",
+                        s.messages, s.bytes
+                    );
+                }
+                if let Some(moved) = &stats.corrupt_file_moved_to {
+                    out += &format!("a corrupt database was moved to {}\n", moved.display());
+                }
+            }
+            QueueCommand::Peek { limit } => {
+                for m in queue.peek(limit).await? {
+                    out += &format!(
+                        "{} {} {:?} {} {} bytes\n",
+                        m.id,
+                        m.stream,
+                        m.priority,
+                        m.message.topic,
+                        m.message.payload.len()
+                    );
+                }
+            }
+            QueueCommand::Purge { .. } => {
+                let n = queue.purge().await?;
+                out += &format!("purged {n} messages\n");
+            }
+        }
+        queue.close().await;
+        print_out(&out);
+        Ok(())
+    })
+}
+
 async fn wait_for_signal() -> anyhow::Result<&'static str> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
@@ -140,4 +227,9 @@ fn bad_config(errors: &ConfigErrors) -> ExitCode {
 #[allow(clippy::print_stdout)]
 fn println_out(line: &str) {
     println!("{line}");
+}
+
+#[allow(clippy::print_stdout)]
+fn print_out(text: &str) {
+    print!("{text}");
 }

@@ -5,15 +5,22 @@
 //! thin layer over this, so tests can run the whole gateway in-process.
 
 pub mod cli;
+mod ingress;
 mod systemd;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use fieldlink_broker::RunningBroker;
 use fieldlink_core::config::Settings;
 use fieldlink_core::ports::{Health, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
+use fieldlink_queue::{Queue, StatvfsDisk};
+
+/// Messages waiting between the broker tap and ingress.
+const TAP_CAPACITY: usize = 4096;
 
 /// The version, as `fieldlink version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -25,6 +32,7 @@ pub struct Gateway {
     shutdown: Shutdown,
     status: StatusBoard,
     broker: RunningBroker,
+    queue: Queue,
 }
 
 impl Gateway {
@@ -38,22 +46,40 @@ impl Gateway {
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         tracing::info!(data_dir = %data_dir.display(), "State directory ready");
 
+        let shutdown = Shutdown::new();
+        let queue_status = status.register("queue");
+        let queue = open_queue(&settings, &data_dir).await?;
+        queue_status.set(Health::Up);
+
         let broker_status = status.register("broker");
         let broker =
             RunningBroker::start(&settings.broker).context("cannot start the local broker")?;
+        if !settings.routes.is_empty() {
+            let tap = broker
+                .tap("fieldlink-ingress", TAP_CAPACITY, shutdown.clone())
+                .context("cannot connect ingress to the local broker")?;
+            let routes: Arc<[_]> = settings.routes.clone().into();
+            shutdown.spawn(ingress::run(tap, routes, Arc::new(queue.clone())));
+        }
         broker_status.set(Health::Up);
 
         Ok(Self {
             settings,
-            shutdown: Shutdown::new(),
+            shutdown,
             status,
             broker,
+            queue,
         })
     }
 
     /// Where the local broker's listeners are bound, in configuration order.
     pub fn broker_addrs(&self) -> &[SocketAddr] {
         self.broker.listen_addrs()
+    }
+
+    /// The store-and-forward queue.
+    pub fn queue(&self) -> &Queue {
+        &self.queue
     }
 
     /// Every component's health.
@@ -70,8 +96,31 @@ impl Gateway {
         let closed = tokio::task::spawn_blocking(move || broker.stop());
         let drained = self.shutdown.drain(grace).await;
         let closed = tokio::time::timeout(grace, closed).await.is_ok();
-        drained && closed
+        // Last, once ingress has handed over everything: fold the WAL in and close the file.
+        let queue_closed = tokio::time::timeout(grace, self.queue.close())
+            .await
+            .is_ok();
+        drained && closed && queue_closed
     }
+}
+
+/// Opens the queue in the data directory, with each route's own limits.
+pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyhow::Result<Queue> {
+    let streams: HashMap<String, _> = settings
+        .routes
+        .iter()
+        .map(|r| (r.name.clone(), r.limits))
+        .collect();
+    let queue = Queue::open(
+        data_dir,
+        settings.queue.clone(),
+        streams,
+        Arc::new(StatvfsDisk),
+    )
+    .await
+    .context("cannot open the store-and-forward queue")?;
+    tracing::info!(path = %queue.path().display(), "Queue open");
+    Ok(queue)
 }
 
 /// Creates `dir` (and its parents) readable by the service user only.

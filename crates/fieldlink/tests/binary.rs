@@ -46,6 +46,10 @@ impl Gateway {
         }
     }
 
+    fn config(&self) -> String {
+        self.dir.path().join("fieldlink.toml").display().to_string()
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
     }
@@ -336,4 +340,96 @@ fn version_prints_the_version() {
         String::from_utf8(out.stdout).unwrap().trim(),
         format!("fieldlink {}", env!("CARGO_PKG_VERSION"))
     );
+}
+
+#[test]
+fn routed_messages_are_queued_in_priority_order_and_the_cli_shows_and_purges_them() {
+    let port = free_port();
+    let config = format!(
+        "{}[[routes]]\nname = \"telemetry\"\nfilter = \"site/+/temp\"\n\
+         [[routes]]\nname = \"alarms\"\nfilter = \"site/+/alarm\"\npriority = \"high\"\n",
+        listeners(&[(port, "3.1.1")])
+    );
+    let mut gateway = Gateway::start(&config, &[]);
+    wait_for_port(addr(port), Duration::from_secs(20));
+    let publish = |topic: &str, payload: &str| {
+        let status = Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-q",
+                "1",
+                "-t",
+                topic,
+                "-m",
+                payload,
+            ])
+            .status()
+            .unwrap();
+        assert!(status.success());
+    };
+    for n in 0..3 {
+        publish("site/boiler/temp", &format!("t{n}"));
+    }
+    publish("site/boiler/alarm", "overheat");
+    publish("elsewhere/not/routed", "ignored");
+
+    let cfg = gateway.config();
+    let stats =
+        || String::from_utf8(fieldlink(&["queue", "stats", "--config", &cfg]).stdout).unwrap();
+    let start = Instant::now();
+    while !stats().contains("messages: 4 ") {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "not queued: {}",
+            stats()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    gateway.signal(Signal::SIGTERM);
+    assert_eq!(
+        gateway.wait(Duration::from_secs(5)).and_then(|s| s.code()),
+        Some(0),
+        "{}",
+        gateway.log()
+    );
+
+    let shown = stats();
+    assert!(
+        shown.contains("stream alarms: 1 messages")
+            && shown.contains("stream telemetry: 3 messages"),
+        "{shown}"
+    );
+    let peek = String::from_utf8(fieldlink(&["queue", "peek", "--config", &cfg]).stdout).unwrap();
+    let topics: Vec<&str> = peek
+        .lines()
+        .map(|l| l.split_whitespace().nth(3).unwrap())
+        .collect();
+    assert_eq!(
+        topics,
+        [
+            "site/boiler/alarm",
+            "site/boiler/temp",
+            "site/boiler/temp",
+            "site/boiler/temp"
+        ],
+        "{peek}"
+    );
+
+    let refused = fieldlink(&["queue", "purge", "--config", &cfg]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("--yes"));
+    assert!(
+        stats().contains("messages: 4 "),
+        "nothing purged without --yes"
+    );
+    let purged = fieldlink(&["queue", "purge", "--yes", "--config", &cfg]);
+    assert!(
+        String::from_utf8(purged.stdout)
+            .unwrap()
+            .contains("purged 4 messages")
+    );
+    assert!(stats().contains("messages: 0 "));
 }

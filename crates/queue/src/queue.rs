@@ -76,6 +76,7 @@ enum Op {
     Peek(usize, oneshot::Sender<Result<Vec<Leased>, QueueError>>),
     Stats(oneshot::Sender<Result<Stats, QueueError>>),
     Purge(oneshot::Sender<Result<u64, QueueError>>),
+    Close(oneshot::Sender<()>),
 }
 
 impl Queue {
@@ -165,6 +166,12 @@ impl Queue {
     /// Deletes every message; returns how many there were.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         self.call(Op::Purge).await?
+    }
+
+    /// Finishes what was asked before, folds the WAL into the database file and closes it.
+    /// Later calls on any clone fail with [`QueueError::Closed`].
+    pub async fn close(&self) {
+        let _ = self.call(Op::Close).await;
     }
 
     async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, QueueError> {
@@ -277,13 +284,34 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let close = round.iter().position(|op| matches!(op, Op::Close(_)));
+            let later = close.map(|at| round.split_off(at));
             self.round(round).await;
+            if let Some(later) = later {
+                // Requests queued behind the close see `Closed` when their reply is dropped.
+                let closers: Vec<_> = later
+                    .into_iter()
+                    .filter_map(|op| match op {
+                        Op::Close(reply) => Some(reply),
+                        _ => None,
+                    })
+                    .collect();
+                self.shut().await;
+                for reply in closers {
+                    let _ = reply.send(());
+                }
+                return;
+            }
         }
-        // Every handle is gone: checkpoint so the WAL is folded into the database.
-        let _ = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut self.conn)
-            .await;
-        let _ = self.conn.close().await;
+        // Every handle is gone.
+        self.shut().await;
+    }
+
+    /// Checkpoints, so that the WAL is folded into the database, and closes the connection.
+    async fn shut(self) {
+        let mut conn = self.conn;
+        let _ = store::checkpoint(&mut conn).await;
+        let _ = conn.close().await;
     }
 
     /// Applies every append and ack of the round in one transaction, then answers; then
@@ -447,7 +475,7 @@ impl Writer {
                 let result = self.purge().await;
                 let _ = reply.send(result);
             }
-            Op::Append(..) | Op::Ack(..) | Op::Nack(..) => {
+            Op::Append(..) | Op::Ack(..) | Op::Nack(..) | Op::Close(_) => {
                 unreachable!("writes are sorted out by round()")
             }
         }
