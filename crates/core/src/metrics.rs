@@ -1,15 +1,20 @@
 //! Metric names, all in one place so that dashboards and alerts have one list to read.
 //!
-//! Names carry their unit and `_total` for counters; labels stay low-cardinality (no topics,
-//! no device serials).
+//! Components emit through the `metrics` facade; the exporter (Prometheus, served by the web
+//! UI) is installed by the binary. Names carry their unit and `_total` for counters; labels
+//! stay low-cardinality (route names and fixed reasons; no topics, no device serials).
 
-/// Counter: MQTT connections accepted by the local broker.
-pub const BROKER_CONNECTIONS_TOTAL: &str = "fieldlink_broker_connections_total";
-/// Gauge: MQTT connections open on the local broker.
-pub const BROKER_CONNECTIONS_OPEN: &str = "fieldlink_broker_connections_open";
-/// Counter: messages received from clients by the local broker.
-pub const BROKER_MESSAGES_IN_TOTAL: &str = "fieldlink_broker_messages_in_total";
-/// Counter: messages handed to the outbox by routes.
-pub const ROUTED_MESSAGES_TOTAL: &str = "fieldlink_routed_messages_total";
-/// Gauge: 1 while a component is up, 0 otherwise; label `component`.
-pub const COMPONENT_UP: &str = "fieldlink_component_up";
+/// Counter: messages stored in the queue.
+pub const QUEUE_APPENDED_TOTAL: &str = "fieldlink_queue_appended_total";
+/// Counter: messages acknowledged by the cloud and deleted from the queue.
+pub const QUEUE_ACKED_TOTAL: &str = "fieldlink_queue_acked_total";
+/// Counter: messages dropped by the queue; label `reason`: `age`, `drop_oldest`, `drop_newest`.
+pub const QUEUE_DROPPED_TOTAL: &str = "fieldlink_queue_dropped_total";
+/// Counter: appends refused; label `reason`: `full`, `disk_reserve`.
+pub const QUEUE_REFUSED_TOTAL: &str = "fieldlink_queue_refused_total";
+/// Gauge: messages held; label `stream` (a route name).
+pub const QUEUE_DEPTH_MESSAGES: &str = "fieldlink_queue_depth_messages";
+/// Gauge: bytes held; label `stream` (a route name).
+pub const QUEUE_DEPTH_BYTES: &str = "fieldlink_queue_depth_bytes";
+/// Gauge: age of the oldest message held, in seconds (0 when empty).
+pub const QUEUE_OLDEST_AGE_SECONDS: &str = "fieldlink_queue_oldest_age_seconds";

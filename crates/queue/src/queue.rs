@@ -118,6 +118,7 @@ impl Queue {
             },
             wrote_this_tick: false,
             unchecked_writes: true,
+            exported: Exported::default(),
         };
         tokio::spawn(writer.run(rx));
         Ok(Self {
@@ -250,6 +251,18 @@ struct Writer {
     /// Writes since the last maintenance tick, and since the last checkpoint.
     wrote_this_tick: bool,
     unchecked_writes: bool,
+    /// What was last handed to the metrics facade.
+    exported: Exported,
+}
+
+/// The counters and stream gauges last exported, so that each export adds only the change.
+#[derive(Default)]
+struct Exported {
+    appended: u64,
+    acked: u64,
+    dropped: BTreeMap<&'static str, u64>,
+    refused: BTreeMap<&'static str, u64>,
+    streams: HashSet<String>,
 }
 
 /// One append request's outcome within a round.
@@ -274,6 +287,7 @@ impl Writer {
                 },
                 _ = maintenance.tick() => {
                     self.maintain().await;
+                    self.export();
                     continue;
                 }
             };
@@ -287,6 +301,7 @@ impl Writer {
             let close = round.iter().position(|op| matches!(op, Op::Close(_)));
             let later = close.map(|at| round.split_off(at));
             self.round(round).await;
+            self.export();
             if let Some(later) = later {
                 // Requests queued behind the close see `Closed` when their reply is dropped.
                 let closers: Vec<_> = later
@@ -563,6 +578,11 @@ impl Writer {
         if let Err(e) = store::reclaim(&mut self.conn).await {
             tracing::warn!(error = %e, "Queue space reclaim failed");
         }
+        if let Ok(oldest) = store::oldest_ms(&mut self.conn).await {
+            let age_ms = oldest.map_or(0, |ms| self.now_ms().saturating_sub(ms));
+            metrics::gauge!(fieldlink_core::metrics::QUEUE_OLDEST_AGE_SECONDS)
+                .set(age_ms as f64 / 1000.0);
+        }
         // Once writes pause, fold the WAL into the file, so that what was drained and
         // reclaimed leaves the disk too; under load SQLite's own checkpoints suffice.
         let idle = !std::mem::take(&mut self.wrote_this_tick);
@@ -573,6 +593,51 @@ impl Writer {
             tracing::warn!(error = %e, "Queue checkpoint failed");
             self.unchecked_writes = true;
         }
+    }
+
+    /// Hands the change since the last export to the metrics facade.
+    fn export(&mut self) {
+        use fieldlink_core::metrics as m;
+        let (stats, done) = (&self.stats, &mut self.exported);
+        metrics::counter!(m::QUEUE_APPENDED_TOTAL).increment(stats.appended_total - done.appended);
+        metrics::counter!(m::QUEUE_ACKED_TOTAL).increment(stats.acked_total - done.acked);
+        done.appended = stats.appended_total;
+        done.acked = stats.acked_total;
+        for (now, before, name) in [
+            (
+                &stats.dropped_total,
+                &mut done.dropped,
+                m::QUEUE_DROPPED_TOTAL,
+            ),
+            (
+                &stats.refused_total,
+                &mut done.refused,
+                m::QUEUE_REFUSED_TOTAL,
+            ),
+        ] {
+            for (reason, n) in now {
+                let seen = before.entry(reason).or_default();
+                metrics::counter!(name, "reason" => *reason).increment(n - *seen);
+                *seen = *n;
+            }
+        }
+        for (stream, depth) in &self.depth.streams {
+            metrics::gauge!(m::QUEUE_DEPTH_MESSAGES, "stream" => stream.clone())
+                .set(depth.messages as f64);
+            metrics::gauge!(m::QUEUE_DEPTH_BYTES, "stream" => stream.clone())
+                .set(depth.bytes as f64);
+            done.streams.insert(stream.clone());
+        }
+        // A drained stream leaves the depth map: its gauges go to zero.
+        let depth = &self.depth;
+        done.streams.retain(|stream| {
+            let held = depth.streams.contains_key(stream);
+            if !held {
+                metrics::gauge!(m::QUEUE_DEPTH_MESSAGES, "stream" => stream.clone()).set(0.0);
+                metrics::gauge!(m::QUEUE_DEPTH_BYTES, "stream" => stream.clone()).set(0.0);
+            }
+            held
+        });
     }
 
     /// Milliseconds since the epoch, never less than the last value handed out.
