@@ -56,6 +56,51 @@ pub trait Outbox: Send + Sync {
     fn append(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), OutboxError>>;
 }
 
+/// A message held by the durable queue, as handed to whoever forwards it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The monotonic id: never reused, so the cloud side can drop duplicates by it.
+    pub id: i64,
+    /// The stream (route) it belongs to.
+    pub stream: String,
+    /// Its priority lane.
+    pub priority: Priority,
+    /// The message.
+    pub message: Message,
+    /// Encoded MQTT 5 properties, if the producer gave any.
+    pub properties: Option<Vec<u8>>,
+    /// When it was stored, in milliseconds since the Unix epoch.
+    pub enqueued_ms: i64,
+}
+
+/// Why the backlog could not serve a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum BacklogError {
+    /// The storage failed.
+    #[error("the queue failed: {0}")]
+    Storage(String),
+    /// The queue is closed (shutdown).
+    #[error("the queue is closed")]
+    Closed,
+}
+
+/// The durable backlog that the uplink drains: lease, then ack what the cloud acknowledged
+/// or nack what it did not.
+pub trait Backlog: Send + Sync {
+    /// Up to `max` messages in delivery order, not handed out again until nacked (or after a
+    /// restart).
+    fn lease(&self, max: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, BacklogError>>;
+    /// Delivered: delete them.
+    fn ack(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), BacklogError>>;
+    /// Not delivered: leasable again, in their original order.
+    fn nack(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), BacklogError>>;
+    /// Resolves when messages were stored since the last call (or at once, if some were).
+    fn stored(&self) -> BoxFuture<'_, ()>;
+    /// How many messages are held.
+    fn depth(&self) -> BoxFuture<'_, Result<u64, BacklogError>>;
+}
+
 /// Why a message could not be published on the local bus.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

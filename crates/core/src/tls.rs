@@ -12,8 +12,14 @@
 
 use std::sync::Arc;
 
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use rustls::client::WebPkiServerVerifier;
 use rustls::crypto::{CryptoProvider, ring};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::pki_types::pem::PemObject as _;
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
 
 /// The lowest TLS version a connection may use.
@@ -40,6 +46,105 @@ pub enum TlsError {
     /// rustls refused the combination (e.g. a key that does not match the certificate).
     #[error("TLS configuration refused: {0}")]
     Rustls(#[from] rustls::Error),
+    /// The server verifier could not be built (e.g. a CRL rustls cannot parse).
+    #[error("server certificate verifier: {0}")]
+    Verifier(#[from] rustls::client::VerifierBuilderError),
+    /// A certificate, key or CRL file cannot be read or holds nothing usable.
+    #[error("{path:?}: {problem}. Hint: {hint}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        problem: String,
+        /// What to do.
+        hint: &'static str,
+    },
+}
+
+/// Where a private key lives. Files today; a PKCS#11 token or TPM later, behind the same port,
+/// so that the key never has to leave the hardware.
+pub trait KeySource: fmt::Debug + Send + Sync {
+    /// A key that signs handshakes.
+    fn signing_key(&self, provider: &CryptoProvider) -> Result<Arc<dyn SigningKey>, TlsError>;
+}
+
+/// A PEM private key file (PKCS#8, SEC1 or PKCS#1).
+#[derive(Debug, Clone)]
+pub struct FileKey(pub PathBuf);
+
+impl KeySource for FileKey {
+    fn signing_key(&self, provider: &CryptoProvider) -> Result<Arc<dyn SigningKey>, TlsError> {
+        let key = PrivateKeyDer::from_pem_file(&self.0).map_err(|e| TlsError::File {
+            path: self.0.clone(),
+            problem: format!("no private key: {e}"),
+            hint: "give a PEM private key (PKCS#8, SEC1 or PKCS#1)",
+        })?;
+        provider
+            .key_provider
+            .load_private_key(key)
+            .map_err(TlsError::from)
+    }
+}
+
+/// Reads every certificate of a PEM file.
+pub fn read_certs(path: &Path) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| e.to_string());
+    match certs {
+        Ok(certs) if !certs.is_empty() => Ok(certs),
+        Ok(_) => Err(file_error(
+            path,
+            "no certificate in the file".into(),
+            "give a PEM file with BEGIN CERTIFICATE blocks",
+        )),
+        Err(e) => Err(file_error(
+            path,
+            e,
+            "give a readable PEM file with BEGIN CERTIFICATE blocks",
+        )),
+    }
+}
+
+/// Reads every CRL of a PEM file.
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    let crls: Result<Vec<_>, _> = CertificateRevocationListDer::pem_file_iter(path)
+        .and_then(|iter| iter.collect())
+        .map_err(|e| e.to_string());
+    match crls {
+        Ok(crls) if !crls.is_empty() => Ok(crls),
+        Ok(_) => Err(file_error(
+            path,
+            "no CRL in the file".into(),
+            "give a PEM file with BEGIN X509 CRL blocks",
+        )),
+        Err(e) => Err(file_error(
+            path,
+            e,
+            "give a readable PEM file with BEGIN X509 CRL blocks",
+        )),
+    }
+}
+
+fn file_error(path: &Path, problem: String, hint: &'static str) -> TlsError {
+    TlsError::File {
+        path: path.to_owned(),
+        problem,
+        hint,
+    }
+}
+
+/// What a TLS client needs beyond the policy.
+#[derive(Debug)]
+pub struct ClientTls {
+    /// The CAs trusted for the server.
+    pub roots: RootCertStore,
+    /// Revocation lists checked against the server's chain.
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Our chain and key, for mutual TLS.
+    pub identity: Option<(Vec<CertificateDer<'static>>, Arc<dyn KeySource>)>,
+    /// ALPN protocols to offer.
+    pub alpn: Vec<Vec<u8>>,
 }
 
 /// Installs *ring* as the process-wide default provider. Idempotent; call it once in `main`.
@@ -75,6 +180,33 @@ impl TlsPolicy {
             .with_protocol_versions(self.versions())?
             .with_root_certificates(roots)
             .with_no_client_auth())
+    }
+
+    /// A client configuration: the server verified against `tls.roots` (hostname included)
+    /// and `tls.crls`, our identity presented when given, `tls.alpn` offered.
+    pub fn client_config_with(&self, tls: ClientTls) -> Result<ClientConfig, TlsError> {
+        let provider = self.provider();
+        let mut verifier =
+            WebPkiServerVerifier::builder_with_provider(Arc::new(tls.roots), provider.clone());
+        if !tls.crls.is_empty() {
+            // The CRLs the operator gives cover the CAs they know; a chain element without one is
+            // not an error (rustls' default would refuse it).
+            verifier = verifier
+                .with_crls(tls.crls)
+                .allow_unknown_revocation_status();
+        }
+        let builder = ClientConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(self.versions())?
+            .with_webpki_verifier(verifier.build()?);
+        let mut config = match tls.identity {
+            None => builder.with_no_client_auth(),
+            Some((chain, key)) => {
+                let key = CertifiedKey::new(chain, key.signing_key(&provider)?);
+                builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
+            }
+        };
+        config.alpn_protocols = tls.alpn;
+        Ok(config)
     }
 
     /// A server configuration presenting `chain` and `key`, without client authentication.

@@ -18,6 +18,7 @@ use fieldlink_core::config::Settings;
 use fieldlink_core::ports::{Health, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_queue::{Queue, StatvfsDisk};
+use fieldlink_uplink::Uplink;
 
 /// Messages waiting between the broker tap and ingress.
 const TAP_CAPACITY: usize = 4096;
@@ -33,6 +34,7 @@ pub struct Gateway {
     status: StatusBoard,
     broker: RunningBroker,
     queue: Queue,
+    uplink: Option<Uplink>,
 }
 
 impl Gateway {
@@ -63,12 +65,38 @@ impl Gateway {
         }
         broker_status.set(Health::Up);
 
+        let uplink = match &settings.uplink {
+            None => {
+                tracing::info!("No [uplink] configured: messages stay queued");
+                None
+            }
+            Some(uplink) => {
+                let runtime_dir = runtime_dir(&data_dir);
+                create_private_dir(&runtime_dir).with_context(|| {
+                    format!(
+                        "cannot create the runtime directory {}",
+                        runtime_dir.display()
+                    )
+                })?;
+                let uplink = Uplink::start(
+                    uplink.clone(),
+                    Arc::new(queue.clone()),
+                    &runtime_dir,
+                    shutdown.clone(),
+                )
+                .context("cannot start the uplink")?;
+                status.register("uplink").set(Health::Up);
+                Some(uplink)
+            }
+        };
+
         Ok(Self {
             settings,
             shutdown,
             status,
             broker,
             queue,
+            uplink,
         })
     }
 
@@ -80,6 +108,11 @@ impl Gateway {
     /// The store-and-forward queue.
     pub fn queue(&self) -> &Queue {
         &self.queue
+    }
+
+    /// The uplink, when one is configured.
+    pub fn uplink(&self) -> Option<&Uplink> {
+        self.uplink.as_ref()
     }
 
     /// Every component's health.
@@ -121,6 +154,20 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
     .context("cannot open the store-and-forward queue")?;
     tracing::info!(path = %queue.path().display(), "Queue open");
     Ok(queue)
+}
+
+/// Where private sockets live: systemd's `$RUNTIME_DIRECTORY`, else `run/` in the data directory.
+fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    std::env::var_os("RUNTIME_DIRECTORY")
+        .map(|d| {
+            d.to_string_lossy()
+                .split(':')
+                .next()
+                .unwrap_or("")
+                .to_owned()
+        })
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| data_dir.join("run"), std::path::PathBuf::from)
 }
 
 /// Creates `dir` (and its parents) readable by the service user only.

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
-use fieldlink_core::ports::{BoxFuture, Outbox, OutboxEntry, OutboxError};
+use fieldlink_core::ports::{
+    Backlog, BacklogError, BoxFuture, Outbox, OutboxEntry, OutboxError, StoredMessage,
+};
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
@@ -24,6 +26,8 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 pub struct Queue {
     tx: mpsc::Sender<Op>,
     path: Arc<PathBuf>,
+    /// Signalled after every commit that stored messages.
+    stored: Arc<tokio::sync::Notify>,
 }
 
 /// Depth and counters of one stream.
@@ -103,7 +107,9 @@ impl Queue {
         }
         let last_ms = store::oldest_ms(&mut conn).await.map_err(db)?.unwrap_or(0);
         let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
+        let stored = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
+            stored: stored.clone(),
             conn,
             path: path.clone(),
             settings,
@@ -124,6 +130,7 @@ impl Queue {
         Ok(Self {
             tx,
             path: Arc::new(path),
+            stored,
         })
     }
 
@@ -202,6 +209,35 @@ impl Outbox for Queue {
     }
 }
 
+impl Backlog for Queue {
+    fn lease(&self, max: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, BacklogError>> {
+        Box::pin(async move { Queue::lease(self, max).await.map_err(backlog_error) })
+    }
+
+    fn ack(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), BacklogError>> {
+        Box::pin(async move { Queue::ack(self, ids).await.map_err(backlog_error) })
+    }
+
+    fn nack(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), BacklogError>> {
+        Box::pin(async move { Queue::nack(self, ids).await.map_err(backlog_error) })
+    }
+
+    fn stored(&self) -> BoxFuture<'_, ()> {
+        Box::pin(self.stored.notified())
+    }
+
+    fn depth(&self) -> BoxFuture<'_, Result<u64, BacklogError>> {
+        Box::pin(async move { Ok(self.stats().await.map_err(backlog_error)?.messages) })
+    }
+}
+
+fn backlog_error(e: QueueError) -> BacklogError {
+    match e {
+        QueueError::Closed => BacklogError::Closed,
+        other => BacklogError::Storage(other.to_string()),
+    }
+}
+
 /// Messages and bytes held, per stream and in total.
 #[derive(Debug, Clone, Default)]
 struct Depth {
@@ -239,6 +275,7 @@ impl Depth {
 }
 
 struct Writer {
+    stored: Arc<tokio::sync::Notify>,
     conn: SqliteConnection,
     path: PathBuf,
     settings: QueueSettings,
@@ -463,6 +500,10 @@ impl Writer {
             depth.add(&entry.stream, 1, entry_bytes(entry));
         }
         stats.appended_total += batch.len() as u64;
+        if !batch.is_empty() {
+            // A permit is kept if nobody waits now: the next waiter returns at once.
+            self.stored.notify_one();
+        }
         Ok(planned
             .into_iter()
             .map(|p| match p {

@@ -21,21 +21,7 @@ pub(crate) struct Removed {
 }
 
 /// A message read back for leasing or peeking.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Leased {
-    /// The monotonic id (the dedupe key for the cloud side).
-    pub id: i64,
-    /// The stream (route) it belongs to.
-    pub stream: String,
-    /// Its priority lane.
-    pub priority: Priority,
-    /// The message.
-    pub message: Message,
-    /// Encoded MQTT 5 properties, if the producer gave any.
-    pub properties: Option<Vec<u8>>,
-    /// When it was appended, in milliseconds since the Unix epoch.
-    pub enqueued_ms: i64,
-}
+pub type Leased = fieldlink_core::ports::StoredMessage;
 
 /// What a row costs against the byte limits.
 pub(crate) fn entry_bytes(entry: &OutboxEntry) -> u64 {

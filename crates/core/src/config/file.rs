@@ -22,6 +22,8 @@ pub struct FileConfig {
     /// `[queue]`: the store-and-forward queue.
     #[serde(default)]
     pub queue: QueueFile,
+    /// `[uplink]`: the cloud broker; no uplink when absent.
+    pub uplink: Option<Spanned<UplinkFile>>,
     /// `[[routes]]`: which local topics go to the cloud.
     #[serde(default)]
     pub routes: Vec<Spanned<RouteFile>>,
@@ -103,4 +105,50 @@ pub struct RouteFile {
     pub max_bytes: Option<Spanned<i64>>,
     /// What to do when this stream is full; the queue's `when_full` when left out.
     pub when_full: Option<Spanned<String>>,
+}
+
+/// `[uplink]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UplinkFile {
+    /// The cloud broker's host name (also the name its certificate must carry).
+    pub host: Option<Spanned<String>>,
+    /// Its TLS port.
+    pub port: Option<Spanned<i64>>,
+    /// Our MQTT client id.
+    pub client_id: Option<Spanned<String>>,
+    /// `"3.1.1"` or `"5"`.
+    pub mqtt: Option<Spanned<String>>,
+    /// MQTT keep-alive, e.g. `"30s"`.
+    pub keep_alive: Option<Spanned<String>>,
+    /// Start a clean session on every connect.
+    pub clean_session: Option<Spanned<bool>>,
+    /// Most messages sent and not yet acknowledged.
+    pub inflight: Option<Spanned<i64>>,
+    /// Prepended to every local topic on the way to the cloud.
+    pub topic_prefix: Option<Spanned<String>>,
+    /// `"server-auth"`, `"mutual"` or `"psk"`.
+    pub tls: Option<Spanned<String>>,
+    /// `"1.2"` or `"1.3"`.
+    pub min_tls_version: Option<Spanned<String>>,
+    /// PEM file of the CAs trusted for the server; the system's roots when absent.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// PEM CRL files checked against the server's chain, reloaded when they change.
+    pub crl_files: Option<Spanned<Vec<Spanned<PathBuf>>>>,
+    /// ALPN protocols to offer, e.g. `["x-amzn-mqtt-ca"]`.
+    pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
+    /// PEM chain presented in mutual TLS.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key for mutual TLS.
+    pub key_file: Option<Spanned<PathBuf>>,
+    /// `identity:hexkey` file (mode 0600) for TLS-PSK.
+    pub psk_file: Option<Spanned<PathBuf>>,
+    /// First reconnect delay ceiling, e.g. `"1s"`.
+    pub reconnect_min: Option<Spanned<String>>,
+    /// Largest reconnect delay, e.g. `"2m"`.
+    pub reconnect_max: Option<Spanned<String>>,
+    /// What to do with a message the cloud refuses (MQTT 5): `"retry"` or `"drop"`.
+    pub on_rejected: Option<Spanned<String>>,
+    /// Where to publish certificate-expiry alarms on the cloud broker.
+    pub alarm_topic: Option<Spanned<String>>,
 }

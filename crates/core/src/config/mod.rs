@@ -12,6 +12,7 @@
 mod error;
 pub mod file;
 mod reader;
+mod uplink;
 mod validate;
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -90,6 +91,8 @@ pub struct Settings {
     pub broker: BrokerSettings,
     /// `[queue]`.
     pub queue: QueueSettings,
+    /// `[uplink]`, if the gateway forwards to a cloud broker.
+    pub uplink: Option<UplinkSettings>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
 }
@@ -208,6 +211,77 @@ pub enum MqttVersion {
     V311,
     /// MQTT 5.
     V5,
+}
+
+/// `[uplink]`: the cloud broker and how to reach it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UplinkSettings {
+    /// Host name (also the name its certificate must carry).
+    pub host: String,
+    /// TLS port.
+    pub port: u16,
+    /// Our MQTT client id.
+    pub client_id: String,
+    /// MQTT version.
+    pub mqtt: MqttVersion,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// Start a clean session on every connect.
+    pub clean_session: bool,
+    /// Most messages sent and not yet acknowledged.
+    pub inflight: u16,
+    /// Prepended to every local topic on the way to the cloud.
+    pub topic_prefix: String,
+    /// How the connection is secured.
+    pub tls: UplinkTls,
+    /// Lowest TLS version.
+    pub min_tls_version: crate::tls::MinTlsVersion,
+    /// CRL files checked against the server's chain.
+    pub crl_files: Vec<PathBuf>,
+    /// ALPN protocols offered.
+    pub alpn: Vec<String>,
+    /// First reconnect delay ceiling.
+    pub reconnect_min: Duration,
+    /// Largest reconnect delay.
+    pub reconnect_max: Duration,
+    /// What to do with a message the cloud refuses.
+    pub on_rejected: OnRejected,
+    /// Where certificate-expiry alarms go on the cloud broker.
+    pub alarm_topic: Option<crate::topic::TopicName>,
+}
+
+/// How the uplink is secured. There is no plaintext mode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkTls {
+    /// The server proves itself with a certificate.
+    ServerAuth {
+        /// CAs trusted for the server; the system's when `None`.
+        ca_file: Option<PathBuf>,
+    },
+    /// Both sides prove themselves with certificates.
+    Mutual {
+        /// CAs trusted for the server; the system's when `None`.
+        ca_file: Option<PathBuf>,
+        /// Our chain.
+        cert_file: PathBuf,
+        /// Our key (a file today; a PKCS#11 URI later, through the key-source port).
+        key_file: PathBuf,
+    },
+    /// A pre-shared key (through openssl: rustls has no PSK).
+    Psk {
+        /// `identity:hexkey`, mode 0600.
+        psk_file: PathBuf,
+    },
+}
+
+/// What the uplink does with a message the cloud refuses (a negative MQTT 5 PUBACK).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OnRejected {
+    /// Keep it and send it again after the reconnect delay (the default: nothing is lost).
+    #[default]
+    Retry,
+    /// Delete it, log it at ERROR and count it.
+    Drop,
 }
 
 /// `[queue]`: limits of the store-and-forward queue.

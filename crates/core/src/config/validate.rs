@@ -24,6 +24,10 @@ pub(super) fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
         gateway: gateway(&file.gateway, c),
         broker: broker(&file.broker, c),
         queue: queue(&file.queue, c),
+        uplink: file
+            .uplink
+            .as_ref()
+            .and_then(|u| super::uplink::settings(u, c)),
         routes: routes(&file.routes, c),
     }
 }
@@ -367,7 +371,7 @@ fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {
 }
 
 /// An integer within `range`; `None` when absent or invalid (the error is recorded).
-fn int<T: TryFrom<i64>>(
+pub(super) fn int<T: TryFrom<i64>>(
     c: &mut Collector<'_>,
     key: &str,
     value: &Option<Spanned<i64>>,
@@ -392,7 +396,7 @@ fn int<T: TryFrom<i64>>(
 }
 
 /// A duration such as `"250ms"`, `"10s"`, `"5m"` or `"1h"`, within `range`.
-fn duration(
+pub(super) fn duration(
     c: &mut Collector<'_>,
     key: &str,
     value: &Option<Spanned<String>>,

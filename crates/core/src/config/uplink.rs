@@ -1,0 +1,240 @@
+//! Validation of `[uplink]`.
+
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Collector;
+use super::file::UplinkFile;
+use super::validate::{duration, int};
+use super::{MqttVersion, OnRejected, UplinkSettings, UplinkTls};
+use crate::tls::MinTlsVersion;
+use crate::topic::{TopicFilter, TopicName};
+
+pub(super) fn settings(
+    entry: &Spanned<UplinkFile>,
+    c: &mut Collector<'_>,
+) -> Option<UplinkSettings> {
+    let file = entry.get_ref();
+    let errors_before = c.len();
+    let host = required_text(
+        c,
+        "uplink.host",
+        &file.host,
+        entry,
+        "the cloud broker's host name, e.g. host = \"mqtt.example.com\"",
+    );
+    let client_id = required_text(
+        c,
+        "uplink.client_id",
+        &file.client_id,
+        entry,
+        "our MQTT client id, e.g. client_id = \"site-7-gateway\"",
+    );
+    let mqtt = match &file.mqtt {
+        None => MqttVersion::V311,
+        Some(v) => match v.get_ref().as_str() {
+            "3.1.1" => MqttVersion::V311,
+            "5" => MqttVersion::V5,
+            _ => {
+                c.at(
+                    "uplink.mqtt",
+                    Some(v.span()),
+                    "unknown MQTT version",
+                    "write \"3.1.1\" or \"5\"",
+                );
+                MqttVersion::V311
+            }
+        },
+    };
+    let tls = tls(file, entry, c);
+    let min_tls_version = match &file.min_tls_version {
+        None => MinTlsVersion::Tls12,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => MinTlsVersion::Tls12,
+            "1.3" => MinTlsVersion::Tls13,
+            _ => {
+                c.at(
+                    "uplink.min_tls_version",
+                    Some(v.span()),
+                    "not a TLS version fieldlink allows",
+                    "write \"1.2\" or \"1.3\" (older versions are not secure)",
+                );
+                MinTlsVersion::Tls12
+            }
+        },
+    };
+    let topic_prefix = file.topic_prefix.as_ref().map_or(String::new(), |p| {
+        let prefix = p.get_ref().clone();
+        if TopicFilter::new(format!("{prefix}x")).is_err() || prefix.contains(['+', '#']) {
+            c.at(
+                "uplink.topic_prefix",
+                Some(p.span()),
+                "not a valid topic prefix",
+                "use topic levels without '+' or '#', e.g. \"plant-3/\"",
+            );
+        }
+        prefix
+    });
+    let alarm_topic = file.alarm_topic.as_ref().and_then(|t| {
+        TopicName::new(t.get_ref().as_str())
+            .map_err(|e| {
+                c.at(
+                    "uplink.alarm_topic",
+                    Some(t.span()),
+                    format!("not a valid topic: {e}"),
+                    "write a topic without wildcards",
+                )
+            })
+            .ok()
+    });
+    let on_rejected = match &file.on_rejected {
+        None => OnRejected::Retry,
+        Some(v) => match v.get_ref().as_str() {
+            "retry" => OnRejected::Retry,
+            "drop" => OnRejected::Drop,
+            _ => {
+                c.at(
+                    "uplink.on_rejected",
+                    Some(v.span()),
+                    "unknown policy",
+                    "write \"retry\" or \"drop\"",
+                );
+                OnRejected::Retry
+            }
+        },
+    };
+    let reconnect_min = duration(
+        c,
+        "uplink.reconnect_min",
+        &file.reconnect_min,
+        Duration::from_millis(10)..=Duration::from_secs(3600),
+        Duration::from_secs(1),
+    );
+    let reconnect_max = duration(
+        c,
+        "uplink.reconnect_max",
+        &file.reconnect_max,
+        Duration::from_millis(10)..=Duration::from_secs(3600),
+        Duration::from_secs(120),
+    );
+    if reconnect_max < reconnect_min {
+        let span = file.reconnect_max.as_ref().map(Spanned::span);
+        c.at(
+            "uplink.reconnect_max",
+            span,
+            "smaller than uplink.reconnect_min",
+            "make reconnect_max at least reconnect_min",
+        );
+    }
+    let settings = UplinkSettings {
+        host: host.unwrap_or_default(),
+        port: int(c, "uplink.port", &file.port, 1..=65_535).unwrap_or(8883),
+        client_id: client_id.unwrap_or_default(),
+        mqtt,
+        keep_alive: duration(
+            c,
+            "uplink.keep_alive",
+            &file.keep_alive,
+            Duration::from_secs(5)..=Duration::from_secs(65_535),
+            Duration::from_secs(30),
+        ),
+        clean_session: file.clean_session.as_ref().is_none_or(|b| *b.get_ref()),
+        inflight: int(c, "uplink.inflight", &file.inflight, 1..=65_535).unwrap_or(100),
+        topic_prefix,
+        tls: tls?,
+        min_tls_version,
+        crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
+            l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
+        }),
+        alpn: file.alpn.as_ref().map_or_else(Vec::new, |l| {
+            l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
+        }),
+        reconnect_min,
+        reconnect_max,
+        on_rejected,
+        alarm_topic,
+    };
+    (c.len() == errors_before).then_some(settings)
+}
+
+fn required_text(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<String>>,
+    entry: &Spanned<UplinkFile>,
+    hint: &str,
+) -> Option<String> {
+    match value {
+        None => {
+            c.missing(key, entry.span(), hint);
+            None
+        }
+        Some(v) if v.get_ref().trim().is_empty() => {
+            c.at(key, Some(v.span()), "must not be empty", hint);
+            None
+        }
+        Some(v) => Some(v.get_ref().clone()),
+    }
+}
+
+fn tls(file: &UplinkFile, entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) -> Option<UplinkTls> {
+    let mode = file
+        .tls
+        .as_ref()
+        .map_or("server-auth", |m| m.get_ref().as_str());
+    let ca_file = file.ca_file.as_ref().map(|p| p.get_ref().clone());
+    let path = |key: &str,
+                value: &Option<Spanned<std::path::PathBuf>>,
+                c: &mut Collector<'_>,
+                hint: &str| match value {
+        Some(p) => Some(p.get_ref().clone()),
+        None => {
+            c.missing(key, entry.span(), hint);
+            None
+        }
+    };
+    match mode {
+        "server-auth" => Some(UplinkTls::ServerAuth { ca_file }),
+        "mutual" => {
+            let cert_file = path(
+                "uplink.cert_file",
+                &file.cert_file,
+                c,
+                "mutual TLS needs our certificate chain: cert_file = \"/etc/fieldlink/client.pem\"",
+            );
+            let key_file = path(
+                "uplink.key_file",
+                &file.key_file,
+                c,
+                "mutual TLS needs our private key: key_file = \"/etc/fieldlink/client.key\"",
+            );
+            Some(UplinkTls::Mutual {
+                ca_file,
+                cert_file: cert_file?,
+                key_file: key_file?,
+            })
+        }
+        "psk" => {
+            let psk_file = path(
+                "uplink.psk_file",
+                &file.psk_file,
+                c,
+                "PSK needs a 0600 file with one line identity:hexkey: psk_file = \"/etc/fieldlink/uplink.psk\"",
+            );
+            Some(UplinkTls::Psk {
+                psk_file: psk_file?,
+            })
+        }
+        _ => {
+            let span = file.tls.as_ref().map(Spanned::span);
+            c.at(
+                "uplink.tls",
+                span,
+                "unknown TLS mode",
+                "write \"server-auth\", \"mutual\" or \"psk\" (plaintext is not offered)",
+            );
+            None
+        }
+    }
+}

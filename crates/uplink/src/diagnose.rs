@@ -1,0 +1,66 @@
+//! Connection failures in plain words, for the status page and the log.
+
+use std::error::Error as StdError;
+
+use rustls::{AlertDescription, CertificateError};
+
+/// The plainest true sentence about why a connection failed.
+pub(crate) fn explain(error: &(dyn StdError + 'static)) -> String {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+            return explain_tls(tls);
+        }
+        source = e.source();
+    }
+    error.to_string()
+}
+
+fn explain_tls(e: &rustls::Error) -> String {
+    use rustls::Error::*;
+    match e {
+        InvalidCertificate(CertificateError::Revoked) => {
+            "server certificate revoked (listed in a configured CRL)".into()
+        }
+        InvalidCertificate(CertificateError::Expired | CertificateError::ExpiredContext { .. }) => {
+            "server certificate expired".into()
+        }
+        InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "server certificate not valid yet (is this device's clock right?)".into(),
+        InvalidCertificate(CertificateError::UnknownIssuer) => {
+            "server certificate not trusted: its CA is not in uplink.ca_file".into()
+        }
+        InvalidCertificate(
+            CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
+        ) => "server certificate does not match uplink.host".into(),
+        InvalidCertificate(other) => format!("server certificate refused: {other:?}"),
+        AlertReceived(
+            AlertDescription::HandshakeFailure
+            | AlertDescription::ProtocolVersion
+            | AlertDescription::InsufficientSecurity,
+        ) => {
+            "the server shares no TLS version or cipher suite with our policy (TLS 1.2+, AEAD only)"
+                .into()
+        }
+        AlertReceived(AlertDescription::CertificateRequired) => {
+            "the server requires a client certificate (mutual TLS)".into()
+        }
+        AlertReceived(
+            AlertDescription::BadCertificate
+            | AlertDescription::UnknownCA
+            | AlertDescription::CertificateUnknown,
+        ) => "the server refused our client certificate".into(),
+        AlertReceived(AlertDescription::CertificateRevoked) => {
+            "the server says our client certificate is revoked".into()
+        }
+        AlertReceived(AlertDescription::CertificateExpired) => {
+            "the server says our client certificate is expired".into()
+        }
+        PeerIncompatible(_) => {
+            "the server shares no TLS version or cipher suite with our policy (TLS 1.2+, AEAD only)"
+                .into()
+        }
+        other => format!("TLS: {other}"),
+    }
+}

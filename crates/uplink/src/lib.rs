@@ -1,0 +1,621 @@
+//! fieldlink's uplink: the TLS session to the cloud MQTT broker, draining the durable queue.
+//!
+//! # Delivery
+//! Messages are leased from the [`Backlog`] within the inflight window, published at QoS 1,
+//! and acknowledged to the backlog (deleted) only on the cloud's PUBACK; an MQTT 5 PUBACK with
+//! a failure reason is never taken for success ([`OnRejected`] decides). rumqttc's `publish`
+//! gives no packet id, so the order of `Outgoing::Publish(pkid)` events maps packet ids back to
+//! rows. rumqttc forgets its unacknowledged publishes on a clean session, so on every failure
+//! the leased rows go back to the backlog (nack) and are published again, in order, after the
+//! next CONNACK: duplicates are possible only within one inflight window per reconnect, and each
+//! message's queue id lets the cloud side drop them.
+//!
+//! # TLS
+//! Every mode is built by `fieldlink_core::tls::TlsPolicy` (TLS 1.2 minimum or 1.3 only, AEAD
+//! only): server-auth and mutual TLS with rustls (CA file or the system's roots, CRLs re-read
+//! when they change), PSK with openssl through a private Unix socket ([`psk`]).
+//! A clock earlier than this release is refused with a clear error: certificate checks on a
+//! board without RTC, before time sync, would fail in confusing ways.
+//!
+//! # Reconnects
+//! Exponential backoff with full jitter, reset only after a connection lasted
+//! [`backoff::STABLE_AFTER`], so a broker that kicks us right after CONNACK sees growing delays.
+
+mod backoff;
+mod diagnose;
+pub mod expiry;
+mod psk;
+mod session;
+
+use std::collections::{HashMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fieldlink_core::config::{OnRejected, UplinkSettings, UplinkTls};
+use fieldlink_core::ports::{Backlog, StoredMessage};
+use fieldlink_core::shutdown::Shutdown;
+use fieldlink_core::tls::{ClientTls, FileKey, KeySource, TlsPolicy, read_certs, read_crls};
+use rumqttc::{TlsConfiguration, Transport};
+use rustls::RootCertStore;
+use rustls::pki_types::CertificateDer;
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::psk::{Psk, PskBridge};
+use crate::session::{Session, SessionEvent};
+
+/// No correct clock reads earlier than this (2026-11-01T00:00:00Z, before this release).
+pub const MIN_PLAUSIBLE_UNIX_TIME: u64 = 1_793_491_200;
+
+/// Why the uplink cannot be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UplinkError {
+    /// A credentials file is missing, unreadable, too open or malformed.
+    #[error("{path:?}: {problem}")]
+    Credentials {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (never its content).
+        problem: String,
+    },
+    /// The TLS configuration could not be built.
+    #[error("{0}")]
+    Tls(String),
+    /// A file operation failed.
+    #[error("{path:?}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// The uplink as the CLI and the web UI see it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UplinkStatus {
+    /// Connected to the cloud broker now.
+    pub connected: bool,
+    /// The last failure, in plain words.
+    pub last_error: Option<String>,
+    /// Connection attempts that failed or ended.
+    pub reconnects: u64,
+    /// Messages acknowledged by the cloud.
+    pub acked_total: u64,
+    /// Messages the cloud refused (MQTT 5 negative PUBACK).
+    pub rejected_total: u64,
+    /// Messages published and not yet acknowledged.
+    pub inflight: usize,
+    /// Messages per second acknowledged, smoothed.
+    pub drain_rate: f64,
+    /// Certificates in use and when they expire (Unix seconds).
+    pub certificates: Vec<(String, i64)>,
+}
+
+/// A running uplink.
+#[derive(Debug)]
+pub struct Uplink {
+    status: watch::Receiver<UplinkStatus>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Uplink {
+    /// Checks the credentials, then starts draining `backlog` to the cloud until `shutdown`.
+    /// `runtime_dir` holds the private PSK socket.
+    pub fn start(
+        settings: UplinkSettings,
+        backlog: Arc<dyn Backlog>,
+        runtime_dir: &Path,
+        shutdown: Shutdown,
+    ) -> Result<Self, UplinkError> {
+        let connector = Connector::new(&settings, runtime_dir)?;
+        let (status_tx, status) = watch::channel(UplinkStatus::default());
+        let drain = Drain::new(settings, backlog, connector, status_tx);
+        let task = shutdown.spawn(drain.run(shutdown.clone()));
+        Ok(Self { status, task })
+    }
+
+    /// The status now.
+    pub fn status(&self) -> UplinkStatus {
+        self.status.borrow().clone()
+    }
+
+    /// A receiver that sees every status change.
+    pub fn watch(&self) -> watch::Receiver<UplinkStatus> {
+        self.status.clone()
+    }
+
+    /// Whether the drain task has ended (after shutdown).
+    pub fn is_finished(&self) -> bool {
+        self.task.is_finished()
+    }
+}
+
+/// Builds a fresh transport for each connection attempt, so that renewed certificates and
+/// updated CRLs are picked up.
+struct Connector {
+    policy: TlsPolicy,
+    tls: UplinkTls,
+    crl_files: Vec<PathBuf>,
+    alpn: Vec<Vec<u8>>,
+    host: String,
+    port: u16,
+    psk: Option<PskBridge>,
+    crl_stamps: Vec<Option<SystemTime>>,
+}
+
+impl Connector {
+    fn new(settings: &UplinkSettings, runtime_dir: &Path) -> Result<Self, UplinkError> {
+        let policy = TlsPolicy {
+            min_version: settings.min_tls_version,
+        };
+        let psk = match &settings.tls {
+            UplinkTls::Psk { psk_file } => Some(PskBridge::start(
+                runtime_dir,
+                settings.host.clone(),
+                settings.port,
+                Psk::read(psk_file)?,
+                settings.min_tls_version,
+            )?),
+            _ => None,
+        };
+        let mut connector = Self {
+            policy,
+            tls: settings.tls.clone(),
+            crl_files: settings.crl_files.clone(),
+            alpn: settings
+                .alpn
+                .iter()
+                .map(|p| p.as_bytes().to_vec())
+                .collect(),
+            host: settings.host.clone(),
+            port: settings.port,
+            psk,
+            crl_stamps: Vec::new(),
+        };
+        // Fail at start on unreadable files, rather than at the first connection.
+        connector.transport()?;
+        Ok(connector)
+    }
+
+    /// Host, port and transport for the next attempt.
+    fn transport(&mut self) -> Result<(String, u16, Transport), UplinkError> {
+        if let Some(psk) = &self.psk {
+            let socket = psk.socket().display().to_string();
+            return Ok((socket, 0, Transport::Unix));
+        }
+        self.crl_stamps = self.crl_files.iter().map(|p| modified(p)).collect();
+        let (ca_file, identity) = match &self.tls {
+            UplinkTls::ServerAuth { ca_file } => (ca_file.as_deref(), None),
+            UplinkTls::Mutual {
+                ca_file,
+                cert_file,
+                key_file,
+            } => {
+                let chain = read_certs(cert_file).map_err(tls_error)?;
+                let key: Arc<dyn KeySource> = Arc::new(FileKey(key_file.clone()));
+                (ca_file.as_deref(), Some((chain, key)))
+            }
+            UplinkTls::Psk { .. } => unreachable!("handled above"),
+        };
+        let roots = roots(ca_file)?;
+        let mut crls = Vec::new();
+        for path in &self.crl_files {
+            crls.extend(read_crls(path).map_err(tls_error)?);
+        }
+        let config = self
+            .policy
+            .client_config_with(ClientTls {
+                roots,
+                crls,
+                identity,
+                alpn: self.alpn.clone(),
+            })
+            .map_err(tls_error)?;
+        let transport = Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config)));
+        Ok((self.host.clone(), self.port, transport))
+    }
+
+    /// Whether a CRL file changed since the transport was built.
+    fn crls_changed(&self) -> bool {
+        self.crl_files
+            .iter()
+            .map(|p| modified(p))
+            .ne(self.crl_stamps.iter().copied())
+    }
+
+    /// Certificates in use, for the expiry monitor.
+    fn certificates(&self) -> Vec<(String, CertificateDer<'static>)> {
+        let mut out = Vec::new();
+        let (ca_file, cert_file) = match &self.tls {
+            UplinkTls::ServerAuth { ca_file } => (ca_file, None),
+            UplinkTls::Mutual {
+                ca_file, cert_file, ..
+            } => (ca_file, Some(cert_file)),
+            UplinkTls::Psk { .. } => (&None, None),
+        };
+        if let Some(chain) = cert_file.and_then(|p| read_certs(p).ok()) {
+            out.extend(chain.into_iter().enumerate().map(|(i, c)| {
+                (
+                    if i == 0 {
+                        "client".to_owned()
+                    } else {
+                        format!("client-chain-{i}")
+                    },
+                    c,
+                )
+            }));
+        }
+        if let Some(cas) = ca_file.as_ref().and_then(|p| read_certs(p).ok()) {
+            out.extend(
+                cas.into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (format!("ca-{i}"), c)),
+            );
+        }
+        out
+    }
+
+    fn take_psk_error(&self) -> Option<String> {
+        self.psk.as_ref().and_then(PskBridge::take_error)
+    }
+}
+
+fn modified(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+fn tls_error(e: fieldlink_core::tls::TlsError) -> UplinkError {
+    UplinkError::Tls(e.to_string())
+}
+
+fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, UplinkError> {
+    let mut roots = RootCertStore::empty();
+    match ca_file {
+        Some(path) => {
+            for cert in read_certs(path).map_err(tls_error)? {
+                roots.add(cert).map_err(|e| {
+                    UplinkError::Tls(format!("{path:?}: not a usable CA certificate: {e}"))
+                })?;
+            }
+        }
+        None => {
+            let found = rustls_native_certs::load_native_certs();
+            let (added, _) = roots.add_parsable_certificates(found.certs);
+            if added == 0 {
+                return Err(UplinkError::Tls(
+                    "no system CA certificates found; set uplink.ca_file to the CA of your cloud broker".into(),
+                ));
+            }
+        }
+    }
+    Ok(roots)
+}
+
+/// How often the drain loop looks at timers (rejected retries, CRL changes, rates).
+const TICK: Duration = Duration::from_secs(1);
+
+struct Drain {
+    settings: UplinkSettings,
+    backlog: Arc<dyn Backlog>,
+    connector: Connector,
+    status: watch::Sender<UplinkStatus>,
+    backoff: Backoff,
+    /// Leased and published, in publish order, until rumqttc tells their packet ids.
+    unsent: VecDeque<i64>,
+    /// Packet id → queue id, for what awaits its PUBACK.
+    by_pkid: HashMap<u16, i64>,
+    /// Refused by the cloud, to be retried after a delay.
+    parked: Vec<(Instant, i64)>,
+    acks: mpsc::UnboundedSender<i64>,
+    acks_rx: Option<mpsc::UnboundedReceiver<i64>>,
+    warned: HashMap<String, u64>,
+    acked_in_tick: u64,
+}
+
+impl Drain {
+    fn new(
+        settings: UplinkSettings,
+        backlog: Arc<dyn Backlog>,
+        connector: Connector,
+        status: watch::Sender<UplinkStatus>,
+    ) -> Self {
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        Self {
+            backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+            settings,
+            backlog,
+            connector,
+            status,
+            unsent: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            parked: Vec::new(),
+            acks,
+            acks_rx: Some(acks_rx),
+            warned: HashMap::new(),
+            acked_in_tick: 0,
+        }
+    }
+
+    async fn run(mut self, shutdown: Shutdown) {
+        // Acks go to the backlog from their own task, batched, so the session keeps flowing
+        // while SQLite commits.
+        if let Some(rx) = self.acks_rx.take() {
+            tokio::spawn(ack_writer(rx, self.backlog.clone()));
+        }
+        while !shutdown.is_triggered() {
+            self.attempt(&shutdown).await;
+            self.return_inflight().await;
+            if shutdown.is_triggered() {
+                break;
+            }
+            let delay = self.backoff.next_delay();
+            self.status.send_modify(|s| {
+                s.connected = false;
+                s.reconnects += 1;
+            });
+            tracing::debug!(?delay, "Uplink reconnect delay");
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = shutdown.cancelled() => break,
+            }
+        }
+        self.return_inflight().await;
+        self.status.send_modify(|s| s.connected = false);
+    }
+
+    /// One connection, from the TLS setup to its end.
+    async fn attempt(&mut self, shutdown: &Shutdown) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now < MIN_PLAUSIBLE_UNIX_TIME {
+            self.fail("the system clock is wrong (earlier than this release): waiting for time sync before checking certificates".into());
+            return;
+        }
+        self.watch_expiry(None);
+        let (host, port, transport) = match self.connector.transport() {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        let mut session = Session::new(&self.settings, &host, port, transport);
+        let mut connected_at: Option<Instant> = None;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let window_open =
+                connected_at.is_some() && self.inflight() < usize::from(self.settings.inflight);
+            tokio::select! {
+                event = session.poll() => match event {
+                    Ok(SessionEvent::Connected) => {
+                        connected_at = Some(Instant::now());
+                        tracing::info!(host = %self.settings.host, "Uplink connected");
+                        self.status.send_modify(|s| {
+                            s.connected = true;
+                            s.last_error = None;
+                        });
+                        // Anything leased before is back in the backlog (see return_inflight):
+                        // start from the oldest.
+                        self.return_inflight().await;
+                        self.watch_expiry(Some(&session));
+                        self.refill(&mut session).await;
+                    }
+                    Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
+                        if let Some(id) = self.unsent.pop_front() {
+                            self.by_pkid.insert(pkid, id);
+                        }
+                    }
+                    Ok(SessionEvent::Acked { pkid, refused }) => {
+                        self.acked(pkid, refused);
+                        if self.inflight() <= usize::from(self.settings.inflight) / 2 {
+                            self.refill(&mut session).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        let mut why = diagnose::explain(e.as_ref());
+                        if let Some(psk) = self.connector.take_psk_error() {
+                            why = psk;
+                        }
+                        self.fail(why);
+                        return;
+                    }
+                },
+                () = self.backlog.stored(), if window_open => self.refill(&mut session).await,
+                _ = tick.tick() => {
+                    self.on_tick(connected_at);
+                    if connected_at.is_some() {
+                        self.refill(&mut session).await;
+                    }
+                    if self.connector.crls_changed() {
+                        tracing::info!("A CRL file changed: reconnecting to check the server against it");
+                        session.disconnect().await;
+                        return;
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    session.disconnect().await;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn inflight(&self) -> usize {
+        self.unsent.len() + self.by_pkid.len()
+    }
+
+    /// Leases what fits in the window and publishes it.
+    async fn refill(&mut self, session: &mut Session) {
+        self.unpark().await;
+        let room = usize::from(self.settings.inflight).saturating_sub(self.inflight());
+        if room == 0 {
+            return;
+        }
+        let leased = match self.backlog.lease(room).await {
+            Ok(leased) => leased,
+            Err(e) => {
+                tracing::error!(error = %e, "Uplink cannot read the queue");
+                return;
+            }
+        };
+        for message in leased {
+            let id = message.id;
+            let StoredMessage { message, .. } = message;
+            let topic = format!("{}{}", self.settings.topic_prefix, message.topic);
+            if let Err(e) = session.publish(topic, message.payload, message.retain) {
+                // The request channel is sized for the window; this means the session is gone.
+                tracing::warn!(error = %e, "Uplink publish not queued; it goes back to the queue");
+                let _ = self.backlog.nack(vec![id]).await;
+                continue;
+            }
+            self.unsent.push_back(id);
+        }
+        self.status
+            .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
+    }
+
+    fn acked(&mut self, pkid: u16, refused: Option<String>) {
+        let Some(id) = self.by_pkid.remove(&pkid) else {
+            return;
+        };
+        match refused {
+            None => {
+                let _ = self.acks.send(id);
+                self.acked_in_tick += 1;
+                self.status.send_modify(|s| s.acked_total += 1);
+            }
+            Some(reason) => {
+                self.status.send_modify(|s| s.rejected_total += 1);
+                metrics::counter!(UPLINK_REJECTED_TOTAL).increment(1);
+                match self.settings.on_rejected {
+                    OnRejected::Retry => {
+                        tracing::warn!(id, %reason, "The cloud refused a message; it stays queued and is retried");
+                        self.parked.push((
+                            Instant::now()
+                                + self.settings.reconnect_min.max(Duration::from_secs(1)),
+                            id,
+                        ));
+                    }
+                    OnRejected::Drop => {
+                        tracing::error!(id, %reason, "The cloud refused a message; dropped as uplink.on_rejected = \"drop\" says");
+                        let _ = self.acks.send(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refused messages whose delay is over go back to the backlog.
+    async fn unpark(&mut self) {
+        let now = Instant::now();
+        let due: Vec<i64> = self
+            .parked
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        if !due.is_empty() {
+            self.parked.retain(|(at, _)| *at > now);
+            let _ = self.backlog.nack(due).await;
+        }
+    }
+
+    fn on_tick(&mut self, connected_at: Option<Instant>) {
+        if connected_at.is_some_and(|at| at.elapsed() >= backoff::STABLE_AFTER) {
+            self.backoff.reset();
+        }
+        let acked = std::mem::take(&mut self.acked_in_tick) as f64 / TICK.as_secs_f64();
+        self.status
+            .send_modify(|s| s.drain_rate = 0.7 * s.drain_rate + 0.3 * acked);
+    }
+
+    /// Everything leased and not acknowledged goes back to the backlog, to be sent again in
+    /// order after the next CONNACK.
+    async fn return_inflight(&mut self) {
+        let mut ids: Vec<i64> = self.unsent.drain(..).collect();
+        ids.extend(self.by_pkid.drain().map(|(_, id)| id));
+        ids.extend(self.parked.drain(..).map(|(_, id)| id));
+        if !ids.is_empty() {
+            let _ = self.backlog.nack(ids).await;
+        }
+        self.status.send_modify(|s| s.inflight = 0);
+    }
+
+    fn fail(&mut self, why: String) {
+        tracing::warn!(host = %self.settings.host, reason = %why, "Uplink connection failed");
+        self.status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(why);
+        });
+    }
+
+    /// Expiry gauges and warnings for every certificate in use; alarms to the cloud when
+    /// connected and a new threshold is crossed.
+    fn watch_expiry(&mut self, session: Option<&Session>) {
+        let now = SystemTime::now();
+        let mut seen = Vec::new();
+        for (role, cert) in self.connector.certificates() {
+            let Some(not_after) = expiry::not_after(&cert) else {
+                continue;
+            };
+            seen.push((role.clone(), not_after));
+            let left = not_after
+                - now
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs() as i64);
+            metrics::gauge!(UPLINK_CERT_EXPIRY_SECONDS, "certificate" => role.clone())
+                .set(left as f64);
+            let Some(level) = expiry::warning_level(not_after, now) else {
+                continue;
+            };
+            if self.warned.get(&role) == Some(&level) {
+                continue;
+            }
+            tracing::warn!(certificate = %role, days_left = left / 86_400, "Certificate expires within {level} days: renew it");
+            match (session, &self.settings.alarm_topic) {
+                (Some(session), Some(topic)) => {
+                    let alarm = format!(
+                        "{{\"alarm\":\"certificate_expiry\",\"certificate\":\"{role}\",\"not_after\":{not_after},\"days_left\":{}}}",
+                        left / 86_400
+                    );
+                    // The alarm rides outside the inflight bookkeeping: QoS 1, no queue row.
+                    if session
+                        .publish(topic.to_string(), alarm.into_bytes(), false)
+                        .is_ok()
+                    {
+                        self.warned.insert(role, level);
+                    }
+                }
+                (_, None) => {
+                    self.warned.insert(role, level);
+                }
+                (None, Some(_)) => {} // alarm once connected
+            }
+        }
+        self.status.send_modify(|s| s.certificates = seen);
+    }
+}
+
+/// Metric: messages the cloud refused (negative PUBACK).
+const UPLINK_REJECTED_TOTAL: &str = "fieldlink_uplink_rejected_total";
+/// Metric: seconds until a certificate in use expires; label `certificate`.
+const UPLINK_CERT_EXPIRY_SECONDS: &str = "fieldlink_uplink_certificate_expiry_seconds";
+
+async fn ack_writer(mut rx: mpsc::UnboundedReceiver<i64>, backlog: Arc<dyn Backlog>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(id) = rx.try_recv() {
+            batch.push(id);
+        }
+        if let Err(e) = backlog.ack(std::mem::take(&mut batch)).await {
+            // Not deleted: they will be sent again after a restart (at least once).
+            tracing::warn!(error = %e, "Uplink could not delete acknowledged messages");
+        }
+    }
+}

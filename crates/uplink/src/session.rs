@@ -1,0 +1,152 @@
+//! One MQTT session with the cloud broker, over rumqttc v3.1.1 or v5, reduced to the few
+//! events the drain loop needs.
+
+use std::error::Error as StdError;
+use std::time::Duration;
+
+use fieldlink_core::config::{MqttVersion, UplinkSettings};
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
+use rumqttc::{Event, Incoming, Outgoing, Transport};
+
+/// What happened on the session.
+#[derive(Debug)]
+pub(crate) enum SessionEvent {
+    /// The broker accepted the connection.
+    Connected,
+    /// A publish left with this packet id (0 for QoS 0).
+    Sent(u16),
+    /// The broker acknowledged a publish; `refused` holds its reason when it refused it (v5).
+    Acked { pkid: u16, refused: Option<String> },
+    /// Anything else (pings, subscriptions).
+    Other,
+}
+
+/// A failed session, with the error chain kept for diagnosis.
+pub(crate) type SessionError = Box<dyn StdError + Send + Sync>;
+
+pub(crate) enum Session {
+    V4 {
+        client: rumqttc::AsyncClient,
+        events: Box<rumqttc::EventLoop>,
+    },
+    V5 {
+        client: rumqttc::v5::AsyncClient,
+        events: Box<rumqttc::v5::EventLoop>,
+    },
+}
+
+impl Session {
+    /// A session to `host:port` over `transport`; nothing is sent until the first poll.
+    pub(crate) fn new(
+        settings: &UplinkSettings,
+        host: &str,
+        port: u16,
+        transport: Transport,
+    ) -> Self {
+        // The drain loop never has more than `inflight` publishes outstanding; the request
+        // channel only needs that much room (plus the alarm and subscriptions).
+        let capacity = usize::from(settings.inflight) + 16;
+        match settings.mqtt {
+            MqttVersion::V311 => {
+                let mut options = rumqttc::MqttOptions::new(&settings.client_id, host, port);
+                options
+                    .set_transport(transport)
+                    .set_keep_alive(settings.keep_alive)
+                    .set_clean_session(settings.clean_session)
+                    .set_inflight(settings.inflight);
+                let (client, events) = rumqttc::AsyncClient::new(options, capacity);
+                Self::V4 {
+                    client,
+                    events: Box::new(events),
+                }
+            }
+            MqttVersion::V5 => {
+                let mut options = rumqttc::v5::MqttOptions::new(&settings.client_id, host, port);
+                options
+                    .set_transport(transport)
+                    .set_keep_alive(settings.keep_alive)
+                    .set_clean_start(settings.clean_session)
+                    .set_outgoing_inflight_upper_limit(settings.inflight);
+                let (client, events) = rumqttc::v5::AsyncClient::new(options, capacity);
+                Self::V5 {
+                    client,
+                    events: Box::new(events),
+                }
+            }
+        }
+    }
+
+    pub(crate) async fn poll(&mut self) -> Result<SessionEvent, SessionError> {
+        match self {
+            Self::V4 { events, .. } => Ok(match events.poll().await? {
+                Event::Incoming(Incoming::ConnAck(_)) => SessionEvent::Connected,
+                Event::Incoming(Incoming::PubAck(ack)) => SessionEvent::Acked {
+                    pkid: ack.pkid,
+                    refused: None,
+                },
+                Event::Outgoing(Outgoing::Publish(pkid)) => SessionEvent::Sent(pkid),
+                _ => SessionEvent::Other,
+            }),
+            Self::V5 { events, .. } => Ok(match events.poll().await? {
+                rumqttc::v5::Event::Incoming(Packet5::ConnAck(_)) => SessionEvent::Connected,
+                rumqttc::v5::Event::Incoming(Packet5::PubAck(ack)) => {
+                    let refused = match ack.reason {
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,
+                        reason => {
+                            let text = ack
+                                .properties
+                                .as_ref()
+                                .and_then(|p| p.reason_string.clone());
+                            Some(match text {
+                                Some(text) => format!("{reason:?}: {text}"),
+                                None => format!("{reason:?}"),
+                            })
+                        }
+                    };
+                    SessionEvent::Acked {
+                        pkid: ack.pkid,
+                        refused,
+                    }
+                }
+                rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid)) => SessionEvent::Sent(pkid),
+                _ => SessionEvent::Other,
+            }),
+        }
+    }
+
+    /// Queues a QoS 1 publish (never waits: the caller keeps within the inflight window).
+    pub(crate) fn publish(
+        &self,
+        topic: String,
+        payload: Vec<u8>,
+        retain: bool,
+    ) -> Result<(), SessionError> {
+        match self {
+            Self::V4 { client, .. } => {
+                client.try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)?
+            }
+            Self::V5 { client, .. } => client.try_publish(
+                topic,
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                retain,
+                payload,
+            )?,
+        }
+        Ok(())
+    }
+
+    /// Says goodbye to the broker (best effort, bounded).
+    pub(crate) async fn disconnect(&mut self) {
+        let sent = match self {
+            Self::V4 { client, .. } => client.try_disconnect().is_ok(),
+            Self::V5 { client, .. } => client.try_disconnect().is_ok(),
+        };
+        if sent {
+            // Drive the event loop until the DISCONNECT is on the wire.
+            let _ = tokio::time::timeout(Duration::from_millis(500), async {
+                while self.poll().await.is_ok() {}
+            })
+            .await;
+        }
+    }
+}
