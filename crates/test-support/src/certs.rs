@@ -3,7 +3,10 @@
 
 use std::path::{Path, PathBuf};
 
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DnType, IsCa, Issuer,
+    KeyIdMethod, KeyPair, RevokedCertParams, SerialNumber, date_time_ymd,
+};
 
 /// A test certificate authority.
 pub struct TestCa {
@@ -41,6 +44,11 @@ impl TestCa {
 
     /// A certificate for `common_name`, valid for the DNS names `sans`.
     pub fn issue(&self, common_name: &str, sans: &[&str]) -> Issued {
+        self.issue_with(common_name, sans, Leaf::default())
+    }
+
+    /// A certificate with a chosen serial number and validity.
+    pub fn issue_with(&self, common_name: &str, sans: &[&str], leaf: Leaf) -> Issued {
         let key = KeyPair::generate().expect("a fresh key");
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
@@ -48,12 +56,60 @@ impl TestCa {
         params
             .distinguished_name
             .push(DnType::CommonName, common_name);
+        if let Some(serial) = leaf.serial {
+            params.serial_number = Some(SerialNumber::from(serial));
+        }
+        if leaf.expired {
+            params.not_before = date_time_ymd(2020, 1, 1);
+            params.not_after = date_time_ymd(2021, 1, 1);
+        }
+        if let Some((y, m, d)) = leaf.not_after {
+            params.not_after = date_time_ymd(y, m, d);
+        }
         let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
         Issued {
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
         }
     }
+}
+
+impl TestCa {
+    /// A CRL (PEM) signed by this CA that revokes the given serial numbers.
+    pub fn crl(&self, revoked: &[u64]) -> String {
+        let params = CertificateRevocationListParams {
+            this_update: date_time_ymd(2026, 1, 1),
+            next_update: date_time_ymd(2036, 1, 1),
+            crl_number: SerialNumber::from(1u64),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|serial| RevokedCertParams {
+                    serial_number: SerialNumber::from(*serial),
+                    revocation_time: date_time_ymd(2026, 1, 2),
+                    reason_code: None,
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        params
+            .signed_by(&self.issuer)
+            .expect("signed CRL")
+            .pem()
+            .expect("CRL PEM")
+    }
+}
+
+/// Options for [`TestCa::issue_with`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Leaf {
+    /// The serial number (random when `None`).
+    pub serial: Option<u64>,
+    /// Valid only during 2020.
+    pub expired: bool,
+    /// A chosen expiry date (year, month, day).
+    pub not_after: Option<(i32, u8, u8)>,
 }
 
 /// Writes `contents` to `dir/name` and returns the path.

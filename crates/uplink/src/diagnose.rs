@@ -11,6 +11,15 @@ pub(crate) fn explain(error: &(dyn StdError + 'static)) -> String {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
             return explain_tls(tls);
         }
+        // io::Error::source() skips the error it wraps (it returns that error's source), and
+        // tokio-rustls wraps the rustls error in an io::Error: look inside.
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+            && let Some(tls) = inner.downcast_ref::<rustls::Error>()
+        {
+            return explain_tls(tls);
+        }
         source = e.source();
     }
     error.to_string()

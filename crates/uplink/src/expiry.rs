@@ -135,7 +135,7 @@ mod tests {
         // 2049 is written as UTCTime, 2051 as GeneralizedTime (RFC 5280).
         assert_eq!(not_after(&cert_expiring(2049, 12, 31)), Some(2_524_521_600));
         assert_eq!(not_after(&cert_expiring(2051, 1, 1)), Some(2_556_144_000));
-        assert_eq!(not_after(&cert_expiring(2027, 3, 1)), Some(1_803_945_600));
+        assert_eq!(not_after(&cert_expiring(2027, 3, 1)), Some(1_803_859_200));
     }
 
     #[test]

@@ -201,24 +201,44 @@ async fn bridge(
 }
 
 fn explain_handshake(e: &openssl::ssl::Error) -> String {
-    let text = e.to_string();
-    let details = e.ssl_error().map(|s| s.to_string()).unwrap_or_default();
-    let all = format!("{text} {details}").to_ascii_lowercase();
-    if all.contains("decrypt")
-        || all.contains("bad record mac")
-        || all.contains("unknown psk")
-        || all.contains("psk identity")
+    let reasons: Vec<String> = e
+        .ssl_error()
+        .map(|stack| {
+            stack
+                .errors()
+                .iter()
+                .filter_map(|x| x.reason().map(str::to_owned))
+                .collect()
+        })
+        .unwrap_or_default();
+    let all = format!("{e} {}", reasons.join(" ")).to_ascii_lowercase();
+    let first = reasons.first().cloned().unwrap_or_else(|| e.to_string());
+    // A wrong identity or key surfaces as one of these alerts, depending on version and server.
+    if [
+        "decrypt",
+        "bad record mac",
+        "unknown psk",
+        "psk identity",
+        "illegal parameter",
+    ]
+    .iter()
+    .any(|w| all.contains(w))
     {
-        "PSK identity or key rejected by the server".into()
-    } else if all.contains("no shared cipher")
-        || all.contains("handshake failure")
-        || all.contains("protocol version")
-        || all.contains("unsupported protocol")
+        format!("PSK identity or key rejected by the server ({first})")
+    } else if [
+        "no shared cipher",
+        "handshake failure",
+        "protocol version",
+        "unsupported protocol",
+    ]
+    .iter()
+    .any(|w| all.contains(w))
     {
-        "the server shares no TLS version or PSK cipher suite with our policy (TLS 1.2+, AEAD only)"
-            .into()
+        format!(
+            "the server shares no TLS version or PSK cipher suite with our policy (TLS 1.2+, AEAD only) ({first})"
+        )
     } else {
-        format!("PSK handshake failed: {text} {details}")
+        format!("PSK handshake failed: {first}")
     }
 }
 

@@ -1,0 +1,204 @@
+//! A cloud for the uplink to talk to: a real mosquitto with a TLS listener (certificates made
+//! at test time) and a plain one for the test's own subscriber; and the real queue.
+#![allow(dead_code)] // each test file uses its own subset
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use fieldlink_core::config::{MqttVersion, OnRejected, QueueSettings, UplinkSettings, UplinkTls};
+use fieldlink_core::message::{Message, Priority, QoS};
+use fieldlink_core::ports::OutboxEntry;
+use fieldlink_core::tls::MinTlsVersion;
+use fieldlink_core::topic::TopicName;
+use fieldlink_queue::{Queue, StatvfsDisk};
+use fieldlink_test_support::certs::{Issued, TestCa, write};
+use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions};
+
+/// A mosquitto with a plain listener (for the test's subscriber) and a TLS one.
+pub struct Cloud {
+    pub broker: Mosquitto,
+    pub tls_port: u16,
+    pub files: tempfile::TempDir,
+}
+
+impl Cloud {
+    /// `tls_extra` goes into the TLS listener's section (e.g. `require_certificate true`).
+    pub fn start(ca: &TestCa, server: &Issued, tls_extra: &str) -> Self {
+        Self::start_on(free_port(), free_port(), ca, server, tls_extra, "")
+    }
+
+    pub fn start_on(
+        plain: u16,
+        tls_port: u16,
+        ca: &TestCa,
+        server: &Issued,
+        tls_extra: &str,
+        global: &str,
+    ) -> Self {
+        let files = tempfile::tempdir().unwrap();
+        let ca_file = write(files.path(), "ca.pem", ca.pem());
+        let cert = write(files.path(), "server.pem", &server.cert_pem);
+        let key = write(files.path(), "server.key", &server.key_pem);
+        let extra = format!(
+            "{global}\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n{tls_extra}\n",
+            ca_file.display(),
+            cert.display(),
+            key.display()
+        );
+        let broker = Mosquitto::start_on(plain, &extra);
+        wait_for_port(([127, 0, 0, 1], tls_port).into(), Duration::from_secs(10));
+        Self {
+            broker,
+            tls_port,
+            files,
+        }
+    }
+
+    pub fn file(&self, name: &str, contents: &str) -> PathBuf {
+        write(self.files.path(), name, contents)
+    }
+}
+
+/// Uplink settings for a cloud on 127.0.0.1 whose certificate names "localhost".
+pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
+    UplinkSettings {
+        host: "localhost".into(),
+        port,
+        client_id: "fieldlink-test".into(),
+        mqtt: MqttVersion::V311,
+        keep_alive: Duration::from_secs(30),
+        clean_session: true,
+        inflight: 50,
+        topic_prefix: "cloud/".into(),
+        tls,
+        min_tls_version: MinTlsVersion::Tls12,
+        crl_files: Vec::new(),
+        alpn: Vec::new(),
+        reconnect_min: Duration::from_millis(100),
+        reconnect_max: Duration::from_secs(1),
+        on_rejected: OnRejected::Retry,
+        alarm_topic: None,
+    }
+}
+
+pub async fn queue(dir: &Path) -> Queue {
+    let settings = QueueSettings {
+        disk_reserve: 0,
+        ..QueueSettings::default()
+    };
+    Queue::open(dir, settings, HashMap::new(), Arc::new(StatvfsDisk))
+        .await
+        .unwrap()
+}
+
+/// Appends `n` messages on `site/<stream>`, payloads `<stream>-<i>`.
+pub async fn fill(queue: &Queue, stream: &str, n: usize) {
+    for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
+        let entries = chunk
+            .iter()
+            .map(|i| OutboxEntry {
+                stream: stream.into(),
+                priority: Priority::Normal,
+                message: Message {
+                    topic: TopicName::new(format!("site/{stream}")).unwrap(),
+                    payload: format!("{stream}-{i}").into_bytes(),
+                    qos: QoS::AtLeastOnce,
+                    retain: false,
+                },
+                properties: None,
+            })
+            .collect();
+        queue.append(entries).await.unwrap();
+    }
+}
+
+/// A subscriber on the cloud's plain listener, collecting (topic, payload).
+pub struct Subscriber {
+    pub got: Arc<Mutex<Vec<(String, String)>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Subscriber {
+    /// Subscribed (SUBACK received) when this returns. A persistent session survives a broker
+    /// restart when the broker persists.
+    pub async fn start(port: u16, filter: &str, client_id: &str, persistent: bool) -> Self {
+        let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
+        options
+            .set_clean_session(!persistent)
+            .set_keep_alive(Duration::from_secs(5));
+        let (client, mut events) = AsyncClient::new(options, 64);
+        client
+            .subscribe(filter, rumqttc::QoS::AtLeastOnce)
+            .await
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            assert!(Instant::now() < deadline, "no SUBACK from the cloud");
+            match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::SubAck(_)))) => break,
+                Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(50)).await,
+                _ => {}
+            }
+        }
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let sink = got.clone();
+        let task = tokio::spawn(async move {
+            let _client = client;
+            loop {
+                match events.poll().await {
+                    Ok(Event::Incoming(Incoming::Publish(p))) => sink.lock().unwrap().push((
+                        p.topic.clone(),
+                        String::from_utf8_lossy(&p.payload).into_owned(),
+                    )),
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+                }
+            }
+        });
+        Self { got, task }
+    }
+
+    pub fn count(&self) -> usize {
+        self.got.lock().unwrap().len()
+    }
+
+    pub fn payloads(&self) -> Vec<String> {
+        self.got
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, p)| p.clone())
+            .collect()
+    }
+
+    /// Waits until at least `n` messages arrived; panics after `limit`.
+    pub async fn wait_for(&self, n: usize, limit: Duration) {
+        let start = Instant::now();
+        while self.count() < n {
+            assert!(
+                start.elapsed() < limit,
+                "{} of {n} messages after {limit:?}",
+                self.count()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Waits until `f` is true; panics with `what` after `limit`.
+pub async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
