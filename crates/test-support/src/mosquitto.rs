@@ -66,6 +66,15 @@ impl Mosquitto {
         self.dir.path()
     }
 
+    /// Stops it gracefully (SIGTERM), so that it saves its persistent state, and waits.
+    pub fn stop(mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+
     /// Its log so far, for assertion messages.
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()

@@ -12,7 +12,7 @@ use fieldlink_core::shutdown::Shutdown;
 use fieldlink_test_support::certs::{Leaf, TestCa};
 use fieldlink_uplink::Uplink;
 
-use common::{Cloud, Subscriber, fill, queue, settings, until};
+use common::{Cloud, Subscriber, fill, queue, settings};
 
 const LIMIT: Duration = Duration::from_secs(20);
 
@@ -310,8 +310,9 @@ async fn a_crl_that_no_longer_lists_the_server_lets_it_connect_without_a_restart
     shutdown.drain(Duration::from_secs(5)).await;
 }
 
-/// An `openssl s_server` speaking only what our policy refuses; killed on drop.
-struct LegacyServer(std::process::Child, tempfile::TempDir);
+/// An `openssl s_server` speaking only what our policy refuses; killed on drop (its
+/// certificate files live as long as it does).
+struct LegacyServer(std::process::Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl LegacyServer {
     fn start(ca: &TestCa, protocol: &str) -> (Self, u16) {

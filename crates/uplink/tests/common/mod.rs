@@ -39,9 +39,32 @@ impl Cloud {
         global: &str,
     ) -> Self {
         let files = tempfile::tempdir().unwrap();
-        let ca_file = write(files.path(), "ca.pem", ca.pem());
-        let cert = write(files.path(), "server.pem", &server.cert_pem);
-        let key = write(files.path(), "server.key", &server.key_pem);
+        write(files.path(), "ca.pem", ca.pem());
+        write(files.path(), "server.pem", &server.cert_pem);
+        write(files.path(), "server.key", &server.key_pem);
+        Self::launch(plain, tls_port, files, tls_extra, global)
+    }
+
+    /// Starts again on the same ports with the same certificates (after `Mosquitto::stop`).
+    pub fn start_on_files(
+        plain: u16,
+        tls_port: u16,
+        files: tempfile::TempDir,
+        global: &str,
+    ) -> Self {
+        Self::launch(plain, tls_port, files, "", global)
+    }
+
+    fn launch(
+        plain: u16,
+        tls_port: u16,
+        files: tempfile::TempDir,
+        tls_extra: &str,
+        global: &str,
+    ) -> Self {
+        let ca_file = files.path().join("ca.pem");
+        let cert = files.path().join("server.pem");
+        let key = files.path().join("server.key");
         let extra = format!(
             "{global}\nlistener {tls_port} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n{tls_extra}\n",
             ca_file.display(),
