@@ -1,6 +1,7 @@
 use std::path::PathBuf;
 
 use super::*;
+use crate::config::{OnRejected, UplinkTls};
 
 fn origin() -> Origin {
     Origin::File(PathBuf::from("test.toml"))
@@ -78,6 +79,30 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             key: "queue.when_full",
             line: 2,
             words: &["unknown policy", "drop_oldest"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"none\"\n",
+            key: "uplink.tls",
+            line: 4,
+            words: &["unknown TLS mode", "plaintext is not offered"],
+        },
+        Case {
+            text: "[uplink]\nclient_id = \"c\"\n",
+            key: "uplink.host",
+            line: 1,
+            words: &["missing", "host ="],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n",
+            key: "uplink.key_file",
+            line: 1,
+            words: &["missing", "private key"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nmin_tls_version = \"1.1\"\n",
+            key: "uplink.min_tls_version",
+            line: 4,
+            words: &["not a TLS version fieldlink allows"],
         },
         Case {
             text: "[broker]\nsegment_size = 512\n",
@@ -235,4 +260,38 @@ fn durations_accept_the_documented_units_only() {
     for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10w"] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn an_uplink_section_is_read_into_settings() {
+    let settings = parse(
+        "[uplink]\nhost = \"mqtt.example.com\"\nport = 443\nclient_id = \"gw-7\"\nmqtt = \"5\"\n\
+         tls = \"mutual\"\nca_file = \"/etc/fl/ca.pem\"\ncert_file = \"/etc/fl/c.pem\"\n\
+         key_file = \"/etc/fl/c.key\"\nmin_tls_version = \"1.3\"\nalpn = [\"x-amzn-mqtt-ca\"]\n\
+         crl_files = [\"/etc/fl/ca.crl\"]\ntopic_prefix = \"plant-3/\"\non_rejected = \"drop\"\n\
+         alarm_topic = \"plant-3/alarms\"\n",
+        origin(),
+    )
+    .unwrap();
+    let uplink = settings.uplink.unwrap();
+    assert_eq!(
+        (uplink.host.as_str(), uplink.port, uplink.mqtt),
+        ("mqtt.example.com", 443, MqttVersion::V5)
+    );
+    assert_eq!(
+        uplink.tls,
+        UplinkTls::Mutual {
+            ca_file: Some(PathBuf::from("/etc/fl/ca.pem")),
+            cert_file: PathBuf::from("/etc/fl/c.pem"),
+            key_file: PathBuf::from("/etc/fl/c.key"),
+        }
+    );
+    assert_eq!(uplink.min_tls_version, crate::tls::MinTlsVersion::Tls13);
+    assert_eq!(uplink.alpn, ["x-amzn-mqtt-ca"]);
+    assert_eq!(uplink.on_rejected, OnRejected::Drop);
+    assert_eq!(uplink.inflight, 100);
+    assert!(
+        Settings::default().uplink.is_none(),
+        "no uplink unless configured"
+    );
 }

@@ -216,12 +216,3 @@ impl Drop for Subscriber {
         self.task.abort();
     }
 }
-
-/// Waits until `f` is true; panics with `what` after `limit`.
-pub async fn until(limit: Duration, what: &str, mut f: impl FnMut() -> bool) {
-    let start = Instant::now();
-    while !f() {
-        assert!(start.elapsed() < limit, "timed out after {limit:?}: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
