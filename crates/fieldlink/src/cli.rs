@@ -116,6 +116,9 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         .build()
         .context("cannot start the async runtime")?;
     runtime.block_on(async {
+        // Watch the signals before anything starts: a SIGTERM that arrives during start-up (or
+        // right after READY=1) must stop us cleanly, not kill us by default action.
+        let signals = Signals::install()?;
         let gateway = Gateway::start(settings).await?;
         systemd::notify("READY=1");
         let watchdog = systemd::watchdog_interval().map(|every| {
@@ -131,7 +134,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
                 }
             })
         });
-        let signal = wait_for_signal().await?;
+        let signal = signals.wait().await;
         tracing::info!(signal, "Shutting down");
         systemd::notify("STOPPING=1");
         if let Some(watchdog) = watchdog {
@@ -199,14 +202,27 @@ fn queue_command(settings: Settings, command: QueueCommand) -> anyhow::Result<()
     })
 }
 
-async fn wait_for_signal() -> anyhow::Result<&'static str> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut int = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-    Ok(tokio::select! {
-        _ = term.recv() => "SIGTERM",
-        _ = int.recv() => "SIGINT",
-    })
+/// SIGTERM and SIGINT, watched from the moment they are installed.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> anyhow::Result<Self> {
+        use tokio::signal::unix::{SignalKind, signal};
+        Ok(Self {
+            term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
+            int: signal(SignalKind::interrupt()).context("cannot watch SIGINT")?,
+        })
+    }
+
+    async fn wait(mut self) -> &'static str {
+        tokio::select! {
+            _ = self.term.recv() => "SIGTERM",
+            _ = self.int.recv() => "SIGINT",
+        }
+    }
 }
 
 fn describe(origin: &Origin, source: &ConfigSource) -> String {
