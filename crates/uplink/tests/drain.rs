@@ -84,13 +84,26 @@ async fn an_outage_loses_nothing_and_keeps_order() {
 
     // Back on the same ports, with the same state.
     let cloud = Cloud::start_on_files(plain, tls, files, &global);
-    sub.wait_for(10_000, Duration::from_secs(60)).await;
+    // Duplicates count towards the subscriber's total: wait for 10 000 distinct messages.
+    let start = Instant::now();
+    while first_seen(&sub.payloads(), "a").0.len() < 10_000
+        && start.elapsed() < Duration::from_secs(60)
+    {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     let (order, duplicates) = first_seen(&sub.payloads(), "a");
-    assert_eq!(
-        order,
-        (0..10_000).collect::<Vec<_>>(),
-        "every message, in order"
-    );
+    let missing: Vec<usize> = (0..10_000)
+        .filter(|i| !order.contains(i))
+        .take(10)
+        .collect();
+    assert!(missing.is_empty(), "lost: {missing:?}…");
+    let disorder: Vec<(usize, usize)> = order
+        .windows(2)
+        .filter(|w| w[1] < w[0])
+        .map(|w| (w[0], w[1]))
+        .take(10)
+        .collect();
+    assert!(disorder.is_empty(), "out of order: {disorder:?}…");
     let reconnects = uplink.status().reconnects.max(1) as usize;
     assert!(
         duplicates <= 50 * reconnects,
@@ -295,5 +308,10 @@ async fn a_broker_that_kicks_right_after_connack_sees_growing_jittered_delays() 
         distinct.len() >= gaps.len() - 2,
         "jittered, not a fixed schedule: {gaps:?}"
     );
-    assert!(uplink.status().reconnects >= 9);
+    // Every kick but the last one or two (the last may race with the shutdown) is counted.
+    assert!(
+        uplink.status().reconnects as usize >= gaps.len() - 1,
+        "{:?}",
+        uplink.status()
+    );
 }
