@@ -90,6 +90,10 @@ pub struct UplinkStatus {
     pub inflight: usize,
     /// Messages per second acknowledged, smoothed.
     pub drain_rate: f64,
+    /// Messages waiting in the queue.
+    pub backlog: u64,
+    /// Time to empty the backlog at the current drain rate (`None` while nothing drains).
+    pub time_to_empty: Option<Duration>,
     /// Certificates in use and when they expire (Unix seconds).
     pub certificates: Vec<(String, i64)>,
 }
@@ -428,6 +432,13 @@ impl Drain {
                 () = self.backlog.stored(), if window_open => self.refill(&mut session).await,
                 _ = tick.tick() => {
                     self.on_tick(connected_at);
+                    if let Ok(backlog) = self.backlog.depth().await {
+                        self.status.send_modify(|s| {
+                            s.backlog = backlog;
+                            s.time_to_empty = (s.drain_rate >= 1.0)
+                                .then(|| Duration::from_secs_f64(backlog as f64 / s.drain_rate));
+                        });
+                    }
                     if connected_at.is_some() {
                         self.refill(&mut session).await;
                     }

@@ -48,6 +48,15 @@ async fn delivers(cloud: &Cloud, tls: UplinkTls, mqtt: MqttVersion) {
     }
     assert!(uplink.status().connected);
     assert_eq!(uplink.status().last_error, None);
+    let start = std::time::Instant::now();
+    while uplink.status().acked_total < 20 || uplink.status().backlog != 0 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "status not updated: {:?}",
+            uplink.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     shutdown.drain(Duration::from_secs(5)).await;
 }
 
