@@ -6,8 +6,8 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::file::UplinkFile;
-use super::validate::{duration, int};
-use super::{MqttVersion, OnRejected, UplinkSettings, UplinkTls};
+use super::validate::{duration, int, mqtt_version};
+use super::{OnRejected, UplinkSettings, UplinkTls};
 use crate::tls::MinTlsVersion;
 use crate::topic::{TopicFilter, TopicName};
 
@@ -31,22 +31,7 @@ pub(super) fn settings(
         entry,
         "our MQTT client id, e.g. client_id = \"site-7-gateway\"",
     );
-    let mqtt = match &file.mqtt {
-        None => MqttVersion::V311,
-        Some(v) => match v.get_ref().as_str() {
-            "3.1.1" => MqttVersion::V311,
-            "5" => MqttVersion::V5,
-            _ => {
-                c.at(
-                    "uplink.mqtt",
-                    Some(v.span()),
-                    "unknown MQTT version",
-                    "write \"3.1.1\" or \"5\"",
-                );
-                MqttVersion::V311
-            }
-        },
-    };
+    let mqtt = mqtt_version(c, "uplink.mqtt", &file.mqtt);
     let tls = tls(file, entry, c);
     let min_tls_version = match &file.min_tls_version {
         None => MinTlsVersion::Tls12,

@@ -240,22 +240,7 @@ fn listener(
         }
         Some(_) => int(c, &format!("{key}.port"), &file.port, 1..=65_535).unwrap_or(0),
     };
-    let mqtt = match &file.mqtt {
-        None => MqttVersion::V311,
-        Some(v) => match v.get_ref().as_str() {
-            "3.1.1" => MqttVersion::V311,
-            "5" => MqttVersion::V5,
-            _ => {
-                c.at(
-                    &format!("{key}.mqtt"),
-                    Some(v.span()),
-                    "unknown MQTT version",
-                    "write \"3.1.1\" or \"5\"",
-                );
-                MqttVersion::V311
-            }
-        },
-    };
+    let mqtt = mqtt_version(c, &format!("{key}.mqtt"), &file.mqtt);
     (c.len() == errors_before).then(|| ListenerSettings {
         name,
         addr: SocketAddr::new(ip, port),
@@ -368,6 +353,27 @@ fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {
         }
     }
     out
+}
+
+/// `"3.1.1"` (the default) or `"5"`.
+pub(super) fn mqtt_version(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<String>>,
+) -> MqttVersion {
+    match value.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("3.1.1", _)) => MqttVersion::V311,
+        Some(("5", _)) => MqttVersion::V5,
+        Some((_, span)) => {
+            c.at(
+                key,
+                Some(span),
+                "unknown MQTT version",
+                "write \"3.1.1\" or \"5\"",
+            );
+            MqttVersion::V311
+        }
+    }
 }
 
 /// An integer within `range`; `None` when absent or invalid (the error is recorded).
