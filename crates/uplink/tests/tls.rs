@@ -62,7 +62,11 @@ async fn delivers(cloud: &Cloud, tls: UplinkTls, mqtt: MqttVersion) {
 
 /// Starts an uplink that must fail: waits for an error containing `expected`, and checks that
 /// nothing arrived and the message is still queued.
-async fn refused(port: u16, tls: UplinkTls, observer_port: Option<u16>, expected: &str) {
+async fn refused(
+    settings: fieldlink_core::config::UplinkSettings,
+    observer_port: Option<u16>,
+    expected: &str,
+) {
     let dir = tempfile::tempdir().unwrap();
     let queue = queue(dir.path()).await;
     let sub = match observer_port {
@@ -72,7 +76,7 @@ async fn refused(port: u16, tls: UplinkTls, observer_port: Option<u16>, expected
     fill(&queue, "t", 1).await;
     let shutdown = Shutdown::new();
     let uplink = Uplink::start(
-        settings(port, tls),
+        settings,
         Arc::new(queue.clone()),
         dir.path(),
         shutdown.clone(),
@@ -147,8 +151,7 @@ async fn mutual_tls_without_our_certificate_is_refused() {
     );
     let tls = server_auth(&cloud, &ca);
     refused(
-        cloud.tls_port,
-        tls,
+        settings(cloud.tls_port, tls),
         Some(cloud.broker.addr().port()),
         "client certificate",
     )
@@ -197,8 +200,7 @@ async fn a_wrong_psk_is_refused() {
     let (broker, port, files) = psk_cloud("tlsv1.2");
     let tls = our_psk(files.path(), "gateway-7:ffeeddccbbaa99887766554433221100");
     refused(
-        port,
-        tls,
+        settings(port, tls),
         Some(broker.addr().port()),
         "PSK identity or key rejected",
     )
@@ -213,8 +215,7 @@ async fn an_untrusted_server_ca_is_refused() {
         ca_file: Some(cloud.file("wrong-ca.pem", other.pem())),
     };
     refused(
-        cloud.tls_port,
-        tls,
+        settings(cloud.tls_port, tls),
         Some(cloud.broker.addr().port()),
         "not trusted",
     )
@@ -226,8 +227,7 @@ async fn a_hostname_mismatch_is_refused() {
     let ca = TestCa::new("cloud CA");
     let cloud = Cloud::start(&ca, &ca.issue("cloud", &["mqtt.example.com"]), "");
     refused(
-        cloud.tls_port,
-        server_auth(&cloud, &ca),
+        settings(cloud.tls_port, server_auth(&cloud, &ca)),
         Some(cloud.broker.addr().port()),
         "does not match uplink.host",
     )
@@ -247,8 +247,7 @@ async fn an_expired_server_certificate_is_refused() {
     );
     let cloud = Cloud::start(&ca, &server, "");
     refused(
-        cloud.tls_port,
-        server_auth(&cloud, &ca),
+        settings(cloud.tls_port, server_auth(&cloud, &ca)),
         Some(cloud.broker.addr().port()),
         "expired",
     )
@@ -269,20 +268,7 @@ async fn a_revoked_server_certificate_is_refused() {
     let cloud = Cloud::start(&ca, &server, "");
     let mut settings = settings(cloud.tls_port, server_auth(&cloud, &ca));
     settings.crl_files = vec![cloud.file("ca.crl", &ca.crl(&[4242]))];
-    let dir = tempfile::tempdir().unwrap();
-    let queue = queue(dir.path()).await;
-    fill(&queue, "t", 1).await;
-    let shutdown = Shutdown::new();
-    let uplink = Uplink::start(
-        settings,
-        Arc::new(queue.clone()),
-        dir.path(),
-        shutdown.clone(),
-    )
-    .unwrap();
-    error_saying(&uplink, "revoked").await;
-    shutdown.drain(Duration::from_secs(5)).await;
-    assert_eq!(queue.stats().await.unwrap().messages, 1);
+    refused(settings, Some(cloud.broker.addr().port()), "revoked").await;
 }
 
 #[tokio::test]
@@ -375,7 +361,12 @@ async fn a_server_with_only_weak_cipher_suites_is_refused() {
             ca.pem(),
         )),
     };
-    refused(port, tls, None, "shares no TLS version or cipher suite").await;
+    refused(
+        settings(port, tls),
+        None,
+        "shares no TLS version or cipher suite",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -390,5 +381,10 @@ async fn a_tls11_only_server_is_refused() {
             ca.pem(),
         )),
     };
-    refused(port, tls, None, "shares no TLS version or cipher suite").await;
+    refused(
+        settings(port, tls),
+        None,
+        "shares no TLS version or cipher suite",
+    )
+    .await;
 }
