@@ -176,10 +176,12 @@ impl TlsPolicy {
     /// A client configuration that verifies the server against `roots` (hostname included) and
     /// presents no client certificate.
     pub fn client_config(&self, roots: RootCertStore) -> Result<ClientConfig, TlsError> {
-        Ok(ClientConfig::builder_with_provider(self.provider())
-            .with_protocol_versions(self.versions())?
-            .with_root_certificates(roots)
-            .with_no_client_auth())
+        self.client_config_with(ClientTls {
+            roots,
+            crls: Vec::new(),
+            identity: None,
+            alpn: Vec::new(),
+        })
     }
 
     /// A client configuration: the server verified against `tls.roots` (hostname included)

@@ -31,7 +31,7 @@ pub struct Queue {
 }
 
 /// Depth and counters of one stream.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamStats {
     /// Messages held.
     pub messages: u64,
@@ -250,7 +250,11 @@ impl Depth {
     fn add(&mut self, stream: &str, messages: u64, bytes: u64) {
         self.messages += messages;
         self.bytes += bytes;
-        let s = self.streams.entry(stream.to_owned()).or_default();
+        // Look up before inserting: the key is allocated only for a stream seen the first time.
+        let s = match self.streams.get_mut(stream) {
+            Some(s) => s,
+            None => self.streams.entry(stream.to_owned()).or_default(),
+        };
         s.messages += messages;
         s.bytes += bytes;
     }
@@ -270,7 +274,18 @@ impl Depth {
     }
 
     fn stream(&self, stream: &str) -> StreamStats {
-        self.streams.get(stream).cloned().unwrap_or_default()
+        self.streams.get(stream).copied().unwrap_or_default()
+    }
+
+    /// What one stream (or, for `None`, the whole queue) holds.
+    fn held(&self, stream: Option<&str>) -> StreamStats {
+        match stream {
+            Some(stream) => self.stream(stream),
+            None => StreamStats {
+                messages: self.messages,
+                bytes: self.bytes,
+            },
+        }
     }
 }
 
@@ -568,7 +583,7 @@ impl Writer {
             .depth
             .streams
             .iter()
-            .map(|(k, v)| (k.clone(), v.clone()))
+            .map(|(k, v)| (k.clone(), *v))
             .collect();
         stats.leased = self.leased.len() as u64;
         stats.oldest_age = oldest.map(|ms| {
@@ -716,8 +731,15 @@ async fn make_room(
     entries: &[OutboxEntry],
 ) -> Result<Result<Vec<bool>, QueueError>, sqlx::Error> {
     let mut keep = vec![true; entries.len()];
-    // Check as if the round's and this request's earlier entries were already in.
-    let mut pending = round.clone();
+    // This request's earlier entries; with the round's and what is stored, what is held.
+    let mut pending = Depth::default();
+    let held = |depth: &Depth, pending: &Depth, scope: Option<&str>| {
+        let (d, r, p) = (depth.held(scope), round.held(scope), pending.held(scope));
+        StreamStats {
+            messages: d.messages + r.messages + p.messages,
+            bytes: d.bytes + r.bytes + p.bytes,
+        }
+    };
     for (i, entry) in entries.iter().enumerate() {
         let bytes = entry_bytes(entry);
         let stream_limits = limits
@@ -727,20 +749,28 @@ async fn make_room(
             .unwrap_or_default();
         let stream_policy = stream_limits.when_full.unwrap_or(limits.queue.when_full);
         loop {
-            let stream = depth.stream(&entry.stream);
-            let pend = pending.stream(&entry.stream);
+            let stream = held(depth, &pending, Some(&entry.stream));
+            let all = held(depth, &pending, None);
             let stream_over = stream_limits
                 .max_messages
-                .is_some_and(|m| stream.messages + pend.messages + 1 > m)
+                .is_some_and(|m| stream.messages + 1 > m)
                 || stream_limits
                     .max_bytes
-                    .is_some_and(|m| stream.bytes + pend.bytes + bytes > m);
-            let global_over = depth.messages + pending.messages + 1 > limits.queue.max_messages
-                || depth.bytes + pending.bytes + bytes > limits.queue.max_bytes;
-            let (policy, scope) = match (stream_over, global_over) {
+                    .is_some_and(|m| stream.bytes + bytes > m);
+            let global_over = all.messages + 1 > limits.queue.max_messages
+                || all.bytes + bytes > limits.queue.max_bytes;
+            let (policy, scope, max_messages) = match (stream_over, global_over) {
                 (false, false) => break,
-                (true, _) => (stream_policy, Some(entry.stream.as_str())),
-                (false, true) => (limits.queue.when_full, None),
+                (true, _) => (
+                    stream_policy,
+                    Some(entry.stream.as_str()),
+                    stream_limits.max_messages,
+                ),
+                (false, true) => (
+                    limits.queue.when_full,
+                    None,
+                    Some(limits.queue.max_messages),
+                ),
             };
             match policy {
                 FullPolicy::Reject => {
@@ -754,21 +784,11 @@ async fn make_room(
                     break;
                 }
                 FullPolicy::DropOldest => {
-                    // Exactly the rows a message-count limit needs; for a byte limit one at a time,
-                    // since a row's size is known only once it is deleted.
-                    let held = match scope {
-                        Some(stream) => (
-                            depth.stream(stream).messages + pending.stream(stream).messages,
-                            stream_limits.max_messages,
-                        ),
-                        None => (
-                            depth.messages + pending.messages,
-                            Some(limits.queue.max_messages),
-                        ),
-                    };
-                    let excess = held
-                        .1
-                        .map_or(1, |max| (held.0 + 1).saturating_sub(max).max(1));
+                    // Exactly the rows a message-count limit needs; for a byte limit one at a
+                    // time, since a row's size is known only once it is deleted.
+                    let messages = held(depth, &pending, scope).messages;
+                    let excess =
+                        max_messages.map_or(1, |max| (messages + 1).saturating_sub(max).max(1));
                     let removed =
                         store::delete_oldest(conn, scope, i64::try_from(excess).unwrap_or(1))
                             .await?;

@@ -7,13 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use fieldlink_core::config::{MqttVersion, OnRejected, UplinkTls};
-use fieldlink_core::shutdown::Shutdown;
 use fieldlink_test_support::certs::TestCa;
 use fieldlink_test_support::free_port;
-use fieldlink_uplink::Uplink;
 use rustls::pki_types::pem::PemObject as _;
 
-use common::{Cloud, Subscriber, fill, queue, settings};
+use common::{Cloud, Subscriber, fill, queue, settings, start_uplink};
 
 /// First-seen order of the indices of `stream` in what the subscriber got, and how many
 /// duplicates there were.
@@ -55,19 +53,13 @@ async fn an_outage_loses_nothing_and_keeps_order() {
     let queue = queue(dir.path()).await;
     fill(&queue, "a", 5000).await;
     let ca_file = cloud.file("trusted-ca.pem", ca.pem());
-    let shutdown = Shutdown::new();
-    let uplink = Uplink::start(
-        settings(
-            tls,
-            UplinkTls::ServerAuth {
-                ca_file: Some(ca_file.clone()),
-            },
-        ),
-        Arc::new(queue.clone()),
-        dir.path(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let tls_settings = settings(
+        tls,
+        UplinkTls::ServerAuth {
+            ca_file: Some(ca_file),
+        },
+    );
+    let (uplink, shutdown) = start_uplink(tls_settings, &queue, dir.path());
     sub.wait_for(500, Duration::from_secs(30)).await;
 
     // The cloud goes away in the middle of the drain; more readings arrive meanwhile.
@@ -169,14 +161,7 @@ async fn refused_by_acl(policy: OnRejected) -> (u64, u64, fieldlink_uplink::Upli
     );
     settings.mqtt = MqttVersion::V5;
     settings.on_rejected = policy;
-    let shutdown = Shutdown::new();
-    let uplink = Uplink::start(
-        settings,
-        Arc::new(queue.clone()),
-        dir.path(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
     sub.wait_for(1, Duration::from_secs(20)).await;
     let start = Instant::now();
     while uplink.status().rejected_total == 0 {
@@ -275,14 +260,7 @@ async fn a_broker_that_kicks_right_after_connack_sees_growing_jittered_delays() 
     );
     settings.reconnect_min = Duration::from_millis(50);
     settings.reconnect_max = Duration::from_secs(2);
-    let shutdown = Shutdown::new();
-    let uplink = Uplink::start(
-        settings,
-        Arc::new(queue.clone()),
-        dir.path(),
-        shutdown.clone(),
-    )
-    .unwrap();
+    let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
     let start = Instant::now();
     while accepts.lock().unwrap().len() < 10 {
         assert!(

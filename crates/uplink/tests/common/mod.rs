@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use fieldlink_core::config::{MqttVersion, OnRejected, QueueSettings, UplinkSettings, UplinkTls};
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::OutboxEntry;
+use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_test_support::certs::{Issued, TestCa, write};
 use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
+use fieldlink_uplink::Uplink;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions};
 
 /// A mosquitto with a plain listener (for the test's subscriber) and a TLS one.
@@ -105,6 +107,13 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         on_rejected: OnRejected::Retry,
         alarm_topic: None,
     }
+}
+
+/// Starts an uplink draining `queue`; the shutdown stops it.
+pub fn start_uplink(settings: UplinkSettings, queue: &Queue, dir: &Path) -> (Uplink, Shutdown) {
+    let shutdown = Shutdown::new();
+    let uplink = Uplink::start(settings, Arc::new(queue.clone()), dir, shutdown.clone()).unwrap();
+    (uplink, shutdown)
 }
 
 pub async fn queue(dir: &Path) -> Queue {
