@@ -1,6 +1,7 @@
 //! The real `fieldlink` binary, driven as a user would: real MQTT clients (mosquitto_pub and
 //! mosquitto_sub), real signals, real exit codes.
 
+use std::ffi::OsStr;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::net::UnixDatagram;
@@ -21,7 +22,7 @@ struct Gateway {
 }
 
 impl Gateway {
-    fn start(config: &str, env: &[(&str, &Path)]) -> Self {
+    fn start(config: &str, env: &[(&str, &OsStr)]) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let config = format!(
             "[gateway]\ndata_dir = \"{}\"\nshutdown_grace = \"3s\"\n{config}",
@@ -237,7 +238,7 @@ fn it_tells_systemd_when_ready_and_when_stopping() {
     let port = free_port();
     let mut gateway = Gateway::start(
         &listeners(&[(port, "3.1.1")]),
-        &[("NOTIFY_SOCKET", &socket_path)],
+        &[("NOTIFY_SOCKET", socket_path.as_os_str())],
     );
     let mut buf = [0u8; 64];
     let n = socket.recv(&mut buf).expect("READY=1 arrives");
@@ -247,6 +248,43 @@ fn it_tells_systemd_when_ready_and_when_stopping() {
     gateway.signal(Signal::SIGTERM);
     let n = socket.recv(&mut buf).expect("STOPPING=1 arrives");
     assert_eq!(&buf[..n], b"STOPPING=1");
+    assert_eq!(
+        gateway.wait(Duration::from_secs(5)).and_then(|s| s.code()),
+        Some(0)
+    );
+}
+
+#[test]
+fn it_pings_the_systemd_watchdog_while_every_component_is_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket_path = dir.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let port = free_port();
+    // systemd passes the period in microseconds; fieldlink pings at half of it.
+    let mut gateway = Gateway::start(
+        &listeners(&[(port, "3.1.1")]),
+        &[
+            ("NOTIFY_SOCKET", socket_path.as_os_str()),
+            ("WATCHDOG_USEC", OsStr::new("200000")),
+        ],
+    );
+    let mut buf = [0u8; 64];
+    let n = socket.recv(&mut buf).expect("READY=1 arrives");
+    assert_eq!(&buf[..n], b"READY=1");
+    let start = Instant::now();
+    for _ in 0..3 {
+        let n = socket.recv(&mut buf).expect("a watchdog ping arrives");
+        assert_eq!(&buf[..n], b"WATCHDOG=1");
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "pinged every 100 ms: {:?}",
+        start.elapsed()
+    );
+    gateway.signal(Signal::SIGTERM);
     assert_eq!(
         gateway.wait(Duration::from_secs(5)).and_then(|s| s.code()),
         Some(0)

@@ -352,3 +352,87 @@ async fn a_server_with_only_weak_cipher_suites_is_refused() {
 async fn a_tls11_only_server_is_refused() {
     legacy_refused("-tls1_1").await;
 }
+
+#[tokio::test]
+async fn a_client_certificate_near_expiry_raises_an_alarm_on_the_cloud() {
+    let ca = TestCa::new("cloud CA");
+    let cloud = Cloud::start(
+        &ca,
+        &ca.issue("cloud", &["localhost"]),
+        "require_certificate true",
+    );
+    let client = ca.issue_with("gateway-7", &[], Leaf::expiring_in_days(5));
+    let tls = UplinkTls::Mutual {
+        ca_file: Some(cloud.file("trusted-ca.pem", ca.pem())),
+        cert_file: cloud.file("client.pem", &client.cert_pem),
+        key_file: cloud.file("client.key", &client.key_pem),
+    };
+    let mut settings = settings(cloud.tls_port, tls);
+    settings.alarm_topic = Some(fieldlink_core::topic::TopicName::new("cloud/alarms").unwrap());
+    let sub = Subscriber::start(
+        cloud.broker.addr().port(),
+        "cloud/alarms",
+        "observer",
+        false,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue(dir.path()).await;
+    let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
+    sub.wait_for(1, LIMIT).await;
+    let alarm = sub.payloads().remove(0);
+    assert!(
+        alarm.contains("\"alarm\":\"certificate_expiry\""),
+        "{alarm}"
+    );
+    assert!(alarm.contains("\"certificate\":\"client\""), "{alarm}");
+    assert!(
+        alarm.contains("\"days_left\":4") || alarm.contains("\"days_left\":5"),
+        "{alarm}"
+    );
+    assert!(
+        uplink
+            .status()
+            .certificates
+            .iter()
+            .any(|(role, _)| role == "client")
+    );
+    // Once per threshold: no second alarm for the same level.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_eq!(sub.count(), 1);
+    shutdown.drain(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_crl_that_revokes_the_server_while_connected_ends_the_session() {
+    let ca = TestCa::new("cloud CA");
+    let server = ca.issue_with(
+        "cloud",
+        &["localhost"],
+        Leaf {
+            serial: Some(99),
+            ..Leaf::default()
+        },
+    );
+    let cloud = Cloud::start(&ca, &server, "");
+    let crl = cloud.file("ca.crl", &ca.crl(&[1]));
+    let mut settings = settings(cloud.tls_port, server_auth(&cloud, &ca));
+    settings.crl_files = vec![crl.clone()];
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue(dir.path()).await;
+    let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
+    let start = std::time::Instant::now();
+    while !uplink.status().connected {
+        assert!(
+            start.elapsed() < LIMIT,
+            "never connected: {:?}",
+            uplink.status()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // The CA revokes the server's certificate: the next CRL check ends the session.
+    std::fs::write(&crl, ca.crl(&[99])).unwrap();
+    error_saying(&uplink, "revoked").await;
+    assert!(!uplink.status().connected);
+    shutdown.drain(Duration::from_secs(5)).await;
+}
