@@ -22,15 +22,15 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use fieldlink_core::config::{BrokerSettings, ListenerSettings, MqttVersion};
-use fieldlink_core::message::{Message, QoS};
+use fieldlink_core::ports::BusError;
 use fieldlink_core::shutdown::Shutdown;
-use fieldlink_core::topic::TopicName;
 use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
 use rumqttd::protocol::{v4::V4, v5::V5};
-use rumqttd::{
-    ConnectionSettings, LinkType, Notification, Router, RouterConfig, Server, ServerSettings,
-};
-use tokio::sync::{mpsc, oneshot};
+use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
+use tokio::sync::oneshot;
+
+mod bus;
+pub use bus::BrokerBus;
 
 /// Opens an in-process link to the router (rumqttd's sender type is not nameable from here).
 type LinkFactory = Arc<dyn Fn(&str) -> Result<(LinkTx, LinkRx), String> + Send + Sync>;
@@ -197,60 +197,12 @@ impl RunningBroker {
         &self.listeners
     }
 
-    /// Every message published on the local broker (topics starting with `$` aside), as it is
-    /// routed, until `shutdown`. The tap subscribes like a client at QoS 0: the publisher's
-    /// QoS is not visible here, and a tap that falls behind rumqttd's log loses the oldest
-    /// messages (the broker's own edge, once it feeds ingress directly, closes that gap).
+    /// The local broker seen from inside the process (publish, subscribe, the ingress tap).
+    /// Its links end when `shutdown` is cancelled.
     ///
     /// Must be called from a tokio runtime; blocks briefly while the router registers the link.
-    pub fn tap(
-        &self,
-        name: &str,
-        capacity: usize,
-        shutdown: Shutdown,
-    ) -> Result<mpsc::Receiver<Message>, BrokerError> {
-        let (mut link_tx, mut link_rx) = (self.links)(name).map_err(BrokerError::Link)?;
-        link_tx
-            .subscribe("#")
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
-        let (tx, rx) = mpsc::channel(capacity);
-        let name = name.to_owned();
-        tokio::spawn(async move {
-            // The link must stay alive as long as we read from it.
-            let _link_tx = link_tx;
-            loop {
-                let notification = tokio::select! {
-                    n = link_rx.next() => n,
-                    () = shutdown.cancelled() => break,
-                };
-                match notification {
-                    Ok(Some(Notification::Forward(forward))) => {
-                        let Some(message) = to_message(
-                            &forward.publish.topic,
-                            forward.publish.payload.to_vec(),
-                            forward.publish.retain,
-                        ) else {
-                            continue;
-                        };
-                        if tx.send(message).await.is_err() {
-                            break;
-                        }
-                    }
-                    // rumqttd pauses a link after a burst; it must be re-armed or it stalls.
-                    Ok(Some(Notification::Unschedule)) => {
-                        if link_rx.wake().await.is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        tracing::error!(tap = %name, error = %e, "Broker tap closed");
-                        break;
-                    }
-                }
-            }
-        });
-        Ok(rx)
+    pub fn bus(&self, shutdown: Shutdown) -> Result<BrokerBus, BusError> {
+        BrokerBus::new(self.links.clone(), shutdown)
     }
 
     /// Closes every listener and client connection, and waits until they are closed.
@@ -276,25 +228,6 @@ impl std::fmt::Debug for RunningBroker {
             .field("listeners", &self.listeners)
             .finish_non_exhaustive()
     }
-}
-
-/// A routed publish as a [`Message`]; `None` (and logged) for a topic that is not valid UTF-8
-/// or not a valid name, which rumqttd should never route.
-fn to_message(topic: &[u8], payload: Vec<u8>, retain: bool) -> Option<Message> {
-    let topic = std::str::from_utf8(topic)
-        .ok()
-        .and_then(|t| TopicName::new(t).ok());
-    let Some(topic) = topic else {
-        tracing::warn!("Broker routed a publish with an invalid topic; ignored");
-        return None;
-    };
-    Some(Message {
-        topic,
-        payload,
-        // The tap reads at QoS 0; what goes to the cloud is sent at least once.
-        qos: QoS::AtLeastOnce,
-        retain,
-    })
 }
 
 impl Drop for RunningBroker {

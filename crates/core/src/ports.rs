@@ -2,8 +2,11 @@
 //! sibling; the binary plugs the real implementations together.
 //!
 //! - [`Outbox`]: durable storage for everything bound for the cloud (the queue implements it);
-//! - [`LocalBus`]: publish onto the local broker (the broker implements it; the field bridge
-//!   and the uplink's command path use it);
+//! - [`Ingress`]: the one way in for every message produced at the site (the broker edge's
+//!   client publishes, the field bridge's values): routed messages are made durable in the
+//!   outbox first, then everything is published locally (the binary implements it);
+//! - [`LocalBus`]: publish onto and subscribe to the local broker from inside the process (the
+//!   broker implements it; the uplink's command path and the field bridge's writes use it);
 //! - [`StatusBoard`]: each component's health, for the CLI, the web UI and the watchdog.
 
 use std::collections::BTreeMap;
@@ -14,6 +17,7 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 use crate::message::{Message, Priority};
+use crate::topic::TopicFilter;
 
 /// A boxed future, so that the ports stay usable as trait objects.
 pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
@@ -101,19 +105,59 @@ pub trait Backlog: Send + Sync {
     fn depth(&self) -> BoxFuture<'_, Result<u64, BacklogError>>;
 }
 
-/// Why a message could not be published on the local bus.
+/// Why a message could not be published on, or read from, the local bus.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum BusError {
     /// The local broker is not running (stopped or shutting down).
     #[error("the local broker is not running")]
     Closed,
+    /// The broker refused an in-process link or subscription.
+    #[error("the local broker refused the link: {0}")]
+    Refused(String),
 }
 
-/// Publishing onto the local broker, from inside the process.
+/// The local broker, seen from inside the process.
+///
+/// What is published here reaches local subscribers only: it is never routed to the cloud
+/// (that is [`Ingress`]'s job), so a cloud command published locally cannot loop back.
 pub trait LocalBus: Send + Sync {
-    /// Publishes `message` to the local subscribers.
+    /// Publishes `message` to the local subscribers (QoS 0 inside the process; the broker
+    /// delivers it to each subscriber at the QoS it asked for, up to the message's).
     fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>>;
+
+    /// Every message published locally on topics matching `filter`, until the gateway shuts
+    /// down or the receiver is dropped. A subscriber that falls more than `capacity`
+    /// messages behind slows the broker's delivery to it; it never blocks other clients.
+    fn subscribe(
+        &self,
+        filter: &TopicFilter,
+        capacity: usize,
+    ) -> Result<tokio::sync::mpsc::Receiver<Message>, BusError>;
+}
+
+/// Why ingress did not take a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum IngressError {
+    /// A route took the message but the outbox refused it (full, failed or closed): it is not
+    /// stored, and the producer must keep it or report it.
+    #[error(transparent)]
+    Outbox(#[from] OutboxError),
+    /// The message is stored (if routed) but could not be published locally.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// The one way in for every message produced at the site.
+///
+/// The messages that a route takes are appended to the outbox, all or none, and `publish`
+/// resolves only once they are durable; then every message is published on the local bus for
+/// local subscribers. Give a batch (e.g. one poll's values) rather than one call per message:
+/// one batch costs one fsync.
+pub trait Ingress: Send + Sync {
+    /// Routes, stores and publishes `messages`; see the trait documentation.
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), IngressError>>;
 }
 
 /// The health of one component.

@@ -1,21 +1,60 @@
-//! Ingress: messages published on the local broker that a route takes go to the outbox.
+//! Ingress: the one place where messages produced at the site meet the routes.
 //!
 //! Each message goes to the first route whose filter matches (routes are tried in file order),
-//! into that route's stream and priority lane. Whatever is waiting is appended as one batch,
-//! so one fsync covers many messages.
+//! into that route's stream and priority lane; what no route takes stays local.
+//!
+//! Two ways in: [`RoutedIngress`] (core's [`Ingress`] port) for producers inside the gateway,
+//! which stores first and then publishes locally; and [`run_tap`] for what network clients
+//! publish on the broker, read back from it.
 
 use std::sync::Arc;
 
 use fieldlink_core::config::Route;
 use fieldlink_core::message::Message;
-use fieldlink_core::ports::{Outbox, OutboxEntry};
+use fieldlink_core::ports::{BoxFuture, Ingress, IngressError, LocalBus, Outbox, OutboxEntry};
 use tokio::sync::mpsc;
 
 /// Most messages appended in one batch.
 const BATCH: usize = 512;
 
-/// Routes what `messages` yields into `outbox` until the channel closes.
-pub(crate) async fn run(
+/// Core's [`Ingress`] port: routed messages into the outbox, then everything onto the bus.
+pub(crate) struct RoutedIngress {
+    pub(crate) routes: Arc<[Route]>,
+    pub(crate) outbox: Arc<dyn Outbox>,
+    pub(crate) bus: Arc<dyn LocalBus>,
+}
+
+impl std::fmt::Debug for RoutedIngress {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RoutedIngress")
+            .field("routes", &self.routes.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ingress for RoutedIngress {
+    fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), IngressError>> {
+        Box::pin(async move {
+            let mut routed = Vec::new();
+            for message in &messages {
+                // The copy is the price of two destinations; in-process producers are slow
+                // (field devices), the network path below moves its messages instead.
+                push(&mut routed, &self.routes, message.clone());
+            }
+            if !routed.is_empty() {
+                self.outbox.append(routed).await?;
+            }
+            for message in messages {
+                self.bus.publish(message).await?;
+            }
+            Ok(())
+        })
+    }
+}
+
+/// Routes what network clients publish (`messages`, from the broker tap) into `outbox` until
+/// the channel closes. Whatever is waiting is appended as one batch, so one fsync covers many.
+pub(crate) async fn run_tap(
     mut messages: mpsc::Receiver<Message>,
     routes: Arc<[Route]>,
     outbox: Arc<dyn Outbox>,

@@ -13,9 +13,9 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context as _;
-use fieldlink_broker::RunningBroker;
+use fieldlink_broker::{BrokerBus, RunningBroker};
 use fieldlink_core::config::Settings;
-use fieldlink_core::ports::{Health, StatusBoard};
+use fieldlink_core::ports::{Health, Ingress, LocalBus, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_uplink::Uplink;
@@ -33,6 +33,8 @@ pub struct Gateway {
     shutdown: Shutdown,
     status: StatusBoard,
     broker: RunningBroker,
+    bus: Arc<BrokerBus>,
+    ingress: Arc<ingress::RoutedIngress>,
     queue: Queue,
     uplink: Option<Uplink>,
 }
@@ -56,13 +58,27 @@ impl Gateway {
         let broker_status = status.register("broker");
         let broker =
             RunningBroker::start(&settings.broker).context("cannot start the local broker")?;
-        if !settings.routes.is_empty() {
-            let tap = broker
-                .tap("fieldlink-ingress", TAP_CAPACITY, shutdown.clone())
+        let bus = Arc::new(
+            broker
+                .bus(shutdown.clone())
+                .context("cannot connect to the local broker")?,
+        );
+        let routes: Arc<[_]> = settings.routes.clone().into();
+        if !routes.is_empty() {
+            let tap = bus
+                .tap("fieldlink-ingress", TAP_CAPACITY)
                 .context("cannot connect ingress to the local broker")?;
-            let routes: Arc<[_]> = settings.routes.clone().into();
-            shutdown.spawn(ingress::run(tap, routes, Arc::new(queue.clone())));
+            shutdown.spawn(ingress::run_tap(
+                tap,
+                routes.clone(),
+                Arc::new(queue.clone()),
+            ));
         }
+        let ingress = Arc::new(ingress::RoutedIngress {
+            routes,
+            outbox: Arc::new(queue.clone()),
+            bus: bus.clone(),
+        });
         broker_status.set(Health::Up);
 
         let uplink = match &settings.uplink {
@@ -95,6 +111,8 @@ impl Gateway {
             shutdown,
             status,
             broker,
+            bus,
+            ingress,
             queue,
             uplink,
         })
@@ -103,6 +121,16 @@ impl Gateway {
     /// Where the local broker's listeners are bound, in configuration order.
     pub fn broker_addrs(&self) -> &[SocketAddr] {
         self.broker.listen_addrs()
+    }
+
+    /// The way in for messages produced inside the gateway (routed, stored, then published).
+    pub fn ingress(&self) -> Arc<dyn Ingress> {
+        self.ingress.clone()
+    }
+
+    /// The local broker, seen from inside the process.
+    pub fn bus(&self) -> Arc<dyn LocalBus> {
+        self.bus.clone()
     }
 
     /// The store-and-forward queue.
