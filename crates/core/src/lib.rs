@@ -23,3 +23,4 @@ pub mod ports;
 pub mod shutdown;
 pub mod tls;
 pub mod topic;
+pub mod topic_map;

@@ -97,6 +97,7 @@ impl Gateway {
                 let uplink = Uplink::start(
                     uplink.clone(),
                     Arc::new(queue.clone()),
+                    bus.clone(),
                     &runtime_dir,
                     shutdown.clone(),
                 )

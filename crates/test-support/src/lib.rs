@@ -3,8 +3,10 @@
 //! - [`free_port`]: a loopback port nobody holds;
 //! - [`Mosquitto`]: a real mosquitto on loopback, configured per test, killed on drop;
 //! - [`certs`]: a CA and certificates made at test time (no key is ever committed);
-//! - [`within`]: an await that fails the test instead of hanging it.
+//! - [`within`]: an await that fails the test instead of hanging it;
+//! - [`RecordingBus`]: a local bus that records what is published.
 
+mod bus;
 pub mod certs;
 mod mosquitto;
 
@@ -12,6 +14,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+pub use bus::RecordingBus;
 pub use mosquitto::Mosquitto;
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).

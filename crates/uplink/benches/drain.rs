@@ -201,6 +201,9 @@ async fn fieldlink_drain(n: u64) -> f64 {
         clean_session: true,
         inflight: 1000,
         topic_prefix: "bench/".into(),
+        device_id: "bench".into(),
+        rewrites: Vec::new(),
+        commands: Vec::new(),
         tls: UplinkTls::ServerAuth {
             ca_file: Some(cloud.ca_file.clone()),
         },
@@ -216,6 +219,7 @@ async fn fieldlink_drain(n: u64) -> f64 {
     let _uplink = Uplink::start(
         uplink,
         Arc::new(queue.clone()),
+        Arc::new(fieldlink_test_support::RecordingBus::new().0),
         dir.path(),
         shutdown.clone(),
     )

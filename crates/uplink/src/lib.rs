@@ -33,9 +33,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::config::{OnRejected, UplinkSettings, UplinkTls};
-use fieldlink_core::ports::{Backlog, StoredMessage};
+use fieldlink_core::message::{Message, QoS};
+use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::{ClientTls, FileKey, KeySource, TlsPolicy, read_certs, read_crls};
+use fieldlink_core::topic::TopicName;
 use rumqttc::{TlsConfiguration, Transport};
 use rustls::RootCertStore;
 use rustls::pki_types::CertificateDer;
@@ -96,6 +98,10 @@ pub struct UplinkStatus {
     pub time_to_empty: Option<Duration>,
     /// Certificates in use and when they expire (Unix seconds).
     pub certificates: Vec<(String, i64)>,
+    /// Command filters the cloud refused to subscribe us to, with its reason.
+    pub refused_subscriptions: Vec<String>,
+    /// Commands from the cloud published on the local broker.
+    pub commands_total: u64,
 }
 
 /// A running uplink.
@@ -106,17 +112,18 @@ pub struct Uplink {
 }
 
 impl Uplink {
-    /// Checks the credentials, then starts draining `backlog` to the cloud until `shutdown`.
-    /// `runtime_dir` holds the private PSK socket.
+    /// Checks the credentials, then starts draining `backlog` to the cloud until `shutdown`,
+    /// and publishes the cloud's commands on `bus`. `runtime_dir` holds the private PSK socket.
     pub fn start(
         settings: UplinkSettings,
         backlog: Arc<dyn Backlog>,
+        bus: Arc<dyn LocalBus>,
         runtime_dir: &Path,
         shutdown: Shutdown,
     ) -> Result<Self, UplinkError> {
         let connector = Connector::new(&settings, runtime_dir)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
-        let drain = Drain::new(settings, backlog, connector, status_tx);
+        let drain = Drain::new(settings, backlog, bus, connector, status_tx);
         let task = shutdown.spawn(drain.run(shutdown.clone()));
         Ok(Self { status, task })
     }
@@ -304,6 +311,7 @@ const TICK: Duration = Duration::from_secs(1);
 struct Drain {
     settings: UplinkSettings,
     backlog: Arc<dyn Backlog>,
+    bus: Arc<dyn LocalBus>,
     connector: Connector,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
@@ -323,6 +331,7 @@ impl Drain {
     fn new(
         settings: UplinkSettings,
         backlog: Arc<dyn Backlog>,
+        bus: Arc<dyn LocalBus>,
         connector: Connector,
         status: watch::Sender<UplinkStatus>,
     ) -> Self {
@@ -331,6 +340,7 @@ impl Drain {
             backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
             settings,
             backlog,
+            bus,
             connector,
             status,
             unsent: VecDeque::new(),
@@ -406,7 +416,12 @@ impl Drain {
                         // start from the oldest.
                         self.return_inflight().await;
                         self.watch_expiry(Some(&session));
+                        self.subscribe_commands(&session);
                         self.refill(&mut session).await;
+                    }
+                    Ok(SessionEvent::Subscribed(codes)) => self.subscribed(&codes),
+                    Ok(SessionEvent::Received { topic, payload }) => {
+                        self.command(topic, payload).await;
                     }
                     Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
                         if let Some(id) = self.unsent.pop_front() {
@@ -477,7 +492,7 @@ impl Drain {
         for message in leased {
             let id = message.id;
             let StoredMessage { message, .. } = message;
-            let topic = format!("{}{}", self.settings.topic_prefix, message.topic);
+            let topic = cloud_topic(&self.settings, &message.topic);
             if let Err(e) = session.publish(topic, message.payload, message.retain) {
                 // The request channel is sized for the window; this means the session is gone.
                 tracing::warn!(error = %e, "Uplink publish not queued; it goes back to the queue");
@@ -488,6 +503,66 @@ impl Drain {
         }
         self.status
             .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
+    }
+
+    /// Subscribes to the command filters; on every CONNACK, as a clean session forgets them.
+    fn subscribe_commands(&self, session: &Session) {
+        if self.settings.commands.is_empty() {
+            return;
+        }
+        let filters: Vec<String> = self
+            .settings
+            .commands
+            .iter()
+            .map(|c| c.filter().to_string())
+            .collect();
+        if let Err(e) = session.subscribe(&filters) {
+            tracing::warn!(error = %e, "Uplink could not subscribe to its command topics");
+        }
+    }
+
+    fn subscribed(&mut self, codes: &[Option<String>]) {
+        let refused: Vec<String> = self
+            .settings
+            .commands
+            .iter()
+            .zip(codes)
+            .filter_map(|(rule, code)| {
+                code.as_ref().map(|why| {
+                    tracing::error!(filter = %rule.filter(), reason = %why, "The cloud refused our command subscription: check its ACL for this client");
+                    format!("{}: {why}", rule.filter())
+                })
+            })
+            .collect();
+        self.status
+            .send_modify(|s| s.refused_subscriptions = refused);
+    }
+
+    /// A command from the cloud: published on the local broker under its local topic.
+    async fn command(&mut self, topic: String, payload: Vec<u8>) {
+        let Ok(topic) = TopicName::new(topic) else {
+            tracing::warn!("The cloud sent a message with an invalid topic; ignored");
+            return;
+        };
+        let Some(local) = self.settings.commands.iter().find_map(|c| c.apply(&topic)) else {
+            tracing::debug!(%topic, "A cloud message matches no command rule; ignored");
+            return;
+        };
+        tracing::debug!(cloud = %topic, local = %local, "Command from the cloud");
+        let message = Message {
+            topic: local,
+            payload,
+            qos: QoS::AtLeastOnce,
+            // A retained command would be replayed to every new local subscriber.
+            retain: false,
+        };
+        match self.bus.publish(message).await {
+            Ok(()) => {
+                metrics::counter!(UPLINK_COMMANDS_TOTAL).increment(1);
+                self.status.send_modify(|s| s.commands_total += 1);
+            }
+            Err(e) => tracing::warn!(error = %e, "A cloud command could not be published locally"),
+        }
     }
 
     fn acked(&mut self, pkid: u16, refused: Option<String>) {
@@ -612,6 +687,20 @@ impl Drain {
     }
 }
 
+/// The cloud topic for a local one: the first rewrite rule that matches, else the prefix.
+fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
+    settings
+        .rewrites
+        .iter()
+        .find_map(|r| r.apply(local))
+        .map_or_else(
+            || format!("{}{local}", settings.topic_prefix),
+            |t| t.as_str().to_owned(),
+        )
+}
+
+/// Metric: commands from the cloud published locally.
+const UPLINK_COMMANDS_TOTAL: &str = "fieldlink_uplink_commands_total";
 /// Metric: messages the cloud refused (negative PUBACK).
 const UPLINK_REJECTED_TOTAL: &str = "fieldlink_uplink_rejected_total";
 /// Metric: seconds until a certificate in use expires; label `certificate`.

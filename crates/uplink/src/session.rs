@@ -5,7 +5,7 @@ use std::error::Error as StdError;
 use std::time::Duration;
 
 use fieldlink_core::config::{MqttVersion, UplinkSettings};
-use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason};
+use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, SubscribeReasonCode};
 use rumqttc::{Event, Incoming, Outgoing, Transport};
 
 /// What happened on the session.
@@ -17,7 +17,12 @@ pub(crate) enum SessionEvent {
     Sent(u16),
     /// The broker acknowledged a publish; `refused` holds its reason when it refused it (v5).
     Acked { pkid: u16, refused: Option<String> },
-    /// Anything else (pings, subscriptions).
+    /// The broker answered our subscription: for each filter, in order, whether it refused it
+    /// (and why).
+    Subscribed(Vec<Option<String>>),
+    /// A message arrived on a subscribed topic.
+    Received { topic: String, payload: Vec<u8> },
+    /// Anything else (pings, acks of our own subscriptions' packets).
     Other,
 }
 
@@ -85,6 +90,19 @@ impl Session {
                     refused: None,
                 },
                 Event::Outgoing(Outgoing::Publish(pkid)) => SessionEvent::Sent(pkid),
+                Event::Incoming(Incoming::SubAck(ack)) => SessionEvent::Subscribed(
+                    ack.return_codes
+                        .iter()
+                        .map(|code| match code {
+                            rumqttc::SubscribeReasonCode::Success(_) => None,
+                            rumqttc::SubscribeReasonCode::Failure => Some("Failure".into()),
+                        })
+                        .collect(),
+                ),
+                Event::Incoming(Incoming::Publish(publish)) => SessionEvent::Received {
+                    topic: publish.topic,
+                    payload: publish.payload.to_vec(),
+                },
                 _ => SessionEvent::Other,
             }),
             Self::V5 { events, .. } => Ok(match events.poll().await? {
@@ -109,6 +127,24 @@ impl Session {
                     }
                 }
                 rumqttc::v5::Event::Outgoing(Outgoing::Publish(pkid)) => SessionEvent::Sent(pkid),
+                rumqttc::v5::Event::Incoming(Packet5::SubAck(ack)) => SessionEvent::Subscribed(
+                    ack.return_codes
+                        .iter()
+                        .map(|code| match code {
+                            SubscribeReasonCode::Success(_) => None,
+                            refused => Some(format!("{refused:?}")),
+                        })
+                        .collect(),
+                ),
+                rumqttc::v5::Event::Incoming(Packet5::Publish(publish)) => {
+                    match String::from_utf8(publish.topic.to_vec()) {
+                        Ok(topic) => SessionEvent::Received {
+                            topic,
+                            payload: publish.payload.to_vec(),
+                        },
+                        Err(_) => SessionEvent::Other,
+                    }
+                }
                 _ => SessionEvent::Other,
             }),
         }
@@ -131,6 +167,25 @@ impl Session {
                 retain,
                 payload,
             )?,
+        }
+        Ok(())
+    }
+
+    /// Subscribes to `filters` at QoS 1, in one SUBSCRIBE (so the SUBACK's codes come in the
+    /// same order).
+    pub(crate) fn subscribe(&self, filters: &[String]) -> Result<(), SessionError> {
+        match self {
+            Self::V4 { client, .. } => client.try_subscribe_many(
+                filters
+                    .iter()
+                    .map(|f| rumqttc::SubscribeFilter::new(f.clone(), rumqttc::QoS::AtLeastOnce)),
+            )?,
+            Self::V5 { client, .. } => client.try_subscribe_many(filters.iter().map(|f| {
+                rumqttc::v5::mqttbytes::v5::Filter::new(
+                    f.clone(),
+                    rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+                )
+            }))?,
         }
         Ok(())
     }

@@ -107,6 +107,17 @@ pub struct RouteFile {
     pub when_full: Option<Spanned<String>>,
 }
 
+/// One `[[uplink.rewrite]]` or `[[uplink.commands]]` rule: a filter on one side, a template
+/// on the other.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicRuleFile {
+    /// The local side: a filter for rewrites, a template for commands.
+    pub local: Option<Spanned<String>>,
+    /// The cloud side: a template for rewrites, a filter for commands.
+    pub cloud: Option<Spanned<String>>,
+}
+
 /// `[uplink]`.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -125,8 +136,16 @@ pub struct UplinkFile {
     pub clean_session: Option<Spanned<bool>>,
     /// Most messages sent and not yet acknowledged.
     pub inflight: Option<Spanned<i64>>,
-    /// Prepended to every local topic on the way to the cloud.
+    /// This gateway's name in cloud topics (`{device_id}`); the client id when absent.
+    pub device_id: Option<Spanned<String>>,
+    /// Prepended to every local topic on the way to the cloud that no rewrite takes.
     pub topic_prefix: Option<Spanned<String>>,
+    /// `[[uplink.rewrite]]`: local topics given another cloud topic; first match wins.
+    #[serde(default)]
+    pub rewrite: Vec<Spanned<TopicRuleFile>>,
+    /// `[[uplink.commands]]`: cloud topics subscribed to and published locally.
+    #[serde(default)]
+    pub commands: Vec<Spanned<TopicRuleFile>>,
     /// `"server-auth"`, `"mutual"` or `"psk"`.
     pub tls: Option<Spanned<String>>,
     /// `"1.2"` or `"1.3"`.

@@ -232,6 +232,13 @@ pub struct UplinkSettings {
     pub inflight: u16,
     /// Prepended to every local topic on the way to the cloud.
     pub topic_prefix: String,
+    /// This gateway's name in cloud topics (`{device_id}` in topic rules).
+    pub device_id: String,
+    /// Local → cloud topic rules, tried in order before the prefix.
+    pub rewrites: Vec<crate::topic_map::TopicRewrite>,
+    /// Cloud → local: each rule's filter is subscribed on the cloud; what arrives is published
+    /// locally on the rule's template.
+    pub commands: Vec<crate::topic_map::TopicRewrite>,
     /// How the connection is secured.
     pub tls: UplinkTls,
     /// Lowest TLS version.

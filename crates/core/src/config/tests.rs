@@ -99,6 +99,26 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["missing", "private key"],
         },
         Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n\
+                   [[uplink.rewrite]]\nlocal = \"site/+/#\"\ncloud = \"d/{2}/{#}\"\n",
+            key: "uplink.rewrite[0].cloud",
+            line: 6,
+            words: &["{2}", "1 '+' level"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n\
+                   [[uplink.commands]]\ncloud = \"cmd/{device_id}/#\"\n",
+            key: "uplink.commands[0].local",
+            line: 4,
+            words: &["missing", "both `local` and `cloud`"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ndevice_id = \"a/b\"\n",
+            key: "uplink.device_id",
+            line: 4,
+            words: &["one topic level"],
+        },
+        Case {
             text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nmin_tls_version = \"1.1\"\n",
             key: "uplink.min_tls_version",
             line: 4,
@@ -269,7 +289,9 @@ fn an_uplink_section_is_read_into_settings() {
          tls = \"mutual\"\nca_file = \"/etc/fl/ca.pem\"\ncert_file = \"/etc/fl/c.pem\"\n\
          key_file = \"/etc/fl/c.key\"\nmin_tls_version = \"1.3\"\nalpn = [\"x-amzn-mqtt-ca\"]\n\
          crl_files = [\"/etc/fl/ca.crl\"]\ntopic_prefix = \"plant-3/\"\non_rejected = \"drop\"\n\
-         alarm_topic = \"plant-3/alarms\"\n",
+         alarm_topic = \"plant-3/alarms\"\n\
+         [[uplink.rewrite]]\nlocal = \"site/+/alarm/#\"\ncloud = \"alarms/{device_id}/{1}/{#}\"\n\
+         [[uplink.commands]]\ncloud = \"cmd/{device_id}/#\"\nlocal = \"cmd/{#}\"\n",
         origin(),
     )
     .unwrap();
@@ -290,6 +312,13 @@ fn an_uplink_section_is_read_into_settings() {
     assert_eq!(uplink.alpn, ["x-amzn-mqtt-ca"]);
     assert_eq!(uplink.on_rejected, OnRejected::Drop);
     assert_eq!(uplink.inflight, 100);
+    assert_eq!(uplink.device_id, "gw-7", "the client id when not given");
+    let topic = |t: &str| crate::topic::TopicName::new(t).unwrap();
+    let rewritten = uplink.rewrites[0].apply(&topic("site/boiler/alarm/hot"));
+    assert_eq!(rewritten.unwrap().as_str(), "alarms/gw-7/boiler/hot");
+    assert_eq!(uplink.commands[0].filter().as_str(), "cmd/gw-7/#");
+    let local = uplink.commands[0].apply(&topic("cmd/gw-7/valve/open"));
+    assert_eq!(local.unwrap().as_str(), "cmd/valve/open");
     assert!(
         Settings::default().uplink.is_none(),
         "no uplink unless configured"

@@ -5,11 +5,12 @@ use std::time::Duration;
 use toml::Spanned;
 
 use super::error::Collector;
-use super::file::UplinkFile;
+use super::file::{TopicRuleFile, UplinkFile};
 use super::validate::{duration, int, mqtt_version};
 use super::{OnRejected, UplinkSettings, UplinkTls};
 use crate::tls::MinTlsVersion;
 use crate::topic::{TopicFilter, TopicName};
+use crate::topic_map::TopicRewrite;
 
 pub(super) fn settings(
     entry: &Spanned<UplinkFile>,
@@ -49,18 +50,35 @@ pub(super) fn settings(
             }
         },
     };
+    let device_id = device_id(file, client_id.as_deref(), c);
+    let vars = [("device_id", device_id.as_str())];
     let topic_prefix = file.topic_prefix.as_ref().map_or(String::new(), |p| {
-        let prefix = p.get_ref().clone();
-        if TopicFilter::new(format!("{prefix}x")).is_err() || prefix.contains(['+', '#']) {
+        let prefix = substitute(p.get_ref(), &vars);
+        if TopicFilter::new(format!("{prefix}x")).is_err() || prefix.contains(['+', '#', '{', '}'])
+        {
             c.at(
                 "uplink.topic_prefix",
                 Some(p.span()),
                 "not a valid topic prefix",
-                "use topic levels without '+' or '#', e.g. \"plant-3/\"",
+                "use topic levels without '+' or '#' (and only {device_id} as a placeholder), e.g. \"plant-3/\"",
             );
         }
         prefix
     });
+    let rewrites = topic_rules(
+        c,
+        "uplink.rewrite",
+        &file.rewrite,
+        Direction::ToCloud,
+        &vars,
+    );
+    let commands = topic_rules(
+        c,
+        "uplink.commands",
+        &file.commands,
+        Direction::ToSite,
+        &vars,
+    );
     let alarm_topic = file.alarm_topic.as_ref().and_then(|t| {
         TopicName::new(t.get_ref().as_str())
             .map_err(|e| {
@@ -127,6 +145,9 @@ pub(super) fn settings(
         clean_session: file.clean_session.as_ref().is_none_or(|b| *b.get_ref()),
         inflight: int(c, "uplink.inflight", &file.inflight, 1..=65_535).unwrap_or(100),
         topic_prefix,
+        device_id,
+        rewrites,
+        commands,
         tls: tls?,
         min_tls_version,
         crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
@@ -141,6 +162,99 @@ pub(super) fn settings(
         alarm_topic,
     };
     (c.len() == errors_before).then_some(settings)
+}
+
+/// `uplink.device_id`, else the client id; it becomes one topic level.
+fn device_id(file: &UplinkFile, client_id: Option<&str>, c: &mut Collector<'_>) -> String {
+    match &file.device_id {
+        Some(id) => {
+            let text = id.get_ref();
+            if text.is_empty() || text.contains(['/', '+', '#', '{', '}', '\0']) {
+                c.at(
+                    "uplink.device_id",
+                    Some(id.span()),
+                    "not usable as one topic level",
+                    "use a name without '/', '+', '#' or braces, e.g. \"site-7-gw\"",
+                );
+            }
+            text.clone()
+        }
+        None => client_id.unwrap_or_default().to_owned(),
+    }
+}
+
+fn substitute(text: &str, vars: &[(&str, &str)]) -> String {
+    vars.iter().fold(text.to_owned(), |text, (name, value)| {
+        text.replace(&format!("{{{name}}}"), value)
+    })
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    /// `local` is the filter, `cloud` the template.
+    ToCloud,
+    /// `cloud` is the filter, `local` the template.
+    ToSite,
+}
+
+fn topic_rules(
+    c: &mut Collector<'_>,
+    key: &str,
+    rules: &[Spanned<TopicRuleFile>],
+    direction: Direction,
+    vars: &[(&str, &str)],
+) -> Vec<TopicRewrite> {
+    let mut out = Vec::with_capacity(rules.len());
+    for (i, rule) in rules.iter().enumerate() {
+        let file = rule.get_ref();
+        let (filter_side, template_side) = match direction {
+            Direction::ToCloud => (("local", &file.local), ("cloud", &file.cloud)),
+            Direction::ToSite => (("cloud", &file.cloud), ("local", &file.local)),
+        };
+        let filter = rule_side(c, key, i, filter_side, rule.span());
+        let template = rule_side(c, key, i, template_side, rule.span());
+        let (Some(filter), Some(template)) = (filter, template) else {
+            continue;
+        };
+        let filter_key = format!("{key}[{i}].{}", filter_side.0);
+        let Ok(parsed) = TopicFilter::new(substitute(filter.get_ref(), vars)).map_err(|e| {
+            c.at(
+                &filter_key,
+                Some(filter.span()),
+                format!("not a valid topic filter: {e}"),
+                "write topic levels with '+' and '#' wildcards, e.g. \"site/+/alarm/#\"",
+            )
+        }) else {
+            continue;
+        };
+        match TopicRewrite::new(parsed, template.get_ref(), vars) {
+            Ok(rule) => out.push(rule),
+            Err(problem) => c.at(
+                &format!("{key}[{i}].{}", template_side.0),
+                Some(template.span()),
+                problem,
+                "write a topic; {1}, {2}.. insert the levels the filter's '+' matched, {#} what its '#' matched, {device_id} this gateway's id",
+            ),
+        }
+    }
+    out
+}
+
+fn rule_side<'a>(
+    c: &mut Collector<'_>,
+    key: &str,
+    i: usize,
+    (name, value): (&str, &'a Option<Spanned<String>>),
+    rule: std::ops::Range<usize>,
+) -> Option<&'a Spanned<String>> {
+    if value.is_none() {
+        c.missing(
+            &format!("{key}[{i}].{name}"),
+            rule,
+            "each rule needs both `local` and `cloud`",
+        );
+    }
+    value.as_ref()
 }
 
 fn required_text(

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 
 use fieldlink_core::config::{MqttVersion, OnRejected, QueueSettings, UplinkSettings, UplinkTls};
 use fieldlink_core::message::{Message, Priority, QoS};
-use fieldlink_core::ports::OutboxEntry;
+use fieldlink_core::ports::{LocalBus, OutboxEntry};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_test_support::certs::{Issued, TestCa, write};
-use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
+use fieldlink_test_support::{Mosquitto, RecordingBus, free_port, wait_for_port};
 use fieldlink_uplink::Uplink;
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions};
 
@@ -98,6 +98,9 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         clean_session: true,
         inflight: 50,
         topic_prefix: "cloud/".into(),
+        device_id: "fieldlink-test".into(),
+        rewrites: Vec::new(),
+        commands: Vec::new(),
         tls,
         min_tls_version: MinTlsVersion::Tls12,
         crl_files: Vec::new(),
@@ -111,8 +114,25 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
 
 /// Starts an uplink draining `queue`; the shutdown stops it.
 pub fn start_uplink(settings: UplinkSettings, queue: &Queue, dir: &Path) -> (Uplink, Shutdown) {
+    start_uplink_with_bus(settings, queue, dir, Arc::new(RecordingBus::new().0))
+}
+
+/// Starts an uplink draining `queue` and publishing commands on `bus`.
+pub fn start_uplink_with_bus(
+    settings: UplinkSettings,
+    queue: &Queue,
+    dir: &Path,
+    bus: Arc<dyn LocalBus>,
+) -> (Uplink, Shutdown) {
     let shutdown = Shutdown::new();
-    let uplink = Uplink::start(settings, Arc::new(queue.clone()), dir, shutdown.clone()).unwrap();
+    let uplink = Uplink::start(
+        settings,
+        Arc::new(queue.clone()),
+        bus,
+        dir,
+        shutdown.clone(),
+    )
+    .unwrap();
     (uplink, shutdown)
 }
 
