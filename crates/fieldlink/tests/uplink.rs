@@ -13,7 +13,7 @@ use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 
 struct Site {
-    _cloud: Mosquitto,
+    cloud: Mosquitto,
     dir: tempfile::TempDir,
     local: u16,
     observed: std::path::PathBuf,
@@ -62,13 +62,14 @@ impl Site {
              [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
              [uplink]\nhost = \"localhost\"\nport = {tls}\nclient_id = \"gw-e2e\"\n\
              ca_file = \"{ca}\"\ntopic_prefix = \"cloud/\"\ninflight = {inflight}\n\
-             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
+             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
+             [[uplink.commands]]\ncloud = \"cmd/{{device_id}}/#\"\nlocal = \"site/cmd/{{#}}\"\n",
             data = dir.path().join("data").display(),
             ca = ca_file.display(),
         );
         write(dir.path(), "fieldlink.toml", &config);
         Self {
-            _cloud: cloud,
+            cloud,
             dir,
             local,
             observed,
@@ -171,6 +172,48 @@ fn readings_published_locally_reach_the_cloud_over_tls() {
     publish(site.local, 0..3);
     site.wait_observed(3, Duration::from_secs(20));
     assert_eq!(site.observed(), ["m-0", "m-1", "m-2"]);
+    stop(gateway);
+}
+
+#[test]
+fn cloud_commands_reach_local_subscribers_and_never_loop_back() {
+    let site = Site::new(100);
+    let gateway = site.gateway();
+    let mut local_sub = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &site.local.to_string()])
+        .args(["-t", "site/cmd/#", "-v", "-C", "1", "-W", "20"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let cloud_port = site.cloud.addr().port().to_string();
+    // The uplink subscribes after its CONNACK: publish until the command comes through.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while local_sub.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "no command reached the local broker; gateway log:\n{}",
+            site.log()
+        );
+        let sent = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &cloud_port, "-q", "1"])
+            .args(["-t", "cmd/gw-e2e/valve/3", "-m", "open-valve"])
+            .status()
+            .unwrap();
+        assert!(sent.success());
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let out = local_sub.wait_with_output().unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(out.trim(), "site/cmd/valve/3 open-valve");
+    // The local topic matches the `site/#` route, but a command is never sent back up.
+    publish(site.local, 0..1);
+    site.wait_observed(1, Duration::from_secs(20));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        site.observed(),
+        ["m-0"],
+        "a command looped back to the cloud"
+    );
     stop(gateway);
 }
 
