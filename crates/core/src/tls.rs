@@ -16,11 +16,14 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use rustls::client::WebPkiServerVerifier;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::pki_types::pem::PemObject as _;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
+use rustls::pki_types::{ServerName, UnixTime};
 use rustls::sign::{CertifiedKey, SigningKey, SingleCertAndKey};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedCipherSuite};
+use rustls::{DigitallySignedStruct, SignatureScheme};
 
 /// The lowest TLS version a connection may use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -145,6 +148,80 @@ pub struct ClientTls {
     pub identity: Option<(Vec<CertificateDer<'static>>, Arc<dyn KeySource>)>,
     /// ALPN protocols to offer.
     pub alpn: Vec<Vec<u8>>,
+    /// Where to keep the server's chain once it is verified (for the expiry monitor).
+    pub peer_chain: Option<PeerChain>,
+}
+
+/// The certificate chain the server presented in the last handshake that verified, end entity
+/// first. MQTT clients do not expose the peer's certificates; the verifier records them here.
+#[derive(Debug, Clone, Default)]
+pub struct PeerChain(Arc<std::sync::Mutex<Vec<CertificateDer<'static>>>>);
+
+impl PeerChain {
+    /// The chain of the last verified handshake (empty before the first).
+    pub fn latest(&self) -> Vec<CertificateDer<'static>> {
+        self.lock().clone()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<CertificateDer<'static>>> {
+        // A chain is replaced whole: a panic elsewhere cannot leave it half written.
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+/// rustls' web-PKI verifier, recording each chain it accepts into a [`PeerChain`].
+#[derive(Debug)]
+struct RecordingVerifier {
+    inner: Arc<WebPkiServerVerifier>,
+    chain: PeerChain,
+}
+
+impl ServerCertVerifier for RecordingVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let verified = self.inner.verify_server_cert(
+            end_entity,
+            intermediates,
+            server_name,
+            ocsp_response,
+            now,
+        )?;
+        *self.chain.lock() = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.clone().into_owned())
+            .collect();
+        Ok(verified)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.inner.verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.inner.supported_verify_schemes()
+    }
 }
 
 /// Installs *ring* as the process-wide default provider. Idempotent; call it once in `main`.
@@ -181,6 +258,7 @@ impl TlsPolicy {
             crls: Vec::new(),
             identity: None,
             alpn: Vec::new(),
+            peer_chain: None,
         })
     }
 
@@ -197,9 +275,19 @@ impl TlsPolicy {
                 .with_crls(tls.crls)
                 .allow_unknown_revocation_status();
         }
+        let verifier = verifier.build()?;
         let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_protocol_versions(self.versions())?
-            .with_webpki_verifier(verifier.build()?);
+            .with_protocol_versions(self.versions())?;
+        let builder = match tls.peer_chain {
+            None => builder.with_webpki_verifier(verifier),
+            // Still the web-PKI verifier, only watched: nothing is relaxed.
+            Some(chain) => builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(RecordingVerifier {
+                    inner: verifier,
+                    chain,
+                })),
+        };
         let mut config = match tls.identity {
             None => builder.with_no_client_auth(),
             Some((chain, key)) => {

@@ -36,7 +36,9 @@ use fieldlink_core::config::{OnRejected, UplinkSettings, UplinkTls};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
 use fieldlink_core::shutdown::Shutdown;
-use fieldlink_core::tls::{ClientTls, FileKey, KeySource, TlsPolicy, read_certs, read_crls};
+use fieldlink_core::tls::{
+    ClientTls, FileKey, KeySource, PeerChain, TlsPolicy, read_certs, read_crls,
+};
 use fieldlink_core::topic::TopicName;
 use rumqttc::{TlsConfiguration, Transport};
 use rustls::RootCertStore;
@@ -155,6 +157,8 @@ struct Connector {
     port: u16,
     psk: Option<PskBridge>,
     crl_stamps: Vec<Option<SystemTime>>,
+    /// The cloud's chain, as verified in the last handshake.
+    peer_chain: PeerChain,
 }
 
 impl Connector {
@@ -185,6 +189,7 @@ impl Connector {
             port: settings.port,
             psk,
             crl_stamps: Vec::new(),
+            peer_chain: PeerChain::default(),
         };
         // Fail at start on unreadable files, rather than at the first connection.
         connector.transport()?;
@@ -223,6 +228,7 @@ impl Connector {
                 crls,
                 identity,
                 alpn: self.alpn.clone(),
+                peer_chain: Some(self.peer_chain.clone()),
             })
             .map_err(tls_error)?;
         let transport = Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config)));
@@ -248,17 +254,20 @@ impl Connector {
             UplinkTls::Psk { .. } => (&None, None),
         };
         if let Some(chain) = cert_file.and_then(|p| read_certs(p).ok()) {
-            out.extend(chain.into_iter().enumerate().map(|(i, c)| {
-                (
-                    if i == 0 {
-                        "client".to_owned()
-                    } else {
-                        format!("client-chain-{i}")
-                    },
-                    c,
-                )
-            }));
+            out.extend(
+                chain
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, c)| (chain_role("client", i), c)),
+            );
         }
+        out.extend(
+            self.peer_chain
+                .latest()
+                .into_iter()
+                .enumerate()
+                .map(|(i, c)| (chain_role("server", i), c)),
+        );
         if let Some(cas) = ca_file.as_ref().and_then(|p| read_certs(p).ok()) {
             out.extend(
                 cas.into_iter()
@@ -271,6 +280,15 @@ impl Connector {
 
     fn take_psk_error(&self) -> Option<String> {
         self.psk.as_ref().and_then(PskBridge::take_error)
+    }
+}
+
+/// "client", "client-chain-1", ...: the end entity, then the intermediates.
+fn chain_role(side: &str, i: usize) -> String {
+    if i == 0 {
+        side.to_owned()
+    } else {
+        format!("{side}-chain-{i}")
     }
 }
 

@@ -404,6 +404,46 @@ async fn a_client_certificate_near_expiry_raises_an_alarm_on_the_cloud() {
 }
 
 #[tokio::test]
+async fn the_cloud_certificate_near_expiry_is_monitored_and_raises_an_alarm() {
+    let ca = TestCa::new("cloud CA");
+    let server = ca.issue_with("cloud", &["localhost"], Leaf::expiring_in_days(6));
+    let cloud = Cloud::start(&ca, &server, "");
+    let mut settings = settings(cloud.tls_port, server_auth(&cloud, &ca));
+    settings.alarm_topic = Some(fieldlink_core::topic::TopicName::new("cloud/alarms").unwrap());
+    let sub = Subscriber::start(
+        cloud.broker.addr().port(),
+        "cloud/alarms",
+        "observer",
+        false,
+    )
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue(dir.path()).await;
+    let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
+    sub.wait_for(1, LIMIT).await;
+    let alarm = sub.payloads().remove(0);
+    assert!(alarm.contains("\"certificate\":\"server\""), "{alarm}");
+    assert!(
+        alarm.contains("\"days_left\":5") || alarm.contains("\"days_left\":6"),
+        "{alarm}"
+    );
+    let certificates = uplink.status().certificates;
+    let server_expiry = certificates
+        .iter()
+        .find(|(role, _)| role == "server")
+        .map(|(_, not_after)| *not_after)
+        .expect("the server's certificate is monitored");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    // Leaf::expiring_in_days sets a date (midnight), so 5 to 6 days from now.
+    let days_left = (server_expiry - now) as f64 / 86_400.0;
+    assert!((4.9..=6.1).contains(&days_left), "{certificates:?}");
+    shutdown.drain(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn a_crl_that_revokes_the_server_while_connected_ends_the_session() {
     let ca = TestCa::new("cloud CA");
     let server = ca.issue_with(
