@@ -231,6 +231,17 @@ impl StatusBoard {
         let all = self.tx.borrow();
         !all.is_empty() && all.values().all(|h| *h == Health::Up)
     }
+
+    /// Whether every registered component is working, if only partly (up or degraded): what
+    /// the systemd watchdog asks. A cloud outage degrades the uplink; it must not get the
+    /// gateway restarted.
+    pub fn serving(&self) -> bool {
+        let all = self.tx.borrow();
+        !all.is_empty()
+            && all
+                .values()
+                .all(|h| matches!(h, Health::Up | Health::Degraded(_)))
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +260,9 @@ mod tests {
         assert!(board.all_up());
         b.set(Health::Degraded("retrying".into()));
         assert!(!board.all_up());
+        assert!(board.serving(), "degraded still serves");
         assert_eq!(board.snapshot()["b"], Health::Degraded("retrying".into()));
+        b.set(Health::Down("broken".into()));
+        assert!(!board.serving());
     }
 }

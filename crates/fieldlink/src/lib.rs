@@ -6,6 +6,7 @@
 
 pub mod cli;
 mod ingress;
+pub mod status;
 mod systemd;
 
 use std::collections::HashMap;
@@ -50,6 +51,14 @@ impl Gateway {
             .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
         tracing::info!(data_dir = %data_dir.display(), "State directory ready");
 
+        let runtime_dir = runtime_dir(&data_dir);
+        create_private_dir(&runtime_dir).with_context(|| {
+            format!(
+                "cannot create the runtime directory {}",
+                runtime_dir.display()
+            )
+        })?;
+
         let shutdown = Shutdown::new();
         let queue_status = status.register("queue");
         let queue = open_queue(&settings, &data_dir).await?;
@@ -87,13 +96,6 @@ impl Gateway {
                 None
             }
             Some(uplink) => {
-                let runtime_dir = runtime_dir(&data_dir);
-                create_private_dir(&runtime_dir).with_context(|| {
-                    format!(
-                        "cannot create the runtime directory {}",
-                        runtime_dir.display()
-                    )
-                })?;
                 let uplink = Uplink::start(
                     uplink.clone(),
                     Arc::new(queue.clone()),
@@ -102,10 +104,21 @@ impl Gateway {
                     shutdown.clone(),
                 )
                 .context("cannot start the uplink")?;
-                status.register("uplink").set(Health::Up);
+                shutdown.spawn(mirror_uplink_health(
+                    uplink.watch(),
+                    status.register("uplink"),
+                ));
                 Some(uplink)
             }
         };
+
+        shutdown.spawn(status::publish(
+            runtime_dir,
+            status.clone(),
+            queue.clone(),
+            uplink.as_ref().map(Uplink::watch),
+            shutdown.clone(),
+        ));
 
         Ok(Self {
             settings,
@@ -166,6 +179,40 @@ impl Gateway {
     }
 }
 
+/// The uplink's health follows its connection: degraded (not down) while it cannot reach the
+/// cloud, since messages are kept meanwhile.
+async fn mirror_uplink_health(
+    mut uplink: tokio::sync::watch::Receiver<fieldlink_uplink::UplinkStatus>,
+    reporter: fieldlink_core::ports::StatusReporter,
+) {
+    // The status changes with every acknowledgement; the health only when the connection
+    // does, so compare before building anything.
+    let mut shown: Option<(bool, Option<String>)> = None;
+    loop {
+        let now = {
+            let s = uplink.borrow_and_update();
+            let same = shown
+                .as_ref()
+                .is_some_and(|(c, e)| *c == s.connected && *e == s.last_error);
+            (!same).then(|| (s.connected, s.last_error.clone()))
+        };
+        if let Some((connected, last_error)) = now {
+            reporter.set(if connected {
+                Health::Up
+            } else {
+                Health::Degraded(format!(
+                    "not connected: {}",
+                    last_error.as_deref().unwrap_or("connecting")
+                ))
+            });
+            shown = Some((connected, last_error));
+        }
+        if uplink.changed().await.is_err() {
+            break;
+        }
+    }
+}
+
 /// Opens the queue in the data directory, with each route's own limits.
 pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyhow::Result<Queue> {
     let streams: HashMap<String, _> = settings
@@ -185,8 +232,14 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
     Ok(queue)
 }
 
-/// Where private sockets live: systemd's `$RUNTIME_DIRECTORY`, else `run/` in the data directory.
+/// Where private sockets and the status file live: systemd's `$RUNTIME_DIRECTORY`, else
+/// `run/` in the data directory.
 fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    runtime_dir_from_env().unwrap_or_else(|| data_dir.join("run"))
+}
+
+/// systemd's `$RUNTIME_DIRECTORY` (its first entry), when set.
+fn runtime_dir_from_env() -> Option<std::path::PathBuf> {
     std::env::var_os("RUNTIME_DIRECTORY")
         .map(|d| {
             d.to_string_lossy()
@@ -196,7 +249,7 @@ fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
                 .to_owned()
         })
         .filter(|d| !d.is_empty())
-        .map_or_else(|| data_dir.join("run"), std::path::PathBuf::from)
+        .map(std::path::PathBuf::from)
 }
 
 /// Creates `dir` (and its parents) readable by the service user only.

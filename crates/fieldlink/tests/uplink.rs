@@ -103,6 +103,35 @@ impl Site {
             .collect()
     }
 
+    fn status_cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(BIN)
+            .arg("--config")
+            .arg(self.dir.path().join("fieldlink.toml"))
+            .arg("status")
+            .args(args)
+            .output()
+            .unwrap()
+    }
+
+    /// `fieldlink status` once its text satisfies `ok`; panics after 20 s.
+    fn status_until(&self, ok: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let out = self.status_cli(&[]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            if out.status.success() && ok(&text) {
+                return text;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "status never got there: {text}{}\ngateway log:\n{}",
+                String::from_utf8_lossy(&out.stderr),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("gateway.log")).unwrap_or_default()
     }
@@ -172,6 +201,43 @@ fn readings_published_locally_reach_the_cloud_over_tls() {
     publish(site.local, 0..3);
     site.wait_observed(3, Duration::from_secs(20));
     assert_eq!(site.observed(), ["m-0", "m-1", "m-2"]);
+
+    // `fieldlink status` shows the connection and what was delivered.
+    let text = site.status_until(|t| t.contains("3 delivered"));
+    assert!(text.contains("uplink   connected"), "{text}");
+    assert!(text.contains("uplink   up"), "{text}");
+    assert!(text.contains("queue    0 messages"), "{text}");
+    assert!(text.contains("certificate ca-0"), "{text}");
+    let json = site.status_cli(&["--json"]);
+    assert!(json.status.success());
+    let json = String::from_utf8(json.stdout).unwrap();
+    assert!(json.contains("\"connected\": true"), "{json}");
+    stop(gateway);
+
+    let after = site.status_cli(&[]);
+    assert!(!after.status.success(), "a stopped gateway has no status");
+    let err = String::from_utf8(after.stderr).unwrap();
+    assert!(err.contains("is the gateway running?"), "{err}");
+}
+
+#[test]
+fn status_says_why_the_uplink_is_down() {
+    let site = Site::new(100);
+    // The gateway is told to trust another CA than the cloud's.
+    write(
+        site.dir.path(),
+        "ca.pem",
+        TestCa::new("some other CA").pem(),
+    );
+    let gateway = site.gateway();
+    let text = site.status_until(|t| t.contains("last error"));
+    assert!(text.contains("uplink   NOT connected"), "{text}");
+    assert!(text.contains("not trusted"), "{text}");
+    // Degraded, not down: the watchdog keeps the gateway alive through a cloud outage.
+    assert!(
+        text.contains("uplink   degraded: not connected: server certificate not trusted"),
+        "{text}"
+    );
     stop(gateway);
 }
 

@@ -13,7 +13,36 @@ pub const WARN_DAYS: [u64; 3] = [30, 7, 1];
 
 /// The not-after time of a DER certificate, in seconds since the Unix epoch.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (_, cert_body, _) = tlv(cert.as_ref())?;
+    let (tag, validity, _) = tlv(tbs_fields(cert.as_ref())?.validity)?;
+    if tag != 0x30 {
+        return None;
+    }
+    let after_not_before = tlv(validity)?.2;
+    let (tag, time, _) = tlv(after_not_before)?;
+    parse_time(tag, std::str::from_utf8(time).ok()?)
+}
+
+/// The issuer's distinguished name, as DER (to find the CA that issued a certificate).
+pub fn issuer(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    Some(tbs_fields(cert.as_ref())?.issuer.to_vec())
+}
+
+/// The subject's distinguished name, as DER.
+pub fn subject(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let after_validity = tlv(tbs_fields(cert.as_ref())?.validity)?.2;
+    let (_, _, after_subject) = tlv(after_validity)?;
+    Some(after_validity[..after_validity.len() - after_subject.len()].to_vec())
+}
+
+/// Where issuer and validity start in a certificate's tbsCertificate: each slice runs from
+/// its own element to the end of the tbsCertificate.
+struct TbsFields<'a> {
+    issuer: &'a [u8],
+    validity: &'a [u8],
+}
+
+fn tbs_fields(der: &[u8]) -> Option<TbsFields<'_>> {
+    let (_, cert_body, _) = tlv(der)?;
     let (tag, tbs, _) = tlv(cert_body)?;
     if tag != 0x30 {
         return None;
@@ -23,17 +52,12 @@ pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
     if rest.first() == Some(&0xa0) {
         rest = tlv(rest)?.2;
     }
-    for _ in 0..3 {
-        // serialNumber, signature, issuer
-        rest = tlv(rest)?.2;
-    }
-    let (tag, validity, _) = tlv(rest)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let after_not_before = tlv(validity)?.2;
-    let (tag, time, _) = tlv(after_not_before)?;
-    parse_time(tag, std::str::from_utf8(time).ok()?)
+    // serialNumber, signature
+    rest = tlv(tlv(rest)?.2)?.2;
+    let issuer_start = rest;
+    let (_, _, validity) = tlv(rest)?;
+    let issuer = &issuer_start[..issuer_start.len() - validity.len()];
+    Some(TbsFields { issuer, validity })
 }
 
 /// The most urgent warning threshold (in days) that `not_after` has crossed at `now`, if any.
@@ -136,6 +160,21 @@ mod tests {
         assert_eq!(not_after(&cert_expiring(2049, 12, 31)), Some(2_524_521_600));
         assert_eq!(not_after(&cert_expiring(2051, 1, 1)), Some(2_556_144_000));
         assert_eq!(not_after(&cert_expiring(2027, 3, 1)), Some(1_803_859_200));
+    }
+
+    #[test]
+    fn issuer_and_subject_link_a_certificate_to_its_ca() {
+        let ca = fieldlink_test_support::certs::TestCa::new("linking CA");
+        let leaf = ca.issue("leaf", &["localhost"]);
+        let dir = tempfile::tempdir().unwrap();
+        let der = |pem: &str| {
+            let path = fieldlink_test_support::certs::write(dir.path(), "c.pem", pem);
+            fieldlink_core::tls::read_certs(&path).unwrap().remove(0)
+        };
+        let (ca_der, leaf_der) = (der(ca.pem()), der(&leaf.cert_pem));
+        assert_eq!(issuer(&leaf_der).unwrap(), subject(&ca_der).unwrap());
+        assert_ne!(subject(&leaf_der).unwrap(), subject(&ca_der).unwrap());
+        assert_eq!(issuer(&ca_der), subject(&ca_der), "a root issues itself");
     }
 
     #[test]

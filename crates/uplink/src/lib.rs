@@ -261,17 +261,26 @@ impl Connector {
                     .map(|(i, c)| (chain_role("client", i), c)),
             );
         }
+        let server_chain = self.peer_chain.latest();
+        let anchor_subject = server_chain.last().and_then(expiry::issuer);
         out.extend(
-            self.peer_chain
-                .latest()
+            server_chain
                 .into_iter()
                 .enumerate()
                 .map(|(i, c)| (chain_role("server", i), c)),
         );
         if let Some(cas) = ca_file.as_ref().and_then(|p| read_certs(p).ok()) {
+            // A bundle of many CAs (a system-style bundle) is not ours to watch: only the CA
+            // that anchors the server's chain is. A small trust file is watched whole until
+            // the first handshake tells which one anchors.
+            let watch_all = anchor_subject.is_none() && cas.len() <= SMALL_TRUST_FILE;
             out.extend(
                 cas.into_iter()
                     .enumerate()
+                    .filter(|(_, ca)| {
+                        watch_all
+                            || (anchor_subject.is_some() && expiry::subject(ca) == anchor_subject)
+                    })
                     .map(|(i, c)| (format!("ca-{i}"), c)),
             );
         }
@@ -282,6 +291,10 @@ impl Connector {
         self.psk.as_ref().and_then(PskBridge::take_error)
     }
 }
+
+/// Up to this many CAs in `uplink.ca_file` are all watched for expiry before the first
+/// handshake.
+const SMALL_TRUST_FILE: usize = 8;
 
 /// "client", "client-chain-1", ...: the end entity, then the intermediates.
 fn chain_role(side: &str, i: usize) -> String {

@@ -1,0 +1,266 @@
+//! The gateway's status for operators: every component's health, the queue and the uplink,
+//! written as `status.json` into the runtime directory every few seconds, and read back by
+//! `fieldlink status`.
+//!
+//! A file rather than a socket: it needs no server in the gateway, a reader can never stall
+//! it, and it lives in the runtime directory (tmpfs under systemd), so the SD card is not
+//! worn by it. The web UI reads the same snapshot in-process.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fieldlink_core::ports::{Health, StatusBoard};
+use fieldlink_core::shutdown::Shutdown;
+use fieldlink_queue::Queue;
+use fieldlink_uplink::UplinkStatus;
+use serde::{Deserialize, Serialize};
+
+/// The file name in the runtime directory.
+pub const STATUS_FILE: &str = "status.json";
+
+/// How often the file is rewritten; a file older than three periods means a stopped gateway.
+pub const STATUS_EVERY: Duration = Duration::from_secs(2);
+
+/// One snapshot of the whole gateway.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GatewayStatus {
+    /// The gateway's version.
+    pub version: String,
+    /// When the snapshot was taken, in Unix milliseconds.
+    pub written_ms: u64,
+    /// Each component and its health in words ("up", "degraded: ...").
+    pub components: Vec<(String, String)>,
+    /// The store-and-forward queue.
+    pub queue: QueueView,
+    /// The uplink, when one is configured.
+    pub uplink: Option<UplinkView>,
+}
+
+/// The queue, as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct QueueView {
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Age of the oldest message, in seconds.
+    pub oldest_age_s: Option<u64>,
+    /// Messages dropped since start, all reasons.
+    pub dropped_total: u64,
+    /// Appends refused since start, all reasons.
+    pub refused_total: u64,
+}
+
+/// The uplink, as the status shows it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct UplinkView {
+    /// Connected to the cloud broker now.
+    pub connected: bool,
+    /// The last failure, in plain words.
+    pub last_error: Option<String>,
+    /// Connection attempts that failed or ended.
+    pub reconnects: u64,
+    /// Messages acknowledged by the cloud since start.
+    pub acked_total: u64,
+    /// Messages refused by the cloud since start.
+    pub rejected_total: u64,
+    /// Messages per second acknowledged, smoothed.
+    pub drain_rate: f64,
+    /// Messages waiting.
+    pub backlog: u64,
+    /// Estimated seconds until the backlog is empty.
+    pub time_to_empty_s: Option<u64>,
+    /// Certificates in use: name and days left.
+    pub certificates: Vec<(String, i64)>,
+    /// Command subscriptions the cloud refused.
+    pub refused_subscriptions: Vec<String>,
+    /// Commands from the cloud published locally since start.
+    pub commands_total: u64,
+}
+
+impl UplinkView {
+    fn from_status(s: &UplinkStatus, now_s: i64) -> Self {
+        Self {
+            connected: s.connected,
+            last_error: s.last_error.clone(),
+            reconnects: s.reconnects,
+            acked_total: s.acked_total,
+            rejected_total: s.rejected_total,
+            drain_rate: s.drain_rate,
+            backlog: s.backlog,
+            time_to_empty_s: s.time_to_empty.map(|d| d.as_secs()),
+            certificates: s
+                .certificates
+                .iter()
+                .map(|(name, not_after)| (name.clone(), (not_after - now_s).div_euclid(86_400)))
+                .collect(),
+            refused_subscriptions: s.refused_subscriptions.clone(),
+            commands_total: s.commands_total,
+        }
+    }
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+fn health_words(health: &Health) -> String {
+    match health {
+        Health::Starting => "starting".into(),
+        Health::Up => "up".into(),
+        Health::Degraded(why) => format!("degraded: {why}"),
+        Health::Down(why) => format!("down: {why}"),
+        Health::Stopped => "stopped".into(),
+    }
+}
+
+/// A snapshot now.
+pub async fn snapshot(
+    board: &StatusBoard,
+    queue: &Queue,
+    uplink: Option<&UplinkStatus>,
+) -> GatewayStatus {
+    let written_ms = now_ms();
+    let queue = match queue.stats().await {
+        Ok(stats) => QueueView {
+            messages: stats.messages,
+            bytes: stats.bytes,
+            oldest_age_s: stats.oldest_age.map(|a| a.as_secs()),
+            dropped_total: stats.dropped_total.values().sum(),
+            refused_total: stats.refused_total.values().sum(),
+        },
+        Err(e) => {
+            tracing::debug!(error = %e, "No queue statistics for the status file");
+            QueueView::default()
+        }
+    };
+    GatewayStatus {
+        version: crate::VERSION.into(),
+        written_ms,
+        components: board
+            .snapshot()
+            .iter()
+            .map(|(name, health)| ((*name).to_owned(), health_words(health)))
+            .collect(),
+        queue,
+        uplink: uplink.map(|s| UplinkView::from_status(s, (written_ms / 1000) as i64)),
+    }
+}
+
+/// Rewrites `dir/status.json` every [`STATUS_EVERY`] until `shutdown`, then removes it.
+pub(crate) async fn publish(
+    dir: PathBuf,
+    board: StatusBoard,
+    queue: Queue,
+    uplink: Option<tokio::sync::watch::Receiver<UplinkStatus>>,
+    shutdown: Shutdown,
+) {
+    let path = dir.join(STATUS_FILE);
+    let mut tick = tokio::time::interval(STATUS_EVERY);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => break,
+        }
+        let uplink_status = uplink.as_ref().map(|rx| rx.borrow().clone());
+        let status = snapshot(&board, &queue, uplink_status.as_ref()).await;
+        if let Err(e) = write_atomically(&path, &status) {
+            tracing::warn!(path = %path.display(), error = %e, "Cannot write the status file");
+        }
+    }
+    let _ = std::fs::remove_file(&path);
+}
+
+fn write_atomically(path: &Path, status: &GatewayStatus) -> std::io::Result<()> {
+    let text = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
+    let tmp = path.with_extension("json.tmp");
+    std::fs::write(&tmp, text)?;
+    // rename is atomic: a reader sees the old file or the new one, never half of one.
+    std::fs::rename(&tmp, path)
+}
+
+/// Where a running gateway writes its status: systemd's runtime directory when the CLI runs
+/// inside the unit, else `/run/fieldlink` when a service keeps one, else the data directory's
+/// `run/` (a gateway started by hand).
+pub fn find_status_file(data_dir: &Path) -> PathBuf {
+    let candidates = [
+        crate::runtime_dir_from_env(),
+        Some(PathBuf::from("/run/fieldlink")),
+        Some(data_dir.join("run")),
+    ];
+    candidates
+        .into_iter()
+        .flatten()
+        .map(|dir| dir.join(STATUS_FILE))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| data_dir.join("run").join(STATUS_FILE))
+}
+
+/// Reads a status file; the error names the file and what to do.
+pub fn read(path: &Path) -> anyhow::Result<(GatewayStatus, Duration)> {
+    use anyhow::Context as _;
+    let text = std::fs::read(path).with_context(|| {
+        format!(
+            "no status at {}: is the gateway running? (`systemctl status fieldlink`)",
+            path.display()
+        )
+    })?;
+    let status: GatewayStatus = serde_json::from_slice(&text)
+        .with_context(|| format!("{}: not a fieldlink status file", path.display()))?;
+    let age = Duration::from_millis(now_ms().saturating_sub(status.written_ms));
+    Ok((status, age))
+}
+
+/// The status in words, for a terminal.
+pub fn render(status: &GatewayStatus, age: Duration) -> String {
+    let mut out = format!("fieldlink {}\n", status.version);
+    if age > STATUS_EVERY * 3 {
+        out += &format!(
+            "NOT RUNNING: this status is {}s old (the gateway stopped or hangs)\n",
+            age.as_secs()
+        );
+    }
+    for (name, health) in &status.components {
+        out += &format!("{name:<8} {health}\n");
+    }
+    let q = &status.queue;
+    out += &format!("queue    {} messages, {} bytes", q.messages, q.bytes);
+    if let Some(age) = q.oldest_age_s {
+        out += &format!(", oldest {age}s");
+    }
+    out += &format!(
+        "; {} dropped, {} refused since start\n",
+        q.dropped_total, q.refused_total
+    );
+    match &status.uplink {
+        None => out += "uplink   not configured: messages stay queued\n",
+        Some(u) => {
+            if u.connected {
+                out += "uplink   connected";
+            } else {
+                out += "uplink   NOT connected";
+            }
+            out += &format!(
+                "; {} reconnects, {} delivered, {} refused, {:.0} msgs/s",
+                u.reconnects, u.acked_total, u.rejected_total, u.drain_rate
+            );
+            match u.time_to_empty_s {
+                Some(s) => out += &format!(", backlog {} (empty in ~{s}s)\n", u.backlog),
+                None => out += &format!(", backlog {}\n", u.backlog),
+            }
+            if let Some(e) = &u.last_error {
+                out += &format!("         last error: {e}\n");
+            }
+            for (name, days) in &u.certificates {
+                let warn = if *days < 30 { "  RENEW" } else { "" };
+                out += &format!("         certificate {name}: {days} days left{warn}\n");
+            }
+            for refused in &u.refused_subscriptions {
+                out += &format!("         command subscription refused: {refused}\n");
+            }
+        }
+    }
+    out
+}
