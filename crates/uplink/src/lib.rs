@@ -476,7 +476,10 @@ impl Drain {
                     }
                 },
                 () = self.backlog.stored(), if window_open => self.refill(&mut session).await,
-                _ = tick.tick() => {
+                // Not while connecting: rumqttc's poll is not cancel-safe until the CONNACK
+                // (a dropped poll abandons its half-open connection and the next one dials
+                // again), so nothing but shutdown may interrupt it then.
+                _ = tick.tick(), if connected_at.is_some() => {
                     self.on_tick(connected_at);
                     if let Ok(backlog) = self.backlog.depth().await {
                         self.status.send_modify(|s| {
