@@ -16,6 +16,7 @@
 //! ```
 
 pub mod config;
+pub mod der;
 pub mod logging;
 pub mod message;
 pub mod metrics;

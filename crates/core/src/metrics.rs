@@ -18,3 +18,17 @@ pub const QUEUE_DEPTH_MESSAGES: &str = "fieldlink_queue_depth_messages";
 pub const QUEUE_DEPTH_BYTES: &str = "fieldlink_queue_depth_bytes";
 /// Gauge: age of the oldest message held, in seconds (0 when empty).
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "fieldlink_queue_oldest_age_seconds";
+
+/// Gauge: client connections to the local broker now.
+pub const BROKER_CONNECTIONS: &str = "fieldlink_broker_connections";
+/// Counter: client connections accepted; label `listener`.
+pub const BROKER_CONNECTIONS_TOTAL: &str = "fieldlink_broker_connections_total";
+/// Counter: connections refused; label `reason` (`bad_credentials`, `anonymous`, `client_id`,
+/// `will_acl`, `max_connections`, `handshake`, `handshake_timeout`, `protocol`, ...).
+pub const BROKER_REFUSED_TOTAL: &str = "fieldlink_broker_refused_total";
+/// Counter: publishes accepted from clients.
+pub const BROKER_MESSAGES_IN_TOTAL: &str = "fieldlink_broker_messages_in_total";
+/// Counter: publishes delivered to clients.
+pub const BROKER_MESSAGES_OUT_TOTAL: &str = "fieldlink_broker_messages_out_total";
+/// Counter: actions the ACLs denied; label `action`: `publish`, `subscribe`, `will`.
+pub const BROKER_ACL_DENIED_TOTAL: &str = "fieldlink_broker_acl_denied_total";

@@ -158,6 +158,14 @@ pub enum IngressError {
 pub trait Ingress: Send + Sync {
     /// Routes, stores and publishes `messages`; see the trait documentation.
     fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), IngressError>>;
+
+    /// Whether a route takes `topic` (so that a producer copies only what will be stored).
+    fn takes(&self, topic: &crate::topic::TopicName) -> bool;
+
+    /// Routes and stores `messages`, resolving once the routed ones are durable, without
+    /// publishing them locally: for the broker's edge, which hands each publish to the local
+    /// broker itself, in the client's own session.
+    fn store(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), IngressError>>;
 }
 
 /// The health of one component.

@@ -64,6 +64,91 @@ pub enum TlsError {
     },
 }
 
+/// One TLS-PSK identity and its key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PskEntry {
+    /// The identity the peer names itself with (1-127 bytes).
+    pub identity: String,
+    /// The shared key (1-64 bytes).
+    pub key: Vec<u8>,
+}
+
+impl fmt::Debug for PskEntry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Never the key.
+        f.debug_struct("PskEntry")
+            .field("identity", &self.identity)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Reads a PSK file: `identity:hexkey` lines (blank lines and `#` comments aside). The file
+/// must be readable by its owner only; errors name the line, never a key.
+pub fn read_psk_file(path: &Path) -> Result<Vec<PskEntry>, TlsError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let bad = |problem: String, hint: &'static str| TlsError::File {
+        path: path.to_owned(),
+        problem,
+        hint,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| {
+        bad(
+            format!("cannot read it: {e}"),
+            "check the path and that the service user may read it",
+        )
+    })?;
+    if meta.permissions().mode() & 0o077 != 0 {
+        return Err(bad(
+            "it is readable by other users".into(),
+            "chmod 600 it: it holds secret keys",
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        bad(
+            format!("cannot read it: {e}"),
+            "check that the service user may read it",
+        )
+    })?;
+    let mut entries = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        const HINT: &str =
+            "write one `identity:hexkey` per line, e.g. sensor-7:00112233445566778899aabbccddeeff";
+        let (identity, hex) = line
+            .split_once(':')
+            .ok_or_else(|| bad(format!("line {}: expected identity:hexkey", n + 1), HINT))?;
+        let key = decode_hex(hex.trim())
+            .ok_or_else(|| bad(format!("line {}: the key is not hex", n + 1), HINT))?;
+        if identity.is_empty() || identity.len() > 127 || key.is_empty() || key.len() > 64 {
+            return Err(bad(
+                format!(
+                    "line {}: identity must be 1-127 bytes, key 1-64 bytes",
+                    n + 1
+                ),
+                HINT,
+            ));
+        }
+        entries.push(PskEntry {
+            identity: identity.to_owned(),
+            key,
+        });
+    }
+    Ok(entries)
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if hex.is_empty() || !hex.len().is_multiple_of(2) {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+        .collect()
+}
+
 /// Where a private key lives. Files today; a PKCS#11 token or TPM later, behind the same port,
 /// so that the key never has to leave the hardware.
 pub trait KeySource: fmt::Debug + Send + Sync {
@@ -297,6 +382,35 @@ impl TlsPolicy {
         };
         config.alpn_protocols = tls.alpn;
         Ok(config)
+    }
+
+    /// A listener's server configuration: `chain` with the key from `key`, and, when
+    /// `clients` is given, a client certificate required and verified against those CAs and
+    /// CRLs (an unknown revocation status is allowed: CRLs cover the CAs the operator lists).
+    pub fn listener_config(
+        &self,
+        chain: Vec<CertificateDer<'static>>,
+        key: &dyn KeySource,
+        clients: Option<(RootCertStore, Vec<CertificateRevocationListDer<'static>>)>,
+    ) -> Result<ServerConfig, TlsError> {
+        let provider = self.provider();
+        let builder = ServerConfig::builder_with_provider(provider.clone())
+            .with_protocol_versions(self.versions())?;
+        let builder = match clients {
+            None => builder.with_no_client_auth(),
+            Some((roots, crls)) => {
+                let mut verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                    Arc::new(roots),
+                    provider.clone(),
+                );
+                if !crls.is_empty() {
+                    verifier = verifier.with_crls(crls).allow_unknown_revocation_status();
+                }
+                builder.with_client_cert_verifier(verifier.build()?)
+            }
+        };
+        let key = CertifiedKey::new(chain, key.signing_key(&provider)?);
+        Ok(builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(key))))
     }
 
     /// A server configuration presenting `chain` and `key`, without client authentication.

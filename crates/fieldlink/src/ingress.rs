@@ -3,19 +3,16 @@
 //! Each message goes to the first route whose filter matches (routes are tried in file order),
 //! into that route's stream and priority lane; what no route takes stays local.
 //!
-//! Two ways in: [`RoutedIngress`] (core's [`Ingress`] port) for producers inside the gateway,
-//! which stores first and then publishes locally; and [`run_tap`] for what network clients
-//! publish on the broker, read back from it.
+//! [`RoutedIngress`] is core's [`Ingress`] port: producers inside the gateway (the field
+//! bridge) have their messages stored and then published locally; the broker's edge has its
+//! clients' publishes stored before it hands them to the local broker itself.
 
 use std::sync::Arc;
 
 use fieldlink_core::config::Route;
 use fieldlink_core::message::Message;
 use fieldlink_core::ports::{BoxFuture, Ingress, IngressError, LocalBus, Outbox, OutboxEntry};
-use tokio::sync::mpsc;
-
-/// Most messages appended in one batch.
-const BATCH: usize = 512;
+use fieldlink_core::topic::TopicName;
 
 /// Core's [`Ingress`] port: routed messages into the outbox, then everything onto the bus.
 pub(crate) struct RoutedIngress {
@@ -50,35 +47,22 @@ impl Ingress for RoutedIngress {
             Ok(())
         })
     }
-}
 
-/// Routes what network clients publish (`messages`, from the broker tap) into `outbox` until
-/// the channel closes. Whatever is waiting is appended as one batch, so one fsync covers many.
-pub(crate) async fn run_tap(
-    mut messages: mpsc::Receiver<Message>,
-    routes: Arc<[Route]>,
-    outbox: Arc<dyn Outbox>,
-) {
-    let mut batch = Vec::with_capacity(BATCH);
-    while let Some(first) = messages.recv().await {
-        push(&mut batch, &routes, first);
-        while batch.len() < BATCH {
-            match messages.try_recv() {
-                Ok(message) => push(&mut batch, &routes, message),
-                Err(_) => break,
+    fn takes(&self, topic: &TopicName) -> bool {
+        self.routes.iter().any(|r| r.filter.matches(topic))
+    }
+
+    fn store(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), IngressError>> {
+        Box::pin(async move {
+            let mut routed = Vec::with_capacity(messages.len());
+            for message in messages {
+                push(&mut routed, &self.routes, message);
             }
-        }
-        if batch.is_empty() {
-            continue;
-        }
-        let count = batch.len();
-        if let Err(e) = outbox
-            .append(std::mem::replace(&mut batch, Vec::with_capacity(BATCH)))
-            .await
-        {
-            // These were already acknowledged to their publishers by rumqttd: they are lost.
-            tracing::error!(count, error = %e, "Routed messages could not be stored and are lost");
-        }
+            if !routed.is_empty() {
+                self.outbox.append(routed).await?;
+            }
+            Ok(())
+        })
     }
 }
 

@@ -21,9 +21,6 @@ use fieldlink_core::shutdown::Shutdown;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_uplink::Uplink;
 
-/// Messages waiting between the broker tap and ingress.
-const TAP_CAPACITY: usize = 4096;
-
 /// The version, as `fieldlink version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -65,29 +62,22 @@ impl Gateway {
         queue_status.set(Health::Up);
 
         let broker_status = status.register("broker");
-        let broker =
+        let mut broker =
             RunningBroker::start(&settings.broker).context("cannot start the local broker")?;
         let bus = Arc::new(
             broker
                 .bus(shutdown.clone())
                 .context("cannot connect to the local broker")?,
         );
-        let routes: Arc<[_]> = settings.routes.clone().into();
-        if !routes.is_empty() {
-            let tap = bus
-                .tap("fieldlink-ingress", TAP_CAPACITY)
-                .context("cannot connect ingress to the local broker")?;
-            shutdown.spawn(ingress::run_tap(
-                tap,
-                routes.clone(),
-                Arc::new(queue.clone()),
-            ));
-        }
         let ingress = Arc::new(ingress::RoutedIngress {
-            routes,
+            routes: settings.routes.clone().into(),
             outbox: Arc::new(queue.clone()),
             bus: bus.clone(),
         });
+        let access = Arc::new(fieldlink_broker::access::Access::default());
+        broker
+            .serve(ingress.clone(), access, shutdown.clone())
+            .context("cannot start the local broker's listeners")?;
         broker_status.set(Health::Up);
 
         let uplink = match &settings.uplink {
@@ -166,16 +156,15 @@ impl Gateway {
     /// Returns `false` when the grace period ran out before everything finished.
     pub async fn stop(self) -> bool {
         let grace = self.settings.gateway.shutdown_grace;
-        // Intake first: the broker stops accepting and closes its clients.
-        let broker = self.broker;
-        let closed = tokio::task::spawn_blocking(move || broker.stop());
+        // The broker's listeners and sessions end on the signal, as every other task does;
+        // sessions finish what they were storing before they close.
         let drained = self.shutdown.drain(grace).await;
-        let closed = tokio::time::timeout(grace, closed).await.is_ok();
+        drop(self.broker);
         // Last, once ingress has handed over everything: fold the WAL in and close the file.
         let queue_closed = tokio::time::timeout(grace, self.queue.close())
             .await
             .is_ok();
-        drained && closed && queue_closed
+        drained && queue_closed
     }
 }
 

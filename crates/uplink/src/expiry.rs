@@ -1,11 +1,12 @@
 //! Certificate expiry: when each certificate in use stops being valid, and the warnings that
 //! follow as that day comes near.
 //!
-//! The not-after date is read straight from the DER (certificate → tbsCertificate → validity),
-//! a walk of a few fixed fields; anything unexpected is an error, never a panic.
+//! The not-after date is read straight from the DER (certificate → tbsCertificate → validity)
+//! with `fieldlink_core::der`; anything unexpected is an error, never a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fieldlink_core::der::{tbs_fields, tlv};
 use rustls::pki_types::CertificateDer;
 
 /// Days before expiry at which a warning is raised, most urgent last.
@@ -29,35 +30,7 @@ pub fn issuer(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
 
 /// The subject's distinguished name, as DER.
 pub fn subject(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
-    let after_validity = tlv(tbs_fields(cert.as_ref())?.validity)?.2;
-    let (_, _, after_subject) = tlv(after_validity)?;
-    Some(after_validity[..after_validity.len() - after_subject.len()].to_vec())
-}
-
-/// Where issuer and validity start in a certificate's tbsCertificate: each slice runs from
-/// its own element to the end of the tbsCertificate.
-struct TbsFields<'a> {
-    issuer: &'a [u8],
-    validity: &'a [u8],
-}
-
-fn tbs_fields(der: &[u8]) -> Option<TbsFields<'_>> {
-    let (_, cert_body, _) = tlv(der)?;
-    let (tag, tbs, _) = tlv(cert_body)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let mut rest = tbs;
-    // version [0] EXPLICIT, optional
-    if rest.first() == Some(&0xa0) {
-        rest = tlv(rest)?.2;
-    }
-    // serialNumber, signature
-    rest = tlv(tlv(rest)?.2)?.2;
-    let issuer_start = rest;
-    let (_, _, validity) = tlv(rest)?;
-    let issuer = &issuer_start[..issuer_start.len() - validity.len()];
-    Some(TbsFields { issuer, validity })
+    Some(tbs_fields(cert.as_ref())?.subject.to_vec())
 }
 
 /// The most urgent warning threshold (in days) that `not_after` has crossed at `now`, if any.
@@ -79,28 +52,6 @@ pub fn remaining(not_after: i64, now: SystemTime) -> Option<Duration> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     u64::try_from(not_after - now).ok().map(Duration::from_secs)
-}
-
-/// One DER element: (tag, contents, what follows).
-fn tlv(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
-    let (&tag, rest) = input.split_first()?;
-    let (&first, rest) = rest.split_first()?;
-    let (len, rest) = if first < 0x80 {
-        (usize::from(first), rest)
-    } else {
-        let n = usize::from(first & 0x7f);
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n]
-            .iter()
-            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some((tag, &rest[..len], &rest[len..]))
 }
 
 /// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) to Unix seconds.

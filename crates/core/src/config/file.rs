@@ -55,6 +55,8 @@ pub struct BrokerFile {
     pub segment_count: Option<Spanned<i64>>,
     /// How long a new connection may take to send CONNECT, e.g. `"5s"`.
     pub connect_timeout: Option<Spanned<String>>,
+    /// Most messages per second one client may publish; reading pauses beyond it.
+    pub max_message_rate: Option<Spanned<i64>>,
     /// `[[broker.listeners]]`.
     pub listeners: Option<Spanned<Vec<Spanned<ListenerFile>>>>,
 }
@@ -69,8 +71,32 @@ pub struct ListenerFile {
     pub bind: Option<Spanned<String>>,
     /// The TCP port.
     pub port: Option<Spanned<i64>>,
-    /// `"3.1.1"` or `"5"`.
+    /// `"3.1.1"`, `"5"` or `"any"`.
     pub mqtt: Option<Spanned<String>>,
+    /// `"none"`, `"server-auth"`, `"mutual"` or `"psk"`.
+    pub tls: Option<Spanned<String>>,
+    /// `"1.2"` or `"1.3"`.
+    pub min_tls_version: Option<Spanned<String>>,
+    /// PEM chain the listener presents.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// PEM private key of that chain.
+    pub key_file: Option<Spanned<PathBuf>>,
+    /// PEM file of the CAs trusted for client certificates (every one in it).
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// PEM CRL files checked against client certificates, reloaded when they change.
+    pub crl_files: Option<Spanned<Vec<Spanned<PathBuf>>>>,
+    /// `identity:hexkey` lines (mode 0600), one per device, for TLS-PSK.
+    pub psk_file: Option<Spanned<PathBuf>>,
+    /// Which certificate field names the device: `"cn"` or `"san"`.
+    pub identity: Option<Spanned<String>>,
+    /// Whether clients without credentials may connect.
+    pub anonymous: Option<Spanned<bool>>,
+    /// How a client id must relate to the identity: `"equal"`, `"prefix"` or `"any"`.
+    pub client_id: Option<Spanned<String>>,
+    /// How long a TLS handshake may take, e.g. `"10s"`.
+    pub handshake_timeout: Option<Spanned<String>>,
+    /// Most TLS handshakes in progress at once; the oldest gives way to a new one.
+    pub max_handshakes: Option<Spanned<i64>>,
 }
 
 /// `[queue]`.

@@ -11,6 +11,7 @@
 
 mod error;
 pub mod file;
+mod listener;
 mod reader;
 mod uplink;
 mod validate;
@@ -167,6 +168,8 @@ pub struct BrokerSettings {
     pub segment_count: usize,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
+    /// Most messages per second one client may publish; the edge stops reading beyond it.
+    pub max_message_rate: u32,
 }
 
 impl Default for BrokerSettings {
@@ -179,6 +182,7 @@ impl Default for BrokerSettings {
             segment_size: default_segment_size(),
             segment_count: default_segment_count(),
             connect_timeout: default_connect_timeout(),
+            max_message_rate: 1000,
         }
     }
 }
@@ -190,8 +194,20 @@ pub struct ListenerSettings {
     pub name: String,
     /// The address and port to bind.
     pub addr: SocketAddr,
-    /// The MQTT version spoken.
-    pub mqtt: MqttVersion,
+    /// The MQTT version accepted; `None`: 3.1.1 and 5.
+    pub mqtt: Option<MqttVersion>,
+    /// Transport security.
+    pub tls: ListenerTls,
+    /// Lowest TLS version accepted.
+    pub min_tls_version: crate::tls::MinTlsVersion,
+    /// Whether clients without credentials may connect.
+    pub anonymous: bool,
+    /// How a client id must relate to the authenticated identity.
+    pub client_id: ClientIdRule,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Most TLS handshakes in progress at once; the oldest gives way to a new one.
+    pub max_handshakes: usize,
 }
 
 impl Default for ListenerSettings {
@@ -199,9 +215,67 @@ impl Default for ListenerSettings {
         Self {
             name: "loopback".into(),
             addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), 1883),
-            mqtt: MqttVersion::V311,
+            mqtt: None,
+            tls: ListenerTls::None,
+            min_tls_version: crate::tls::MinTlsVersion::Tls12,
+            anonymous: true,
+            client_id: ClientIdRule::Equal,
+            handshake_timeout: Duration::from_secs(10),
+            max_handshakes: 64,
         }
     }
+}
+
+/// A listener's transport security.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain TCP (meant for loopback).
+    None,
+    /// TLS; clients authenticate with username and password.
+    ServerAuth {
+        /// Our chain.
+        cert_file: PathBuf,
+        /// Its key.
+        key_file: PathBuf,
+    },
+    /// TLS with a client certificate required; it names the device.
+    Mutual {
+        /// Our chain.
+        cert_file: PathBuf,
+        /// Its key.
+        key_file: PathBuf,
+        /// The CAs trusted for client certificates (all of them).
+        ca_file: PathBuf,
+        /// Revocation lists, reloaded when they change.
+        crl_files: Vec<PathBuf>,
+        /// Which certificate field names the device.
+        identity: CertIdentity,
+    },
+    /// TLS-PSK (openssl): the PSK identity names the device.
+    Psk {
+        /// `identity:hexkey` lines, mode 0600.
+        psk_file: PathBuf,
+    },
+}
+
+/// Which field of a client certificate names the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    /// The subject's common name.
+    CommonName,
+    /// The first DNS name in the subject alternative names.
+    SubjectAltName,
+}
+
+/// How a client id must relate to the authenticated identity (anonymous clients aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdRule {
+    /// The client id is the identity.
+    Equal,
+    /// The client id is the identity, or starts with the identity and ':'.
+    Prefix,
+    /// Any client id (the identity still decides the ACLs).
+    Any,
 }
 
 /// An MQTT protocol version.

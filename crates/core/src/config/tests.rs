@@ -125,6 +125,24 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["not a TLS version fieldlink allows"],
         },
         Case {
+            text: "[[broker.listeners]]\nport = 8883\ntls = \"mutual\"\ncert_file = \"/b.pem\"\nkey_file = \"/b.key\"\n",
+            key: "broker.listeners[0].ca_file",
+            line: 1,
+            words: &["missing", "CAs that issue device certificates"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nport = 8883\ntls = \"ssl3\"\n",
+            key: "broker.listeners[0].tls",
+            line: 3,
+            words: &["unknown TLS mode", "\"mutual\""],
+        },
+        Case {
+            text: "[[broker.listeners]]\nport = 8883\nclient_id = \"whatever\"\n",
+            key: "broker.listeners[0].client_id",
+            line: 3,
+            words: &["unknown client id rule", "\"prefix\""],
+        },
+        Case {
             text: "[broker]\nsegment_size = 512\n",
             key: "broker.segment_size",
             line: 2,
@@ -231,7 +249,11 @@ fn a_full_config_is_read_into_settings() {
     let lan = &settings.broker.listeners[0];
     assert_eq!(
         (lan.name.as_str(), lan.addr.to_string().as_str(), lan.mqtt),
-        ("lan", "[::]:8883", MqttVersion::V5)
+        ("lan", "[::]:8883", Some(MqttVersion::V5))
+    );
+    assert!(
+        !lan.anonymous,
+        "no anonymous access from the network unless asked for"
     );
     assert_eq!(settings.routes[0].filter.as_str(), "+/alarm/#");
     assert_eq!(settings.routes[0].priority, Priority::High);
@@ -280,6 +302,32 @@ fn durations_accept_the_documented_units_only() {
     for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10w"] {
         assert_eq!(parse_duration(bad), None, "{bad}");
     }
+}
+
+#[test]
+fn a_mutual_tls_listener_is_read_into_settings() {
+    let settings = parse(
+        "[[broker.listeners]]\nname = \"devices\"\nbind = \"0.0.0.0\"\nport = 8884\n\
+         tls = \"mutual\"\ncert_file = \"/b.pem\"\nkey_file = \"/b.key\"\nca_file = \"/ca.pem\"\n\
+         crl_files = [\"/ca.crl\"]\nidentity = \"san\"\nclient_id = \"prefix\"\nmin_tls_version = \"1.3\"\n",
+        origin(),
+    )
+    .unwrap();
+    let l = &settings.broker.listeners[0];
+    assert_eq!(
+        l.tls,
+        crate::config::ListenerTls::Mutual {
+            cert_file: "/b.pem".into(),
+            key_file: "/b.key".into(),
+            ca_file: "/ca.pem".into(),
+            crl_files: vec!["/ca.crl".into()],
+            identity: crate::config::CertIdentity::SubjectAltName,
+        }
+    );
+    assert_eq!(l.client_id, crate::config::ClientIdRule::Prefix);
+    assert_eq!(l.min_tls_version, crate::tls::MinTlsVersion::Tls13);
+    assert!(!l.anonymous);
+    assert_eq!(l.mqtt, None, "both versions unless told");
 }
 
 #[test]

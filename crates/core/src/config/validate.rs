@@ -96,6 +96,13 @@ fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             Duration::from_millis(100)..=Duration::from_millis(65_535),
             default_connect_timeout(),
         ),
+        max_message_rate: int(
+            c,
+            "broker.max_message_rate",
+            &file.max_message_rate,
+            1..=1_000_000,
+        )
+        .unwrap_or(1000),
     }
 }
 
@@ -240,12 +247,19 @@ fn listener(
         }
         Some(_) => int(c, &format!("{key}.port"), &file.port, 1..=65_535).unwrap_or(0),
     };
-    let mqtt = mqtt_version(c, &format!("{key}.mqtt"), &file.mqtt);
-    (c.len() == errors_before).then(|| ListenerSettings {
+    let mqtt = match &file.mqtt {
+        Some(v) if v.get_ref() == "any" => None,
+        None => None,
+        Some(_) => Some(mqtt_version(c, &format!("{key}.mqtt"), &file.mqtt)),
+    };
+    let mut listener = ListenerSettings {
         name,
         addr: SocketAddr::new(ip, port),
         mqtt,
-    })
+        ..ListenerSettings::default()
+    };
+    super::listener::security(key, entry, &mut listener, c);
+    (c.len() == errors_before).then_some(listener)
 }
 
 fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {

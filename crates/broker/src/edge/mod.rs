@@ -1,0 +1,86 @@
+//! The broker's network edge: every client-facing listener is ours, and rumqttd's router sits
+//! behind it, reachable only through in-process links (no socket of rumqttd's is open, so no
+//! local process can go around the edge).
+//!
+//! - [`transport`]: plain TCP, TLS and mutual TLS (rustls, built by core's TLS policy; CRLs
+//!   reloaded when they change), TLS-PSK (openssl); a handshake timeout and a cap on
+//!   handshakes in progress, the oldest giving way, so idle sockets cannot starve real clients.
+//! - [`session`]: CONNECT checks (credentials, client id bound to the identity, the will's
+//!   ACL), then every packet between the client and the router, with the ACLs applied and
+//!   publishes made durable by ingress before the router (and so the PUBACK) sees them.
+
+mod codec;
+pub(crate) mod session;
+pub(crate) mod transport;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use fieldlink_core::ports::Ingress;
+use fieldlink_core::shutdown::Shutdown;
+use rumqttd::Notification;
+use rumqttd::local::{LinkRx, LinkTx};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Semaphore;
+
+use crate::access::Access;
+
+/// A client connection, whatever its transport.
+pub(crate) trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+
+/// Opens a router link for (client id, clean session): blocks briefly.
+pub(crate) type SessionLinks =
+    Arc<dyn Fn(&str, bool) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync>;
+
+/// What every session shares.
+pub(crate) struct EdgeContext {
+    pub(crate) links: SessionLinks,
+    pub(crate) ingress: Arc<dyn Ingress>,
+    pub(crate) access: Arc<Access>,
+    pub(crate) connections: Arc<Semaphore>,
+    pub(crate) max_packet_size: usize,
+    pub(crate) connect_timeout: Duration,
+    pub(crate) max_message_rate: u32,
+    pub(crate) shutdown: Shutdown,
+    auto_ids: AtomicU64,
+}
+
+impl EdgeContext {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        links: SessionLinks,
+        ingress: Arc<dyn Ingress>,
+        access: Arc<Access>,
+        settings: &fieldlink_core::config::BrokerSettings,
+        shutdown: Shutdown,
+    ) -> Self {
+        Self {
+            links,
+            ingress,
+            access,
+            connections: Arc::new(Semaphore::new(settings.max_connections)),
+            max_packet_size: settings.max_packet_size,
+            connect_timeout: settings.connect_timeout,
+            max_message_rate: settings.max_message_rate,
+            shutdown,
+            auto_ids: AtomicU64::new(1),
+        }
+    }
+
+    /// A number for a client id the broker assigns.
+    pub(crate) fn next_auto_id(&self) -> u64 {
+        self.auto_ids.fetch_add(1, Ordering::Relaxed)
+    }
+}
+
+/// Metric names of the edge.
+pub(crate) mod metric {
+    pub(crate) use fieldlink_core::metrics::{
+        BROKER_ACL_DENIED_TOTAL as ACL_DENIED_TOTAL, BROKER_CONNECTIONS as CONNECTIONS,
+        BROKER_CONNECTIONS_TOTAL as CONNECTIONS_TOTAL,
+        BROKER_MESSAGES_IN_TOTAL as MESSAGES_IN_TOTAL,
+        BROKER_MESSAGES_OUT_TOTAL as MESSAGES_OUT_TOTAL, BROKER_REFUSED_TOTAL as REFUSED_TOTAL,
+    };
+}

@@ -1,0 +1,157 @@
+//! Validation of a listener's security: TLS mode and files, identities, anonymous access and
+//! the handshake limits.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use toml::Spanned;
+
+use super::error::Collector;
+use super::file::ListenerFile;
+use super::validate::{duration, int};
+use super::{CertIdentity, ClientIdRule, ListenerSettings, ListenerTls};
+use crate::tls::MinTlsVersion;
+
+/// Fills the security fields of `listener` from `file`.
+pub(super) fn security(
+    key: &str,
+    entry: &Spanned<ListenerFile>,
+    listener: &mut ListenerSettings,
+    c: &mut Collector<'_>,
+) {
+    let file = entry.get_ref();
+    listener.tls = tls(key, entry, c).unwrap_or(ListenerTls::None);
+    listener.min_tls_version = match &file.min_tls_version {
+        None => MinTlsVersion::Tls12,
+        Some(v) => match v.get_ref().as_str() {
+            "1.2" => MinTlsVersion::Tls12,
+            "1.3" => MinTlsVersion::Tls13,
+            _ => {
+                c.at(
+                    &format!("{key}.min_tls_version"),
+                    Some(v.span()),
+                    "not a TLS version fieldlink allows",
+                    "write \"1.2\" or \"1.3\" (older versions are not secure)",
+                );
+                MinTlsVersion::Tls12
+            }
+        },
+    };
+    // Anonymous access by default only where no one else can reach: plain TCP on loopback.
+    let loopback_plain = listener.addr.ip().is_loopback() && listener.tls == ListenerTls::None;
+    listener.anonymous = file
+        .anonymous
+        .as_ref()
+        .map_or(loopback_plain, |a| *a.get_ref());
+    listener.client_id = match &file.client_id {
+        None => ClientIdRule::Equal,
+        Some(v) => match v.get_ref().as_str() {
+            "equal" => ClientIdRule::Equal,
+            "prefix" => ClientIdRule::Prefix,
+            "any" => ClientIdRule::Any,
+            _ => {
+                c.at(
+                    &format!("{key}.client_id"),
+                    Some(v.span()),
+                    "unknown client id rule",
+                    "write \"equal\" (client id = identity), \"prefix\" (identity or identity:...) or \"any\"",
+                );
+                ClientIdRule::Equal
+            }
+        },
+    };
+    listener.handshake_timeout = duration(
+        c,
+        &format!("{key}.handshake_timeout"),
+        &file.handshake_timeout,
+        Duration::from_millis(100)..=Duration::from_secs(120),
+        Duration::from_secs(10),
+    );
+    listener.max_handshakes = int(
+        c,
+        &format!("{key}.max_handshakes"),
+        &file.max_handshakes,
+        1..=10_000,
+    )
+    .unwrap_or(64);
+}
+
+fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Option<ListenerTls> {
+    let file = entry.get_ref();
+    let mode = file.tls.as_ref().map_or("none", |m| m.get_ref().as_str());
+    let mut path = |name: &str, value: &Option<Spanned<PathBuf>>, hint: &str| match value {
+        Some(p) => Some(p.get_ref().clone()),
+        None => {
+            c.missing(&format!("{key}.{name}"), entry.span(), hint);
+            None
+        }
+    };
+    match mode {
+        "none" => Some(ListenerTls::None),
+        "server-auth" => {
+            let cert_file = path("cert_file", &file.cert_file, CERT_HINT);
+            let key_file = path("key_file", &file.key_file, KEY_HINT);
+            Some(ListenerTls::ServerAuth {
+                cert_file: cert_file?,
+                key_file: key_file?,
+            })
+        }
+        "mutual" => {
+            let cert_file = path("cert_file", &file.cert_file, CERT_HINT);
+            let key_file = path("key_file", &file.key_file, KEY_HINT);
+            let ca_file = path(
+                "ca_file",
+                &file.ca_file,
+                "mutual TLS needs the CAs that issue device certificates: ca_file = \"/etc/fieldlink/devices-ca.pem\"",
+            );
+            let identity = match file
+                .identity
+                .as_ref()
+                .map(|v| (v.get_ref().as_str(), v.span()))
+            {
+                None | Some(("cn", _)) => CertIdentity::CommonName,
+                Some(("san", _)) => CertIdentity::SubjectAltName,
+                Some((_, span)) => {
+                    c.at(
+                        &format!("{key}.identity"),
+                        Some(span),
+                        "unknown identity field",
+                        "write \"cn\" (the subject's common name) or \"san\" (its first DNS name)",
+                    );
+                    CertIdentity::CommonName
+                }
+            };
+            Some(ListenerTls::Mutual {
+                cert_file: cert_file?,
+                key_file: key_file?,
+                ca_file: ca_file?,
+                crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
+                    l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
+                }),
+                identity,
+            })
+        }
+        "psk" => Some(ListenerTls::Psk {
+            psk_file: path(
+                "psk_file",
+                &file.psk_file,
+                "PSK needs a 0600 file of identity:hexkey lines: psk_file = \"/etc/fieldlink/devices.psk\"",
+            )?,
+        }),
+        _ => {
+            let span = file.tls.as_ref().map(Spanned::span);
+            c.at(
+                &format!("{key}.tls"),
+                span,
+                "unknown TLS mode",
+                "write \"none\", \"server-auth\", \"mutual\" or \"psk\"",
+            );
+            None
+        }
+    }
+}
+
+const CERT_HINT: &str =
+    "TLS needs the listener's certificate chain: cert_file = \"/etc/fieldlink/broker.pem\"";
+const KEY_HINT: &str =
+    "TLS needs the listener's private key: key_file = \"/etc/fieldlink/broker.key\"";
