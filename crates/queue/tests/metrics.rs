@@ -39,21 +39,12 @@ async fn depth_appends_acks_and_drops_are_exported() {
     let leased = queue.lease(1).await.unwrap();
     queue.ack(vec![leased[0].id]).await.unwrap();
     queue.stats().await.unwrap(); // one more round: the ack's export has happened
-    tokio::time::sleep(Duration::from_millis(1200)).await; // a maintenance tick: oldest age
-
-    let values: HashMap<String, DebugValue> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
+    // The oldest age is exported by the maintenance tick, every second: after two ticks one
+    // has seen the oldest message at least a second old. (Counters are read once: a snapshot
+    // takes them.)
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let oldest_key = format!("{}{{}}", m::QUEUE_OLDEST_AGE_SECONDS);
+    let values = snapshot(&snapshotter);
     let get = |k: &str| {
         values
             .get(k)
@@ -76,6 +67,24 @@ async fn depth_appends_acks_and_drops_are_exported() {
         &DebugValue::Gauge(3.0.into())
     );
     assert!(
-        matches!(get(&format!("{}{{}}", m::QUEUE_OLDEST_AGE_SECONDS)), DebugValue::Gauge(age) if age.into_inner() >= 1.0)
+        matches!(get(&oldest_key), DebugValue::Gauge(age) if age.into_inner() >= 1.0),
+        "{:?}",
+        get(&oldest_key)
     );
+}
+
+fn snapshot(snapshotter: &metrics_util::debugging::Snapshotter) -> HashMap<String, DebugValue> {
+    snapshotter
+        .snapshot()
+        .into_vec()
+        .into_iter()
+        .map(|(key, _, _, value)| {
+            let key = key.key();
+            let labels: Vec<String> = key
+                .labels()
+                .map(|l| format!("{}={}", l.key(), l.value()))
+                .collect();
+            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
+        })
+        .collect()
 }

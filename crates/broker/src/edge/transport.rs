@@ -170,6 +170,9 @@ const TLS13_PSK_SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA
 /// TLS-PSK with openssl (rustls has no PSK); keys re-read when the file changes.
 pub(crate) struct PskServer {
     context: openssl::ssl::SslContext,
+    /// Where the callback leaves the identity it accepted (openssl does not keep it for
+    /// TLS 1.3).
+    identity: openssl::ex_data::Index<openssl::ssl::Ssl, String>,
     keys: Arc<RwLock<HashMap<String, Vec<u8>>>>,
     file: PathBuf,
     stamp: Mutex<Option<SystemTime>>,
@@ -191,12 +194,14 @@ impl PskServer {
             .and_then(|()| builder.set_ciphersuites(TLS13_PSK_SUITES))
             .map_err(|e| e.to_string())?;
         let lookup = keys.clone();
-        builder.set_psk_server_callback(move |_ssl, identity, out| {
+        let index = openssl::ssl::Ssl::new_ex_index::<String>().map_err(|e| e.to_string())?;
+        builder.set_psk_server_callback(move |ssl, identity, out| {
             let identity = identity.and_then(|i| std::str::from_utf8(i).ok());
             let keys = lookup.read().unwrap_or_else(PoisonError::into_inner);
-            match identity.and_then(|i| keys.get(i)) {
-                Some(key) if key.len() <= out.len() => {
+            match identity.and_then(|i| keys.get(i).map(|k| (i, k))) {
+                Some((name, key)) if key.len() <= out.len() => {
                     out[..key.len()].copy_from_slice(key);
+                    ssl.set_ex_data(index, name.to_owned());
                     Ok(key.len())
                 }
                 // Zero length: unknown identity, the handshake fails.
@@ -205,6 +210,7 @@ impl PskServer {
         });
         Ok(Self {
             context: builder.build(),
+            identity: index,
             keys,
             stamp: Mutex::new(std::fs::metadata(&file).and_then(|m| m.modified()).ok()),
             file,
@@ -358,7 +364,7 @@ pub(crate) async fn accept_loop(
                     continue;
                 };
                 let slot = handshakes.admit();
-                let (ctx, listener) = (ctx.clone(), listener.clone());
+                let (ctx, listener, server) = (ctx.clone(), listener.clone(), server.clone());
                 let mut peer = peer(None);
                 ctx.shutdown.clone().spawn(async move {
                     let accepted = handshake(&slot, &listener, async {
@@ -372,11 +378,7 @@ pub(crate) async fn accept_loop(
                     if accepted.is_none() {
                         return;
                     }
-                    peer.identity = tls
-                        .ssl()
-                        .psk_identity()
-                        .and_then(|i| std::str::from_utf8(i).ok())
-                        .map(str::to_owned);
+                    peer.identity = tls.ssl().ex_data(server.identity).cloned();
                     session::serve(Box::new(tls), peer, ctx).await;
                 });
             }

@@ -1,0 +1,490 @@
+//! The broker's edge with real MQTT clients (mosquitto_pub/sub, MQTT 3.1.1 and 5): every
+//! transport carries messages; every refusal is the right one; idle sockets cannot starve a
+//! TLS client; a CRL replaced on disk refuses the revoked device and keeps the others; a slow
+//! outbox holds the PUBACK back.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use fieldlink_test_support::certs::{Leaf, write};
+use fieldlink_test_support::free_port;
+
+const PSK_HEX: &str = "00112233445566778899aabbccddeeff";
+
+fn psk_file(pki: &Pki) -> String {
+    let path = write(
+        pki.dir.path(),
+        "devices.psk",
+        &format!("# devices\ndevice-p:{PSK_HEX}\n"),
+    );
+    std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+    path_str(&path)
+}
+
+/// Subscribes with `sub_args`, publishes one message with `pub_args`, returns what arrived.
+async fn round_trip(common: Vec<String>, sub_id: &str, pub_id: &str, topic: &str) -> String {
+    let mut sub: Vec<String> = common.clone();
+    sub.extend(["-i", sub_id, "-t", topic, "-C", "1", "-W", "10", "-v"].map(String::from));
+    let mut publ: Vec<String> = common;
+    publ.extend(["-i", pub_id, "-t", topic, "-m", "hello", "-q", "1"].map(String::from));
+    let subscriber = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = sub.iter().map(String::as_str).collect();
+        mosquitto("mosquitto_sub", &args)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let published = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = publ.iter().map(String::as_str).collect();
+        mosquitto("mosquitto_pub", &args)
+    })
+    .await
+    .unwrap();
+    assert!(
+        published.status.success(),
+        "publish to {topic} failed: {}",
+        text(&published)
+    );
+    text(&subscriber.await.unwrap())
+}
+
+fn strings(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_tls_mutual_tls_and_psk_listeners_carry_messages_for_3_1_1_and_5() {
+    let pki = Pki::new();
+    let (dev_cert, dev_key) = pki.device("device-a", &pki.ca.issue("device-a", &[]));
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nname = \"plain\"\nport = {}\n\
+         [[broker.listeners]]\nname = \"tls\"\nport = {}\nanonymous = true\n{}\
+         [[broker.listeners]]\nname = \"mtls\"\nport = {}\nclient_id = \"prefix\"\n{}\
+         [[broker.listeners]]\nname = \"psk\"\nport = {}\nclient_id = \"prefix\"\ntls = \"psk\"\npsk_file = \"{}\"\n",
+        ports[0],
+        ports[1],
+        pki.tls_keys("server-auth"),
+        ports[2],
+        pki.tls_keys("mutual"),
+        ports[3],
+        psk_file(&pki),
+    ))
+    .await;
+    let ca = path_str(&pki.ca_file);
+    for version in ["311", "5"] {
+        let host =
+            |port: u16| strings(&["-h", "localhost", "-p", &port.to_string(), "-V", version]);
+        let plain = host(ports[0]);
+        let got = round_trip(plain, "plain-sub", "plain-pub", "site/plain").await;
+        assert!(got.contains("site/plain hello"), "plain v{version}: {got}");
+
+        let mut tls = host(ports[1]);
+        tls.extend(strings(&["--cafile", &ca]));
+        let got = round_trip(tls, "tls-sub", "tls-pub", "site/tls").await;
+        assert!(got.contains("site/tls hello"), "TLS v{version}: {got}");
+
+        let mut mtls = host(ports[2]);
+        mtls.extend(strings(&[
+            "--cafile",
+            &ca,
+            "--cert",
+            &path_str(&dev_cert),
+            "--key",
+            &path_str(&dev_key),
+        ]));
+        let got = round_trip(mtls, "device-a:sub", "device-a:pub", "site/mtls").await;
+        assert!(got.contains("site/mtls hello"), "mTLS v{version}: {got}");
+
+        for tls_version in ["tlsv1.2", "tlsv1.3"] {
+            let mut psk = host(ports[3]);
+            psk.extend(strings(&[
+                "--psk",
+                PSK_HEX,
+                "--psk-identity",
+                "device-p",
+                "--tls-version",
+                tls_version,
+            ]));
+            let got = round_trip(psk, "device-p:sub", "device-p:pub", "site/psk").await;
+            assert!(
+                got.contains("site/psk hello"),
+                "PSK {tls_version} v{version}: {got}"
+            );
+        }
+    }
+    // Every routed publish went through ingress: 2 versions × (plain, TLS, mTLS, 2 × PSK).
+    assert_eq!(edge.ingress.stored.lock().unwrap().len(), 10);
+    edge.stop().await;
+}
+
+/// Connects with mosquitto_pub -d and returns its output (CONNACK codes, TLS errors).
+fn attempt(args: &[&str]) -> String {
+    let mut all = vec!["-d", "-t", "site/x", "-m", "x", "-q", "1"];
+    all.extend_from_slice(args);
+    text(&mosquitto("mosquitto_pub", &all))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_get_the_right_connack_or_tls_alert() {
+    let pki = Pki::new();
+    let (a_cert, a_key) = pki.device("device-a", &pki.ca.issue("device-a", &[]));
+    let other_ca = fieldlink_test_support::certs::TestCa::new("rogue CA");
+    let (rogue_cert, rogue_key) = pki.device("rogue", &other_ca.issue("device-a", &[]));
+    let (old_cert, old_key) = pki.device(
+        "expired",
+        &pki.ca.issue_with(
+            "device-e",
+            &[],
+            Leaf {
+                expired: true,
+                ..Leaf::default()
+            },
+        ),
+    );
+    let (revoked_cert, revoked_key) = pki.device(
+        "revoked",
+        &pki.ca.issue_with(
+            "device-r",
+            &[],
+            Leaf {
+                serial: Some(77),
+                ..Leaf::default()
+            },
+        ),
+    );
+    let crl = write(pki.dir.path(), "devices.crl", &pki.ca.crl(&[77]));
+    let ports: Vec<u16> = (0..3).map(|_| free_port()).collect();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nname = \"mtls\"\nport = {}\n{}crl_files = [\"{}\"]\n\
+         [[broker.listeners]]\nname = \"psk\"\nport = {}\ntls = \"psk\"\npsk_file = \"{}\"\n\
+         [[broker.listeners]]\nname = \"closed\"\nport = {}\nbind = \"127.0.0.1\"\nanonymous = false\n",
+        ports[0],
+        pki.tls_keys("mutual"),
+        path_str(&crl),
+        ports[1],
+        psk_file(&pki),
+        ports[2],
+    ))
+    .await;
+    let ca = path_str(&pki.ca_file);
+    let mtls_port = ports[0].to_string();
+    let device = move |cert: &std::path::Path, key: &std::path::Path, id: &str, v: &str| {
+        attempt(&[
+            "-h",
+            "localhost",
+            "-p",
+            &mtls_port,
+            "--cafile",
+            &ca,
+            "--cert",
+            &path_str(cert),
+            "--key",
+            &path_str(key),
+            "-i",
+            id,
+            "-V",
+            v,
+        ])
+    };
+    let out = tokio::task::spawn_blocking({
+        let (a_cert, a_key) = (a_cert.clone(), a_key.clone());
+        move || {
+            // Device A's certificate with device B's client id: 2 (3.1.1), 0x85 (5).
+            vec![
+                ("a-as-b-311", device(&a_cert, &a_key, "device-b", "311")),
+                ("a-as-b-5", device(&a_cert, &a_key, "device-b", "5")),
+                ("a-as-a", device(&a_cert, &a_key, "device-a", "5")),
+                ("rogue", device(&rogue_cert, &rogue_key, "device-a", "311")),
+                ("expired", device(&old_cert, &old_key, "device-e", "311")),
+                (
+                    "revoked",
+                    device(&revoked_cert, &revoked_key, "device-r", "311"),
+                ),
+            ]
+        }
+    })
+    .await
+    .unwrap();
+    let get = |name: &str| out.iter().find(|(n, _)| *n == name).unwrap().1.clone();
+    assert!(
+        get("a-as-b-311").contains("received CONNACK (2)"),
+        "{}",
+        get("a-as-b-311")
+    );
+    assert!(
+        get("a-as-b-5").contains("received CONNACK (133)"),
+        "{}",
+        get("a-as-b-5")
+    );
+    assert!(
+        get("a-as-a").contains("received CONNACK (0)"),
+        "{}",
+        get("a-as-a")
+    );
+    for refused in ["rogue", "expired", "revoked"] {
+        let text = get(refused);
+        assert!(!text.contains("received CONNACK"), "{refused}: {text}");
+        assert!(
+            text.contains("alert"),
+            "{refused} is refused in the handshake: {text}"
+        );
+    }
+    assert!(get("revoked").contains("revoked"), "{}", get("revoked"));
+    assert!(get("expired").contains("expired"), "{}", get("expired"));
+    assert!(get("rogue").contains("unknown ca"), "{}", get("rogue"));
+
+    let psk_port = ports[1].to_string();
+    let closed_port = ports[2].to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let wrong_key = attempt(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &psk_port,
+            "--psk",
+            "ffeeddccbbaa99887766554433221100",
+            "--psk-identity",
+            "device-p",
+            "-i",
+            "device-p",
+        ]);
+        let unknown = attempt(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &psk_port,
+            "--psk",
+            PSK_HEX,
+            "--psk-identity",
+            "nobody",
+            "-i",
+            "nobody",
+        ]);
+        let anonymous_311 = attempt(&["-h", "127.0.0.1", "-p", &closed_port, "-V", "311"]);
+        let anonymous_5 = attempt(&["-h", "127.0.0.1", "-p", &closed_port, "-V", "5"]);
+        (wrong_key, unknown, anonymous_311, anonymous_5)
+    })
+    .await
+    .unwrap();
+    assert!(!out.0.contains("received CONNACK"), "wrong PSK: {}", out.0);
+    assert!(
+        !out.1.contains("received CONNACK"),
+        "unknown PSK identity: {}",
+        out.1
+    );
+    assert!(
+        out.2.contains("received CONNACK (5)"),
+        "no credentials, 3.1.1: {}",
+        out.2
+    );
+    assert!(
+        out.3.contains("received CONNACK (135)"),
+        "no credentials, 5: {}",
+        out.3
+    );
+    assert!(
+        edge.ingress.stored.lock().unwrap().len() == 1,
+        "only device A's own publish"
+    );
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tls_1_1_client_is_refused() {
+    let pki = Pki::new();
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nport = {port}\nanonymous = true\n{}",
+        pki.tls_keys("server-auth")
+    ))
+    .await;
+    let out = tokio::task::spawn_blocking(move || {
+        text(
+            &Command::new("openssl")
+                .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+                .args(["-tls1_1", "-cipher", "DEFAULT@SECLEVEL=0"])
+                .stdin(std::process::Stdio::null())
+                .output()
+                .unwrap(),
+        )
+    })
+    .await
+    .unwrap();
+    // The client offered only TLS 1.1; the server (rustls) refuses with a handshake alert.
+    assert!(
+        out.contains("alert handshake failure") || out.contains("alert protocol version"),
+        "{out}"
+    );
+    assert!(out.contains("Cipher is (NONE)"), "no session: {out}");
+    edge.stop().await;
+}
+
+use std::process::Command;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sockets_do_not_delay_a_real_tls_client() {
+    let pki = Pki::new();
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nport = {port}\nanonymous = true\n{}",
+        pki.tls_keys("server-auth")
+    ))
+    .await;
+    // 500 connections that never send a ClientHello.
+    let mut idle = Vec::new();
+    for _ in 0..500 {
+        idle.push(
+            tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let ca = path_str(&pki.ca_file);
+    let (elapsed, out) = tokio::task::spawn_blocking(move || {
+        let start = Instant::now();
+        let out = attempt(&["-h", "localhost", "-p", &port.to_string(), "--cafile", &ca]);
+        (start.elapsed(), out)
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("received CONNACK (0)"), "{out}");
+    assert!(
+        elapsed < Duration::from_secs(1),
+        "took {elapsed:?} behind 500 idle sockets"
+    );
+    drop(idle);
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_crl_refuses_the_revoked_device_and_keeps_the_others() {
+    let pki = Pki::new();
+    let (a_cert, a_key) = pki.device(
+        "device-a",
+        &pki.ca.issue_with(
+            "device-a",
+            &[],
+            Leaf {
+                serial: Some(10),
+                ..Leaf::default()
+            },
+        ),
+    );
+    let (b_cert, b_key) = pki.device(
+        "device-b",
+        &pki.ca.issue_with(
+            "device-b",
+            &[],
+            Leaf {
+                serial: Some(11),
+                ..Leaf::default()
+            },
+        ),
+    );
+    let crl = write(pki.dir.path(), "devices.crl", &pki.ca.crl(&[]));
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nport = {port}\nclient_id = \"prefix\"\n{}crl_files = [\"{}\"]\n",
+        pki.tls_keys("mutual"),
+        path_str(&crl)
+    ))
+    .await;
+    let ca = path_str(&pki.ca_file);
+    let args = |cert: &std::path::Path, key: &std::path::Path, id: &str| {
+        strings(&[
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "--cafile",
+            &ca,
+            "--cert",
+            &path_str(cert),
+            "--key",
+            &path_str(key),
+            "-i",
+            id,
+        ])
+    };
+    // Device B stays subscribed through the change.
+    let mut b_sub = args(&b_cert, &b_key, "device-b:sub");
+    b_sub.extend(strings(&["-t", "site/after", "-C", "1", "-W", "20", "-v"]));
+    let b = tokio::task::spawn_blocking(move || {
+        let args: Vec<&str> = b_sub.iter().map(String::as_str).collect();
+        text(&mosquitto("mosquitto_sub", &args))
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let a_args = args(&a_cert, &a_key, "device-a");
+    let before = tokio::task::spawn_blocking({
+        let a_args = a_args.clone();
+        move || attempt(&a_args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(before.contains("received CONNACK (0)"), "{before}");
+
+    // The CA revokes A: the file is replaced (a new inode, as tools do).
+    let fresh = write(pki.dir.path(), "devices.crl.new", &pki.ca.crl(&[10]));
+    std::fs::rename(&fresh, &crl).unwrap();
+    let after = tokio::task::spawn_blocking({
+        let a_args = a_args.clone();
+        move || attempt(&a_args.iter().map(String::as_str).collect::<Vec<_>>())
+    })
+    .await
+    .unwrap();
+    assert!(
+        after.contains("revoked"),
+        "A's next connection is refused: {after}"
+    );
+
+    // B's session is still up and still receives.
+    let b_pub = args(&b_cert, &b_key, "device-b:pub");
+    let published = tokio::task::spawn_blocking(move || {
+        let mut all: Vec<&str> = b_pub.iter().map(String::as_str).collect();
+        all.extend(["-t", "site/after", "-m", "still here"]);
+        mosquitto("mosquitto_pub", &all)
+    })
+    .await
+    .unwrap();
+    assert!(published.status.success(), "{}", text(&published));
+    let got = b.await.unwrap();
+    assert!(got.contains("site/after still here"), "B's session: {got}");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_outbox_holds_the_puback_back() {
+    use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS};
+    let port = free_port();
+    let edge = Edge::start(&format!("[[broker.listeners]]\nport = {port}\n")).await;
+    *edge.ingress.delay.lock().unwrap() = Duration::from_millis(1500);
+    let mut options = MqttOptions::new("slow-outbox", "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(options, 10);
+    client
+        .publish("site/slow", QoS::AtLeastOnce, false, "x")
+        .await
+        .unwrap();
+    let sent = Instant::now();
+    let acked = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Incoming::PubAck(_)))) => break Instant::now(),
+            Ok(Ok(_)) => {}
+            other => panic!("no PUBACK: {other:?}"),
+        }
+    };
+    let stored_at = edge.ingress.stored.lock().unwrap()[0].1;
+    assert!(
+        acked >= stored_at,
+        "the PUBACK came before the outbox said durable"
+    );
+    assert!(
+        acked - sent >= Duration::from_millis(1400),
+        "the PUBACK waited for the outbox: {:?}",
+        acked - sent
+    );
+    edge.stop().await;
+}
