@@ -1,0 +1,364 @@
+//! The local broker (fieldlink's edge in front of rumqttd) side by side with mosquitto, in
+//! the same run: `cargo bench -p fieldlink --bench broker`.
+//!
+//! Both run as their own processes on loopback (TCP_NODELAY on both: the edge always sets it,
+//! mosquitto gets `set_tcp_nodelay true`), with the same rumqttc load generator in this
+//! process. For each case (QoS 0 and 1, one publisher or ten into one subscriber, plain and
+//! TLS) it measures, alternating fieldlink and mosquitto, three runs each:
+//! - delivered msgs/s at full speed, and how many were lost;
+//! - the broker's CPU time per delivered message (utime + stime from /proc);
+//! - latency p50/p99/p99.9 at a fixed 1 000 msgs/s.
+//!
+//! 64-byte payloads; the first 8 bytes carry the send time.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fieldlink_test_support::certs::{TestCa, write};
+use fieldlink_test_support::{free_port, wait_for_port};
+use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
+
+const PAYLOAD: usize = 64;
+const FULL_SPEED_MESSAGES: u64 = 40_000;
+const FIXED_RATE: u64 = 1_000;
+const FIXED_RATE_SECONDS: u64 = 3;
+const RUNS: usize = 3;
+
+#[derive(Clone, Copy)]
+struct Case {
+    qos: QoS,
+    publishers: usize,
+    tls: bool,
+}
+
+impl Case {
+    fn name(&self) -> String {
+        format!(
+            "QoS {} {}→1 {}",
+            self.qos as u8,
+            self.publishers,
+            if self.tls { "TLS" } else { "plain" }
+        )
+    }
+}
+
+/// A broker under test: its ports and its process id (for CPU time).
+struct Broker {
+    name: &'static str,
+    plain: u16,
+    tls: u16,
+    pid: u32,
+}
+
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may hold spaces) start after the last ')'.
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
+    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
+        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+}
+
+const TICKS_PER_SECOND: f64 = 100.0;
+
+fn now_nanos() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+fn options(id: &str, port: u16, tls: Option<&Arc<rustls::ClientConfig>>) -> MqttOptions {
+    let host = if tls.is_some() { "localhost" } else { "127.0.0.1" };
+    let mut options = MqttOptions::new(id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_inflight(100)
+        .set_max_packet_size(1 << 20, 1 << 20);
+    if let Some(config) = tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            config.clone(),
+        )));
+    }
+    options
+}
+
+struct Outcome {
+    delivered: u64,
+    seconds: f64,
+    cpu_seconds: f64,
+    latencies: Vec<u64>,
+}
+
+/// Publishes `per_publisher` messages from each publisher (paced at `rate` msgs/s overall
+/// when given) and counts what one subscriber receives.
+async fn run(
+    broker: &Broker,
+    case: Case,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    per_publisher: u64,
+    rate: Option<u64>,
+) -> Outcome {
+    let port = if case.tls { broker.tls } else { broker.plain };
+    let topic = format!("bench/{}", now_nanos());
+    let expected = per_publisher * case.publishers as u64;
+
+    let (sub, mut sub_events) = AsyncClient::new(options("bench-sub", port, tls), 1000);
+    sub.subscribe(&topic, case.qos).await.unwrap();
+    loop {
+        if let Ok(Event::Incoming(Incoming::SubAck(_))) = sub_events.poll().await {
+            break;
+        }
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let collector = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expected as usize);
+        let mut last = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), sub_events.poll()).await {
+                Ok(Ok(Event::Incoming(Incoming::Publish(p)))) => {
+                    let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
+                    latencies.push(now_nanos().saturating_sub(sent));
+                    last = Instant::now();
+                    if counter.fetch_add(1, Ordering::Relaxed) + 1 == expected {
+                        break;
+                    }
+                }
+                Ok(Ok(_)) => {}
+                // Three quiet seconds: whatever did not arrive is lost.
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        (latencies, last)
+    });
+
+    let cpu_before = cpu_ticks(broker.pid);
+    let start = Instant::now();
+    let mut publishers = Vec::new();
+    for p in 0..case.publishers {
+        let (client, mut events) =
+            AsyncClient::new(options(&format!("bench-pub-{p}"), port, tls), 1000);
+        let driver = tokio::spawn(async move {
+            while events.poll().await.is_ok() {}
+        });
+        let topic = topic.clone();
+        let qos = case.qos;
+        let each_rate = rate.map(|r| r as f64 / case.publishers as f64);
+        publishers.push(tokio::spawn(async move {
+            let mut payload = vec![0u8; PAYLOAD];
+            let began = Instant::now();
+            for n in 0..per_publisher {
+                if let Some(r) = each_rate {
+                    let due = began + Duration::from_secs_f64(n as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
+                if client.publish(&topic, qos, false, payload.clone()).await.is_err() {
+                    break;
+                }
+            }
+            // Let the last QoS 1 acks come in before the connection goes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            driver.abort();
+        }));
+    }
+    for p in publishers {
+        let _ = p.await;
+    }
+    let (latencies, last) = collector.await.unwrap();
+    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
+    let cpu_seconds = (cpu_ticks(broker.pid) - cpu_before) as f64 / TICKS_PER_SECOND;
+    drop(sub);
+    Outcome {
+        delivered: received.load(Ordering::Relaxed),
+        seconds,
+        cpu_seconds,
+        latencies,
+    }
+}
+
+fn percentile(sorted: &[u64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1e6
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+    values[values.len() / 2]
+}
+
+#[derive(Default)]
+struct Summary {
+    rate: Vec<f64>,
+    lost: Vec<f64>,
+    cpu_us: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    p999: Vec<f64>,
+}
+
+fn main() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    runtime.block_on(bench());
+}
+
+async fn bench() {
+    fieldlink_core::tls::install_default_provider();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("bench CA");
+    let server = ca.issue("broker", &["localhost"]);
+    let ca_file = write(dir.path(), "ca.pem", ca.pem());
+    let cert = write(dir.path(), "broker.pem", &server.cert_pem);
+    let key = write(dir.path(), "broker.key", &server.key_pem);
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in fieldlink_core::tls::read_certs(&ca_file).unwrap() {
+            roots.add(c).unwrap();
+        }
+        roots
+    };
+    let client_tls = Arc::new(
+        fieldlink_core::tls::TlsPolicy::default()
+            .client_config(roots)
+            .unwrap(),
+    );
+
+    // fieldlink: the release binary of this package, broker only (no routes, no uplink).
+    let (fl_plain, fl_tls) = (free_port(), free_port());
+    let config = write(
+        dir.path(),
+        "fieldlink.toml",
+        &format!(
+            "[gateway]\ndata_dir = \"{}\"\n[broker]\nmax_message_rate = 1000000\n\
+             [[broker.listeners]]\nname = \"plain\"\nport = {fl_plain}\n\
+             [[broker.listeners]]\nname = \"tls\"\nport = {fl_tls}\nbind = \"127.0.0.1\"\nanonymous = true\n\
+             tls = \"server-auth\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+            dir.path().join("data").display(),
+            cert.display(),
+            key.display()
+        ),
+    );
+    let mut fieldlink: Child = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(([127, 0, 0, 1], fl_tls).into(), Duration::from_secs(20));
+
+    // mosquitto as shipped, but quiet (no per-message log) and with TCP_NODELAY like ours.
+    let (mq_plain, mq_tls) = (free_port(), free_port());
+    let root = std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| l.starts_with("Uid:") && l.split_whitespace().nth(1) == Some("0"));
+    let mq_config = write(
+        dir.path(),
+        "mosquitto.conf",
+        &format!(
+            "{}log_dest none\npersistence false\nset_tcp_nodelay true\n\
+             listener {mq_plain} 127.0.0.1\nallow_anonymous true\n\
+             listener {mq_tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+            if root { "user root\n" } else { "" },
+            ca_file.display(),
+            cert.display(),
+            key.display()
+        ),
+    );
+    let mut mosquitto: Child = Command::new("mosquitto")
+        .arg("-c")
+        .arg(&mq_config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("mosquitto is installed");
+    wait_for_port(([127, 0, 0, 1], mq_tls).into(), Duration::from_secs(10));
+
+    let brokers = [
+        Broker {
+            name: "fieldlink",
+            plain: fl_plain,
+            tls: fl_tls,
+            pid: fieldlink.id(),
+        },
+        Broker {
+            name: "mosquitto",
+            plain: mq_plain,
+            tls: mq_tls,
+            pid: mosquitto.id(),
+        },
+    ];
+
+    println!(
+        "| case | broker | delivered msgs/s | lost | broker CPU µs/msg | p50 ms @{FIXED_RATE}/s | p99 ms | p99.9 ms |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let mut ratios = Vec::new();
+    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
+        for publishers in [1, 10] {
+            for tls in [false, true] {
+                let case = Case {
+                    qos,
+                    publishers,
+                    tls,
+                };
+                let mut summaries = [Summary::default(), Summary::default()];
+                for _ in 0..RUNS {
+                    for (b, broker) in brokers.iter().enumerate() {
+                        let tls_config = tls.then_some(&client_tls);
+                        let per = FULL_SPEED_MESSAGES / publishers as u64;
+                        let full = run(broker, case, tls_config, per, None).await;
+                        let expected = per * publishers as u64;
+                        let s = &mut summaries[b];
+                        s.rate.push(full.delivered as f64 / full.seconds);
+                        s.lost.push((expected - full.delivered) as f64);
+                        s.cpu_us.push(full.cpu_seconds * 1e6 / full.delivered.max(1) as f64);
+                        let per = FIXED_RATE * FIXED_RATE_SECONDS / publishers as u64;
+                        let mut fixed =
+                            run(broker, case, tls_config, per, Some(FIXED_RATE)).await;
+                        fixed.latencies.sort_unstable();
+                        s.p50.push(percentile(&fixed.latencies, 0.5));
+                        s.p99.push(percentile(&fixed.latencies, 0.99));
+                        s.p999.push(percentile(&fixed.latencies, 0.999));
+                    }
+                }
+                let rates: Vec<f64> = summaries.iter().map(|s| median(s.rate.clone())).collect();
+                for (b, s) in summaries.into_iter().enumerate() {
+                    println!(
+                        "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                        case.name(),
+                        brokers[b].name,
+                        median(s.rate),
+                        median(s.lost),
+                        median(s.cpu_us),
+                        median(s.p50),
+                        median(s.p99),
+                        median(s.p999),
+                    );
+                }
+                ratios.push((case.name(), rates[0] / rates[1]));
+            }
+        }
+    }
+    println!();
+    println!("fieldlink / mosquitto delivered msgs/s (median of {RUNS}):");
+    for (name, ratio) in ratios {
+        println!("  {name}: {ratio:.2}×");
+    }
+    for child in [&mut fieldlink, &mut mosquitto] {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
