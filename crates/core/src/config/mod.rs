@@ -9,6 +9,7 @@
 //! Secrets are never written into this file: keys that need one take a path to a 0600 file (or,
 //! later, a PKCS#11 URI).
 
+mod access;
 mod error;
 pub mod file;
 mod reader;
@@ -19,6 +20,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use access::{AccessSettings, AclPattern, AclPatternError, AclRule};
 pub use error::{ConfigError, ConfigErrors, Origin};
 
 use crate::message::Priority;
@@ -167,6 +169,8 @@ pub struct BrokerSettings {
     pub segment_count: usize,
     /// How long a new connection may take to send CONNECT.
     pub connect_timeout: Duration,
+    /// Who may connect, and what each client may publish and subscribe to.
+    pub access: AccessSettings,
 }
 
 impl Default for BrokerSettings {
@@ -179,6 +183,7 @@ impl Default for BrokerSettings {
             segment_size: default_segment_size(),
             segment_count: default_segment_count(),
             connect_timeout: default_connect_timeout(),
+            access: AccessSettings::default(),
         }
     }
 }

@@ -96,6 +96,7 @@ fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             Duration::from_millis(100)..=Duration::from_millis(65_535),
             default_connect_timeout(),
         ),
+        access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }
 
