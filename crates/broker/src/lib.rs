@@ -29,6 +29,7 @@ use rumqttd::protocol::{v4::V4, v5::V5};
 use rumqttd::{ConnectionSettings, LinkType, Router, RouterConfig, Server, ServerSettings};
 use tokio::sync::oneshot;
 
+pub mod access;
 mod bus;
 pub use bus::BrokerBus;
 
