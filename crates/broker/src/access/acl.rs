@@ -252,6 +252,9 @@ mod tests {
     }
 
     proptest! {
+        // Cheap cases (a few hundred topics each); enough of them to meet the rare corners,
+        // such as `+/#` against `#`.
+        #![proptest_config(ProptestConfig::with_cases(2000))]
         #[test]
         fn covering_agrees_with_brute_force(pattern in any_filter(), f in any_filter()) {
             let topics = all_topics();
