@@ -5,6 +5,7 @@
 //! thin layer over this, so tests can run the whole gateway in-process.
 
 pub mod cli;
+mod credentials_cli;
 mod ingress;
 pub mod status;
 mod systemd;
