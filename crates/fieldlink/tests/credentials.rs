@@ -47,7 +47,10 @@ fn fieldlink(config: &Path, args: &[&str], stdin: &str) -> Output {
         .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while child.try_wait().unwrap().is_none() {
-        assert!(Instant::now() < deadline, "fieldlink {args:?} did not finish");
+        assert!(
+            Instant::now() < deadline,
+            "fieldlink {args:?} did not finish"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
     child.wait_with_output().unwrap()
@@ -78,7 +81,15 @@ fn add_stores_a_hash_that_checks_the_password_in_a_0600_file_and_remove_deletes_
     let (_dir, config, credentials) = setup();
     let out = fieldlink(
         &config,
-        &["credentials", "add", "alice", "--group", "ops", "--group", "sensors"],
+        &[
+            "credentials",
+            "add",
+            "alice",
+            "--group",
+            "ops",
+            "--group",
+            "sensors",
+        ],
         "correct horse\n",
     );
     assert!(out.status.success(), "{out:?}");
@@ -86,7 +97,11 @@ fn add_stores_a_hash_that_checks_the_password_in_a_0600_file_and_remove_deletes_
     assert!(stdout.contains("alice: password set"), "{stdout}");
     assert!(!stdout.contains("correct horse"), "{stdout}");
 
-    let mode = std::fs::metadata(&credentials).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&credentials)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
     let text = std::fs::read_to_string(&credentials).unwrap();
     assert!(!text.contains("correct horse"), "{text}");
@@ -104,7 +119,11 @@ fn add_stores_a_hash_that_checks_the_password_in_a_0600_file_and_remove_deletes_
     // A second user, then a new password for the first: one line each.
     let out = fieldlink(&config, &["credentials", "add", "bob"], "b\r\n");
     assert!(out.status.success(), "{out:?}");
-    let out = fieldlink(&config, &["credentials", "add", "alice"], "battery staple\n");
+    let out = fieldlink(
+        &config,
+        &["credentials", "add", "alice"],
+        "battery staple\n",
+    );
     assert!(out.status.success(), "{out:?}");
     let creds = Credentials::load(&credentials).unwrap();
     assert_eq!(creds.len(), 2);
@@ -130,7 +149,11 @@ fn add_stores_a_hash_that_checks_the_password_in_a_0600_file_and_remove_deletes_
         String::from_utf8_lossy(&out.stderr).contains("no user \"alice\""),
         "{out:?}"
     );
-    let mode = std::fs::metadata(&credentials).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&credentials)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o600);
 }
 

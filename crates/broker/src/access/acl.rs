@@ -113,7 +113,8 @@ impl Rule {
             return true;
         }
         !who.anonymous
-            && (self.users.contains(&who.name) || self.groups.iter().any(|g| who.groups.contains(g)))
+            && (self.users.contains(&who.name)
+                || self.groups.iter().any(|g| who.groups.contains(g)))
     }
 }
 
@@ -209,7 +210,10 @@ mod tests {
             Some("u/%c/c/x")
         );
         assert_eq!(fill_in("u/%u", None, Some("x")), None);
-        assert_eq!(fill_in("d/%c-in", None, Some("x")).as_deref(), Some("d/x-in"));
+        assert_eq!(
+            fill_in("d/%c-in", None, Some("x")).as_deref(),
+            Some("d/x-in")
+        );
     }
 
     /// Topics over a small alphabet: up to five levels of `a`, `b`, `c`, the first maybe `$s`.
@@ -236,7 +240,14 @@ mod tests {
     /// Filters of up to four levels over `a`, `b`, `+`, maybe ending in `#`, maybe `$s` first.
     fn any_filter() -> impl Strategy<Value = TopicFilter> {
         (
-            proptest::collection::vec(prop_oneof![Just("a".to_owned()), Just("b".to_owned()), Just("+".to_owned())], 0..4),
+            proptest::collection::vec(
+                prop_oneof![
+                    Just("a".to_owned()),
+                    Just("b".to_owned()),
+                    Just("+".to_owned())
+                ],
+                0..4,
+            ),
             any::<bool>(),
             any::<bool>(),
         )

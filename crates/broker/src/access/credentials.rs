@@ -105,12 +105,13 @@ impl Credentials {
         let mut users: HashMap<String, (usize, User)> = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             let n = i + 1;
-            let Some(entry) = parse_line(line).map_err(|(problem, hint)| CredentialsError::Line {
-                path: path.to_owned(),
-                line: n,
-                problem,
-                hint,
-            })?
+            let Some(entry) =
+                parse_line(line).map_err(|(problem, hint)| CredentialsError::Line {
+                    path: path.to_owned(),
+                    line: n,
+                    problem,
+                    hint,
+                })?
             else {
                 continue;
             };
@@ -322,7 +323,10 @@ fn parse_line(line: &str) -> Result<Option<Entry<'_>>, (String, &'static str)> {
             continue;
         }
         if let Err(CredentialsError::InvalidName { hint, .. }) = check_group(group) {
-            return Err((format!("the group {group:?} of {name:?} is not valid"), hint));
+            return Err((
+                format!("the group {group:?} of {name:?} is not valid"),
+                hint,
+            ));
         }
         group_list.push(group.to_owned());
     }
@@ -359,9 +363,8 @@ fn check_name(name: &str) -> Result<(), CredentialsError> {
 
 fn check_group(group: &str) -> Result<(), CredentialsError> {
     let bad = group.is_empty()
-        || group.contains(|ch: char| {
-            ch == ':' || ch == ',' || ch.is_whitespace() || ch.is_control()
-        });
+        || group
+            .contains(|ch: char| ch == ':' || ch == ',' || ch.is_whitespace() || ch.is_control());
     if bad {
         return Err(CredentialsError::InvalidName {
             what: "group",
@@ -569,8 +572,8 @@ mod tests {
 
     #[test]
     fn debug_never_shows_hashes() {
-        let creds = Credentials::parse(&format!("alice:{}:ops\n", cheap_hash(b"pw")), &path())
-            .unwrap();
+        let creds =
+            Credentials::parse(&format!("alice:{}:ops\n", cheap_hash(b"pw")), &path()).unwrap();
         let shown = format!("{creds:?}");
         assert!(shown.contains("alice") && shown.contains("ops"), "{shown}");
         assert!(!shown.contains("argon2"), "{shown}");
@@ -632,7 +635,10 @@ mod tests {
         let mode = std::fs::metadata(&file).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600);
         let text = std::fs::read_to_string(&file).unwrap();
-        assert!(text.starts_with("alice:$argon2id$v=19$m=19456,t=2,p=1$"), "{text}");
+        assert!(
+            text.starts_with("alice:$argon2id$v=19$m=19456,t=2,p=1$"),
+            "{text}"
+        );
         assert!(text.trim_end().ends_with(":ops,night"), "{text}");
     }
 }

@@ -342,8 +342,7 @@ impl Access {
 
 /// Verified for unknown users so that they cost what a known user costs. Made with
 /// [`HASH_PARAMS`] (a unit test checks) from a throw-away password; the outcome is ignored.
-const DUMMY_PHC: &str =
-    "$argon2id$v=19$m=19456,t=2,p=1$ZkCf8dIJ0xi0qXpMxbrAbQ$BJtKhpaTJMzxURtp+RPwwkq7wRTkLSRUQ2mYhQ+CdnY";
+const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZkCf8dIJ0xi0qXpMxbrAbQ$BJtKhpaTJMzxURtp+RPwwkq7wRTkLSRUQ2mYhQ+CdnY";
 
 static DUMMY_HASH: LazyLock<Option<PasswordHash>> =
     LazyLock::new(|| PasswordHash::new(DUMMY_PHC).ok());

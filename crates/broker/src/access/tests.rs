@@ -58,9 +58,12 @@ fn filter(f: &str) -> TopicFilter {
 }
 
 async fn check(access: &Access, name: &str, password: &[u8]) -> PasswordCheck {
-    tokio::time::timeout(Duration::from_secs(30), access.check_password(name, password))
-        .await
-        .expect("the check finished in time")
+    tokio::time::timeout(
+        Duration::from_secs(30),
+        access.check_password(name, password),
+    )
+    .await
+    .expect("the check finished in time")
 }
 
 #[tokio::test]
@@ -83,7 +86,10 @@ async fn a_wrong_password_is_refused_without_the_dummy_path() {
         check(&access, "alice", b"S3cret").await,
         PasswordCheck::BadPassword
     );
-    assert_eq!(check(&access, "alice", b"").await, PasswordCheck::BadPassword);
+    assert_eq!(
+        check(&access, "alice", b"").await,
+        PasswordCheck::BadPassword
+    );
     assert_eq!(access.inner.dummy_checks.load(Ordering::Relaxed), 0);
 }
 
@@ -97,7 +103,10 @@ async fn an_unknown_user_costs_a_dummy_verification() {
     assert_eq!(access.inner.dummy_checks.load(Ordering::Relaxed), 1);
     // Also without any credentials file.
     let none = Access::new(&AccessSettings::default()).unwrap();
-    assert_eq!(check(&none, "alice", b"x").await, PasswordCheck::UnknownUser);
+    assert_eq!(
+        check(&none, "alice", b"x").await,
+        PasswordCheck::UnknownUser
+    );
     assert_eq!(none.inner.dummy_checks.load(Ordering::Relaxed), 1);
 }
 
@@ -107,7 +116,10 @@ fn the_dummy_hash_costs_what_a_new_hash_costs() {
     assert_eq!(dummy.algorithm.as_str(), "argon2id");
     let params = Params::try_from(dummy).unwrap();
     let (m, t, p) = HASH_PARAMS;
-    assert_eq!((params.m_cost(), params.t_cost(), params.p_cost()), (m, t, p));
+    assert_eq!(
+        (params.m_cost(), params.t_cost(), params.p_cost()),
+        (m, t, p)
+    );
     let fresh = hash_password(b"pw").unwrap();
     let fresh_params = fresh.split('$').nth(3).unwrap();
     assert_eq!(DUMMY_PHC.split('$').nth(3).unwrap(), fresh_params);
@@ -224,7 +236,13 @@ fn the_acl_matrix() {
         (user("+", &[]), "c", "pub", "inbox/+x", false),
         (user("#", &[]), "c", "sub", "inbox/#", false),
         (user("", &[]), "c", "pub", "inbox/", false),
-        (user("bo/b", &["ops"]), "c", "pub", "users/bo/b-data/t", false),
+        (
+            user("bo/b", &["ops"]),
+            "c",
+            "pub",
+            "users/bo/b-data/t",
+            false,
+        ),
         (user("bob", &[]), "d/9", "sub", "devices/d/9/#", false),
         (user("bob", &[]), "+", "sub", "devices/+/#", false),
     ];

@@ -78,7 +78,9 @@ impl AclPattern {
             }
             match chars.next() {
                 Some('u' | 'c') => sample.push('x'),
-                Some(other) => return Err(AclPatternError::UnknownPlaceholder(format!("%{other}"))),
+                Some(other) => {
+                    return Err(AclPatternError::UnknownPlaceholder(format!("%{other}")));
+                }
                 None => return Err(AclPatternError::UnknownPlaceholder("%".into())),
             }
         }
@@ -245,7 +247,14 @@ mod tests {
 
     #[test]
     fn patterns_accept_placeholders_as_levels_or_inside_them() {
-        for good in ["devices/%c/#", "users/%u-data/+", "%u", "a/b%c/c", "#", "+/%u/%c"] {
+        for good in [
+            "devices/%c/#",
+            "users/%u-data/+",
+            "%u",
+            "a/b%c/c",
+            "#",
+            "+/%u/%c",
+        ] {
             assert!(AclPattern::new(good).is_ok(), "{good}");
         }
         assert!(AclPattern::new("d/%u/#").unwrap().uses_user());

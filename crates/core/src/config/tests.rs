@@ -407,6 +407,10 @@ fn every_bad_acl_pattern_is_reported_at_once() {
     let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
     assert_eq!(
         keys,
-        ["broker.acl[0].publish[0]", "broker.acl[0].publish[1]", "broker.acl[1]"]
+        [
+            "broker.acl[0].publish[0]",
+            "broker.acl[0].publish[1]",
+            "broker.acl[1]"
+        ]
     );
 }
