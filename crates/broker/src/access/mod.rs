@@ -148,6 +148,8 @@ struct Current {
     credentials: Arc<Credentials>,
     /// The version of the file last looked at (loaded, or found broken).
     seen: Option<credentials::Stamp>,
+    /// Whether the file was last found missing or unreadable (and that was reported).
+    seen_missing: bool,
 }
 
 impl std::fmt::Debug for Access {
@@ -192,23 +194,33 @@ impl Access {
         let Some(path) = &self.inner.file else {
             return Ok(false);
         };
-        let stamp = credentials::stamp(path)?;
-        if self.current().seen == Some(stamp) {
+        let stamp = match credentials::stamp(path) {
+            Ok(stamp) => stamp,
+            Err(e) => {
+                // Gone or unreadable: say so once, not on every CONNECT.
+                let mut current = self.write();
+                if current.seen_missing {
+                    return Ok(false);
+                }
+                current.seen_missing = true;
+                return Err(e);
+            }
+        };
+        let unchanged = {
+            let current = self.current();
+            current.seen == Some(stamp) && !current.seen_missing
+        };
+        if unchanged {
             return Ok(false);
         }
         let loaded = credentials::read_checked(path)
             .and_then(|(text, stamp)| Ok((Credentials::parse(&text, path)?, stamp)));
-        let mut current = self
-            .inner
-            .current
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut current = self.write();
+        current.seen_missing = false;
         match loaded {
             Ok((credentials, stamp)) => {
-                *current = Current {
-                    credentials: Arc::new(credentials),
-                    seen: Some(stamp),
-                };
+                current.credentials = Arc::new(credentials);
+                current.seen = Some(stamp);
                 Ok(true)
             }
             Err(e) => {
@@ -324,12 +336,20 @@ impl Access {
                 current: RwLock::new(Current {
                     credentials: Arc::new(credentials),
                     seen,
+                    seen_missing: false,
                 }),
                 acl: acl::Acl::new(&settings.acl),
                 verifications: Arc::new(Semaphore::new(MAX_CONCURRENT_VERIFICATIONS)),
                 dummy_checks: AtomicU64::new(0),
             }),
         }
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Current> {
+        self.inner
+            .current
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     fn current(&self) -> std::sync::RwLockReadGuard<'_, Current> {

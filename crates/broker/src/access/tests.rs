@@ -311,6 +311,21 @@ fn the_credentials_file_is_reloaded_when_it_changes_and_kept_when_broken() {
     let e = access.maybe_reload().unwrap_err();
     assert!(e.to_string().contains("chmod 600"), "{e}");
     assert!(access.credentials().contains("bob"));
+
+    std::fs::remove_file(&file).unwrap();
+    let e = access.maybe_reload().unwrap_err();
+    assert!(e.to_string().contains("cannot read"), "{e}");
+    assert!(
+        !access.maybe_reload().unwrap(),
+        "a missing file is reported once"
+    );
+    assert!(access.credentials().contains("bob"));
+    write(&format!("dave:{}\n", cheap_hash(b"d")));
+    assert!(
+        access.maybe_reload().unwrap(),
+        "and read again when it is back"
+    );
+    assert!(access.credentials().contains("dave"));
 }
 
 #[test]
