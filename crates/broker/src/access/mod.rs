@@ -22,7 +22,8 @@
 //! Passwords are checked with argon2id on tokio's blocking pool, at most
 //! [`MAX_CONCURRENT_VERIFICATIONS`] at once (each costs ~19 MiB, see [`HASH_PARAMS`]). An
 //! unknown user costs the same work as a known one (a dummy hash with the same parameters is
-//! verified), so that user names cannot be probed by timing.
+//! verified), so that user names cannot be probed by timing. That holds for hashes written by
+//! `fieldlink credentials add`; a hand-made hash with other parameters takes its own time.
 //!
 //! # ACL semantics
 //!
