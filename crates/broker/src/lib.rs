@@ -127,6 +127,11 @@ impl RunningBroker {
         access: Arc<access::Access>,
         shutdown: Shutdown,
     ) -> Result<(), BrokerError> {
+        for (listener, _, _) in &self.listeners {
+            if !access.has_rules() && !listener.addr.ip().is_loopback() {
+                tracing::warn!(listener = %listener.name, "No [[broker.acl]] rules: every client of this network listener may publish and subscribe everywhere");
+            }
+        }
         let ctx = Arc::new(edge::EdgeContext::new(
             self.links.clone(),
             ingress,

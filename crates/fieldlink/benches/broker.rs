@@ -58,8 +58,14 @@ fn cpu_ticks(pid: u32) -> u64 {
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
-    fields.get(11).and_then(|u| u.parse::<u64>().ok()).unwrap_or(0)
-        + fields.get(12).and_then(|s| s.parse::<u64>().ok()).unwrap_or(0)
+    fields
+        .get(11)
+        .and_then(|u| u.parse::<u64>().ok())
+        .unwrap_or(0)
+        + fields
+            .get(12)
+            .and_then(|s| s.parse::<u64>().ok())
+            .unwrap_or(0)
 }
 
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -71,7 +77,11 @@ fn now_nanos() -> u64 {
 }
 
 fn options(id: &str, port: u16, tls: Option<&Arc<rustls::ClientConfig>>) -> MqttOptions {
-    let host = if tls.is_some() { "localhost" } else { "127.0.0.1" };
+    let host = if tls.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
     let mut options = MqttOptions::new(id, host, port);
     options
         .set_keep_alive(Duration::from_secs(30))
@@ -141,9 +151,7 @@ async fn run(
     for p in 0..case.publishers {
         let (client, mut events) =
             AsyncClient::new(options(&format!("bench-pub-{p}"), port, tls), 1000);
-        let driver = tokio::spawn(async move {
-            while events.poll().await.is_ok() {}
-        });
+        let driver = tokio::spawn(async move { while events.poll().await.is_ok() {} });
         let topic = topic.clone();
         let qos = case.qos;
         let each_rate = rate.map(|r| r as f64 / case.publishers as f64);
@@ -156,7 +164,11 @@ async fn run(
                     tokio::time::sleep_until(due.into()).await;
                 }
                 payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
-                if client.publish(&topic, qos, false, payload.clone()).await.is_err() {
+                if client
+                    .publish(&topic, qos, false, payload.clone())
+                    .await
+                    .is_err()
+                {
                     break;
                 }
             }
@@ -324,10 +336,10 @@ async fn bench() {
                         let s = &mut summaries[b];
                         s.rate.push(full.delivered as f64 / full.seconds);
                         s.lost.push((expected - full.delivered) as f64);
-                        s.cpu_us.push(full.cpu_seconds * 1e6 / full.delivered.max(1) as f64);
+                        s.cpu_us
+                            .push(full.cpu_seconds * 1e6 / full.delivered.max(1) as f64);
                         let per = FIXED_RATE * FIXED_RATE_SECONDS / publishers as u64;
-                        let mut fixed =
-                            run(broker, case, tls_config, per, Some(FIXED_RATE)).await;
+                        let mut fixed = run(broker, case, tls_config, per, Some(FIXED_RATE)).await;
                         fixed.latencies.sort_unstable();
                         s.p50.push(percentile(&fixed.latencies, 0.5));
                         s.p99.push(percentile(&fixed.latencies, 0.99));

@@ -42,6 +42,9 @@ enum Command {
     /// Inspect or empty the store-and-forward queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// Add, change or remove a user of the local broker (broker.credentials_file).
+    #[command(subcommand)]
+    Credentials(crate::credentials_cli::CredentialsCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -125,6 +128,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Credentials(command) => crate::credentials_cli::main(&source, command),
         Command::Run => {
             fieldlink_core::logging::init();
             let (settings, origin) = match config::load(&source) {

@@ -5,6 +5,7 @@
 //! thin layer over this, so tests can run the whole gateway in-process.
 
 pub mod cli;
+mod credentials_cli;
 mod ingress;
 pub mod status;
 mod systemd;
@@ -74,7 +75,10 @@ impl Gateway {
             outbox: Arc::new(queue.clone()),
             bus: bus.clone(),
         });
-        let access = Arc::new(fieldlink_broker::access::Access::default());
+        let access = Arc::new(
+            fieldlink_broker::access::Access::new(&settings.broker.access)
+                .context("cannot read the local broker's credentials")?,
+        );
         broker
             .serve(ingress.clone(), access, shutdown.clone())
             .context("cannot start the local broker's listeners")?;

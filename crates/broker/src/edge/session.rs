@@ -164,7 +164,10 @@ async fn connect(
         return refused_quietly("first packet not CONNECT");
     };
 
-    // Who is it?
+    // Who is it? (A changed credentials file is read again first: one stat.)
+    if let Err(e) = ctx.access.maybe_reload() {
+        tracing::warn!(error = %e, "The credentials file changed but cannot be used; the previous users stay");
+    }
     let identity = match (&peer.identity, login) {
         (Some(name), _) => ctx.access.identity_for(name),
         (None, Some(login)) => {
@@ -579,7 +582,9 @@ impl Session {
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::with_capacity(subscribe.filters.len());
         for filter in subscribe.filters {
-            let ok = TopicFilter::new(filter.path.as_str()).is_ok_and(|f| {
+            // A shared subscription is checked on the filter it shares.
+            let path = shared_filter(&filter.path);
+            let ok = TopicFilter::new(path).is_ok_and(|f| {
                 self.ctx
                     .access
                     .may_subscribe(&self.identity, &self.client_id, &f)
@@ -662,6 +667,13 @@ impl Session {
             self.write(Packet::Disconnect(Disconnect { reason_code }, None), out);
         }
     }
+}
+
+/// `$share/<group>/<filter>` → `<filter>`; any other filter as it is.
+fn shared_filter(path: &str) -> &str {
+    path.strip_prefix("$share/")
+        .and_then(|rest| rest.split_once('/'))
+        .map_or(path, |(_, filter)| filter)
 }
 
 /// The value of `future` if it is ready now. Used on `LinkRx::next`, which loses nothing when

@@ -112,7 +112,7 @@ impl Edge {
         broker
             .serve(
                 ingress.clone(),
-                Arc::new(Access::default()),
+                Arc::new(Access::new(&settings.broker.access).expect("credentials")),
                 shutdown.clone(),
             )
             .unwrap();

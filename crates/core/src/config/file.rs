@@ -9,6 +9,8 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
+pub use super::access::AclRuleFile;
+
 /// The whole file: one section per component.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -59,6 +61,11 @@ pub struct BrokerFile {
     pub max_message_rate: Option<Spanned<i64>>,
     /// `[[broker.listeners]]`.
     pub listeners: Option<Spanned<Vec<Spanned<ListenerFile>>>>,
+    /// The credentials file (`name:<argon2 PHC string>[:groups]` lines, mode 0600).
+    pub credentials_file: Option<Spanned<PathBuf>>,
+    /// `[[broker.acl]]`: what clients may publish and subscribe to.
+    #[serde(default)]
+    pub acl: Vec<Spanned<AclRuleFile>>,
 }
 
 /// `[[broker.listeners]]`.

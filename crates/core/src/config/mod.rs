@@ -9,6 +9,7 @@
 //! Secrets are never written into this file: keys that need one take a path to a 0600 file (or,
 //! later, a PKCS#11 URI).
 
+mod access;
 mod error;
 pub mod file;
 mod listener;
@@ -20,6 +21,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use access::{AccessSettings, AclPattern, AclPatternError, AclRule};
 pub use error::{ConfigError, ConfigErrors, Origin};
 
 use crate::message::Priority;
@@ -170,6 +172,8 @@ pub struct BrokerSettings {
     pub connect_timeout: Duration,
     /// Most messages per second one client may publish; the edge stops reading beyond it.
     pub max_message_rate: u32,
+    /// Who may connect, and what each client may publish and subscribe to.
+    pub access: AccessSettings,
 }
 
 impl Default for BrokerSettings {
@@ -183,6 +187,7 @@ impl Default for BrokerSettings {
             segment_count: default_segment_count(),
             connect_timeout: default_connect_timeout(),
             max_message_rate: 1000,
+            access: AccessSettings::default(),
         }
     }
 }

@@ -149,6 +149,55 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["out of range", "1024"],
         },
         Case {
+            text: "[[broker.acl]]\nusers = [\"a\"]\npublish = [\"ok/#\", \"a/%x/#\"]\n",
+            key: "broker.acl[0].publish[1]",
+            line: 3,
+            words: &["unknown placeholder", "\"%x\"", "%u", "%c", "a/%x/#"],
+        },
+        Case {
+            text: "[[broker.acl]]\nsubscribe = [\"site/#/temp\"]\n",
+            key: "broker.acl[0].subscribe[0]",
+            line: 2,
+            words: &["not a valid topic filter", "'#'", "hint"],
+        },
+        Case {
+            text: "[[broker.acl]]\npublish = [\"a/+%u\"]\n",
+            key: "broker.acl[0].publish[0]",
+            line: 2,
+            words: &["'+' must be alone"],
+        },
+        Case {
+            text: "[[broker.acl]]\nusers = [\"a\"]\nsubscribe = []\n",
+            key: "broker.acl[0]",
+            line: 1,
+            words: &["allows nothing", "publish", "subscribe"],
+        },
+        Case {
+            text: "[[broker.acl]]\npublish = [\"a\"]\n[[broker.acl]]\npublish = [\"b\"]\n\
+                   [[broker.acl]]\ngroups = [\"night shift\"]\npublish = [\"c\"]\n",
+            key: "broker.acl[2].groups[0]",
+            line: 6,
+            words: &["not a valid group name", "spaces"],
+        },
+        Case {
+            text: "[[broker.acl]]\nusers = [\"\"]\npublish = [\"c\"]\n",
+            key: "broker.acl[0].users[0]",
+            line: 2,
+            words: &["must not be empty"],
+        },
+        Case {
+            text: "[[broker.acl]]\npublish = [\"c\"]\npublsh = [\"d\"]\n",
+            key: "broker.acl[0].publsh",
+            line: 3,
+            words: &["unknown key", "publish"],
+        },
+        Case {
+            text: "[broker]\ncredentials_file = \"\"\n",
+            key: "broker.credentials_file",
+            line: 2,
+            words: &["must not be empty", "fieldlink credentials add"],
+        },
+        Case {
             text: "[broker\nmax_connections = 5\n",
             key: "",
             line: 1,
@@ -370,5 +419,46 @@ fn an_uplink_section_is_read_into_settings() {
     assert!(
         Settings::default().uplink.is_none(),
         "no uplink unless configured"
+    );
+}
+
+#[test]
+fn access_rules_are_read_into_settings() {
+    let settings = parse(
+        "[broker]\ncredentials_file = \"/etc/fieldlink/credentials\"\n\
+         [[broker.acl]]\nusers = [\"alice\"]\ngroups = [\"ops\"]\npublish = [\"site/#\"]\n\
+         [[broker.acl]]\nsubscribe = [\"devices/%c/cmd/#\", \"users/%u-inbox\"]\n",
+        origin(),
+    )
+    .unwrap();
+    let access = settings.broker.access;
+    assert_eq!(
+        access.credentials_file,
+        Some(PathBuf::from("/etc/fieldlink/credentials"))
+    );
+    assert_eq!(access.acl.len(), 2);
+    assert_eq!(access.acl[0].users, ["alice"]);
+    assert_eq!(access.acl[0].groups, ["ops"]);
+    assert_eq!(access.acl[0].publish[0].as_str(), "site/#");
+    assert!(access.acl[0].subscribe.is_empty());
+    assert!(access.acl[1].is_for_everyone());
+    assert_eq!(access.acl[1].subscribe[1].as_str(), "users/%u-inbox");
+    assert_eq!(Settings::default().broker.access, AccessSettings::default());
+}
+
+#[test]
+fn every_bad_acl_pattern_is_reported_at_once() {
+    let errors = errors_of(
+        "[[broker.acl]]\npublish = [\"a/%z\", \"b/#/c\"]\n\
+         [[broker.acl]]\nusers = [\"x\"]\n",
+    );
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    assert_eq!(
+        keys,
+        [
+            "broker.acl[0].publish[0]",
+            "broker.acl[0].publish[1]",
+            "broker.acl[1]"
+        ]
     );
 }

@@ -103,6 +103,7 @@ fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             1..=1_000_000,
         )
         .unwrap_or(1000),
+        access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }
 
