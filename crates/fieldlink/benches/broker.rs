@@ -11,6 +11,8 @@
 //!
 //! 64-byte payloads; the first 8 bytes carry the send time.
 
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
+
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
