@@ -9,6 +9,7 @@
 //! Secrets are never written into this file: keys that need one take a path to a 0600 file (or,
 //! later, a PKCS#11 URI).
 
+pub mod devices;
 mod error;
 pub mod file;
 mod reader;
@@ -95,6 +96,10 @@ pub struct Settings {
     pub uplink: Option<UplinkSettings>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// `[bridge]`: how field-device values become MQTT messages.
+    pub bridge: devices::BridgeSettings,
+    /// `[[devices]]`, in file order: the field devices.
+    pub devices: Vec<devices::DeviceSettings>,
 }
 
 /// `[gateway]`: process-wide settings.
