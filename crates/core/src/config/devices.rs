@@ -430,14 +430,7 @@ pub(super) fn bridge(file: &BridgeFile, c: &mut Collector<'_>) -> BridgeSettings
             &["device"],
             defaults.snapshot_topic.clone(),
         ),
-        command_topic: template(
-            c,
-            "bridge.command_topic",
-            &file.command_topic,
-            &all,
-            &["device", "point"],
-            defaults.command_topic.clone(),
-        ),
+        command_topic: command_template(c, file, &all, defaults.command_topic.clone()),
         response_topic: template(
             c,
             "bridge.response_topic",
@@ -461,6 +454,39 @@ pub(super) fn bridge(file: &BridgeFile, c: &mut Collector<'_>) -> BridgeSettings
             .as_ref()
             .map_or(defaults.retain, |r| *r.get_ref()),
     }
+}
+
+/// The command template must also work as a filter with `+` for the point.
+fn command_template(
+    c: &mut Collector<'_>,
+    file: &BridgeFile,
+    all: &[&str],
+    default: Template,
+) -> Template {
+    let key = "bridge.command_topic";
+    let t = template(
+        c,
+        key,
+        &file.command_topic,
+        all,
+        &["device", "point"],
+        default.clone(),
+    );
+    let filter = t.render(TemplateVars {
+        site: "s",
+        device: "d",
+        point: "+",
+    });
+    if crate::topic::TopicFilter::new(filter).is_err() {
+        c.at(
+            key,
+            file.command_topic.as_ref().map(Spanned::span),
+            "{point} must be a whole topic level in the command topic",
+            "write it between slashes, e.g. \"{site}/{device}/{point}/set\"",
+        );
+        return default;
+    }
+    t
 }
 
 fn template(
