@@ -141,7 +141,7 @@ impl LineParser {
         match &self.format {
             Format::Regex(re) => self.captures(re, text.trim(), out)?,
             Format::Nmea(re) => {
-                let sentence = nmea_sentence(text.trim()).ok_or(LineError::Checksum)?;
+                let sentence = nmea_check(text.trim())?;
                 self.captures(re, sentence, out)?;
             }
             Format::Json => {
@@ -182,14 +182,27 @@ impl LineParser {
 /// The sentence between `$` (or `!`) and `*` if the two hex digits after `*` are the XOR of its
 /// bytes (NMEA 0183).
 pub fn nmea_sentence(line: &str) -> Option<&str> {
-    let body = line.strip_prefix('$').or_else(|| line.strip_prefix('!'))?;
-    let (sentence, sum) = body.rsplit_once('*')?;
+    nmea_check(line).ok()
+}
+
+/// Like [`nmea_sentence`], telling a line that is no NMEA sentence (garbage) from one whose
+/// checksum is missing or wrong.
+fn nmea_check(line: &str) -> Result<&str, LineError> {
+    let body = line
+        .strip_prefix('$')
+        .or_else(|| line.strip_prefix('!'))
+        .ok_or(LineError::Garbage("not an NMEA sentence"))?;
+    let (sentence, sum) = body.rsplit_once('*').ok_or(LineError::Checksum)?;
     let sum = sum.trim_end();
     if sum.len() != 2 {
-        return None;
+        return Err(LineError::Checksum);
     }
-    let expected = u8::from_str_radix(sum, 16).ok()?;
-    (nmea_checksum(sentence) == expected).then_some(sentence)
+    let expected = u8::from_str_radix(sum, 16).map_err(|_| LineError::Checksum)?;
+    if nmea_checksum(sentence) == expected {
+        Ok(sentence)
+    } else {
+        Err(LineError::Checksum)
+    }
 }
 
 /// The XOR of the sentence's bytes.

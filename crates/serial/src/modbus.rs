@@ -111,26 +111,31 @@ pub async fn run(
         label,
     };
     tracing::info!(link = %conn.label, devices = devices.len(), "Modbus link started");
+    // Closed when no device of the link has a writable point, or when the bus is gone.
+    let mut commands_open = true;
     loop {
         let Some((d, g, due)) = next_due(&devices) else {
             // No poll group at all: only commands.
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                cmd = commands.recv() => match cmd {
+                cmd = commands.recv(), if commands_open => match cmd {
                     Some(cmd) => write(&mut conn, &mut devices, cmd, &shutdown).await,
-                    None => break,
+                    None => commands_open = false,
                 },
+            }
+            if !commands_open {
+                shutdown.cancelled().await;
+                break;
             }
             continue;
         };
         tokio::select! {
             biased;
             () = shutdown.cancelled() => break,
-            cmd = commands.recv() => {
-                if let Some(cmd) = cmd {
-                    write(&mut conn, &mut devices, cmd, &shutdown).await;
-                }
-            }
+            cmd = commands.recv(), if commands_open => match cmd {
+                Some(cmd) => write(&mut conn, &mut devices, cmd, &shutdown).await,
+                None => commands_open = false,
+            },
             () = tokio::time::sleep_until(due.into()) => {
                 poll(&mut conn, &mut devices[d], g, &shutdown).await;
             }
