@@ -129,7 +129,7 @@ impl Pty {
     fn start(dir: &Path, name: &str) -> Self {
         let dev = dir.join(format!("{name}-dev"));
         let peer = dir.join(format!("{name}-peer"));
-        let child = Command::new("socat")
+        let mut child = Command::new("socat")
             .arg(format!("pty,raw,echo=0,link={}", dev.display()))
             .arg(format!("pty,raw,echo=0,link={}", peer.display()))
             .stderr(Stdio::null())
@@ -141,6 +141,8 @@ impl Pty {
             }
             std::thread::sleep(Duration::from_millis(25));
         }
+        let _ = child.kill();
+        let _ = child.wait();
         panic!("socat made no pty links in {}", dir.display());
     }
 
