@@ -394,3 +394,21 @@ fn devices_are_read_into_settings() {
     );
     assert_eq!(gps.points[0].name, "lat", "a named capture is a point");
 }
+
+#[test]
+fn the_commented_device_examples_in_the_shipped_config_are_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let examples = text
+        .split("# Field devices.")
+        .nth(1)
+        .expect("the shipped config has device examples");
+    let uncommented: String = examples
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let settings = parse(&uncommented, origin()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = settings.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["boiler", "plc", "gps"]);
+}
