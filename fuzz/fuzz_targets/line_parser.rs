@@ -4,7 +4,9 @@
 
 use std::time::Duration;
 
-use fieldlink_core::config::devices::{DataType, LineFormat, LineSettings, PointSettings, Real, Source};
+use fieldlink_core::config::devices::{
+    DataType, LineFormat, LineSettings, PointSettings, Real, Source,
+};
 use fieldlink_serial::line::{Frame, Framer, LineParser, nmea_sentence};
 use libfuzzer_sys::fuzz_target;
 
@@ -32,11 +34,25 @@ fuzz_target!(|data: &[u8]| {
         point("b", DataType::Bool),
         point("a.b", DataType::String { len: 16 }),
     ];
-    let settings = |format| LineSettings { format, delimiter: b'\n', max_line: 64 };
+    let settings = |format| LineSettings {
+        format,
+        delimiter: b'\n',
+        max_line: 64,
+    };
     let parsers = [
         LineParser::new(&settings(LineFormat::Json), &points),
-        LineParser::new(&settings(LineFormat::Regex { pattern: r"(?P<v>[-0-9.e]+),(?P<n>-?\d+),(?P<b>\w+)".into() }), &points),
-        LineParser::new(&settings(LineFormat::Nmea { pattern: r"^GP\w+,(?P<v>[^,]*),(?P<n>[^,]*)".into() }), &points),
+        LineParser::new(
+            &settings(LineFormat::Regex {
+                pattern: r"(?P<v>[-0-9.e]+),(?P<n>-?\d+),(?P<b>\w+)".into(),
+            }),
+            &points,
+        ),
+        LineParser::new(
+            &settings(LineFormat::Nmea {
+                pattern: r"^GP\w+,(?P<v>[^,]*),(?P<n>[^,]*)".into(),
+            }),
+            &points,
+        ),
     ];
     let mut framer = Framer::new(b'\n', 64);
     let mut out = Vec::new();

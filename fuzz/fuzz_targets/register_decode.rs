@@ -7,7 +7,10 @@ use fieldlink_serial::codec::{Value, decode, encode};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    let words: Vec<u16> = data.chunks_exact(2).map(|c| u16::from_be_bytes([c[0], c[1]])).collect();
+    let words: Vec<u16> = data
+        .chunks_exact(2)
+        .map(|c| u16::from_be_bytes([c[0], c[1]]))
+        .collect();
     let len = u16::from(data.first().copied().unwrap_or(1)).max(1);
     let types = [
         DataType::Bool,

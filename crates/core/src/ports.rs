@@ -231,6 +231,17 @@ impl StatusBoard {
         let all = self.tx.borrow();
         !all.is_empty() && all.values().all(|h| *h == Health::Up)
     }
+
+    /// Whether every registered component runs: up, or degraded (working partly, e.g. the
+    /// field bridge with one device offline). What the systemd watchdog asks: a restart would
+    /// not bring an unplugged meter back.
+    pub fn all_running(&self) -> bool {
+        let all = self.tx.borrow();
+        !all.is_empty()
+            && all
+                .values()
+                .all(|h| matches!(h, Health::Up | Health::Degraded(_)))
+    }
 }
 
 #[cfg(test)]
@@ -249,6 +260,10 @@ mod tests {
         assert!(board.all_up());
         b.set(Health::Degraded("retrying".into()));
         assert!(!board.all_up());
+        assert!(board.all_running(), "degraded still runs");
+        b.set(Health::Down("gone".into()));
+        assert!(!board.all_running());
+        b.set(Health::Degraded("retrying".into()));
         assert_eq!(board.snapshot()["b"], Health::Degraded("retrying".into()));
     }
 }

@@ -127,8 +127,10 @@ fn run(settings: Settings) -> anyhow::Result<()> {
                 let mut tick = tokio::time::interval(every);
                 loop {
                     tick.tick().await;
-                    // Only a gateway whose components all run may keep the watchdog happy.
-                    if status.all_up() {
+                    // Only a gateway whose components all run may keep the watchdog happy;
+                    // degraded counts as running (a field device offline is no reason for
+                    // systemd to restart the gateway).
+                    if status.all_running() {
                         systemd::notify("WATCHDOG=1");
                     }
                 }
