@@ -2,6 +2,7 @@
 //! and NMEA. Nothing may panic, and no line longer than max_line may come out of the framer.
 #![no_main]
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use fieldlink_core::config::devices::{
@@ -27,33 +28,41 @@ fn point(name: &str, data_type: DataType) -> PointSettings {
     }
 }
 
+/// Built once: compiling the patterns on every input would slow the fuzzer tenfold.
+fn parsers() -> &'static [Option<LineParser>; 3] {
+    static PARSERS: OnceLock<[Option<LineParser>; 3]> = OnceLock::new();
+    PARSERS.get_or_init(|| {
+        let points = [
+            point("v", DataType::F64),
+            point("n", DataType::I32),
+            point("b", DataType::Bool),
+            point("a.b", DataType::String { len: 16 }),
+        ];
+        let settings = |format| LineSettings {
+            format,
+            delimiter: b'\n',
+            max_line: 64,
+        };
+        [
+            LineParser::new(&settings(LineFormat::Json), &points),
+            LineParser::new(
+                &settings(LineFormat::Regex {
+                    pattern: r"(?P<v>[-0-9.e]+),(?P<n>-?\d+),(?P<b>\w+)".into(),
+                }),
+                &points,
+            ),
+            LineParser::new(
+                &settings(LineFormat::Nmea {
+                    pattern: r"^GP\w+,(?P<v>[^,]*),(?P<n>[^,]*)".into(),
+                }),
+                &points,
+            ),
+        ]
+    })
+}
+
 fuzz_target!(|data: &[u8]| {
-    let points = [
-        point("v", DataType::F64),
-        point("n", DataType::I32),
-        point("b", DataType::Bool),
-        point("a.b", DataType::String { len: 16 }),
-    ];
-    let settings = |format| LineSettings {
-        format,
-        delimiter: b'\n',
-        max_line: 64,
-    };
-    let parsers = [
-        LineParser::new(&settings(LineFormat::Json), &points),
-        LineParser::new(
-            &settings(LineFormat::Regex {
-                pattern: r"(?P<v>[-0-9.e]+),(?P<n>-?\d+),(?P<b>\w+)".into(),
-            }),
-            &points,
-        ),
-        LineParser::new(
-            &settings(LineFormat::Nmea {
-                pattern: r"^GP\w+,(?P<v>[^,]*),(?P<n>[^,]*)".into(),
-            }),
-            &points,
-        ),
-    ];
+    let parsers = parsers();
     let mut framer = Framer::new(b'\n', 64);
     let mut out = Vec::new();
     // Feed in two chunks, split where the first byte says, to exercise partial lines.

@@ -342,7 +342,7 @@ async fn tcp_writes_change_the_slave_and_out_of_range_writes_are_refused() {
     let port = free_port();
     let devices = format!(
         "[[devices]]\nname = \"plc\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{modbus_port}\"\n\
-         interval = \"100ms\"\ntimeout = \"500ms\"\n\
+         interval = \"100ms\"\ntimeout = \"500ms\"\nsnapshot = true\n\
          [[devices.points]]\nname = \"setpoint\"\ntable = \"holding\"\naddress = 10\ntype = \"i16\"\n\
          scale = 0.5\nwritable = true\nmin = -10\nmax = 100\n\
          [[devices.points]]\nname = \"ratio\"\ntable = \"holding\"\naddress = 20\ntype = \"f32\"\n\
@@ -355,6 +355,14 @@ async fn tcp_writes_change_the_slave_and_out_of_range_writes_are_refused() {
     peer.cmd("set ir 0 42");
     rx.next("plant/plc/level", "level", value_is(serde_json::json!(42)))
         .await;
+    // Snapshots carry every value of a poll, deadband or not.
+    let snapshot = rx
+        .next("plant/plc/snapshot", "a snapshot with the level", |p| {
+            p.contains("\"level\":42")
+        })
+        .await;
+    let snapshot: serde_json::Value = serde_json::from_str(&snapshot).unwrap();
+    assert!(snapshot["values"]["valve"].is_boolean(), "{snapshot}");
 
     mosquitto_pub(
         port,
@@ -486,7 +494,7 @@ async fn a_silent_slave_goes_offline_and_a_recreated_pty_is_reopened() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn nmea_lines_are_published_and_garbage_is_counted_not_fatal() {
+async fn nmea_ascii_and_json_lines_are_published_and_garbage_is_counted_not_fatal() {
     let recorder = metrics_util::debugging::DebuggingRecorder::new();
     let snapshotter = recorder.snapshotter();
     recorder
@@ -495,16 +503,25 @@ async fn nmea_lines_are_published_and_garbage_is_counted_not_fatal() {
 
     let dir = tempfile::tempdir().unwrap();
     let pty = Pty::start(dir.path(), "gps");
+    let ascii = Pty::start(dir.path(), "scale");
+    let json = Pty::start(dir.path(), "meteo");
     let devices = format!(
         "[[devices]]\nname = \"gps\"\nprotocol = \"lines\"\nport = \"{}\"\nbaud = 4800\n\
          format = \"nmea\"\nmax_line = 82\n\
          pattern = '^GPGGA,[^,]*,(?P<lat>[0-9.]+),N,(?P<lon>[0-9.]+),E,(?P<fix>[0-9]),(?P<sats>[0-9]+)'\n\
          [[devices.points]]\nname = \"sats\"\ntype = \"u16\"\n\
-         [[devices.points]]\nname = \"lat\"\nunit = \"ddmm.mmm\"\n",
-        pty.dev()
+         [[devices.points]]\nname = \"lat\"\nunit = \"ddmm.mmm\"\n\
+         [[devices]]\nname = \"scale\"\nprotocol = \"lines\"\nport = \"{}\"\nformat = \"regex\"\n\
+         pattern = '^W=(?P<weight>-?[0-9.]+) *kg'\n\
+         [[devices.points]]\nname = \"weight\"\nunit = \"kg\"\nscale = 1000\n\
+         [[devices]]\nname = \"meteo\"\nprotocol = \"lines\"\nport = \"{}\"\nformat = \"json\"\n\
+         [[devices.points]]\nname = \"temp\"\nfield = \"t.c\"\n",
+        pty.dev(),
+        ascii.dev(),
+        json.dev(),
     );
     let gateway = gateway(dir.path(), free_port(), &devices).await;
-    let mut rx = watch(&gateway, "plant/gps/#");
+    let mut rx = watch(&gateway, "plant/#");
     let mut tty = std::fs::OpenOptions::new()
         .write(true)
         .open(&pty.peer)
@@ -543,6 +560,32 @@ async fn nmea_lines_are_published_and_garbage_is_counted_not_fatal() {
         "plant/gps/sats",
         "sats after garbage",
         value_is(serde_json::json!(9)),
+    )
+    .await;
+
+    // An ASCII line parsed by a regular expression, and a JSON line.
+    let mut scale = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&ascii.peer)
+        .unwrap();
+    scale.write_all(b"W=1.25 kg\r\n").unwrap();
+    rx.next(
+        "plant/scale/weight",
+        "weight in grams",
+        value_is(serde_json::json!(1250.0)),
+    )
+    .await;
+    let mut meteo = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&json.peer)
+        .unwrap();
+    meteo
+        .write_all(b"{\"t\":{\"c\":-4.5},\"rh\":80}\n")
+        .unwrap();
+    rx.next(
+        "plant/meteo/temp",
+        "temperature",
+        value_is(serde_json::json!(-4.5)),
     )
     .await;
 

@@ -393,10 +393,18 @@ async fn call(ctx: &mut Context, request: &Request<'_>) -> tokio_modbus::Result<
 }
 
 /// The `kind` label of a client error.
+///
+/// tokio-modbus resynchronises on a frame with a bad CRC by dropping bytes; only when that
+/// fails 20 times does it return `InvalidData`, counted here as `crc`. A single corrupted
+/// answer therefore mostly shows as the `timeout` it causes.
 fn classify(e: &tokio_modbus::Error) -> &'static str {
     match e {
         tokio_modbus::Error::Protocol(_) => "protocol",
-        tokio_modbus::Error::Transport(io) if io.to_string().contains("CRC") => "crc",
+        tokio_modbus::Error::Transport(io)
+            if io.kind() == std::io::ErrorKind::InvalidData || io.to_string().contains("CRC") =>
+        {
+            "crc"
+        }
         tokio_modbus::Error::Transport(_) => "transport",
     }
 }

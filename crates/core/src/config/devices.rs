@@ -679,7 +679,24 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
     })) = &protocol
     {
         // Each named capture is a point; captures without a [[devices.points]] get defaults.
-        for capture in capture_names(pattern) {
+        let captures = capture_names(pattern);
+        for (j, p) in file.points.iter().enumerate() {
+            let field = p.get_ref().field.as_ref().or(p.get_ref().name.as_ref());
+            if let Some(field) = field
+                && !captures.contains(field.get_ref())
+            {
+                c.at(
+                    &format!("{key}.points[{j}].name"),
+                    Some(field.span()),
+                    "the pattern has no capture of this name, so the point never gets a value",
+                    format!(
+                        "name the point after one of the pattern's captures: {}",
+                        captures.join(", ")
+                    ),
+                );
+            }
+        }
+        for capture in captures {
             if !points.iter().any(|p| p.name == capture) {
                 points.push(PointSettings {
                     source: Source::Field(capture.clone()),

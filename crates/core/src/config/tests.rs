@@ -163,6 +163,14 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["only holding registers and coils"],
         },
         Case {
+            text: "[[devices]]\nname = \"gps\"\nprotocol = \"lines\"\nport = \"/dev/ttyS1\"\n\
+                   format = \"regex\"\npattern = 'T=(?P<temp>[0-9.]+)'\n\
+                   [[devices.points]]\nname = \"tmp\"\n",
+            key: "devices[0].points[0].name",
+            line: 8,
+            words: &["no capture of this name", "temp"],
+        },
+        Case {
             text: "[broker\nmax_connections = 5\n",
             key: "",
             line: 1,

@@ -88,16 +88,11 @@ async def main():
     else:
         server = ModbusTcpServer(context, address=("127.0.0.1", int(where)), trace_pdu=trace_pdu)
     threading.Thread(target=serve_stdin, args=(device,), daemon=True).start()
-    task = asyncio.create_task(server.serve_forever())
-    # serve_forever opens the port or socket first; give it a moment, then say so.
-    for _ in range(100):
-        await asyncio.sleep(0.05)
-        if getattr(server, "transport", None) is not None or task.done():
-            break
-    if task.done():
-        task.result()
+    # background=True returns once the port is open or the socket listens: only then may the
+    # test send requests (bytes sent earlier into the pty may be flushed when the port opens).
+    await server.serve_forever(background=True)
     print("ready", flush=True)
-    await task
+    await asyncio.Event().wait()
 
 
 if __name__ == "__main__":
