@@ -421,6 +421,14 @@ async fn tcp_writes_change_the_slave_and_out_of_range_writes_are_refused() {
         bad.contains("\"invalid\"") && bad.contains("number"),
         "{bad}"
     );
+    mosquitto_pub(port, "plant/plc/level/set", "1");
+    let bad = rx
+        .next("plant/plc/level/set/result", "read-only point", |_| true)
+        .await;
+    assert!(
+        bad.contains("\"invalid\"") && bad.contains("not writable"),
+        "{bad}"
+    );
     assert_eq!(peer.cmd("get hr 10 1"), "43", "nothing was written");
     let writes_after = peer.cmd("count");
     let writes = |s: &str| {

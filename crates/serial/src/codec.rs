@@ -76,7 +76,9 @@ pub fn decode(
         DataType::I32 => Value::Int(i64::from(u32v() as i32)),
         DataType::U64 => Value::UInt(u64v()),
         DataType::I64 => Value::Int(u64v() as i64),
-        DataType::F32 => Value::Float(f64::from(f32::from_bits(u32v()))),
+        // Through the shortest decimal that reads back as the same f32: 21.7 stays 21.7
+        // rather than 21.700000762939453, and encoding it again gives the same bits.
+        DataType::F32 => Value::Float(f32_as_f64(f32::from_bits(u32v()))),
         DataType::F64 => Value::Float(f64::from_bits(u64v())),
         DataType::String { .. } => return None, // handled above
     })
@@ -210,6 +212,13 @@ pub fn raw_for_write(point: &PointSettings, wanted: &serde_json::Value) -> Resul
     }
 }
 
+fn f32_as_f64(f: f32) -> f64 {
+    if !f.is_finite() {
+        return f64::from(f);
+    }
+    f.to_string().parse().unwrap_or(f64::from(f))
+}
+
 fn word_bytes(w: u16, order: Order) -> [u8; 2] {
     match order {
         Order::Big => w.to_be_bytes(),
@@ -240,6 +249,11 @@ mod tests {
 
     const ORDERS: [Order; 2] = [Order::Big, Order::Little];
 
+    fn words_of(f: f32) -> [u16; 2] {
+        let b = f.to_bits();
+        [(b >> 16) as u16, b as u16]
+    }
+
     #[test]
     fn known_layouts_decode_as_documented() {
         // 0x12345678 as two registers, in each word order.
@@ -252,6 +266,12 @@ mod tests {
         // 1.5f32 = 0x3FC00000.
         let f = decode(DataType::F32, &[0x3FC0, 0x0000], Order::Big, Order::Big);
         assert_eq!(f, Some(Value::Float(1.5)));
+        let f = decode(DataType::F32, &words_of(21.7f32), Order::Big, Order::Big);
+        assert_eq!(
+            f,
+            Some(Value::Float(21.7)),
+            "no f32 noise in the published value"
+        );
         let i = decode(DataType::I16, &[0xFFFE], Order::Big, Order::Big);
         assert_eq!(i, Some(Value::Int(-2)));
         let s = decode(

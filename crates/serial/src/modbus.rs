@@ -54,7 +54,7 @@ struct LinkDevice {
     device: Device,
     unit: u8,
     groups: Vec<Group>,
-    /// Command topic → point index.
+    /// Command topic → point index (every point: read-only ones are refused with a reason).
     commands: HashMap<String, usize>,
 }
 
@@ -190,7 +190,7 @@ fn prepare(device: Device, now: Instant) -> LinkDevice {
         .points
         .iter()
         .enumerate()
-        .filter(|(_, p)| p.writable)
+        // Read-only points too, so that a command to one is answered "not writable".
         .map(|(i, p)| {
             let topic = device::topic(
                 &bridge.command_topic,
