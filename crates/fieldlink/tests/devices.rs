@@ -348,7 +348,9 @@ async fn tcp_writes_change_the_slave_and_out_of_range_writes_are_refused() {
          [[devices.points]]\nname = \"ratio\"\ntable = \"holding\"\naddress = 20\ntype = \"f32\"\n\
          word_order = \"little\"\nwritable = true\n\
          [[devices.points]]\nname = \"valve\"\ntable = \"coil\"\naddress = 5\ntype = \"bool\"\nwritable = true\n\
-         [[devices.points]]\nname = \"level\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\n"
+         [[devices.points]]\nname = \"level\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\n\
+         [[devices.points]]\nname = \"ghost\"\ntable = \"holding\"\naddress = 900\ntype = \"u16\"\n\
+         writable = true\n"
     );
     let gateway = gateway(dir.path(), port, &devices).await;
     let mut rx = watch(&gateway, "plant/plc/#");
@@ -404,6 +406,15 @@ async fn tcp_writes_change_the_slave_and_out_of_range_writes_are_refused() {
     .await;
     assert_eq!(peer.cmd("get co 5 1"), "1");
 
+    // The slave has no register 900: it answers with exception 2 (illegal data address).
+    mosquitto_pub(port, "plant/plc/ghost/set", "7");
+    let exception = rx
+        .next("plant/plc/ghost/set/result", "exception result", |_| true)
+        .await;
+    assert!(
+        exception.contains("\"exception\"") && exception.contains("\"code\":2"),
+        "{exception}"
+    );
     let writes_before = peer.cmd("count");
     mosquitto_pub(port, "plant/plc/setpoint/set", "500");
     let bad = rx
@@ -450,10 +461,13 @@ async fn a_silent_slave_goes_offline_and_a_recreated_pty_is_reopened() {
         "[[devices]]\nname = \"meter\"\nprotocol = \"modbus-rtu\"\nport = \"{}\"\nunit = 3\n\
          interval = \"100ms\"\ntimeout = \"200ms\"\nretries = 1\noffline_after = 2\n\
          offline_interval = \"300ms\"\nheartbeat = \"300ms\"\n\
-         [[devices.points]]\nname = \"kwh\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n",
+         [[devices.points]]\nname = \"kwh\"\ntable = \"holding\"\naddress = 0\ntype = \"u16\"\n\
+         [[devices.points]]\nname = \"tariff\"\ntable = \"holding\"\naddress = 1\ntype = \"u16\"\n\
+         writable = true\n",
         pty.dev()
     );
-    let gateway = gateway(dir.path(), free_port(), &devices).await;
+    let port = free_port();
+    let gateway = gateway(dir.path(), port, &devices).await;
     let mut rx = watch(&gateway, "plant/meter/#");
     // The first values may be published before this subscription: the heartbeat repeats them.
     rx.next("plant/meter/kwh", "kwh = 1", value_is(serde_json::json!(1)))
@@ -467,6 +481,12 @@ async fn a_silent_slave_goes_offline_and_a_recreated_pty_is_reopened() {
     .await;
     rx.next("plant/meter/status", "offline", |p| p == "offline")
         .await;
+    // A write to a silent slave: timeout, after the retries.
+    mosquitto_pub(port, "plant/meter/tariff/set", "2");
+    rx.next("plant/meter/tariff/set/result", "timeout result", |p| {
+        p.contains("\"timeout\"")
+    })
+    .await;
     assert!(
         matches!(gateway.status().snapshot()["devices"], Health::Degraded(ref s) if s.contains("meter")),
         "{:?}",

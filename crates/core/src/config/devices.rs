@@ -1223,3 +1223,48 @@ fn capture_names(pattern: &str) -> Vec<String> {
         .map(|re| re.capture_names().flatten().map(str::to_owned).collect())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ALL: [&str; 3] = ["site", "device", "point"];
+
+    fn vars() -> TemplateVars<'static> {
+        TemplateVars {
+            site: "plant-3",
+            device: "boiler",
+            point: "temp",
+        }
+    }
+
+    #[test]
+    fn templates_render_every_placeholder_and_keep_the_rest() {
+        let t = Template::parse("{site}/x/{device}/{point}/{point}", &ALL, &["device"]).unwrap();
+        assert_eq!(t.render(vars()), "plant-3/x/boiler/temp/temp");
+        let t = Template::parse("fixed/{device}-dev", &ALL, &["device"]).unwrap();
+        assert_eq!(t.render(vars()), "fixed/boiler-dev");
+        for default in [
+            BridgeSettings::default().value_topic,
+            BridgeSettings::default().command_topic,
+            BridgeSettings::default().status_topic,
+        ] {
+            let again = Template::parse(default.as_str(), &ALL, &["device"]).unwrap();
+            assert_eq!(again, default, "the defaults are valid templates");
+        }
+    }
+
+    #[test]
+    fn bad_templates_are_refused_with_the_reason() {
+        let err = |text: &str, allowed: &[&str], required: &[&str]| {
+            Template::parse(text, allowed, required).unwrap_err()
+        };
+        assert!(err("{site}/{dev}", &ALL, &[]).contains("unknown placeholder {dev}"));
+        assert!(err("{site}/{point}", &["site", "device"], &[]).contains("{point}"));
+        assert!(err("{site}/{device", &ALL, &[]).contains("without its '}'"));
+        assert!(err("{site}/device}", &ALL, &[]).contains("without its '{'"));
+        assert!(err("{site}/x", &ALL, &["device"]).contains("{device} is missing"));
+        assert!(err("{site}/#/{device}", &ALL, &["device"]).contains("not a valid topic"));
+        assert!(err("", &ALL, &[]).contains("not a valid topic"));
+    }
+}
