@@ -9,6 +9,7 @@
 //! Secrets are never written into this file: keys that need one take a path to a 0600 file (or,
 //! later, a PKCS#11 URI).
 
+mod device_rules;
 pub mod devices;
 mod error;
 pub mod file;
