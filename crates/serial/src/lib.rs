@@ -13,7 +13,7 @@
 //!   `{"value":…, "id":…}`) is checked against the point's type, range and writability, written
 //!   with function code 05 (coil), 06 (one register) or 16 (several registers), and answered on
 //!   `response_topic` with `ok`, `exception` (and its code), `timeout`, `invalid` (and why) or
-//!   `failed` (the link is down). Commands arrive through [`LocalBus::subscribe`]; who may send
+//!   `failed` (the link is down); after an `ok` the point is read back at once. Commands arrive through [`LocalBus::subscribe`]; who may send
 //!   them is the broker's ACLs' business.
 //!
 //! # Scheduling

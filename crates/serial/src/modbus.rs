@@ -124,8 +124,9 @@ pub async fn run(
             }
             continue;
         };
+        // Not biased: when the line is saturated, polls and commands take turns at random
+        // rather than one starving the other.
         tokio::select! {
-            biased;
             () = shutdown.cancelled() => break,
             cmd = commands.recv(), if commands_open => match cmd {
                 Some(cmd) => write(&mut conn, &mut devices, cmd, &shutdown).await,

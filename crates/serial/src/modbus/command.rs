@@ -49,7 +49,13 @@ pub(super) async fn write(
                     Request::WriteRegisters(address, &words)
                 };
                 match transact(conn, &dev.device, dev.unit, &request, shutdown).await {
-                    Ok(_) => WriteResult::Ok(codec::to_engineering(raw, &point)),
+                    Ok(_) => {
+                        // Read the point back at once rather than at its next interval.
+                        for group in dev.groups.iter_mut().filter(|g| g.points.contains(&i)) {
+                            group.next = std::time::Instant::now();
+                        }
+                        WriteResult::Ok(codec::to_engineering(raw, &point))
+                    }
                     Err(Failure::Exception(code)) => WriteResult::Exception(u8::from(code)),
                     Err(Failure::Timeout) => WriteResult::Timeout,
                     Err(Failure::Link(text)) => WriteResult::Failed(text),
