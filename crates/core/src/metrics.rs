@@ -32,3 +32,21 @@ pub const BROKER_MESSAGES_IN_TOTAL: &str = "fieldlink_broker_messages_in_total";
 pub const BROKER_MESSAGES_OUT_TOTAL: &str = "fieldlink_broker_messages_out_total";
 /// Counter: actions the ACLs denied; label `action`: `publish`, `subscribe`, `will`.
 pub const BROKER_ACL_DENIED_TOTAL: &str = "fieldlink_broker_acl_denied_total";
+/// Counter: Modbus polls (one per poll group run); labels `device`, `result` (`ok`, `failed`).
+pub const SERIAL_POLLS_TOTAL: &str = "fieldlink_serial_polls_total";
+/// Counter: Modbus requests sent (coalesced reads and writes); label `device`.
+pub const SERIAL_REQUESTS_TOTAL: &str = "fieldlink_serial_requests_total";
+/// Counter: field-device errors; labels `device` and `kind`: `timeout`, `exception`, `crc`,
+/// `transport`, `protocol`, `decode`, `garbage` (a line that does not parse), `checksum` (NMEA),
+/// `overlong` (a line longer than `max_line`).
+pub const SERIAL_ERRORS_TOTAL: &str = "fieldlink_serial_errors_total";
+/// Histogram: Modbus request latency in seconds; label `device`.
+pub const SERIAL_REQUEST_SECONDS: &str = "fieldlink_serial_request_seconds";
+/// Counter: values published by the bridge; label `device`.
+pub const SERIAL_VALUES_TOTAL: &str = "fieldlink_serial_values_total";
+/// Counter: write commands; labels `device`, `result` (`ok`, `exception`, `timeout`, `invalid`).
+pub const SERIAL_WRITES_TOTAL: &str = "fieldlink_serial_writes_total";
+/// Counter: serial ports or TCP connections (re)opened; labels `link`, `result` (`ok`, `failed`).
+pub const SERIAL_OPENS_TOTAL: &str = "fieldlink_serial_opens_total";
+/// Gauge: 1 while a device answers, 0 while it is offline; label `device`.
+pub const SERIAL_DEVICE_ONLINE: &str = "fieldlink_serial_device_online";

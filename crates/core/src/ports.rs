@@ -241,8 +241,8 @@ impl StatusBoard {
     }
 
     /// Whether every registered component is working, if only partly (up or degraded): what
-    /// the systemd watchdog asks. A cloud outage degrades the uplink; it must not get the
-    /// gateway restarted.
+    /// the systemd watchdog asks. A cloud outage degrades the uplink, an unplugged meter the
+    /// field bridge; neither is a reason for systemd to restart the gateway.
     pub fn serving(&self) -> bool {
         let all = self.tx.borrow();
         !all.is_empty()

@@ -84,6 +84,24 @@ impl Gateway {
             .context("cannot start the local broker's listeners")?;
         broker_status.set(Health::Up);
 
+        if settings.devices.is_empty() {
+            tracing::info!("No [[devices]] configured: the field-device bridge is idle");
+        } else {
+            fieldlink_serial::Bridge::start(
+                settings.bridge.clone(),
+                settings.devices.clone(),
+                ingress.clone(),
+                bus.clone(),
+                status.register("devices"),
+                shutdown.clone(),
+            )
+            .context("cannot start the field-device bridge")?;
+            tracing::info!(
+                devices = settings.devices.len(),
+                "Field-device bridge started"
+            );
+        }
+
         let uplink = match &settings.uplink {
             None => {
                 tracing::info!("No [uplink] configured: messages stay queued");

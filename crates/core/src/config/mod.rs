@@ -10,6 +10,8 @@
 //! later, a PKCS#11 URI).
 
 mod access;
+mod device_rules;
+pub mod devices;
 mod error;
 pub mod file;
 mod listener;
@@ -98,6 +100,10 @@ pub struct Settings {
     pub uplink: Option<UplinkSettings>,
     /// `[[routes]]`, in file order.
     pub routes: Vec<Route>,
+    /// `[bridge]`: how field-device values become MQTT messages.
+    pub bridge: devices::BridgeSettings,
+    /// `[[devices]]`, in file order: the field devices.
+    pub devices: Vec<devices::DeviceSettings>,
 }
 
 /// `[gateway]`: process-wide settings.

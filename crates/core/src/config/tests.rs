@@ -198,6 +198,66 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["must not be empty", "fieldlink credentials add"],
         },
         Case {
+            text: "[[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+                   [[devices.points]]\nname = \"t\"\ntable = \"holding\"\naddress = 0\ntype = \"float\"\n",
+            key: "devices[0].points[0].type",
+            line: 9,
+            words: &["unknown data type", "\"f32\"", "= \"float\""],
+        },
+        Case {
+            text: "[[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+                   [[devices.points]]\nname = \"s\"\ntable = \"input\"\naddress = 0\ntype = \"string\"\n\
+                   length = 300\n",
+            key: "devices[0].points[0].length",
+            line: 10,
+            words: &["out of range", "1 to 250"],
+        },
+        Case {
+            text: "[[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+                   [[devices.points]]\nname = \"s\"\ntable = \"input\"\naddress = 0\ntype = \"string\"\n",
+            key: "devices[0].points[0].length",
+            line: 9,
+            words: &["needs a length", "length = 16"],
+        },
+        Case {
+            text: "[bridge]\nvalue_topic = \"{site}/{dev}/{point}\"\n",
+            key: "bridge.value_topic",
+            line: 2,
+            words: &["unknown placeholder {dev}", "{device}"],
+        },
+        Case {
+            text: "[[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+                   [[devices.points]]\nname = \"a\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\n\
+                   [[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:503\"\n\
+                   [[devices.points]]\nname = \"a\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\n",
+            key: "devices[1].name",
+            line: 11,
+            words: &["another device has this name", "= \"m\""],
+        },
+        Case {
+            text: "[[devices]]\nname = \"m\"\nprotocol = \"modbus-rtu\"\nport = \"/dev/ttyS0\"\nunit = 1\n\
+                   rs485 = true\n[[devices.points]]\nname = \"a\"\ntable = \"coil\"\naddress = 0\ntype = \"bool\"\n",
+            key: "devices[0].rs485",
+            line: 6,
+            words: &["TIOCSRS485", "device tree"],
+        },
+        Case {
+            text: "[[devices]]\nname = \"m\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:502\"\n\
+                   [[devices.points]]\nname = \"a\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\n\
+                   writable = true\n",
+            key: "devices[0].points[0].writable",
+            line: 10,
+            words: &["only holding registers and coils"],
+        },
+        Case {
+            text: "[[devices]]\nname = \"gps\"\nprotocol = \"lines\"\nport = \"/dev/ttyS1\"\n\
+                   format = \"regex\"\npattern = 'T=(?P<temp>[0-9.]+)'\n\
+                   [[devices.points]]\nname = \"tmp\"\n",
+            key: "devices[0].points[0].name",
+            line: 8,
+            words: &["no capture of this name", "temp"],
+        },
+        Case {
             text: "[broker\nmax_connections = 5\n",
             key: "",
             line: 1,
@@ -461,4 +521,69 @@ fn every_bad_acl_pattern_is_reported_at_once() {
             "broker.acl[1]"
         ]
     );
+}
+
+#[test]
+fn devices_are_read_into_settings() {
+    use crate::config::devices::{DataType, LineFormat, Link, Order, Protocol, Source, Table};
+    let settings = parse(
+        "[bridge]\nsite = \"plant-3\"\nqos = 0\n\
+         [[devices]]\nname = \"boiler\"\nprotocol = \"modbus-rtu\"\nport = \"/dev/ttyUSB0\"\n\
+         baud = 19200\nparity = \"even\"\nunit = 7\ninterval = \"500ms\"\n\
+         [[devices.points]]\nname = \"flow\"\ntable = \"holding\"\naddress = 10\ntype = \"f32\"\n\
+         word_order = \"little\"\nscale = 10\nunit = \"l/min\"\nwritable = true\nmax = 100.0\n\
+         [[devices]]\nname = \"gps\"\nprotocol = \"lines\"\nport = \"/dev/ttyUSB1\"\n\
+         format = \"nmea\"\npattern = 'GPGGA,[^,]*,(?P<lat>[0-9.]+)'\n",
+        origin(),
+    )
+    .unwrap();
+    assert_eq!(settings.bridge.site, "plant-3");
+    let boiler = &settings.devices[0];
+    let Link::Serial(serial) = &boiler.link else {
+        panic!("serial")
+    };
+    assert_eq!(serial.baud, 19200);
+    assert_eq!(
+        boiler.protocol,
+        Protocol::Modbus {
+            unit: 7,
+            max_gap: 8
+        }
+    );
+    let flow = &boiler.points[0];
+    assert_eq!(flow.data_type, DataType::F32);
+    assert_eq!(flow.interval, Duration::from_millis(500));
+    assert!(flow.writable);
+    assert_eq!(
+        flow.source,
+        Source::Register {
+            table: Table::Holding,
+            address: 10,
+            word_order: Order::Little,
+            byte_order: Order::Big
+        }
+    );
+    let gps = &settings.devices[1];
+    assert!(
+        matches!(&gps.protocol, Protocol::Lines(l) if matches!(l.format, LineFormat::Nmea { .. }))
+    );
+    assert_eq!(gps.points[0].name, "lat", "a named capture is a point");
+}
+
+#[test]
+fn the_commented_device_examples_in_the_shipped_config_are_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let examples = text
+        .split("# Field devices.")
+        .nth(1)
+        .expect("the shipped config has device examples");
+    let uncommented: String = examples
+        .lines()
+        .filter_map(|l| l.strip_prefix("# ").or_else(|| l.strip_prefix('#')))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let settings = parse(&uncommented, origin()).unwrap_or_else(|e| panic!("{e}"));
+    let names: Vec<&str> = settings.devices.iter().map(|d| d.name.as_str()).collect();
+    assert_eq!(names, ["boiler", "plc", "gps"]);
 }

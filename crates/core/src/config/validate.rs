@@ -29,6 +29,8 @@ pub(super) fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
             .as_ref()
             .and_then(|u| super::uplink::settings(u, c)),
         routes: routes(&file.routes, c),
+        bridge: super::device_rules::bridge(&file.bridge, c),
+        devices: super::device_rules::devices(&file.devices, c),
     }
 }
 
