@@ -115,8 +115,8 @@ pub fn read_psk_file(path: &Path) -> Result<Vec<PskEntry>, TlsError> {
         if line.is_empty() || line.starts_with('#') {
             continue;
         }
-        const HINT: &str =
-            "write one `identity:hexkey` per line, e.g. sensor-7:00112233445566778899aabbccddeeff";
+        const HINT: &str = "write one `identity:hexkey` per line: a name, a colon, the key in hex \
+                            (32 hex digits for a 16-byte random key)";
         let (identity, hex) = line
             .split_once(':')
             .ok_or_else(|| bad(format!("line {}: expected identity:hexkey", n + 1), HINT))?;

@@ -38,43 +38,29 @@ impl std::fmt::Debug for Psk {
 }
 
 impl Psk {
+    /// The one `identity:hexkey` line of a 0600 file (core's PSK file format).
     pub(crate) fn read(path: &Path) -> Result<Self, UplinkError> {
-        let bad = |problem: &str| UplinkError::Credentials {
-            path: path.to_owned(),
-            problem: problem.to_owned(),
-        };
-        let meta = std::fs::metadata(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
-        if meta.permissions().mode() & 0o077 != 0 {
-            return Err(bad("it is readable by others: chmod 600 it"));
+        let mut entries = fieldlink_core::tls::read_psk_file(path).map_err(|e| match e {
+            fieldlink_core::tls::TlsError::File { problem, hint, .. } => UplinkError::Credentials {
+                path: path.to_owned(),
+                problem: format!("{problem}; {hint}"),
+            },
+            other => UplinkError::Credentials {
+                path: path.to_owned(),
+                problem: other.to_string(),
+            },
+        })?;
+        match (entries.pop(), entries.is_empty()) {
+            (Some(entry), true) => Ok(Self {
+                identity: entry.identity.into_bytes(),
+                key: entry.key,
+            }),
+            _ => Err(UplinkError::Credentials {
+                path: path.to_owned(),
+                problem: "expected exactly one line `identity:hexkey`".into(),
+            }),
         }
-        let text =
-            std::fs::read_to_string(path).map_err(|e| bad(&format!("cannot read it: {e}")))?;
-        let (identity, hex) = text
-            .trim()
-            .split_once(':')
-            .ok_or_else(|| bad("expected one line `identity:hexkey`"))?;
-        let key = decode_hex(hex.trim())
-            .ok_or_else(|| bad("the key is not an even number of hex digits"))?;
-        if identity.is_empty() || identity.len() > 127 || key.is_empty() || key.len() > 64 {
-            return Err(bad(
-                "the identity must be 1-127 bytes and the key 1-64 bytes",
-            ));
-        }
-        Ok(Self {
-            identity: identity.as_bytes().to_vec(),
-            key,
-        })
     }
-}
-
-fn decode_hex(hex: &str) -> Option<Vec<u8>> {
-    if !hex.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..hex.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
-        .collect()
 }
 
 /// The running bridge: rumqttc connects to [`PskBridge::socket`].

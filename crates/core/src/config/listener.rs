@@ -8,9 +8,8 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::file::ListenerFile;
-use super::validate::{duration, int};
+use super::validate::{duration, int, min_tls_version};
 use super::{CertIdentity, ClientIdRule, ListenerSettings, ListenerTls};
-use crate::tls::MinTlsVersion;
 
 /// Fills the security fields of `listener` from `file`.
 pub(super) fn security(
@@ -21,22 +20,8 @@ pub(super) fn security(
 ) {
     let file = entry.get_ref();
     listener.tls = tls(key, entry, c).unwrap_or(ListenerTls::None);
-    listener.min_tls_version = match &file.min_tls_version {
-        None => MinTlsVersion::Tls12,
-        Some(v) => match v.get_ref().as_str() {
-            "1.2" => MinTlsVersion::Tls12,
-            "1.3" => MinTlsVersion::Tls13,
-            _ => {
-                c.at(
-                    &format!("{key}.min_tls_version"),
-                    Some(v.span()),
-                    "not a TLS version fieldlink allows",
-                    "write \"1.2\" or \"1.3\" (older versions are not secure)",
-                );
-                MinTlsVersion::Tls12
-            }
-        },
-    };
+    listener.min_tls_version =
+        min_tls_version(c, &format!("{key}.min_tls_version"), &file.min_tls_version);
     // Anonymous access by default only where no one else can reach: plain TCP on loopback.
     let loopback_plain = listener.addr.ip().is_loopback() && listener.tls == ListenerTls::None;
     listener.anonymous = file

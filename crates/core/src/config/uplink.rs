@@ -6,9 +6,8 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::file::{TopicRuleFile, UplinkFile};
-use super::validate::{duration, int, mqtt_version};
+use super::validate::{duration, int, min_tls_version, mqtt_version};
 use super::{OnRejected, UplinkSettings, UplinkTls};
-use crate::tls::MinTlsVersion;
 use crate::topic::{TopicFilter, TopicName};
 use crate::topic_map::TopicRewrite;
 
@@ -34,22 +33,7 @@ pub(super) fn settings(
     );
     let mqtt = mqtt_version(c, "uplink.mqtt", &file.mqtt);
     let tls = tls(file, entry, c);
-    let min_tls_version = match &file.min_tls_version {
-        None => MinTlsVersion::Tls12,
-        Some(v) => match v.get_ref().as_str() {
-            "1.2" => MinTlsVersion::Tls12,
-            "1.3" => MinTlsVersion::Tls13,
-            _ => {
-                c.at(
-                    "uplink.min_tls_version",
-                    Some(v.span()),
-                    "not a TLS version fieldlink allows",
-                    "write \"1.2\" or \"1.3\" (older versions are not secure)",
-                );
-                MinTlsVersion::Tls12
-            }
-        },
-    };
+    let min_tls_version = min_tls_version(c, "uplink.min_tls_version", &file.min_tls_version);
     let device_id = device_id(file, client_id.as_deref(), c);
     let vars = [("device_id", device_id.as_str())];
     let topic_prefix = file.topic_prefix.as_ref().map_or(String::new(), |p| {

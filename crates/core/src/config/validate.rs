@@ -393,6 +393,28 @@ pub(super) fn mqtt_version(
     }
 }
 
+/// `"1.2"` or `"1.3"`: the lowest TLS version accepted (1.2 when absent).
+pub(super) fn min_tls_version(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<String>>,
+) -> crate::tls::MinTlsVersion {
+    use crate::tls::MinTlsVersion;
+    match value.as_ref().map(|v| (v.get_ref().as_str(), v.span())) {
+        None | Some(("1.2", _)) => MinTlsVersion::Tls12,
+        Some(("1.3", _)) => MinTlsVersion::Tls13,
+        Some((_, span)) => {
+            c.at(
+                key,
+                Some(span),
+                "not a TLS version fieldlink allows",
+                "write \"1.2\" or \"1.3\" (older versions are not secure)",
+            );
+            MinTlsVersion::Tls12
+        }
+    }
+}
+
 /// An integer within `range`; `None` when absent or invalid (the error is recorded).
 pub(super) fn int<T: TryFrom<i64>>(
     c: &mut Collector<'_>,
