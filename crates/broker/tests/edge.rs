@@ -488,3 +488,130 @@ async fn a_slow_outbox_holds_the_puback_back() {
     );
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_packet_size_and_rate_limits_hold() {
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[broker]\nmax_connections = 2\nmax_packet_size = 1024\nmax_message_rate = 100\n\
+         [[broker.listeners]]\nport = {port}\n"
+    ))
+    .await;
+    let p = port.to_string();
+    // Two clients hold the two places.
+    let holders: Vec<std::process::Child> = ["holder-1", "holder-2"]
+        .iter()
+        .map(|id| {
+            Command::new("mosquitto_sub")
+                .args(["-h", "127.0.0.1", "-p", &p, "-i", id, "-t", "x", "-W", "20"])
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let (busy_311, busy_5) = tokio::task::spawn_blocking({
+        let p = p.clone();
+        move || {
+            (
+                attempt(&["-h", "127.0.0.1", "-p", &p, "-V", "311", "-i", "third"]),
+                attempt(&["-h", "127.0.0.1", "-p", &p, "-V", "5", "-i", "third"]),
+            )
+        }
+    })
+    .await
+    .unwrap();
+    assert!(
+        busy_311.contains("received CONNACK (3)"),
+        "server unavailable: {busy_311}"
+    );
+    assert!(
+        busy_5.contains("received CONNACK (137)"),
+        "server busy: {busy_5}"
+    );
+    for mut h in holders {
+        let _ = h.kill();
+        let _ = h.wait();
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // A packet over the limit ends the connection (MQTT 5: DISCONNECT 0x95) and is not stored.
+    let big = "x".repeat(2000);
+    let too_large = tokio::task::spawn_blocking({
+        let p = p.clone();
+        move || {
+            text(&mosquitto(
+                "mosquitto_pub",
+                &[
+                    "-d",
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &p,
+                    "-V",
+                    "5",
+                    "-t",
+                    "site/big",
+                    "-m",
+                    &big,
+                    "-q",
+                    "1",
+                ],
+            ))
+        }
+    })
+    .await
+    .unwrap();
+    assert!(!too_large.contains("received PUBACK"), "{too_large}");
+
+    // 300 messages at 100/s (a burst of 100 allowed) take at least two seconds.
+    let started = Instant::now();
+    let lines = (0..300).map(|n| format!("m{n}\n")).collect::<String>();
+    let sent = tokio::task::spawn_blocking({
+        let p = p.clone();
+        move || {
+            let mut child = Command::new("mosquitto_pub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &p,
+                    "-t",
+                    "site/rate",
+                    "-q",
+                    "1",
+                    "-l",
+                ])
+                .stdin(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(lines.as_bytes())
+                .unwrap();
+            child.wait().unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    assert!(sent.success());
+    let elapsed = started.elapsed();
+    assert!(
+        elapsed >= Duration::from_millis(1800),
+        "the rate limit held the client back: {elapsed:?}"
+    );
+    let stored = edge.ingress.stored.lock().unwrap();
+    assert_eq!(
+        stored
+            .iter()
+            .filter(|(m, _)| m.topic.as_str() == "site/rate")
+            .count(),
+        300,
+        "nothing lost"
+    );
+    assert!(stored.iter().all(|(m, _)| m.topic.as_str() != "site/big"));
+    drop(stored);
+    edge.stop().await;
+}
