@@ -613,3 +613,48 @@ async fn connection_packet_size_and_rate_limits_hold() {
     }
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_filters_beyond_max_filters_are_refused_known_ones_are_not() {
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[broker]\nmax_filters = 2\n[[broker.listeners]]\nport = {port}\n"
+    ))
+    .await;
+    let p = port.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let subscribe = |id: &str, filters: &[&str]| {
+            let mut args = vec![
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-V",
+                "5",
+                "-i",
+                id,
+                "-W",
+                "1",
+            ];
+            for f in filters {
+                args.extend(["-t", f]);
+            }
+            text(&mosquitto("mosquitto_sub", &args))
+        };
+        (
+            subscribe("first", &["a/#", "b/#", "c/#"]),
+            subscribe("second", &["b/#", "d/#"]),
+        )
+    })
+    .await
+    .unwrap();
+    // Quota exceeded (0x97) for the third distinct filter; a known filter is still granted.
+    assert!(
+        out.0.contains("Subscribed (mid: 1): 0, 0, 151"),
+        "{}",
+        out.0
+    );
+    assert!(out.1.contains("Subscribed (mid: 1): 0, 151"), "{}", out.1);
+    edge.stop().await;
+}

@@ -43,6 +43,9 @@ pub(crate) struct EdgeContext {
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_message_rate: u32,
+    /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good).
+    filters: std::sync::Mutex<std::collections::HashSet<String>>,
+    max_filters: usize,
     pub(crate) shutdown: Shutdown,
     auto_ids: AtomicU64,
 }
@@ -64,9 +67,28 @@ impl EdgeContext {
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,
             max_message_rate: settings.max_message_rate,
+            filters: std::sync::Mutex::default(),
+            max_filters: settings.max_filters,
             shutdown,
             auto_ids: AtomicU64::new(1),
         }
+    }
+
+    /// Whether `filter` may be subscribed: a filter already known, or a new one within the
+    /// cap (then it is known from now on).
+    pub(crate) fn admit_filter(&self, filter: &str) -> bool {
+        let mut filters = self
+            .filters
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if filters.contains(filter) {
+            return true;
+        }
+        if filters.len() >= self.max_filters {
+            return false;
+        }
+        filters.insert(filter.to_owned());
+        true
     }
 
     /// A number for a client id the broker assigns.

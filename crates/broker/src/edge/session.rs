@@ -575,9 +575,12 @@ impl Session {
 
     /// Answers denied filters itself; returns what goes to the router, if anything.
     fn check_subscribe(&mut self, subscribe: Subscribe, out: &mut BytesMut) -> Option<Subscribe> {
-        let denied_code = match self.codec {
-            Codec::V4 => SubscribeReasonCode::Failure,
-            Codec::V5 => SubscribeReasonCode::NotAuthorized,
+        let (denied_code, quota_code) = match self.codec {
+            Codec::V4 => (SubscribeReasonCode::Failure, SubscribeReasonCode::Failure),
+            Codec::V5 => (
+                SubscribeReasonCode::NotAuthorized,
+                SubscribeReasonCode::QuotaExceeded,
+            ),
         };
         let mut codes = Vec::with_capacity(subscribe.filters.len());
         let mut allowed = Vec::with_capacity(subscribe.filters.len());
@@ -589,13 +592,17 @@ impl Session {
                     .access
                     .may_subscribe(&self.identity, &self.client_id, &f)
             });
-            if ok {
-                codes.push(None);
-                allowed.push(filter);
-            } else {
+            if !ok {
                 metrics::counter!(metric::ACL_DENIED_TOTAL, "action" => "subscribe").increment(1);
                 tracing::debug!(client_id = %self.client_id, filter = %filter.path, "Subscription denied by ACL");
                 codes.push(Some(denied_code));
+            } else if !self.ctx.admit_filter(&filter.path) {
+                metrics::counter!(metric::REFUSED_TOTAL, "reason" => "max_filters").increment(1);
+                tracing::warn!(client_id = %self.client_id, filter = %filter.path, "Subscription refused: broker.max_filters reached");
+                codes.push(Some(quota_code));
+            } else {
+                codes.push(None);
+                allowed.push(filter);
             }
         }
         let pkid = subscribe.pkid;

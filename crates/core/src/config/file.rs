@@ -65,6 +65,8 @@ pub struct BrokerFile {
     pub connect_timeout: Option<Spanned<String>>,
     /// Most messages per second one client may publish; reading pauses beyond it.
     pub max_message_rate: Option<Spanned<i64>>,
+    /// Most distinct subscription filters the broker keeps (each holds its own log).
+    pub max_filters: Option<Spanned<i64>>,
     /// `[[broker.listeners]]`.
     pub listeners: Option<Spanned<Vec<Spanned<ListenerFile>>>>,
     /// The credentials file (`name:<argon2 PHC string>[:groups]` lines, mode 0600).

@@ -178,6 +178,9 @@ pub struct BrokerSettings {
     pub connect_timeout: Duration,
     /// Most messages per second one client may publish; the edge stops reading beyond it.
     pub max_message_rate: u32,
+    /// Most distinct subscription filters: the router keeps a log of up to
+    /// `segment_size × segment_count` per filter, so this bounds its memory.
+    pub max_filters: usize,
     /// Who may connect, and what each client may publish and subscribe to.
     pub access: AccessSettings,
 }
@@ -193,6 +196,7 @@ impl Default for BrokerSettings {
             segment_count: default_segment_count(),
             connect_timeout: default_connect_timeout(),
             max_message_rate: 1000,
+            max_filters: 128,
             access: AccessSettings::default(),
         }
     }

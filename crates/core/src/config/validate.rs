@@ -105,6 +105,7 @@ fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             1..=1_000_000,
         )
         .unwrap_or(1000),
+        max_filters: int(c, "broker.max_filters", &file.max_filters, 1..=100_000).unwrap_or(128),
         access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }
