@@ -658,3 +658,43 @@ async fn new_filters_beyond_max_filters_are_refused_known_ones_are_not() {
     assert!(out.1.contains("Subscribed (mid: 1): 0, 151"), "{}", out.1);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_alias_is_refused_and_nothing_is_stored() {
+    let port = free_port();
+    let edge = Edge::start(&format!("[[broker.listeners]]\nport = {port}\n")).await;
+    let p = port.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        text(&mosquitto(
+            "mosquitto_pub",
+            &[
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-V",
+                "5",
+                "-t",
+                "site/aliased",
+                "-m",
+                "x",
+                "-q",
+                "1",
+                "-D",
+                "publish",
+                "topic-alias",
+                "1",
+            ],
+        ))
+    })
+    .await
+    .unwrap();
+    assert!(!out.contains("received PUBACK"), "{out}");
+    assert!(
+        out.contains("Received DISCONNECT (148)"),
+        "topic alias invalid (0x94): {out}"
+    );
+    assert!(edge.ingress.stored.lock().unwrap().is_empty());
+    edge.stop().await;
+}

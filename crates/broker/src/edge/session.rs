@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use fieldlink_core::config::{ClientIdRule, ListenerSettings};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::{TopicFilter, TopicName};
@@ -28,6 +28,9 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::codec::{self, Codec, FrameError};
 use super::{EdgeContext, Stream, metric};
 use crate::access::{Identity, PasswordCheck};
+
+/// How long a client that disabled keep-alive may stay silent.
+const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(600);
 
 /// Who is at the other end, as far as the transport knows.
 pub(crate) struct Peer {
@@ -68,7 +71,7 @@ struct Session {
     codec: Codec,
     client_id: String,
     identity: Identity,
-    keep_alive: Option<Duration>,
+    keep_alive: Duration,
     will: Option<Message>,
     link_tx: LinkTx,
     link_rx: LinkRx,
@@ -78,8 +81,6 @@ struct Session {
     denied_qos2: HashSet<u16>,
     /// SUBSCRIBEs sent to the router with some filters held back: the codes to put back.
     held_back: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
-    /// MQTT 5 topic aliases the client set.
-    aliases: HashMap<u16, Bytes>,
     rate: RateLimit,
 }
 
@@ -274,8 +275,12 @@ async fn connect(
         && codec.write(connack, &mut out).is_ok()
         && io.write_all(&out).await.is_ok()
     {
-        let keep_alive = (connect.keep_alive > 0)
-            .then(|| Duration::from_millis(u64::from(connect.keep_alive) * 1500));
+        // 1.5 × the keep-alive, as MQTT says; a client that asks for none (0) still goes
+        // after ten silent minutes, so an idle socket cannot hold a connection slot for ever.
+        let keep_alive = match connect.keep_alive {
+            0 => IDLE_WITHOUT_KEEP_ALIVE,
+            k => Duration::from_millis(u64::from(k) * 1500),
+        };
         return Some(Session {
             codec,
             client_id,
@@ -288,7 +293,6 @@ async fn connect(
             _permit: permit,
             denied_qos2: HashSet::new(),
             held_back: HashMap::new(),
-            aliases: HashMap::new(),
             rate: RateLimit::new(ctx.max_message_rate),
         });
     }
@@ -385,9 +389,7 @@ impl Session {
         let mut out = BytesMut::with_capacity(4096);
         let mut last_heard = Instant::now();
         loop {
-            let deadline = self
-                .keep_alive
-                .map(|k| tokio::time::Instant::from_std(last_heard + k));
+            let deadline = tokio::time::Instant::from_std(last_heard + self.keep_alive);
             tokio::select! {
                 read = read_more(io, buf) => match read {
                     Ok(0) => return End::Lost("closed by the client".into()),
@@ -437,7 +439,7 @@ impl Session {
                     Ok(None) => {}
                     Err(e) => return End::Lost(format!("router link: {e}")),
                 },
-                () = sleep_until(deadline) => return End::Lost("keep-alive timeout".into()),
+                () = tokio::time::sleep_until(deadline) => return End::Lost("keep-alive timeout".into()),
                 () = self.ctx.shutdown.cancelled() => return End::Shutdown,
             }
         }
@@ -464,18 +466,14 @@ impl Session {
                 }
             };
             match packet {
-                Packet::Publish(mut publish, properties) => {
+                Packet::Publish(publish, properties) => {
                     let (qos, pkid) = peeked.unwrap_or((0, 0));
-                    let alias = properties.as_ref().and_then(|p| p.topic_alias);
-                    if let Some(alias) = alias {
-                        if publish.topic.is_empty() {
-                            match self.aliases.get(&alias) {
-                                Some(topic) => publish.topic = topic.clone(),
-                                None => return Err("unknown topic alias".into()),
-                            }
-                        } else {
-                            self.aliases.insert(alias, publish.topic.clone());
-                        }
+                    // The CONNACK offers no topic aliases (Topic Alias Maximum 0): a client
+                    // that uses one breaks the protocol, and every publish must carry its topic
+                    // for the ACL check.
+                    if properties.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
+                        self.disconnect_with(out, DisconnectReasonCode::TopicAliasInvalid);
+                        return Err("topic alias used, none offered".into());
                     }
                     let topic = std::str::from_utf8(&publish.topic)
                         .ok()
@@ -691,13 +689,6 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     match future.as_mut().poll(&mut cx) {
         std::task::Poll::Ready(value) => Some(value),
         std::task::Poll::Pending => None,
-    }
-}
-
-async fn sleep_until(deadline: Option<tokio::time::Instant>) {
-    match deadline {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
     }
 }
 
