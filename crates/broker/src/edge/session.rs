@@ -220,7 +220,7 @@ async fn connect(
         connect.client_id.clone()
     };
     if !identity.anonymous && !bound(&identity.name, &client_id, peer.listener.client_id) {
-        tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, identity = %identity.name, %client_id, "Refused: client id belongs to another identity");
+        tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, %client_id, "Refused: client id belongs to another identity");
         refuse(
             io,
             codec,
