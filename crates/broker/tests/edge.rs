@@ -698,3 +698,123 @@ async fn a_topic_alias_is_refused_and_nothing_is_stored() {
     assert!(edge.ingress.stored.lock().unwrap().is_empty());
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_retained_messages_and_persistent_sessions_work_through_the_edge() {
+    let port = free_port();
+    let edge = Edge::start(&format!("[[broker.listeners]]\nport = {port}\n")).await;
+    let p = port.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let run = |program: &str, args: &[&str]| {
+            let mut all = vec!["-h", "127.0.0.1", "-p", &p];
+            all.extend_from_slice(args);
+            text(&mosquitto(program, &all))
+        };
+        // Retained: a later subscriber gets it.
+        run(
+            "mosquitto_pub",
+            &["-t", "site/kept", "-m", "kept", "-r", "-q", "1"],
+        );
+        let retained = run(
+            "mosquitto_sub",
+            &["-t", "site/kept", "-v", "-C", "1", "-W", "5"],
+        );
+        // Persistent session: what was published while away is delivered on return (3.1.1, 5).
+        let mut away = Vec::new();
+        for (version, id) in [("311", "persist-4"), ("5", "persist-5")] {
+            let topic = format!("site/away/{id}");
+            let mut sub = vec!["-V", version, "-t", &topic, "-q", "1", "-c", "-i", id];
+            if version == "5" {
+                sub.extend(["-x", "300"]);
+            }
+            let mut first = sub.clone();
+            first.extend(["-W", "1"]);
+            run("mosquitto_sub", &first);
+            run(
+                "mosquitto_pub",
+                &["-t", &topic, "-m", "while-away", "-q", "1"],
+            );
+            let mut back = sub.clone();
+            back.extend(["-v", "-C", "1", "-W", "5"]);
+            away.push(run("mosquitto_sub", &back));
+        }
+        (retained, away)
+    })
+    .await
+    .unwrap();
+    assert!(out.0.contains("site/kept kept"), "{}", out.0);
+    for got in &out.1 {
+        assert!(got.contains("while-away"), "{got}");
+    }
+
+    // A will is published when the connection is lost (killed), not after a DISCONNECT.
+    let p = port.to_string();
+    let watcher = std::thread::spawn({
+        let p = p.clone();
+        move || {
+            text(&mosquitto(
+                "mosquitto_sub",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &p,
+                    "-t",
+                    "site/will/#",
+                    "-v",
+                    "-W",
+                    "4",
+                ],
+            ))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut dying = Command::new("mosquitto_sub")
+        .args(["-h", "127.0.0.1", "-p", &p, "-t", "x", "-i", "dying"])
+        .args(["--will-topic", "site/will/dying", "--will-payload", "gone"])
+        .spawn()
+        .unwrap();
+    let polite = Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-t",
+            "x",
+            "-m",
+            "bye",
+            "-i",
+            "polite",
+        ])
+        .args([
+            "--will-topic",
+            "site/will/polite",
+            "--will-payload",
+            "never",
+        ])
+        .status()
+        .unwrap();
+    assert!(polite.success());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    dying.kill().unwrap();
+    let _ = dying.wait();
+    let seen = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+        .await
+        .unwrap();
+    assert!(seen.contains("site/will/dying gone"), "{seen}");
+    assert!(
+        !seen.contains("never"),
+        "a clean DISCONNECT drops the will: {seen}"
+    );
+    // The will went through ingress like any publish (routed: stored).
+    assert!(
+        edge.ingress
+            .stored
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, _)| m.topic.as_str() == "site/will/dying")
+    );
+    edge.stop().await;
+}

@@ -11,21 +11,31 @@ use fieldlink_broker::RunningBroker;
 use fieldlink_broker::access::Access;
 use fieldlink_core::config::{Origin, Settings, parse};
 use fieldlink_core::message::Message;
-use fieldlink_core::ports::{BoxFuture, Ingress, IngressError};
+use fieldlink_core::ports::{BoxFuture, Ingress, IngressError, LocalBus};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::topic::TopicName;
 use fieldlink_test_support::certs::{Issued, TestCa, write};
 
-/// Stores what a route would take (`site/...`), after `delay`.
+/// Stores what a route would take (`site/...`), after `delay`; `publish` then hands the
+/// messages to the local broker, as the gateway's ingress does.
 #[derive(Default)]
 pub struct RecordingIngress {
     pub delay: Mutex<Duration>,
     pub stored: Mutex<Vec<(Message, Instant)>>,
+    pub bus: std::sync::OnceLock<Arc<dyn LocalBus>>,
 }
 
 impl Ingress for RecordingIngress {
     fn publish(&self, messages: Vec<Message>) -> BoxFuture<'_, Result<(), IngressError>> {
-        self.store(messages)
+        Box::pin(async move {
+            self.store(messages.clone()).await?;
+            if let Some(bus) = self.bus.get() {
+                for message in messages {
+                    bus.publish(message).await?;
+                }
+            }
+            Ok(())
+        })
     }
 
     fn takes(&self, topic: &TopicName) -> bool {
@@ -109,6 +119,8 @@ impl Edge {
         let mut broker = RunningBroker::start(&settings.broker).expect("broker starts");
         let shutdown = Shutdown::new();
         let ingress = Arc::new(RecordingIngress::default());
+        let bus = broker.bus(shutdown.clone()).expect("bus");
+        let _ = ingress.bus.set(Arc::new(bus));
         broker
             .serve(
                 ingress.clone(),
