@@ -818,3 +818,89 @@ async fn wills_retained_messages_and_persistent_sessions_work_through_the_edge()
     );
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_will_waits_for_its_delay_and_is_dropped_when_the_client_returns() {
+    let port = free_port();
+    let edge = Edge::start(&format!("[[broker.listeners]]\nport = {port}\n")).await;
+    let p = port.to_string();
+    let watcher = std::thread::spawn({
+        let p = p.clone();
+        move || {
+            let started = Instant::now();
+            let out = text(&mosquitto(
+                "mosquitto_sub",
+                &[
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &p,
+                    "-t",
+                    "site/will/#",
+                    "-v",
+                    "-C",
+                    "1",
+                    "-W",
+                    "8",
+                ],
+            ));
+            (out, started.elapsed())
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dying = |id: &str, topic: &str| {
+        Command::new("mosquitto_sub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-V",
+                "5",
+                "-t",
+                "x",
+                "-i",
+                id,
+                "-x",
+                "60",
+            ])
+            .args(["--will-topic", topic, "--will-payload", "gone"])
+            .args(["-D", "will", "will-delay-interval", "2"])
+            .spawn()
+            .unwrap()
+    };
+    // This one comes back within the delay: its will is never sent.
+    let mut back = dying("returns", "site/will/returns");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    back.kill().unwrap();
+    let _ = back.wait();
+    let mut again = dying("returns", "site/will/returns");
+    // This one does not.
+    let mut gone = dying("gone-for-good", "site/will/gone");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let killed_at = Instant::now();
+    gone.kill().unwrap();
+    let _ = gone.wait();
+    let (seen, _) = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+        .await
+        .unwrap();
+    let waited = killed_at.elapsed();
+    assert!(seen.contains("site/will/gone gone"), "{seen}");
+    assert!(
+        waited >= Duration::from_millis(1800),
+        "the will waited its 2 s: {waited:?}"
+    );
+    let _ = again.kill();
+    let _ = again.wait();
+    assert!(
+        !edge
+            .ingress
+            .stored
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|(m, _)| m.topic.as_str() == "site/will/returns"),
+        "the returning client's will was sent"
+    );
+    edge.stop().await;
+}

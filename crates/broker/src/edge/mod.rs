@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use fieldlink_core::message::Message;
 use fieldlink_core::ports::Ingress;
 use fieldlink_core::shutdown::Shutdown;
 use rumqttd::Notification;
@@ -46,6 +47,9 @@ pub(crate) struct EdgeContext {
     /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good).
     filters: std::sync::Mutex<std::collections::HashSet<String>>,
     max_filters: usize,
+    /// Delayed wills (MQTT 5), by client id: cancelled when the client comes back.
+    pending_wills:
+        std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
     pub(crate) shutdown: Shutdown,
     auto_ids: AtomicU64,
 }
@@ -69,6 +73,7 @@ impl EdgeContext {
             max_message_rate: settings.max_message_rate,
             filters: std::sync::Mutex::default(),
             max_filters: settings.max_filters,
+            pending_wills: std::sync::Mutex::default(),
             shutdown,
             auto_ids: AtomicU64::new(1),
         }
@@ -89,6 +94,53 @@ impl EdgeContext {
         }
         filters.insert(filter.to_owned());
         true
+    }
+
+    /// Publishes a lost client's will through ingress (routed like any publish, then to local
+    /// subscribers), at once or after `delay` unless the client reconnects first.
+    pub(crate) fn publish_will(
+        self: &Arc<Self>,
+        client_id: String,
+        will: Message,
+        delay: Duration,
+    ) {
+        let ctx = self.clone();
+        let token = tokio_util::sync::CancellationToken::new();
+        if !delay.is_zero() {
+            self.lock_wills().insert(client_id.clone(), token.clone());
+        }
+        self.shutdown.spawn(async move {
+            if !delay.is_zero() {
+                tokio::select! {
+                    () = tokio::time::sleep(delay) => {}
+                    () = token.cancelled() => return,
+                    // Stopping: a delayed will is not sent (the client may well come back).
+                    () = ctx.shutdown.cancelled() => return,
+                }
+                ctx.lock_wills().remove(&client_id);
+            }
+            if let Err(e) = ctx.ingress.publish(vec![will]).await {
+                tracing::warn!(%client_id, error = %e, "The will could not be published");
+            }
+        });
+    }
+
+    /// The client is back: a will it left behind with a delay is dropped.
+    pub(crate) fn returned(&self, client_id: &str) {
+        if let Some(token) = self.lock_wills().remove(client_id) {
+            token.cancel();
+        }
+    }
+
+    fn lock_wills(
+        &self,
+    ) -> std::sync::MutexGuard<
+        '_,
+        std::collections::HashMap<String, tokio_util::sync::CancellationToken>,
+    > {
+        self.pending_wills
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// A number for a client id the broker assigns.

@@ -73,6 +73,7 @@ struct Session {
     identity: Identity,
     keep_alive: Duration,
     will: Option<Message>,
+    will_delay: Duration,
     link_tx: LinkTx,
     link_rx: LinkRx,
     ctx: Arc<EdgeContext>,
@@ -161,7 +162,7 @@ async fn connect(
             }
         }
     };
-    let Packet::Connect(connect, _props, will, _will_props, login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         return refused_quietly("first packet not CONNECT");
     };
 
@@ -250,6 +251,16 @@ async fn connect(
         },
     };
 
+    // MQTT 5: the will waits for the smaller of its delay and the session expiry, and is
+    // dropped if the client comes back first.
+    let will_delay = Duration::from_secs(u64::from(
+        will_props
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0)
+            .min(props.and_then(|p| p.session_expiry_interval).unwrap_or(0)),
+    ));
+    ctx.returned(&client_id);
+
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         let code = match codec {
             Codec::V4 => ConnectReturnCode::ServiceUnavailable,
@@ -287,6 +298,7 @@ async fn connect(
             identity,
             keep_alive,
             will,
+            will_delay,
             link_tx,
             link_rx,
             ctx: ctx.clone(),
@@ -354,10 +366,8 @@ impl Session {
         if let End::Lost(why) = &end {
             tracing::debug!(client_id = %self.client_id, %why, "Connection lost");
             if let Some(will) = self.will.take() {
-                // Through ingress: routed like any publish, then to local subscribers.
-                if let Err(e) = self.ctx.ingress.publish(vec![will]).await {
-                    tracing::warn!(client_id = %self.client_id, error = %e, "The will could not be published");
-                }
+                self.ctx
+                    .publish_will(self.client_id.clone(), will, self.will_delay);
             }
         }
         if !matches!(end, End::Graceful) {
