@@ -904,3 +904,34 @@ async fn an_mqtt5_will_waits_for_its_delay_and_is_dropped_when_the_client_return
     );
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mqtt5_connack_announces_the_assigned_id_and_the_limits() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[broker]\nmax_packet_size = 4096\nmax_inflight = 20\n[[broker.listeners]]\nport = {port}\n"
+    ))
+    .await;
+    let mut options = MqttOptions::new("", "127.0.0.1", port);
+    options.set_clean_start(true);
+    let (_client, mut events) = AsyncClient::new(options, 10);
+    let props = loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                break ack.properties.expect("properties");
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("no CONNACK: {other:?}"),
+        }
+    };
+    let assigned = props
+        .assigned_client_identifier
+        .expect("an assigned client id");
+    assert!(assigned.starts_with("fieldlink-auto-"), "{assigned}");
+    assert_eq!(props.max_packet_size, Some(4096));
+    assert_eq!(props.receive_max, Some(20));
+    assert_eq!(props.topic_alias_max, Some(0));
+    edge.stop().await;
+}

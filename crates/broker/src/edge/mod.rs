@@ -44,6 +44,7 @@ pub(crate) struct EdgeContext {
     pub(crate) max_packet_size: usize,
     pub(crate) connect_timeout: Duration,
     pub(crate) max_message_rate: u32,
+    pub(crate) max_inflight: u16,
     /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good).
     filters: std::sync::Mutex<std::collections::HashSet<String>>,
     max_filters: usize,
@@ -71,6 +72,7 @@ impl EdgeContext {
             max_packet_size: settings.max_packet_size,
             connect_timeout: settings.connect_timeout,
             max_message_rate: settings.max_message_rate,
+            max_inflight: settings.max_inflight,
             filters: std::sync::Mutex::default(),
             max_filters: settings.max_filters,
             pending_wills: std::sync::Mutex::default(),

@@ -19,8 +19,8 @@ use fieldlink_core::topic::{TopicFilter, TopicName};
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill, Packet, PubAck,
-    PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe,
+    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe,
     SubscribeReasonCode,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -220,6 +220,8 @@ async fn connect(
     } else {
         connect.client_id.clone()
     };
+    // MQTT 5: a client that sent no id is told the one it got.
+    let assigned = connect.client_id.is_empty().then(|| client_id.clone());
     if !identity.anonymous && !bound(&identity.name, &client_id, peer.listener.client_id) {
         tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, %client_id, "Refused: client id belongs to another identity");
         refuse(
@@ -282,6 +284,12 @@ async fn connect(
     };
     let mut out = BytesMut::new();
     let connack: Option<Packet> = connack.into();
+    let connack = connack.map(|packet| match (codec, packet) {
+        (Codec::V5, Packet::ConnAck(ack, props)) => {
+            Packet::ConnAck(ack, Some(announce(props, ctx, assigned)))
+        }
+        (_, packet) => packet,
+    });
     if let Some(connack) = connack
         && codec.write(connack, &mut out).is_ok()
         && io.write_all(&out).await.is_ok()
@@ -309,6 +317,22 @@ async fn connect(
         });
     }
     None
+}
+
+/// What an MQTT 5 CONNACK tells the client about this broker: the id it was given, the largest
+/// packet accepted, how many QoS 1/2 publishes it may have unacknowledged (flow control), and
+/// that it offers no topic aliases.
+fn announce(
+    props: Option<ConnAckProperties>,
+    ctx: &EdgeContext,
+    assigned: Option<String>,
+) -> ConnAckProperties {
+    let mut props = props.unwrap_or_default();
+    props.assigned_client_identifier = assigned;
+    props.max_packet_size = u32::try_from(ctx.max_packet_size).ok();
+    props.receive_max = Some(ctx.max_inflight);
+    props.topic_alias_max = Some(0);
+    props
 }
 
 fn refused_quietly<T>(why: &'static str) -> Option<T> {
