@@ -935,3 +935,40 @@ async fn an_mqtt5_connack_announces_the_assigned_id_and_the_limits() {
     assert_eq!(props.topic_alias_max, Some(0));
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_ca_in_the_trust_file_is_trusted() {
+    let pki = Pki::new();
+    let second = fieldlink_test_support::certs::TestCa::new("second devices CA");
+    // The trust file holds both CAs; the device's certificate comes from the second.
+    std::fs::write(&pki.ca_file, format!("{}{}", pki.ca.pem(), second.pem())).unwrap();
+    let (cert, key) = pki.device("device-2", &second.issue("device-2", &[]));
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nport = {port}\n{}",
+        pki.tls_keys("mutual")
+    ))
+    .await;
+    // The server's own certificate is from the first CA: the client trusts that one.
+    let server_ca = write(pki.dir.path(), "server-ca.pem", pki.ca.pem());
+    let out = tokio::task::spawn_blocking(move || {
+        attempt(&[
+            "-h",
+            "localhost",
+            "-p",
+            &port.to_string(),
+            "--cafile",
+            &path_str(&server_ca),
+            "--cert",
+            &path_str(&cert),
+            "--key",
+            &path_str(&key),
+            "-i",
+            "device-2",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(out.contains("received CONNACK (0)"), "{out}");
+    edge.stop().await;
+}
