@@ -972,3 +972,70 @@ async fn every_ca_in_the_trust_file_is_trusted() {
     assert!(out.contains("received CONNACK (0)"), "{out}");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
+    use rumqttc::v5::mqttbytes::v5::Packet;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let port = free_port();
+    let edge = Edge::start(&format!("[[broker.listeners]]\nport = {port}\n")).await;
+    let connect = || {
+        let mut options = MqttOptions::new("same-id", "127.0.0.1", port);
+        options.set_keep_alive(Duration::from_secs(30));
+        AsyncClient::new(options, 10)
+    };
+    let (_first, mut first_events) = connect();
+    loop {
+        if let Ok(Event::Incoming(Packet::ConnAck(_))) = first_events.poll().await {
+            break;
+        }
+    }
+    let (second, mut second_events) = connect();
+    second
+        .subscribe("t", rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let second_driver = tokio::spawn(async move {
+        loop {
+            match second_events.poll().await {
+                Ok(Event::Incoming(Packet::Publish(p))) => return p.payload.to_vec(),
+                Ok(_) => {}
+                Err(e) => panic!("the new session failed: {e}"),
+            }
+        }
+    });
+    // The first connection is closed (rumqttd's router ends it without a reason the edge could
+    // pass on, so there is no DISCONNECT 0x8E).
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while first_events.poll().await.is_ok() {}
+    })
+    .await
+    .expect("the first connection ends");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let p = port.to_string();
+    tokio::task::spawn_blocking(move || {
+        mosquitto(
+            "mosquitto_pub",
+            &[
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-t",
+                "t",
+                "-m",
+                "to-second",
+                "-q",
+                "1",
+            ],
+        )
+    })
+    .await
+    .unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(10), second_driver)
+        .await
+        .expect("the new session receives")
+        .unwrap();
+    assert_eq!(got, b"to-second");
+    edge.stop().await;
+}

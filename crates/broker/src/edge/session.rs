@@ -65,6 +65,9 @@ enum End {
     Lost(String),
     /// The gateway is stopping.
     Shutdown,
+    /// The router ended the session (another connection took the client id over, or it refused
+    /// what the client sent); it needs no DISCONNECT from us. The will is published.
+    RouterEnded(String),
 }
 
 struct Session {
@@ -387,14 +390,20 @@ fn will_message(will: LastWill) -> Option<Message> {
 impl Session {
     async fn run(mut self, mut io: Box<dyn Stream>, mut buf: BytesMut) -> End {
         let end = self.pump(&mut io, &mut buf).await;
-        if let End::Lost(why) = &end {
-            tracing::debug!(client_id = %self.client_id, %why, "Connection lost");
-            if let Some(will) = self.will.take() {
-                self.ctx
-                    .publish_will(self.client_id.clone(), will, self.will_delay);
+        match &end {
+            End::Lost(why) => tracing::debug!(client_id = %self.client_id, %why, "Connection lost"),
+            End::RouterEnded(why) => {
+                tracing::debug!(client_id = %self.client_id, %why, "Session ended by the router");
             }
+            End::Graceful | End::Shutdown => {}
         }
-        if !matches!(end, End::Graceful) {
+        if matches!(end, End::Lost(_) | End::RouterEnded(_))
+            && let Some(will) = self.will.take()
+        {
+            self.ctx
+                .publish_will(self.client_id.clone(), will, self.will_delay);
+        }
+        if matches!(end, End::Lost(_) | End::Shutdown) {
             // The router learns of the end from a DISCONNECT; a lost session keeps its state
             // when the client asked for a persistent one.
             let bye = Disconnect {
@@ -471,7 +480,9 @@ impl Session {
                         out.clear();
                     }
                     Ok(None) => {}
-                    Err(e) => return End::Lost(format!("router link: {e}")),
+                    // The router drops a session's link when a new connection takes its client
+                    // id over.
+                    Err(e) => return End::RouterEnded(format!("router link closed: {e}")),
                 },
                 () = tokio::time::sleep_until(deadline) => return End::Lost("keep-alive timeout".into()),
                 () = self.ctx.shutdown.cancelled() => return End::Shutdown,
@@ -667,7 +678,7 @@ impl Session {
             Notification::Disconnect(disconnect, properties) => {
                 // Another connection took this client id over.
                 self.write(Packet::Disconnect(disconnect, properties), out);
-                Some(End::Lost("session taken over".into()))
+                Some(End::RouterEnded("disconnected by the router".into()))
             }
             other => {
                 let packet: Option<Packet> = other.into();
