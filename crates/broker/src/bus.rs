@@ -14,6 +14,7 @@ use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Packet, Publish};
 use tokio::sync::{Mutex, mpsc};
 
+use crate::INTERNAL_CLIENT_PREFIX;
 use crate::edge::SessionLinks;
 
 /// Publishes onto, and subscribes to, the local broker from inside the process.
@@ -33,26 +34,51 @@ struct Publisher {
 
 impl BrokerBus {
     pub(crate) fn new(links: SessionLinks, shutdown: Shutdown) -> Result<Self, BusError> {
-        let (tx, rx, _) = links("fieldlink-bus", true).map_err(BusError::Refused)?;
+        let name = format!("{INTERNAL_CLIENT_PREFIX}bus");
+        let (tx, rx, _) = links(&name, true).map_err(BusError::Refused)?;
         Ok(Self {
             links,
             publisher: Arc::new(Mutex::new(Publisher { tx, _rx: rx })),
             shutdown,
         })
     }
+}
 
-    fn follow(
+impl LocalBus for BrokerBus {
+    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
+        Box::pin(async move {
+            if self.shutdown.is_triggered() {
+                return Err(BusError::Closed);
+            }
+            // QoS 0 (rumqttd's only choice for in-process links): the hand-over cannot be
+            // lost, and the router delivers to each subscriber at the QoS it subscribed with.
+            let publish = Publish::new(
+                Bytes::from(message.topic.as_str().to_owned()),
+                Bytes::from(message.payload),
+                message.retain,
+            );
+            let mut publisher = self.publisher.lock().await;
+            publisher
+                .tx
+                .send(Packet::Publish(publish, None))
+                .await
+                .map(drop)
+                .map_err(|_| BusError::Closed)
+        })
+    }
+
+    /// Opens a link of its own (blocks briefly while the router registers it).
+    fn subscribe(
         &self,
-        name: &str,
-        filter: &str,
+        filter: &TopicFilter,
         capacity: usize,
     ) -> Result<mpsc::Receiver<Message>, BusError> {
-        let (mut link_tx, mut link_rx, _) = (self.links)(name, true).map_err(BusError::Refused)?;
+        let name = format!("{INTERNAL_CLIENT_PREFIX}sub-{}", next_link_number());
+        let (mut link_tx, mut link_rx, _) = (self.links)(&name, true).map_err(BusError::Refused)?;
         link_tx
-            .subscribe(filter)
+            .subscribe(filter.as_str())
             .map_err(|e| BusError::Refused(e.to_string()))?;
         let (tx, rx) = mpsc::channel(capacity);
-        let name = name.to_owned();
         let shutdown = self.shutdown.clone();
         tokio::spawn(async move {
             // The link must stay alive as long as we read from it.
@@ -90,39 +116,6 @@ impl BrokerBus {
             }
         });
         Ok(rx)
-    }
-}
-
-impl LocalBus for BrokerBus {
-    fn publish(&self, message: Message) -> BoxFuture<'_, Result<(), BusError>> {
-        Box::pin(async move {
-            if self.shutdown.is_triggered() {
-                return Err(BusError::Closed);
-            }
-            // QoS 0 (rumqttd's only choice for in-process links): the hand-over cannot be
-            // lost, and the router delivers to each subscriber at the QoS it subscribed with.
-            let publish = Publish::new(
-                Bytes::from(message.topic.as_str().to_owned()),
-                Bytes::from(message.payload),
-                message.retain,
-            );
-            let mut publisher = self.publisher.lock().await;
-            publisher
-                .tx
-                .send(Packet::Publish(publish, None))
-                .await
-                .map(drop)
-                .map_err(|_| BusError::Closed)
-        })
-    }
-
-    fn subscribe(
-        &self,
-        filter: &TopicFilter,
-        capacity: usize,
-    ) -> Result<mpsc::Receiver<Message>, BusError> {
-        let name = format!("fieldlink-sub-{}", next_link_number());
-        self.follow(&name, filter.as_str(), capacity)
     }
 }
 

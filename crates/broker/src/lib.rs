@@ -31,6 +31,11 @@ mod edge;
 
 pub use bus::BrokerBus;
 
+/// Client ids of the gateway's own links to the router. The edge refuses them to clients: a
+/// client with such an id would take the link's session over (rumqttd ends the older session
+/// with the same id) and cut the gateway off its own broker.
+pub(crate) const INTERNAL_CLIENT_PREFIX: &str = "fieldlink-internal-";
+
 use edge::SessionLinks;
 use edge::transport::Security;
 

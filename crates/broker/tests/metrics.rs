@@ -4,12 +4,12 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use common::*;
 use fieldlink_core::metrics as m;
 use fieldlink_test_support::free_port;
+use fieldlink_test_support::metrics::metric_values;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -66,19 +66,7 @@ async fn connections_refusals_messages_and_denials_are_counted() {
     sub.join().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let values: HashMap<String, DebugValue> = snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect();
+    let values = metric_values(&snapshotter);
     let counter = |k: String| match values.get(&k) {
         Some(DebugValue::Counter(n)) => *n,
         other => panic!("{k}: {other:?} in {values:?}"),

@@ -176,3 +176,44 @@ async fn bus_subscription_sees_matching_network_and_bus_publishes() {
     );
     assert!(gateway.stop().await);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_client_cannot_take_over_the_gateways_own_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let gateway = gateway(dir.path(), port).await;
+    let p = port.to_string();
+    let refused = tokio::task::spawn_blocking(move || {
+        Command::new("mosquitto_pub")
+            .args([
+                "-d",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &p,
+                "-i",
+                "fieldlink-internal-bus",
+            ])
+            .args(["-t", "x", "-m", "x"])
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let out = String::from_utf8_lossy(&refused.stdout).into_owned();
+    assert!(out.contains("received CONNACK (2)"), "{out}");
+
+    // The bus still publishes to local subscribers.
+    let sub = subscriber(port, "local/#", 1);
+    gateway
+        .bus()
+        .publish(message("local/after", "still"))
+        .await
+        .unwrap();
+    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+        .await
+        .unwrap();
+    let out = String::from_utf8(out.stdout).unwrap();
+    assert!(out.contains("local/after still"), "{out}");
+    assert!(gateway.stop().await);
+}

@@ -3,11 +3,11 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::time::Duration;
 
 use fieldlink_core::config::{FullPolicy, QueueSettings};
 use fieldlink_core::metrics as m;
+use fieldlink_test_support::metrics::metric_values;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 use common::{entry, open, settings};
@@ -44,7 +44,7 @@ async fn depth_appends_acks_and_drops_are_exported() {
     // takes them.)
     tokio::time::sleep(Duration::from_millis(2100)).await;
     let oldest_key = format!("{}{{}}", m::QUEUE_OLDEST_AGE_SECONDS);
-    let values = snapshot(&snapshotter);
+    let values = metric_values(&snapshotter);
     let get = |k: &str| {
         values
             .get(k)
@@ -71,20 +71,4 @@ async fn depth_appends_acks_and_drops_are_exported() {
         "{:?}",
         get(&oldest_key)
     );
-}
-
-fn snapshot(snapshotter: &metrics_util::debugging::Snapshotter) -> HashMap<String, DebugValue> {
-    snapshotter
-        .snapshot()
-        .into_vec()
-        .into_iter()
-        .map(|(key, _, _, value)| {
-            let key = key.key();
-            let labels: Vec<String> = key
-                .labels()
-                .map(|l| format!("{}={}", l.key(), l.value()))
-                .collect();
-            (format!("{}{{{}}}", key.name(), labels.join(",")), value)
-        })
-        .collect()
 }

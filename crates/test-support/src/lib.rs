@@ -4,10 +4,12 @@
 //! - [`Mosquitto`]: a real mosquitto on loopback, configured per test, killed on drop;
 //! - [`certs`]: a CA and certificates made at test time (no key is ever committed);
 //! - [`within`]: an await that fails the test instead of hanging it;
-//! - [`RecordingBus`]: a local bus that records what is published.
+//! - [`RecordingBus`]: a local bus that records what is published;
+//! - [`metrics::metric_values`]: what a metrics recorder saw.
 
 mod bus;
 pub mod certs;
+pub mod metrics;
 mod mosquitto;
 
 use std::future::Future;

@@ -56,7 +56,6 @@ pub(crate) struct EdgeContext {
 }
 
 impl EdgeContext {
-    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         links: SessionLinks,
         ingress: Arc<dyn Ingress>,

@@ -225,6 +225,17 @@ async fn connect(
     };
     // MQTT 5: a client that sent no id is told the one it got.
     let assigned = connect.client_id.is_empty().then(|| client_id.clone());
+    if client_id.starts_with(crate::INTERNAL_CLIENT_PREFIX) {
+        tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, %client_id, "Refused: a client id reserved for the gateway's own links");
+        refuse(
+            io,
+            codec,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            "client_id",
+        )
+        .await;
+        return None;
+    }
     if !identity.anonymous && !bound(&identity.name, &client_id, peer.listener.client_id) {
         tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, %client_id, "Refused: client id belongs to another identity");
         refuse(
