@@ -270,3 +270,25 @@ async fn the_acl_matrix_holds_and_denied_publishes_reach_no_one() {
     assert_eq!(stored, 2, "alice's own publish, twice (3.1.1 and 5)");
     site.edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_added_while_running_can_connect_at_once() {
+    let site = site().await;
+    let refused = site
+        .publish("carol", "carol-pw", "5", &["-t", "site/carol/t", "-m", "x"])
+        .await;
+    assert!(refused.contains("received CONNACK (134)"), "{refused}");
+    // `fieldlink credentials add` rewrites the file; the next CONNECT reads it again.
+    set_user(
+        &site._dir.path().join("credentials"),
+        "carol",
+        b"carol-pw",
+        &[],
+    )
+    .unwrap();
+    let admitted = site
+        .publish("carol", "carol-pw", "5", &["-t", "site/carol/t", "-m", "x"])
+        .await;
+    assert!(admitted.contains("received CONNACK (0)"), "{admitted}");
+    site.edge.stop().await;
+}

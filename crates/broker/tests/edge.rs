@@ -118,6 +118,17 @@ async fn plain_tls_mutual_tls_and_psk_listeners_carry_messages_for_3_1_1_and_5()
     edge.stop().await;
 }
 
+/// A broker with one TLS listener that admits clients without credentials.
+async fn anonymous_tls_edge(pki: &Pki) -> (Edge, u16) {
+    let port = free_port();
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nport = {port}\nanonymous = true\n{}",
+        pki.tls_keys("server-auth")
+    ))
+    .await;
+    (edge, port)
+}
+
 /// Connects with mosquitto_pub -d and returns its output (CONNACK codes, TLS errors).
 fn attempt(args: &[&str]) -> String {
     let mut all = vec!["-d", "-t", "site/x", "-m", "x", "-q", "1"];
@@ -293,12 +304,7 @@ async fn refusals_get_the_right_connack_or_tls_alert() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_tls_1_1_client_is_refused() {
     let pki = Pki::new();
-    let port = free_port();
-    let edge = Edge::start(&format!(
-        "[[broker.listeners]]\nport = {port}\nanonymous = true\n{}",
-        pki.tls_keys("server-auth")
-    ))
-    .await;
+    let (edge, port) = anonymous_tls_edge(&pki).await;
     let out = tokio::task::spawn_blocking(move || {
         text(
             &Command::new("openssl")
@@ -325,12 +331,7 @@ use std::process::Command;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sockets_do_not_delay_a_real_tls_client() {
     let pki = Pki::new();
-    let port = free_port();
-    let edge = Edge::start(&format!(
-        "[[broker.listeners]]\nport = {port}\nanonymous = true\n{}",
-        pki.tls_keys("server-auth")
-    ))
-    .await;
+    let (edge, port) = anonymous_tls_edge(&pki).await;
     // 500 connections that never send a ClientHello.
     let mut idle = Vec::new();
     for _ in 0..500 {
@@ -1037,5 +1038,73 @@ async fn a_second_connection_with_the_same_client_id_takes_the_session_over() {
         .expect("the new session receives")
         .unwrap();
     assert_eq!(got, b"to-second");
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_device_named_by_its_dns_san_and_a_psk_added_while_running() {
+    let pki = Pki::new();
+    let (cert, key) = pki.device(
+        "meter",
+        &pki.ca
+            .issue("a CN that is not the name", &["meter-7.plant"]),
+    );
+    let psk = psk_file(&pki);
+    let (mtls, psk_port) = (free_port(), free_port());
+    let edge = Edge::start(&format!(
+        "[[broker.listeners]]\nport = {mtls}\n{}identity = \"san\"\n\
+         [[broker.listeners]]\nport = {psk_port}\ntls = \"psk\"\npsk_file = \"{psk}\"\n",
+        pki.tls_keys("mutual")
+    ))
+    .await;
+    let ca = path_str(&pki.ca_file);
+    let san = tokio::task::spawn_blocking(move || {
+        attempt(&[
+            "-h",
+            "localhost",
+            "-p",
+            &mtls.to_string(),
+            "--cafile",
+            &ca,
+            "--cert",
+            &path_str(&cert),
+            "--key",
+            &path_str(&key),
+            "-i",
+            "meter-7.plant",
+        ])
+    })
+    .await
+    .unwrap();
+    assert!(
+        san.contains("received CONNACK (0)"),
+        "the SAN is the identity: {san}"
+    );
+
+    // A device added to the PSK file is admitted without a restart.
+    let new_key = "0f0e0d0c0b0a09080706050403020100";
+    let try_new = move || {
+        attempt(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &psk_port.to_string(),
+            "--psk",
+            new_key,
+            "--psk-identity",
+            "device-q",
+            "-i",
+            "device-q",
+        ])
+    };
+    let before = tokio::task::spawn_blocking(try_new).await.unwrap();
+    assert!(!before.contains("received CONNACK"), "{before}");
+    // A different modification time, even on a coarse-grained file system.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let mut text = std::fs::read_to_string(&psk).unwrap();
+    text.push_str(&format!("device-q:{new_key}\n"));
+    std::fs::write(&psk, text).unwrap();
+    let after = tokio::task::spawn_blocking(try_new).await.unwrap();
+    assert!(after.contains("received CONNACK (0)"), "{after}");
     edge.stop().await;
 }

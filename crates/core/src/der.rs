@@ -131,3 +131,52 @@ pub fn first_dns_name(der: &[u8]) -> Option<String> {
     }
     None
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(cn: Option<&str>, sans: &[&str]) -> Vec<u8> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params =
+            rcgen::CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name = rcgen::DistinguishedName::new();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::OrganizationName, "plant 3");
+        if let Some(cn) = cn {
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+        }
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_common_name_and_the_first_dns_name_are_read() {
+        let both = cert(
+            Some("device-7"),
+            &["meter-7.plant.example", "spare.example"],
+        );
+        assert_eq!(common_name(&both).as_deref(), Some("device-7"));
+        assert_eq!(
+            first_dns_name(&both).as_deref(),
+            Some("meter-7.plant.example")
+        );
+        let neither = cert(None, &[]);
+        assert_eq!(common_name(&neither), None, "another attribute is not a CN");
+        assert_eq!(first_dns_name(&neither), None);
+    }
+
+    #[test]
+    fn garbage_gives_none_not_a_panic() {
+        let good = cert(Some("x"), &["x.example"]);
+        for cut in 0..good.len() {
+            let _ = common_name(&good[..cut]);
+            let _ = first_dns_name(&good[..cut]);
+            let _ = tbs_fields(&good[..cut]);
+        }
+        assert_eq!(common_name(&[0x30, 0x84, 0xff, 0xff, 0xff, 0xff]), None);
+    }
+}

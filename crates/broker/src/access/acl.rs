@@ -1,4 +1,6 @@
-//! The ACL: `[[broker.acl]]` rules compiled once, checked on every PUBLISH and SUBSCRIBE.
+//! The ACL: `[[broker.acl]]` rules compiled once, resolved once per session (the identity and
+//! client id are fixed from CONNECT on), then checked on every PUBLISH and SUBSCRIBE without an
+//! allocation.
 
 use std::borrow::Cow;
 
@@ -33,6 +35,39 @@ pub fn filter_covers(pattern: &TopicFilter, filter: &TopicFilter) -> bool {
             (Some(p), Some(f)) if p == f && p != "+" => {}
             (None, None) => return true,
             _ => return false,
+        }
+    }
+}
+
+/// What one session may do.
+#[derive(Debug, Clone)]
+pub enum SessionAcl {
+    /// No rules are configured: everything is allowed.
+    Open,
+    /// Only what these filters allow.
+    Rules {
+        /// Topics the session may publish on.
+        publish: Vec<TopicFilter>,
+        /// Filters covering what the session may subscribe to.
+        subscribe: Vec<TopicFilter>,
+    },
+}
+
+impl SessionAcl {
+    /// Whether the session may publish on `topic`.
+    pub fn may_publish(&self, topic: &TopicName) -> bool {
+        match self {
+            Self::Open => true,
+            Self::Rules { publish, .. } => publish.iter().any(|f| f.matches(topic)),
+        }
+    }
+
+    /// Whether the session may subscribe to `filter`: one allowed filter must cover every
+    /// topic `filter` can match.
+    pub fn may_subscribe(&self, filter: &TopicFilter) -> bool {
+        match self {
+            Self::Open => true,
+            Self::Rules { subscribe, .. } => subscribe.iter().any(|f| filter_covers(f, filter)),
         }
     }
 }
@@ -78,28 +113,21 @@ impl Acl {
         self.rules.is_empty()
     }
 
-    pub(super) fn may_publish(&self, who: &Identity, client_id: &str, topic: &TopicName) -> bool {
-        self.rules.is_empty()
-            || self.rules_for(who).any(|r| {
-                r.publish
-                    .iter()
-                    .any(|p| p.resolve(who, client_id).is_some_and(|f| f.matches(topic)))
-            })
-    }
-
-    pub(super) fn may_subscribe(
-        &self,
-        who: &Identity,
-        client_id: &str,
-        filter: &TopicFilter,
-    ) -> bool {
-        self.rules.is_empty()
-            || self.rules_for(who).any(|r| {
-                r.subscribe.iter().any(|p| {
-                    p.resolve(who, client_id)
-                        .is_some_and(|f| filter_covers(&f, filter))
-                })
-            })
+    /// The filters that apply to `who` connected as `client_id`, placeholders filled in.
+    pub(super) fn for_session(&self, who: &Identity, client_id: &str) -> SessionAcl {
+        if self.rules.is_empty() {
+            return SessionAcl::Open;
+        }
+        let resolve = |patterns: fn(&Rule) -> &[Pattern]| -> Vec<TopicFilter> {
+            self.rules_for(who)
+                .flat_map(|r| patterns(r).iter())
+                .filter_map(|p| p.resolve(who, client_id).map(Cow::into_owned))
+                .collect()
+        };
+        SessionAcl::Rules {
+            publish: resolve(|r| &r.publish),
+            subscribe: resolve(|r| &r.subscribe),
+        }
     }
 
     fn rules_for<'a>(&'a self, who: &'a Identity) -> impl Iterator<Item = &'a Rule> + 'a {

@@ -86,7 +86,7 @@ use tokio::sync::Semaphore;
 mod acl;
 mod credentials;
 
-pub use acl::filter_covers;
+pub use acl::{SessionAcl, filter_covers};
 pub use credentials::{
     Credentials, CredentialsError, HASH_PARAMS, hash_password, remove_user, set_user,
 };
@@ -311,7 +311,7 @@ impl Access {
 
     /// Whether `identity`, connected as `client_id`, may publish on `topic`.
     pub fn may_publish(&self, identity: &Identity, client_id: &str, topic: &TopicName) -> bool {
-        self.inner.acl.may_publish(identity, client_id, topic)
+        self.for_session(identity, client_id).may_publish(topic)
     }
 
     /// Whether `identity`, connected as `client_id`, may subscribe to `filter`: one applicable
@@ -322,7 +322,13 @@ impl Access {
         client_id: &str,
         filter: &TopicFilter,
     ) -> bool {
-        self.inner.acl.may_subscribe(identity, client_id, filter)
+        self.for_session(identity, client_id).may_subscribe(filter)
+    }
+
+    /// The rules for one session, resolved once (`%u`, `%c` filled in): what the broker's edge
+    /// checks every PUBLISH and SUBSCRIBE of that session against.
+    pub fn for_session(&self, identity: &Identity, client_id: &str) -> SessionAcl {
+        self.inner.acl.for_session(identity, client_id)
     }
 
     fn build(

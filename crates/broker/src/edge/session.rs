@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::codec::{self, Codec, FrameError};
 use super::{EdgeContext, Stream, metric};
-use crate::access::{Identity, PasswordCheck};
+use crate::access::{Identity, PasswordCheck, SessionAcl};
 
 /// How long a client that disabled keep-alive may stay silent.
 const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(600);
@@ -73,7 +73,7 @@ enum End {
 struct Session {
     codec: Codec,
     client_id: String,
-    identity: Identity,
+    acl: SessionAcl,
     keep_alive: Duration,
     will: Option<Message>,
     will_delay: Duration,
@@ -86,6 +86,8 @@ struct Session {
     /// SUBSCRIBEs sent to the router with some filters held back: the codes to put back.
     held_back: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     rate: RateLimit,
+    /// Publishes written to the client since the metric was last updated.
+    delivered: u64,
 }
 
 async fn read_more(io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> std::io::Result<usize> {
@@ -248,17 +250,14 @@ async fn connect(
         return None;
     }
 
+    // What this session may do, resolved once: identity and client id are fixed from here on.
+    let acl = ctx.access.for_session(&identity, &client_id);
+
     // A will is a publish like any other: checked now, sent by us if the connection is lost.
     let will = match will {
         None => None,
         Some(will) => match will_message(will) {
-            Some(message)
-                if ctx
-                    .access
-                    .may_publish(&identity, &client_id, &message.topic) =>
-            {
-                Some(message)
-            }
+            Some(message) if acl.may_publish(&message.topic) => Some(message),
             _ => {
                 metrics::counter!(metric::ACL_DENIED_TOTAL, "action" => "will").increment(1);
                 refuse(io, codec, ConnectReturnCode::NotAuthorized, "will_acl").await;
@@ -317,7 +316,7 @@ async fn connect(
         return Some(Session {
             codec,
             client_id,
-            identity,
+            acl,
             keep_alive,
             will,
             will_delay,
@@ -328,6 +327,7 @@ async fn connect(
             denied_qos2: HashSet::new(),
             held_back: HashMap::new(),
             rate: RateLimit::new(ctx.max_message_rate),
+            delivered: 0,
         });
     }
     None
@@ -485,6 +485,10 @@ impl Session {
                                 return end;
                             }
                         }
+                        if self.delivered > 0 {
+                            metrics::counter!(metric::MESSAGES_OUT_TOTAL)
+                                .increment(std::mem::take(&mut self.delivered));
+                        }
                         if let Err(e) = io.write_all(&out).await {
                             return End::Lost(e.to_string());
                         }
@@ -505,6 +509,8 @@ impl Session {
     async fn inbound(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, String> {
         let mut to_router: Vec<Packet> = Vec::new();
         let mut to_store: Vec<Message> = Vec::new();
+        // Counted once per batch, not per message.
+        let mut accepted = 0u32;
         let mut open = true;
         while !buf.is_empty() {
             let peeked = codec::publish_qos_pkid(buf);
@@ -535,19 +541,14 @@ impl Session {
                         .ok()
                         .and_then(|t| TopicName::new(t).ok())
                         .ok_or("invalid topic name")?;
-                    if !self
-                        .ctx
-                        .access
-                        .may_publish(&self.identity, &self.client_id, &topic)
-                    {
+                    if !self.acl.may_publish(&topic) {
                         metrics::counter!(metric::ACL_DENIED_TOTAL, "action" => "publish")
                             .increment(1);
                         tracing::debug!(client_id = %self.client_id, %topic, "Publish denied by ACL");
                         self.deny_publish(qos, pkid, out);
                         continue;
                     }
-                    self.rate.count(1);
-                    metrics::counter!(metric::MESSAGES_IN_TOTAL).increment(1);
+                    accepted += 1;
                     if self.ctx.ingress.takes(&topic) {
                         to_store.push(Message {
                             topic,
@@ -580,6 +581,10 @@ impl Session {
                 Packet::Connect(..) => return Err("second CONNECT".into()),
                 other => to_router.push(other),
             }
+        }
+        if accepted > 0 {
+            self.rate.count(accepted);
+            metrics::counter!(metric::MESSAGES_IN_TOTAL).increment(u64::from(accepted));
         }
         if !to_store.is_empty() {
             // Durable before the router (and so the PUBACK) sees them.
@@ -641,11 +646,7 @@ impl Session {
         for filter in subscribe.filters {
             // A shared subscription is checked on the filter it shares.
             let path = shared_filter(&filter.path);
-            let ok = TopicFilter::new(path).is_ok_and(|f| {
-                self.ctx
-                    .access
-                    .may_subscribe(&self.identity, &self.client_id, &f)
-            });
+            let ok = TopicFilter::new(path).is_ok_and(|f| self.acl.may_subscribe(&f));
             if !ok {
                 metrics::counter!(metric::ACL_DENIED_TOTAL, "action" => "subscribe").increment(1);
                 tracing::debug!(client_id = %self.client_id, filter = %filter.path, "Subscription denied by ACL");
@@ -706,7 +707,7 @@ impl Session {
                     }
                     Some(packet) => {
                         if matches!(packet, Packet::Publish(..)) {
-                            metrics::counter!(metric::MESSAGES_OUT_TOTAL).increment(1);
+                            self.delivered += 1;
                         }
                         self.write(packet, out);
                     }
@@ -794,6 +795,14 @@ mod tests {
             "a longer name is not a prefix"
         );
         assert!(bound("dev-a", "anything", ClientIdRule::Any));
+    }
+
+    #[test]
+    fn a_shared_subscription_is_checked_on_the_filter_it_shares() {
+        assert_eq!(shared_filter("$share/workers/site/+/temp"), "site/+/temp");
+        assert_eq!(shared_filter("site/#"), "site/#");
+        // No filter after the group: checked as it is (and refused as an invalid filter).
+        assert_eq!(shared_filter("$share/workers"), "$share/workers");
     }
 
     #[test]
