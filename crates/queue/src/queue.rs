@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
 use fieldlink_core::ports::{
@@ -12,6 +12,7 @@ use fieldlink_core::ports::{
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::clock::QueueClock;
 pub use crate::store::Leased;
 use crate::store::{self, Removed, entry_bytes};
 use crate::{DB_FILE, DiskSpace, QueueError};
@@ -105,7 +106,7 @@ impl Queue {
         for (stream, messages, bytes) in store::depth_by_stream(&mut conn).await.map_err(db)? {
             depth.add(&stream, messages, bytes);
         }
-        let last_ms = store::oldest_ms(&mut conn).await.map_err(db)?.unwrap_or(0);
+        let clock = resume_clock(&mut conn).await.map_err(db)?;
         let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
         let stored = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
@@ -117,7 +118,7 @@ impl Queue {
             disk,
             depth,
             leased: HashSet::new(),
-            last_ms,
+            clock,
             stats: Stats {
                 corrupt_file_moved_to: corrupt,
                 ..Stats::default()
@@ -298,7 +299,8 @@ struct Writer {
     disk: Arc<dyn DiskSpace>,
     depth: Depth,
     leased: HashSet<i64>,
-    last_ms: i64,
+    /// Queue time, which ages are measured in (see `clock.rs`).
+    clock: QueueClock,
     stats: Stats,
     /// Writes since the last maintenance tick, and since the last checkpoint.
     wrote_this_tick: bool,
@@ -374,8 +376,10 @@ impl Writer {
         self.shut().await;
     }
 
-    /// Checkpoints, so that the WAL is folded into the database, and closes the connection.
-    async fn shut(self) {
+    /// Saves the queue clock, checkpoints, so that the WAL is folded into the database, and
+    /// closes the connection.
+    async fn shut(mut self) {
+        self.save_clock().await;
         let mut conn = self.conn;
         let _ = store::checkpoint(&mut conn).await;
         let _ = conn.close().await;
@@ -451,7 +455,8 @@ impl Writer {
         appends: &mut [AppendRequest],
         acks: &[AckRequest],
     ) -> Result<Vec<Planned>, sqlx::Error> {
-        let now = self.now_ms();
+        let wall_ms = fieldlink_core::clock::wall_ms();
+        let queue_ms = self.clock.now_ms();
         let available = if appends.is_empty() {
             u64::MAX
         } else {
@@ -509,7 +514,9 @@ impl Writer {
                 }
             }
         }
-        let mut ids = store::insert(&mut tx, &batch, now).await?.into_iter();
+        let mut ids = store::insert(&mut tx, &batch, wall_ms, queue_ms)
+            .await?
+            .into_iter();
         tx.commit().await?;
         for entry in &batch {
             depth.add(&entry.stream, 1, entry_bytes(entry));
@@ -573,7 +580,7 @@ impl Writer {
     }
 
     async fn current_stats(&mut self) -> Result<Stats, QueueError> {
-        let oldest = store::oldest_ms(&mut self.conn)
+        let oldest = store::oldest_queue_ms(&mut self.conn)
             .await
             .map_err(|e| self.db_error(e))?;
         let mut stats = self.stats.clone();
@@ -586,9 +593,7 @@ impl Writer {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         stats.leased = self.leased.len() as u64;
-        stats.oldest_age = oldest.map(|ms| {
-            Duration::from_millis(u64::try_from(self.now_ms().saturating_sub(ms)).unwrap_or(0))
-        });
+        stats.oldest_age = oldest.map(|ms| self.age(ms));
         Ok(stats)
     }
 
@@ -606,10 +611,12 @@ impl Writer {
         Ok(removed)
     }
 
-    /// Age expiry and space reclaim.
+    /// Queue time, age expiry and space reclaim.
     async fn maintain(&mut self) {
+        self.tend_clock().await;
         if let Some(max_age) = self.settings.max_age {
             let cutoff = self
+                .clock
                 .now_ms()
                 .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
             loop {
@@ -619,7 +626,7 @@ impl Writer {
                         tracing::warn!(
                             count = removed.len(),
                             ?max_age,
-                            "Dropped messages older than queue.max_age"
+                            "Dropped messages held in the queue longer than queue.max_age"
                         );
                         *self.stats.dropped_total.entry("age").or_default() += removed.len() as u64;
                         self.depth.remove(&removed);
@@ -634,10 +641,10 @@ impl Writer {
         if let Err(e) = store::reclaim(&mut self.conn).await {
             tracing::warn!(error = %e, "Queue space reclaim failed");
         }
-        if let Ok(oldest) = store::oldest_ms(&mut self.conn).await {
-            let age_ms = oldest.map_or(0, |ms| self.now_ms().saturating_sub(ms));
+        if let Ok(oldest) = store::oldest_queue_ms(&mut self.conn).await {
+            let age = oldest.map_or(Duration::ZERO, |ms| self.age(ms));
             metrics::gauge!(fieldlink_core::metrics::QUEUE_OLDEST_AGE_SECONDS)
-                .set(age_ms as f64 / 1000.0);
+                .set(age.as_secs_f64());
         }
         // Once writes pause, fold the WAL into the file, so that what was drained and
         // reclaimed leaves the disk too; under load SQLite's own checkpoints suffice.
@@ -696,13 +703,40 @@ impl Writer {
         });
     }
 
-    /// Milliseconds since the epoch, never less than the last value handed out.
-    fn now_ms(&mut self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        self.last_ms = self.last_ms.max(now);
-        self.last_ms
+    /// How long a message appended at queue time `queue_ms` has been held.
+    fn age(&self, queue_ms: i64) -> Duration {
+        Duration::from_millis(
+            u64::try_from(self.clock.now_ms().saturating_sub(queue_ms)).unwrap_or(0),
+        )
+    }
+
+    /// Looks at the wall clock's state (time switched off is added once it is synchronized)
+    /// and saves the queue clock when it is due.
+    async fn tend_clock(&mut self) {
+        let was = self.clock.synchronized();
+        let synchronized = fieldlink_core::clock::synchronized();
+        let added = self
+            .clock
+            .observe(fieldlink_core::clock::wall_ms(), synchronized);
+        if synchronized != was {
+            tracing::info!(synchronized, "Wall clock synchronization changed");
+        }
+        if !added.is_zero() {
+            tracing::info!(
+                off = ?added,
+                "The clock is synchronized: the time the gateway was switched off counts \
+                 towards the age of queued messages"
+            );
+        }
+        if !added.is_zero() || self.clock.save_due() {
+            self.save_clock().await;
+        }
+    }
+
+    async fn save_clock(&mut self) {
+        if let Err(e) = store::save_clock(&mut self.conn, self.clock.to_save()).await {
+            tracing::warn!(error = %e, "Queue clock could not be saved");
+        }
     }
 
     fn db_error(&self, source: sqlx::Error) -> QueueError {
@@ -808,6 +842,27 @@ async fn make_room(
         }
     }
     Ok(Ok(keep))
+}
+
+/// The queue clock, continued from the database: its saved row, the newest message, and the
+/// wall clock's state now. Rows without a queue time are given this moment's.
+async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::Error> {
+    let saved = store::load_clock(conn).await?;
+    let newest = store::newest_queue_ms(conn).await?;
+    let mut clock = QueueClock::resume(saved, newest);
+    clock.observe(
+        fieldlink_core::clock::wall_ms(),
+        fieldlink_core::clock::synchronized(),
+    );
+    let stamped = store::stamp_unclocked(conn, clock.now_ms()).await?;
+    if stamped > 0 {
+        tracing::info!(
+            messages = stamped,
+            "Queued messages written by an earlier release: their age counts from now"
+        );
+    }
+    store::save_clock(conn, clock.to_save()).await?;
+    Ok(clock)
 }
 
 /// sqlx errors are not `Clone`; every waiter of a failed round gets the same words.

@@ -13,6 +13,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use crate::QueueError;
+use crate::clock::Saved;
 
 /// A row deleted by a statement: enough to keep the depth counters exact.
 pub(crate) struct Removed {
@@ -146,11 +147,13 @@ pub(crate) async fn insert(
     conn: &mut SqliteConnection,
     entries: &[OutboxEntry],
     enqueued_ms: i64,
+    queue_ms: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let mut ids = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(100) {
         let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO messages (stream, priority, topic, payload, qos, retain, properties, enqueued_ms) ",
+            "INSERT INTO messages \
+             (stream, priority, topic, payload, qos, retain, properties, enqueued_ms, queue_ms) ",
         );
         insert.push_values(chunk, |mut row, entry| {
             row.push_bind(entry.stream.as_str())
@@ -160,7 +163,8 @@ pub(crate) async fn insert(
                 .push_bind(entry.message.qos as i64)
                 .push_bind(entry.message.retain)
                 .push_bind(entry.properties.as_deref())
-                .push_bind(enqueued_ms);
+                .push_bind(enqueued_ms)
+                .push_bind(queue_ms);
         });
         insert.push(" RETURNING id");
         let rows = insert.build().fetch_all(&mut *conn).await?;
@@ -230,15 +234,16 @@ pub(crate) async fn delete_oldest(
     Ok(rows.iter().map(removed_row).collect())
 }
 
-/// Deletes rows enqueued before `cutoff_ms`, looking at no more than the 1000 oldest.
+/// Deletes rows appended before queue time `cutoff_ms`, looking at no more than the 1000
+/// oldest (queue time never decreases with id).
 pub(crate) async fn delete_expired(
     conn: &mut SqliteConnection,
     cutoff_ms: i64,
 ) -> Result<Vec<Removed>, sqlx::Error> {
     let rows = sqlx::query(concat!(
         "DELETE FROM messages WHERE id IN \
-         (SELECT id FROM (SELECT id, enqueued_ms FROM messages ORDER BY id LIMIT 1000) \
-          WHERE enqueued_ms < ?) \
+         (SELECT id FROM (SELECT id, queue_ms FROM messages ORDER BY id LIMIT 1000) \
+          WHERE queue_ms < ?) \
          RETURNING stream, ",
         size_sql!()
     ))
@@ -319,11 +324,72 @@ pub(crate) async fn depth_by_stream(
         .collect())
 }
 
-/// When the oldest message was appended, if there is one.
-pub(crate) async fn oldest_ms(conn: &mut SqliteConnection) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT enqueued_ms FROM messages ORDER BY id LIMIT 1")
+/// The queue time at which the oldest message was appended, if there is one.
+pub(crate) async fn oldest_queue_ms(
+    conn: &mut SqliteConnection,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT queue_ms FROM messages ORDER BY id LIMIT 1")
         .fetch_optional(&mut *conn)
         .await
+        .map(Option::flatten)
+}
+
+/// The queue time at which the newest message was appended, if there is one.
+pub(crate) async fn newest_queue_ms(
+    conn: &mut SqliteConnection,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT queue_ms FROM messages ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map(Option::flatten)
+}
+
+/// Gives rows written by a release that predates queue time (before an upgrade, or after a
+/// rollback) the queue time `now_ms`: their age counts from this start. Found through the
+/// partial index `messages_unclocked`, so it costs nothing when there are none.
+pub(crate) async fn stamp_unclocked(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE messages SET queue_ms = ? WHERE queue_ms IS NULL")
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// The saved queue clock, if one was ever saved.
+pub(crate) async fn load_clock(conn: &mut SqliteConnection) -> Result<Option<Saved>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT queue_ms, anchor_wall_ms, anchor_queue_ms FROM queue_clock WHERE id = 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| Saved {
+        queue_ms: r.get(0),
+        anchor: r.get::<Option<i64>, _>(1).zip(r.get::<Option<i64>, _>(2)),
+    }))
+}
+
+/// Persists the queue clock.
+pub(crate) async fn save_clock(
+    conn: &mut SqliteConnection,
+    saved: Saved,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO queue_clock (id, queue_ms, anchor_wall_ms, anchor_queue_ms) \
+         VALUES (1, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET queue_ms = excluded.queue_ms, \
+         anchor_wall_ms = excluded.anchor_wall_ms, anchor_queue_ms = excluded.anchor_queue_ms",
+    )
+    .bind(saved.queue_ms)
+    .bind(saved.anchor.map(|a| a.0))
+    .bind(saved.anchor.map(|a| a.1))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 /// Folds the WAL into the database file and truncates it (to `journal_size_limit`).
