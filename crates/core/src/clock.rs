@@ -10,8 +10,8 @@
 //!
 //! One seam for tests: when `FIELDLINK_CLOCK_SYNC_FILE` names a file, its content (`synced` or
 //! anything else) is the answer, read at every question, so a test can flip it while the gateway
-//! runs. libfaketime moves the wall clock but cannot fake `adjtimex`, and CI machines report an
-//! unsynchronized clock.
+//! runs; in-process tests call [`use_source`] first. libfaketime moves the wall clock but cannot
+//! fake `adjtimex`, and CI machines report an unsynchronized clock.
 
 use std::path::PathBuf;
 use std::sync::OnceLock;
@@ -29,6 +29,8 @@ pub enum SyncSource {
     Kernel,
     /// A file whose content is `synced` when the clock counts as synchronized (tests).
     File(PathBuf),
+    /// A fixed answer (in-process tests).
+    Fixed(bool),
 }
 
 impl SyncSource {
@@ -40,13 +42,21 @@ impl SyncSource {
             Self::File(path) => std::fs::read_to_string(path)
                 .map(|s| s.trim() == "synced")
                 .unwrap_or(false),
+            Self::Fixed(answer) => *answer,
         }
     }
 }
 
+static SOURCE: OnceLock<SyncSource> = OnceLock::new();
+
+/// Makes `source` the process's source (tests). Returns `false`, changing nothing, when the
+/// source was already chosen (it is chosen once, at the first question).
+pub fn use_source(source: SyncSource) -> bool {
+    SOURCE.set(source).is_ok()
+}
+
 /// The process's source: the test seam when its variable is set, else the kernel.
 pub fn source() -> &'static SyncSource {
-    static SOURCE: OnceLock<SyncSource> = OnceLock::new();
     SOURCE.get_or_init(|| match std::env::var_os(SYNC_FILE_ENV) {
         Some(path) if !path.is_empty() => {
             tracing::warn!(

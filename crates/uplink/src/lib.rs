@@ -346,8 +346,10 @@ struct Drain {
     connector: Connector,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
-    /// Leased and published, in publish order, until rumqttc tells their packet ids.
-    unsent: VecDeque<i64>,
+    /// Published, in publish order, until rumqttc tells their packet ids: queue rows, and
+    /// `None` for an alarm, so that an alarm's packet id is never paired with a row (its
+    /// PUBACK would delete a row the cloud has not confirmed).
+    unsent: VecDeque<Option<i64>>,
     /// Packet id → queue id, for what awaits its PUBACK.
     by_pkid: HashMap<u16, i64>,
     /// Refused by the cloud, to be retried after a delay.
@@ -356,6 +358,8 @@ struct Drain {
     acks_rx: Option<mpsc::UnboundedReceiver<i64>>,
     warned: HashMap<String, u64>,
     acked_in_tick: u64,
+    /// Whether the wall clock was synchronized at the last look.
+    clock_synchronized: bool,
 }
 
 impl Drain {
@@ -381,6 +385,7 @@ impl Drain {
             acks_rx: Some(acks_rx),
             warned: HashMap::new(),
             acked_in_tick: 0,
+            clock_synchronized: fieldlink_core::clock::synchronized(),
         }
     }
 
@@ -455,7 +460,7 @@ impl Drain {
                         self.command(topic, payload).await;
                     }
                     Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
-                        if let Some(id) = self.unsent.pop_front() {
+                        if let Some(Some(id)) = self.unsent.pop_front() {
                             self.by_pkid.insert(pkid, id);
                         }
                     }
@@ -467,11 +472,16 @@ impl Drain {
                     }
                     Ok(_) => {}
                     Err(e) => {
-                        let mut why = diagnose::explain(e.as_ref());
+                        let synchronized = fieldlink_core::clock::synchronized();
+                        let mut why = diagnose::explain(e.as_ref(), synchronized);
                         if let Some(psk) = self.connector.take_psk_error() {
                             why = psk;
                         }
-                        self.fail(why);
+                        if !synchronized && diagnose::is_clock_error(e.as_ref()) {
+                            self.wait_for_clock(why);
+                        } else {
+                            self.fail(why);
+                        }
                         return;
                     }
                 },
@@ -481,6 +491,10 @@ impl Drain {
                 // again), so nothing but shutdown may interrupt it then.
                 _ = tick.tick(), if connected_at.is_some() => {
                     self.on_tick(connected_at);
+                    if self.clock_became_synchronized() {
+                        // Expiry alarms wait for a clock that can be trusted.
+                        self.watch_expiry(Some(&session));
+                    }
                     if let Ok(backlog) = self.backlog.depth().await {
                         self.status.send_modify(|s| {
                             s.backlog = backlog;
@@ -533,7 +547,7 @@ impl Drain {
                 let _ = self.backlog.nack(vec![id]).await;
                 continue;
             }
-            self.unsent.push_back(id);
+            self.unsent.push_back(Some(id));
         }
         self.status
             .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
@@ -657,13 +671,33 @@ impl Drain {
     /// Everything leased and not acknowledged goes back to the backlog, to be sent again in
     /// order after the next CONNACK.
     async fn return_inflight(&mut self) {
-        let mut ids: Vec<i64> = self.unsent.drain(..).collect();
+        let mut ids: Vec<i64> = self.unsent.drain(..).flatten().collect();
         ids.extend(self.by_pkid.drain().map(|(_, id)| id));
         ids.extend(self.parked.drain(..).map(|(_, id)| id));
         if !ids.is_empty() {
             let _ = self.backlog.nack(ids).await;
         }
         self.status.send_modify(|s| s.inflight = 0);
+    }
+
+    /// A certificate that reads as expired or not yet valid while the clock is not
+    /// synchronized: said once, calmly, and retried on the usual backoff.
+    fn wait_for_clock(&mut self, why: String) {
+        if self.status.borrow().last_error.as_deref() != Some(why.as_str()) {
+            tracing::info!(host = %self.settings.host, reason = %why, "Uplink waits for time sync");
+        }
+        self.status.send_modify(|s| {
+            s.connected = false;
+            s.last_error = Some(why);
+        });
+    }
+
+    /// Whether the wall clock has become synchronized since the last look.
+    fn clock_became_synchronized(&mut self) -> bool {
+        let now = fieldlink_core::clock::synchronized();
+        let became = now && !self.clock_synchronized;
+        self.clock_synchronized = now;
+        became
     }
 
     fn fail(&mut self, why: String) {
@@ -678,6 +712,10 @@ impl Drain {
     /// connected and a new threshold is crossed.
     fn watch_expiry(&mut self, session: Option<&Session>) {
         let now = SystemTime::now();
+        // A clock that is not synchronized may be days off: the dates are shown, but no
+        // warning or alarm is raised from it (the tick looks again once it is synchronized).
+        self.clock_synchronized = fieldlink_core::clock::synchronized();
+        let judge = self.clock_synchronized;
         let mut seen = Vec::new();
         for (role, cert) in self.connector.certificates() {
             let Some(not_after) = expiry::not_after(&cert) else {
@@ -688,6 +726,9 @@ impl Drain {
                 - now
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
+            if !judge {
+                continue;
+            }
             metrics::gauge!(UPLINK_CERT_EXPIRY_SECONDS, "certificate" => role.clone())
                 .set(left as f64);
             let Some(level) = expiry::warning_level(not_after, now) else {
@@ -703,11 +744,12 @@ impl Drain {
                         "{{\"alarm\":\"certificate_expiry\",\"certificate\":\"{role}\",\"not_after\":{not_after},\"days_left\":{}}}",
                         left / 86_400
                     );
-                    // The alarm rides outside the inflight bookkeeping: QoS 1, no queue row.
+                    // QoS 1 without a queue row: its place in `unsent` says so.
                     if session
                         .publish(topic.to_string(), alarm.into_bytes(), false)
                         .is_ok()
                     {
+                        self.unsent.push_back(None);
                         self.warned.insert(role, level);
                     }
                 }
