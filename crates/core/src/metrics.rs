@@ -18,6 +18,11 @@ pub const QUEUE_DEPTH_MESSAGES: &str = "fieldlink_queue_depth_messages";
 pub const QUEUE_DEPTH_BYTES: &str = "fieldlink_queue_depth_bytes";
 /// Gauge: age of the oldest message held, in seconds (0 when empty).
 pub const QUEUE_OLDEST_AGE_SECONDS: &str = "fieldlink_queue_oldest_age_seconds";
+/// Counter: bytes the gateway process has written to storage (the block layer) since it
+/// started, from `/proc/self/io`: what wears the SD card.
+pub const DISK_WRITTEN_BYTES_TOTAL: &str = "fieldlink_disk_written_bytes_total";
+/// Gauge: bytes a day written to storage at the recent rate.
+pub const DISK_WRITTEN_BYTES_PER_DAY: &str = "fieldlink_disk_written_bytes_per_day";
 
 /// Gauge: client connections to the local broker now.
 pub const BROKER_CONNECTIONS: &str = "fieldlink_broker_connections";

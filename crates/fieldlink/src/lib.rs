@@ -50,6 +50,7 @@ impl Gateway {
         tracing::info!(data_dir = %data_dir.display(), "State directory ready");
 
         let runtime_dir = runtime_dir(&data_dir);
+        tracing::info!(runtime_dir = %runtime_dir.display(), "Runtime directory ready");
         create_private_dir(&runtime_dir).with_context(|| {
             format!(
                 "cannot create the runtime directory {}",
@@ -243,10 +244,48 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
     Ok(queue)
 }
 
-/// Where private sockets and the status file live: systemd's `$RUNTIME_DIRECTORY`, else
-/// `run/` in the data directory.
-fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
-    runtime_dir_from_env().unwrap_or_else(|| data_dir.join("run"))
+/// Where private sockets and the status file live: on tmpfs, so that the status rewritten
+/// every few seconds never wears the SD card. systemd's `$RUNTIME_DIRECTORY`; else, for a
+/// gateway started by hand, `/run/fieldlink/<instance>` as root or
+/// `$XDG_RUNTIME_DIR/fieldlink/<instance>` otherwise, where the instance is named after the
+/// data directory (so that `fieldlink status --config X` finds X's gateway and several gateways
+/// never share one); only without any of these, `run/` in the data directory.
+pub fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    if let Some(dir) = runtime_dir_from_env() {
+        return dir;
+    }
+    let base = if fieldlink_core::config::is_root() {
+        Some(std::path::PathBuf::from("/run"))
+    } else {
+        std::env::var_os("XDG_RUNTIME_DIR")
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from)
+    };
+    match base.filter(|b| b.is_dir()) {
+        Some(base) => base.join("fieldlink").join(instance_name(data_dir)),
+        None => data_dir.join("run"),
+    }
+}
+
+/// A stable, file-name-safe name for the gateway that keeps its state in `data_dir`.
+fn instance_name(data_dir: &std::path::Path) -> String {
+    // FNV-1a: stable across releases and platforms (std's hasher is neither promised).
+    let hash = data_dir
+        .as_os_str()
+        .as_encoded_bytes()
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(*b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    let tail: String = data_dir
+        .file_name()
+        .map(|n| n.to_string_lossy())
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_'))
+        .take(24)
+        .collect();
+    format!("{tail}-{hash:016x}")
 }
 
 /// systemd's `$RUNTIME_DIRECTORY` (its first entry), when set.

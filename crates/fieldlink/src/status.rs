@@ -38,6 +38,66 @@ pub struct GatewayStatus {
     pub queue: QueueView,
     /// The uplink, when one is configured.
     pub uplink: Option<UplinkView>,
+    /// What the gateway writes to storage: its wear on an SD card.
+    #[serde(default)]
+    pub disk: DiskView,
+}
+
+/// Bytes written to storage, as the kernel counts them for this process (`write_bytes` in
+/// `/proc/self/io`: what reached the block layer, the file system's journal aside).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct DiskView {
+    /// Since the gateway started.
+    pub written_bytes: u64,
+    /// A day's worth at the rate of the last minutes.
+    pub bytes_per_day: u64,
+}
+
+/// Follows `/proc/self/io` between snapshots.
+#[derive(Debug, Default)]
+pub(crate) struct WearMeter {
+    start: Option<u64>,
+    last: Option<(u64, std::time::Instant)>,
+    /// Bytes per second, smoothed over about five minutes.
+    rate: Option<f64>,
+}
+
+impl WearMeter {
+    /// The view now (zero where the kernel does not tell).
+    pub(crate) fn read(&mut self) -> DiskView {
+        let Some(now) = written_bytes() else {
+            return DiskView::default();
+        };
+        let start = *self.start.get_or_insert(now);
+        let at = std::time::Instant::now();
+        if let Some((before, then)) = self.last {
+            let seconds = at.duration_since(then).as_secs_f64();
+            if seconds > 0.0 {
+                let sample = now.saturating_sub(before) as f64 / seconds;
+                // An exponential average with a time constant of about five minutes.
+                let weight = (seconds / 300.0).min(1.0);
+                self.rate = Some(self.rate.map_or(sample, |r| r + weight * (sample - r)));
+            }
+        }
+        self.last = Some((now, at));
+        let view = DiskView {
+            written_bytes: now - start,
+            bytes_per_day: self.rate.map_or(0, |r| (r * 86_400.0) as u64),
+        };
+        metrics::counter!(fieldlink_core::metrics::DISK_WRITTEN_BYTES_TOTAL)
+            .absolute(view.written_bytes);
+        metrics::gauge!(fieldlink_core::metrics::DISK_WRITTEN_BYTES_PER_DAY)
+            .set(view.bytes_per_day as f64);
+        view
+    }
+}
+
+/// `write_bytes` of this process, if the kernel tells (task I/O accounting).
+fn written_bytes() -> Option<u64> {
+    let io = std::fs::read_to_string("/proc/self/io").ok()?;
+    io.lines()
+        .find_map(|l| l.strip_prefix("write_bytes:"))
+        .and_then(|v| v.trim().parse().ok())
 }
 
 /// The queue, as the status shows it.
@@ -125,6 +185,7 @@ pub async fn snapshot(
     board: &StatusBoard,
     queue: &Queue,
     uplink: Option<&UplinkStatus>,
+    disk: DiskView,
 ) -> GatewayStatus {
     let written_ms = now_ms();
     let queue = match queue.stats().await {
@@ -151,6 +212,7 @@ pub async fn snapshot(
             .collect(),
         queue,
         uplink: uplink.map(|s| UplinkView::from_status(s, (written_ms / 1000) as i64)),
+        disk,
     }
 }
 
@@ -164,13 +226,14 @@ pub(crate) async fn publish(
 ) {
     let path = dir.join(STATUS_FILE);
     let mut tick = tokio::time::interval(STATUS_EVERY);
+    let mut wear = WearMeter::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             () = shutdown.cancelled() => break,
         }
         let uplink_status = uplink.as_ref().map(|rx| rx.borrow().clone());
-        let status = snapshot(&board, &queue, uplink_status.as_ref()).await;
+        let status = snapshot(&board, &queue, uplink_status.as_ref(), wear.read()).await;
         if let Err(e) = write_atomically(&path, &status) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the status file");
         }
@@ -186,21 +249,10 @@ fn write_atomically(path: &Path, status: &GatewayStatus) -> std::io::Result<()> 
     std::fs::rename(&tmp, path)
 }
 
-/// Where a running gateway writes its status: systemd's runtime directory when the CLI runs
-/// inside the unit, else `/run/fieldlink` when a service keeps one, else the data directory's
-/// `run/` (a gateway started by hand).
+/// Where the gateway that keeps its state in `data_dir` writes its status (see
+/// [`crate::runtime_dir`]): the CLI reads that instance's file, never another's.
 pub fn find_status_file(data_dir: &Path) -> PathBuf {
-    let candidates = [
-        crate::runtime_dir_from_env(),
-        Some(PathBuf::from("/run/fieldlink")),
-        Some(data_dir.join("run")),
-    ];
-    candidates
-        .into_iter()
-        .flatten()
-        .map(|dir| dir.join(STATUS_FILE))
-        .find(|p| p.exists())
-        .unwrap_or_else(|| data_dir.join("run").join(STATUS_FILE))
+    crate::runtime_dir(data_dir).join(STATUS_FILE)
 }
 
 /// Reads a status file; the error names the file and what to do.
@@ -216,6 +268,17 @@ pub fn read(path: &Path) -> anyhow::Result<(GatewayStatus, Duration)> {
         .with_context(|| format!("{}: not a fieldlink status file", path.display()))?;
     let age = Duration::from_millis(now_ms().saturating_sub(status.written_ms));
     Ok((status, age))
+}
+
+/// "12.3 MB", for people.
+fn bytes(n: u64) -> String {
+    let n = n as f64;
+    match n {
+        n if n >= 1e9 => format!("{:.1} GB", n / 1e9),
+        n if n >= 1e6 => format!("{:.1} MB", n / 1e6),
+        n if n >= 1e3 => format!("{:.1} kB", n / 1e3),
+        n => format!("{n:.0} B"),
+    }
 }
 
 /// The status in words, for a terminal.
@@ -242,6 +305,12 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
     out += &format!(
         "; {} dropped, {} refused since start\n",
         q.dropped_total, q.refused_total
+    );
+    let d = &status.disk;
+    out += &format!(
+        "disk     {} written since start, ~{}/day at the recent rate\n",
+        bytes(d.written_bytes),
+        bytes(d.bytes_per_day)
     );
     match &status.uplink {
         None => out += "uplink   not configured: messages stay queued\n",

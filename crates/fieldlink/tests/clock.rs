@@ -129,7 +129,7 @@ impl Board {
         what: &str,
         ok: impl Fn(&serde_json::Value) -> bool,
     ) -> serde_json::Value {
-        let path = self.dir.path().join("data/run/status.json");
+        let path = fieldlink::status::find_status_file(&self.dir.path().join("data"));
         let deadline = Instant::now() + LIMIT;
         loop {
             let status: serde_json::Value = std::fs::read(&path)

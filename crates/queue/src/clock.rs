@@ -94,7 +94,7 @@ impl QueueClock {
     }
 
     /// What to persist now.
-    pub(crate) fn to_save(&mut self) -> Saved {
+    pub(crate) fn snapshot_for_save(&mut self) -> Saved {
         self.last_saved = Instant::now();
         Saved {
             queue_ms: self.now_ms(),
@@ -181,9 +181,9 @@ mod tests {
             None,
         );
         clock.observe(1, false);
-        assert_eq!(clock.to_save().anchor, anchor);
+        assert_eq!(clock.snapshot_for_save().anchor, anchor);
         clock.observe(101 * DAY, true);
-        let saved = clock.to_save();
+        let saved = clock.snapshot_for_save();
         assert_eq!(saved.anchor.map(|a| a.0), Some(101 * DAY));
     }
 }

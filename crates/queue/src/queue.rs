@@ -23,6 +23,10 @@ const REQUEST_CAPACITY: usize = 4096;
 /// Messages (appended or acknowledged) that are committed at once rather than wait for the
 /// commit interval: bounds the memory pending writes hold.
 const MAX_PENDING_MESSAGES: usize = 10_000;
+/// Delivered messages are deleted at most this often (or when [`MAX_PENDING_MESSAGES`] wait):
+/// a batch of deletions touches each page once. A crash before the deletion sends them
+/// again: at least once, recognisable by id.
+const DELETE_EVERY: Duration = Duration::from_secs(5);
 /// Free pages are given back and the WAL folded into the file once writes have paused this
 /// long, not between every burst of a steady trickle.
 const QUIET_AFTER: Duration = Duration::from_secs(5);
@@ -73,9 +77,7 @@ pub struct Stats {
 }
 
 type AppendReply = oneshot::Sender<Result<Vec<i64>, QueueError>>;
-type AckReply = oneshot::Sender<Result<(), QueueError>>;
 type AppendRequest = (Vec<OutboxEntry>, AppendReply);
-type AckRequest = (Vec<i64>, AckReply);
 
 enum Op {
     Append(
@@ -125,6 +127,8 @@ impl Queue {
             disk,
             depth,
             leased: HashSet::new(),
+            delivered: HashSet::new(),
+            last_delete: None,
             clock,
             cursor: None,
             stats: Stats {
@@ -308,6 +312,11 @@ struct Writer {
     disk: Arc<dyn DiskSpace>,
     depth: Depth,
     leased: HashSet<i64>,
+    /// Acknowledged by the cloud and not deleted yet: never leased, peeked or counted again.
+    /// Deleting them costs a commit's pages, so it is done for many at once.
+    delivered: HashSet<i64>,
+    /// When delivered messages were last deleted.
+    last_delete: Option<std::time::Instant>,
     /// Queue time, which ages are measured in (see `clock.rs`).
     clock: QueueClock,
     /// The last row leased, in lease order (priority, id), while every row before it is
@@ -338,8 +347,7 @@ struct Exported {
 #[derive(Default)]
 struct Pending {
     appends: Vec<AppendRequest>,
-    acks: Vec<AckRequest>,
-    /// Messages in both.
+    /// Messages in them.
     messages: usize,
 }
 
@@ -347,11 +355,6 @@ impl Pending {
     fn append(&mut self, entries: Vec<OutboxEntry>, reply: AppendReply) {
         self.messages += entries.len();
         self.appends.push((entries, reply));
-    }
-
-    fn ack(&mut self, ids: Vec<i64>, reply: AckReply) {
-        self.messages += ids.len();
-        self.acks.push((ids, reply));
     }
 }
 
@@ -420,7 +423,10 @@ impl Writer {
         for op in round.by_ref() {
             match op {
                 Op::Append(entries, reply) => pending.append(entries, reply),
-                Op::Ack(ids, reply) => pending.ack(ids, reply),
+                Op::Ack(ids, reply) => {
+                    self.delivered(ids);
+                    let _ = reply.send(Ok(()));
+                }
                 Op::Nack(ids, reply) => {
                     for id in &ids {
                         self.leased.remove(id);
@@ -429,11 +435,10 @@ impl Writer {
                     self.cursor = None;
                     let _ = reply.send(());
                 }
-                // Leasing needs nothing committed: acknowledged rows stay leased until they
-                // are deleted, and uncommitted appends are not there yet.
-                Op::Lease(..) => self.read(op).await,
-                // What the others report must include what was acknowledged.
-                Op::Peek(..) | Op::Stats(_) | Op::Purge(_) => {
+                // Delivered rows are skipped until they are deleted; uncommitted appends
+                // are not there yet.
+                Op::Lease(..) | Op::Peek(..) | Op::Stats(_) => self.read(op).await,
+                Op::Purge(_) => {
                     self.commit(pending).await;
                     self.read(op).await;
                 }
@@ -456,26 +461,53 @@ impl Writer {
     /// delivered messages ride along: they need no commit of their own, and a crash before
     /// their commit only sends them again (at least once; their ids let the cloud drop them).
     fn commit_due(&self, pending: &Pending) -> Option<tokio::time::Instant> {
-        if pending.messages == 0 && pending.appends.is_empty() && pending.acks.is_empty() {
-            return None;
-        }
         let now = tokio::time::Instant::now();
-        if pending.messages >= MAX_PENDING_MESSAGES {
+        if pending.messages >= MAX_PENDING_MESSAGES || self.delivered.len() >= MAX_PENDING_MESSAGES
+        {
             return Some(now);
         }
-        let after = self.settings.commit_interval;
-        Some(self.last_commit.map_or(now, |at| (at + after).into()))
+        if !pending.appends.is_empty() {
+            let after = self.settings.commit_interval;
+            return Some(self.last_commit.map_or(now, |at| (at + after).into()));
+        }
+        (!self.delivered.is_empty()).then(|| {
+            self.last_delete
+                .map_or(now, |at| (at + DELETE_EVERY).into())
+        })
     }
 
-    /// Commits every pending append and acknowledgement in one transaction, then answers.
+    /// The cloud has these: they are never leased again, and deleted in a later commit.
+    fn delivered(&mut self, ids: Vec<i64>) {
+        for id in ids {
+            if self.leased.remove(&id) && self.delivered.insert(id) {
+                self.stats.acked_total += 1;
+            }
+        }
+    }
+
+    /// Commits every pending append in one transaction, then answers; delivered messages are
+    /// deleted in it when their turn has come (every [`DELETE_EVERY`], or when many wait).
     async fn commit(&mut self, pending: &mut Pending) {
-        let Pending { appends, acks, .. } = std::mem::take(pending);
-        if appends.is_empty() && acks.is_empty() {
+        let Pending { appends, .. } = std::mem::take(pending);
+        let delete_due = self
+            .last_delete
+            .is_none_or(|at| at.elapsed() >= DELETE_EVERY)
+            || self.delivered.len() >= MAX_PENDING_MESSAGES
+            || appends.is_empty();
+        let delete: Vec<i64> = if delete_due {
+            self.delivered.iter().copied().collect()
+        } else {
+            Vec::new()
+        };
+        if appends.is_empty() && delete.is_empty() {
             return;
         }
         self.unchecked_writes = true;
-        self.write(appends, acks).await;
         let now = std::time::Instant::now();
+        if !delete.is_empty() {
+            self.last_delete = Some(now);
+        }
+        self.write(appends, delete).await;
         self.last_commit = Some(now);
         self.last_write = Some(now);
     }
@@ -489,10 +521,10 @@ impl Writer {
         let _ = conn.close().await;
     }
 
-    async fn write(&mut self, appends: Vec<AppendRequest>, acks: Vec<AckRequest>) {
+    async fn write(&mut self, appends: Vec<AppendRequest>, delete: Vec<i64>) {
         let before = (self.depth.clone(), self.stats.clone());
         let mut appends = appends;
-        let result = self.write_transaction(&mut appends, &acks).await;
+        let result = self.write_transaction(&mut appends, &delete).await;
         match result {
             Ok(planned) => {
                 for ((_, reply), outcome) in appends.into_iter().zip(planned) {
@@ -502,11 +534,8 @@ impl Writer {
                         Planned::Stored(_) => unreachable!("write_transaction returns ids"),
                     });
                 }
-                for (ids, reply) in acks {
-                    for id in &ids {
-                        self.leased.remove(id);
-                    }
-                    let _ = reply.send(Ok(()));
+                for id in &delete {
+                    self.delivered.remove(id);
                 }
             }
             Err(e) => {
@@ -516,9 +545,7 @@ impl Writer {
                 for (_, reply) in appends {
                     let _ = reply.send(Err(self.db_error(clone_err(&e))));
                 }
-                for (_, reply) in acks {
-                    let _ = reply.send(Err(self.db_error(clone_err(&e))));
-                }
+                // Delivered rows stay marked; the next commit tries again.
             }
         }
     }
@@ -528,7 +555,7 @@ impl Writer {
     async fn write_transaction(
         &mut self,
         appends: &mut [AppendRequest],
-        acks: &[AckRequest],
+        delete: &[i64],
     ) -> Result<Vec<Planned>, sqlx::Error> {
         let wall_ms = fieldlink_core::clock::wall_ms();
         let queue_ms = self.clock.now_ms();
@@ -547,17 +574,14 @@ impl Writer {
             ..
         } = self;
         let mut tx = conn.begin().await?;
-        let ack_ids: Vec<i64> = acks
-            .iter()
-            .flat_map(|(ids, _)| ids.iter().copied())
-            .collect();
-        if !ack_ids.is_empty() {
-            let removed = store::delete_ids(&mut tx, &ack_ids).await?;
-            stats.acked_total += removed.len() as u64;
+        if !delete.is_empty() {
+            let removed = store::delete_ids(&mut tx, delete).await?;
             depth.remove(&removed);
         }
         let mut planned = Vec::with_capacity(appends.len());
         let mut batch: Vec<OutboxEntry> = Vec::new();
+        // Rows that drop-oldest deleted: forgotten once the transaction is committed.
+        let mut dropped: Vec<Removed> = Vec::new();
         // What this round adds, on top of what is stored.
         let mut round = Depth::default();
         for (entries, _) in appends.iter_mut() {
@@ -575,7 +599,7 @@ impl Writer {
                 queue: settings,
                 streams,
             };
-            match make_room(&mut tx, depth, &round, stats, limits, entries).await? {
+            match make_room(&mut tx, depth, &round, stats, limits, entries, &mut dropped).await? {
                 Err(e) => planned.push(Planned::Refused(e)),
                 Ok(keep) => {
                     let before = batch.len();
@@ -604,6 +628,7 @@ impl Writer {
             self.cursor = None;
         }
         stats.appended_total += batch.len() as u64;
+        self.forget(&dropped);
         if !batch.is_empty() {
             // A permit is kept if nobody waits now: the next waiter returns at once.
             self.stored.notify_one();
@@ -641,6 +666,14 @@ impl Writer {
         }
     }
 
+    /// Rows deleted by a limit or by age are neither leased nor waiting for deletion any more.
+    fn forget(&mut self, removed: &[Removed]) {
+        for r in removed {
+            self.leased.remove(&r.id);
+            self.delivered.remove(&r.id);
+        }
+    }
+
     async fn next(&mut self, max: usize, lease: bool) -> Result<Vec<Leased>, QueueError> {
         let rows = match self.cursor.filter(|_| lease) {
             // Everything before the cursor is leased: start after it.
@@ -650,7 +683,7 @@ impl Writer {
             }
             // Leased rows are skipped in memory; asking for that many more keeps it one query.
             None => {
-                let skip = if lease { self.leased.len() } else { 0 };
+                let skip = self.delivered.len() + if lease { self.leased.len() } else { 0 };
                 let limit = i64::try_from(max.saturating_add(skip)).unwrap_or(i64::MAX);
                 store::select_next(&mut self.conn, limit).await
             }
@@ -661,7 +694,7 @@ impl Writer {
             if out.len() == max {
                 break;
             }
-            if lease && !self.leased.insert(row.id) {
+            if self.delivered.contains(&row.id) || (lease && !self.leased.insert(row.id)) {
                 continue;
             }
             out.push(row);
@@ -671,7 +704,7 @@ impl Writer {
         // last one); after the cursor it holds by induction.
         let from_cursor = self.cursor.is_some();
         if let Some(last) = out.last().filter(|_| lease)
-            && (from_cursor || self.leased.len() == out.len())
+            && (from_cursor || (self.leased.len() == out.len() && self.delivered.is_empty()))
         {
             self.cursor = Some((last.priority as i64, last.id));
         }
@@ -692,6 +725,9 @@ impl Writer {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         stats.leased = self.leased.len() as u64;
+        // Delivered and not deleted yet: gone as far as anyone asking is concerned. (Bytes and
+        // per-stream counts follow at the deletion, within seconds.)
+        stats.messages = stats.messages.saturating_sub(self.delivered.len() as u64);
         stats.oldest_age = oldest.map(|ms| self.age(ms));
         Ok(stats)
     }
@@ -704,6 +740,7 @@ impl Writer {
             .rows_affected();
         self.depth = Depth::default();
         self.leased.clear();
+        self.delivered.clear();
         self.cursor = None;
         self.last_write = Some(std::time::Instant::now());
         self.unchecked_writes = true;
@@ -758,6 +795,7 @@ impl Writer {
                     );
                     *self.stats.dropped_total.entry("age").or_default() += removed.len() as u64;
                     self.depth.remove(&removed);
+                    self.forget(&removed);
                     self.last_write = Some(std::time::Instant::now());
                     self.unchecked_writes = true;
                 }
@@ -845,7 +883,7 @@ impl Writer {
     }
 
     async fn save_clock(&mut self) {
-        if let Err(e) = store::save_clock(&mut self.conn, self.clock.to_save()).await {
+        if let Err(e) = store::save_clock(&mut self.conn, self.clock.snapshot_for_save()).await {
             tracing::warn!(error = %e, "Queue clock could not be saved");
         }
     }
@@ -874,6 +912,7 @@ async fn make_room(
     stats: &mut Stats,
     limits: Limits<'_>,
     entries: &[OutboxEntry],
+    dropped: &mut Vec<Removed>,
 ) -> Result<Result<Vec<bool>, QueueError>, sqlx::Error> {
     let mut keep = vec![true; entries.len()];
     // This request's earlier entries; with the round's and what is stored, what is held.
@@ -945,6 +984,7 @@ async fn make_room(
                     }
                     *stats.dropped_total.entry("drop_oldest").or_default() += removed.len() as u64;
                     depth.remove(&removed);
+                    dropped.extend(removed);
                 }
             }
         }
@@ -972,7 +1012,7 @@ async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::E
             "Queued messages written by an earlier release: their age counts from now"
         );
     }
-    store::save_clock(conn, clock.to_save()).await?;
+    store::save_clock(conn, clock.snapshot_for_save()).await?;
     Ok(clock)
 }
 

@@ -20,6 +20,7 @@ use crate::clock::Saved;
 pub(crate) struct Removed {
     pub(crate) stream: String,
     pub(crate) bytes: u64,
+    pub(crate) id: i64,
 }
 
 /// A message read back for leasing or peeking.
@@ -96,8 +97,11 @@ async fn open_checked(path: &Path, durability: Durability) -> Result<SqliteConne
             // The operator chose to survive a crash of the process only (a board on a UPS).
             Durability::ProcessCrash => SqliteSynchronous::Normal,
         })
-        // Takes effect when the file is created: lets a drained queue give its pages back.
-        .auto_vacuum(SqliteAutoVacuum::Incremental)
+        // Takes effect when the file is created. No auto-vacuum: its pointer-map pages would be
+        // rewritten by every commit that allocates a page; free pages are reused by the next
+        // inserts, and a drained queue is compacted with VACUUM once writes pause (`reclaim`).
+        // Files made by earlier releases keep incremental auto-vacuum, which `reclaim` uses.
+        .auto_vacuum(SqliteAutoVacuum::None)
         // After a checkpoint the WAL file is truncated back to at most this size.
         .pragma("journal_size_limit", "4194304")
         .busy_timeout(Duration::from_secs(5));
@@ -200,7 +204,7 @@ pub(crate) async fn delete_ids(
         for id in chunk {
             list.push_bind(*id);
         }
-        delete.push(concat!(") RETURNING stream, ", size_sql!()));
+        delete.push(concat!(") RETURNING stream, ", size_sql!(), ", id"));
         removed.extend(
             delete
                 .build()
@@ -225,7 +229,8 @@ pub(crate) async fn delete_oldest(
                 "DELETE FROM messages WHERE id IN \
                  (SELECT id FROM messages WHERE stream = ? ORDER BY id LIMIT ?) \
                  RETURNING stream, ",
-                size_sql!()
+                size_sql!(),
+                ", id"
             ))
             .bind(stream)
             .bind(n)
@@ -237,7 +242,8 @@ pub(crate) async fn delete_oldest(
                 "DELETE FROM messages WHERE id IN \
                  (SELECT id FROM messages ORDER BY priority, id LIMIT ?) \
                  RETURNING stream, ",
-                size_sql!()
+                size_sql!(),
+                ", id"
             ))
             .bind(n)
             .fetch_all(&mut *conn)
@@ -258,7 +264,8 @@ pub(crate) async fn delete_expired(
          (SELECT id FROM (SELECT id, queue_ms FROM messages ORDER BY id LIMIT 1000) \
           WHERE queue_ms < ?) \
          RETURNING stream, ",
-        size_sql!()
+        size_sql!(),
+        ", id"
     ))
     .bind(cutoff_ms)
     .fetch_all(&mut *conn)
@@ -270,6 +277,7 @@ fn removed_row(row: &SqliteRow) -> Removed {
     Removed {
         stream: row.get(0),
         bytes: u64::try_from(row.get::<i64, _>(1)).unwrap_or(0),
+        id: row.get(2),
     }
 }
 
@@ -457,19 +465,44 @@ pub(crate) async fn checkpoint_and_truncate(
     Ok(())
 }
 
-/// Gives every free page back to the file system, a bounded number per transaction so that
-/// no single one holds the writer long.
+/// Gives free pages back to the file system. A file with incremental auto-vacuum (made by an
+/// earlier release) gives back every free page, a bounded number per transaction. Any other is
+/// compacted with VACUUM, which rewrites the live pages: only when at least half of the file is
+/// free and what is live is small (a drained queue), so it never rewrites a large backlog.
 pub(crate) async fn reclaim(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    for _ in 0..100 {
-        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-            .fetch_one(&mut *conn)
-            .await?;
-        if free == 0 {
-            break;
+    let incremental: i64 = sqlx::query_scalar("PRAGMA auto_vacuum")
+        .fetch_one(&mut *conn)
+        .await?;
+    if incremental == 2 {
+        for _ in 0..100 {
+            if free_pages(conn).await? == 0 {
+                break;
+            }
+            sqlx::query("PRAGMA incremental_vacuum(4096)")
+                .execute(&mut *conn)
+                .await?;
         }
-        sqlx::query("PRAGMA incremental_vacuum(4096)")
-            .execute(&mut *conn)
-            .await?;
+        return Ok(());
+    }
+    let free = free_pages(conn).await?;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
+    let live_bytes = (pages - free) * page_size;
+    if free >= 256 && free * 2 >= pages && live_bytes <= VACUUM_LIVE_BYTES {
+        sqlx::query("VACUUM").execute(&mut *conn).await?;
     }
     Ok(())
+}
+
+/// VACUUM rewrites what is live: never for more than this.
+const VACUUM_LIVE_BYTES: i64 = 16 << 20;
+
+async fn free_pages(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(&mut *conn)
+        .await
 }

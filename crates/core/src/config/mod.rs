@@ -152,7 +152,8 @@ impl GatewaySettings {
     }
 }
 
-fn is_root() -> bool {
+/// Whether this process runs as root (where the system's directories are its own).
+pub fn is_root() -> bool {
     // /proc/self is owned by the effective user; no libc call needed for that.
     std::fs::metadata("/proc/self")
         .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
