@@ -212,6 +212,10 @@ fn readings_published_locally_reach_the_cloud_over_tls() {
     assert!(json.status.success());
     let json = String::from_utf8(json.stdout).unwrap();
     assert!(json.contains("\"connected\": true"), "{json}");
+    assert!(json.contains("\"state\": \"connected\""), "{json}");
+    assert!(json.contains("\"state_text\": \"connected\""), "{json}");
+    assert!(!json.contains("\"last_ack_ms\": null"), "{json}");
+    assert!(text.contains("last acknowledged by the cloud: "), "{text}");
     stop(gateway);
 
     let after = site.status_cli(&[]);
@@ -231,13 +235,22 @@ fn status_says_why_the_uplink_is_down() {
     );
     let gateway = site.gateway();
     let text = site.status_until(|t| t.contains("last error"));
-    assert!(text.contains("uplink   NOT connected"), "{text}");
-    assert!(text.contains("not trusted"), "{text}");
-    // Degraded, not down: the watchdog keeps the gateway alive through a cloud outage.
     assert!(
-        text.contains("uplink   degraded: not connected: server certificate not trusted"),
+        text.contains("uplink   refused: server certificate not trusted"),
         "{text}"
     );
+    assert!(
+        text.contains("last acknowledged by the cloud: never"),
+        "{text}"
+    );
+    // Degraded, not down: the watchdog keeps the gateway alive through a cloud outage.
+    assert!(
+        text.contains("uplink   degraded: refused: server certificate not trusted"),
+        "{text}"
+    );
+    let json = String::from_utf8(site.status_cli(&["--json"]).stdout).unwrap();
+    assert!(json.contains("\"state\": \"refused\""), "{json}");
+    assert!(json.contains("\"last_ack_ms\": null"), "{json}");
     stop(gateway);
 }
 

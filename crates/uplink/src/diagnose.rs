@@ -25,6 +25,38 @@ pub(crate) fn explain(error: &(dyn StdError + 'static)) -> String {
     error.to_string()
 }
 
+/// Whether the cloud said no (a certificate or TLS alert, a CONNACK refusal), as opposed to
+/// could not be reached or went away: the status calls the first "refused".
+pub(crate) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = source {
+        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+            e.downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::AlertReceived(_)
+                    | rustls::Error::PeerIncompatible(_)
+            );
+        }
+        if matches!(
+            e.downcast_ref::<rumqttc::ConnectionError>(),
+            Some(rumqttc::ConnectionError::ConnectionRefused(_))
+        ) || matches!(
+            e.downcast_ref::<rumqttc::v5::ConnectionError>(),
+            Some(rumqttc::v5::ConnectionError::ConnectionRefused(_))
+        ) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 fn explain_tls(e: &rustls::Error) -> String {
     use rustls::Error::*;
     match e {

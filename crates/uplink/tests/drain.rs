@@ -72,7 +72,7 @@ async fn an_outage_loses_nothing_and_keeps_order() {
         queue.append(entries).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!uplink.status().connected);
+    assert!(!uplink.status().state.is_connected());
 
     // Back on the same ports, with the same state.
     let cloud = Cloud::start_on_files(plain, tls, files, &global);

@@ -95,6 +95,8 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         client_id: "fieldlink-test".into(),
         mqtt: MqttVersion::V311,
         keep_alive: Duration::from_secs(30),
+        stall_timeout: fieldlink_core::config::DEFAULT_STALL_TIMEOUT,
+        connect_timeout: fieldlink_core::config::DEFAULT_CONNECT_TIMEOUT,
         clean_session: true,
         inflight: 50,
         topic_prefix: "cloud/".into(),
