@@ -57,6 +57,22 @@ pub(crate) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// Whether rumqttc gave up because a keep-alive ping went unanswered: a stall it saw first
+/// (when `stall_timeout` is not shorter than the keep-alive).
+pub(crate) fn is_unanswered_ping(error: &(dyn StdError + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<rumqttc::ConnectionError>(),
+        Some(rumqttc::ConnectionError::MqttState(
+            rumqttc::StateError::AwaitPingResp
+        ))
+    ) || matches!(
+        error.downcast_ref::<rumqttc::v5::ConnectionError>(),
+        Some(rumqttc::v5::ConnectionError::MqttState(
+            rumqttc::v5::StateError::AwaitPingResp
+        ))
+    )
+}
+
 fn explain_tls(e: &rustls::Error) -> String {
     use rustls::Error::*;
     match e {

@@ -577,6 +577,12 @@ impl Drain {
                         }
                     }
                     Ok(_) => {}
+                    Err(e) if diagnose::is_unanswered_ping(e.as_ref()) => {
+                        let silent_for = self.last_heard().map_or(self.settings.keep_alive, |h| h.elapsed());
+                        self.report_stall(silent_for);
+                        self.connector.bridge.close_link();
+                        return;
+                    }
                     Err(e) => {
                         // The bridge's own failure (unreachable, TLS) says more than rumqttc's
                         // "connection closed".
@@ -666,6 +672,12 @@ impl Drain {
         if silent_for < self.settings.stall_timeout {
             return false;
         }
+        self.report_stall(silent_for);
+        true
+    }
+
+    /// The link is given up as stalled: state, counters, log.
+    fn report_stall(&mut self, silent_for: Duration) {
         let state = UplinkState::Stalled { silent_for };
         tracing::warn!(
             host = %self.settings.host,
@@ -680,7 +692,6 @@ impl Drain {
             s.stalls += 1;
             s.last_error = Some(text);
         });
-        true
     }
 
     /// The one place the state changes; the gauge follows it.
