@@ -444,6 +444,8 @@ struct Drain {
     awaiting_since: Option<Instant>,
     /// The last packet from the cloud, as rumqttc reported it (the bridge sees every byte).
     last_packet: Option<Instant>,
+    /// Since when nothing came from the cloud, once a stall is reported.
+    silent_since: Option<Instant>,
 }
 
 impl Drain {
@@ -472,6 +474,7 @@ impl Drain {
             ping_outstanding: false,
             awaiting_since: None,
             last_packet: None,
+            silent_since: None,
         }
     }
 
@@ -490,9 +493,22 @@ impl Drain {
             let delay = self.backoff.next_delay();
             self.status.send_modify(|s| s.reconnects += 1);
             tracing::debug!(?delay, "Uplink reconnect delay");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => break,
+            let wake = tokio::time::Instant::now() + delay;
+            loop {
+                // A stalled link stays "stalled" until the next attempt, its silence growing.
+                let stalled = matches!(self.status.borrow().state, UplinkState::Stalled { .. });
+                if let (true, Some(since)) = (stalled, self.silent_since) {
+                    let silent_for = since.elapsed();
+                    self.status
+                        .send_modify(|s| s.state = UplinkState::Stalled { silent_for });
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake.min(tokio::time::Instant::now() + TICK)) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                if tokio::time::Instant::now() >= wake {
+                    break;
+                }
             }
         }
         self.return_inflight().await;
@@ -678,6 +694,7 @@ impl Drain {
 
     /// The link is given up as stalled: state, counters, log.
     fn report_stall(&mut self, silent_for: Duration) {
+        self.silent_since = Instant::now().checked_sub(silent_for);
         let state = UplinkState::Stalled { silent_for };
         tracing::warn!(
             host = %self.settings.host,

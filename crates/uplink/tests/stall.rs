@@ -58,7 +58,7 @@ async fn a_black_holed_link_under_traffic_is_stalled_in_15s_reconnected_in_20s_a
         .await;
     let last_byte = proxy.last_downstream(1).expect("the cloud had answered");
     let (to_stall, to_reconnect) = (stalled_at - last_byte, reconnected_at - last_byte);
-    println!("after the last byte: stalled in {to_stall:?}, reconnected in {to_reconnect:?}");
+    eprintln!("after the last byte: stalled in {to_stall:?}, reconnected in {to_reconnect:?}");
     assert!(
         to_stall <= Duration::from_secs(15),
         "stalled after {to_stall:?}"
@@ -80,7 +80,7 @@ async fn a_black_holed_link_under_traffic_is_stalled_in_15s_reconnected_in_20s_a
     tokio::time::sleep(Duration::from_secs(2)).await;
     let sent = feeder.stop().await;
     let duplicates = all_delivered_in_order(&sub, sent).await;
-    println!("{sent} messages per stream, {duplicates} duplicates");
+    eprintln!("{sent} messages per stream, {duplicates} duplicates");
     assert!(
         duplicates <= 50,
         "{duplicates} duplicates for one reconnect"
@@ -127,7 +127,7 @@ async fn a_black_holed_idle_link_is_stalled_within_keep_alive_plus_stall_timeout
     let reconnected_at = states
         .first_after(stalled_at, "connected", Duration::from_secs(20))
         .await;
-    println!(
+    eprintln!(
         "idle: stalled {:?} after the last byte, reconnected {:?} later",
         stalled_at - last_byte,
         reconnected_at - stalled_at
@@ -171,7 +171,7 @@ async fn a_slow_link_whose_acks_trickle_in_is_never_stalled() {
     let rate = acked as f64 / throttled.as_secs_f64();
     // The premise: each message waits longer for its PUBACK than stall_timeout (a full
     // window drains slower than that), yet acknowledgements keep arriving.
-    println!(
+    eprintln!(
         "throttled: {acked} acks in {throttled:?}, a window of {inflight} takes {:.1} s",
         f64::from(inflight) / rate
     );
@@ -217,7 +217,7 @@ async fn a_first_address_that_hangs_does_not_keep_the_gateway_offline() {
     let connected_at = states
         .first_after(started, "connected", Duration::from_secs(20))
         .await;
-    println!("connected after {:?}", connected_at - started);
+    eprintln!("connected after {:?}", connected_at - started);
     assert!(
         connected_at - started <= limit,
         "{:?}",
