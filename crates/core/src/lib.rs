@@ -1,5 +1,6 @@
 //! fieldlink core: the types and ports every other fieldlink crate meets through.
 //!
+//! - [`clock`]: whether the wall clock is synchronized (boards without an RTC);
 //! - [`config`]: the TOML configuration, its serde file layer and the validated [`config::Settings`];
 //! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
 //! - [`message`]: the message that travels from ingress through the queue to the uplink;
@@ -16,6 +17,7 @@
 //! assert!(filter.matches(&TopicName::new("site/boiler/temperature").unwrap()));
 //! ```
 
+pub mod clock;
 pub mod config;
 pub mod der;
 pub mod logging;

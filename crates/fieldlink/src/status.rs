@@ -28,6 +28,10 @@ pub struct GatewayStatus {
     pub version: String,
     /// When the snapshot was taken, in Unix milliseconds.
     pub written_ms: u64,
+    /// Whether the wall clock is synchronized to a time source (see `fieldlink_core::clock`):
+    /// until it is, message ages count running time only and certificate dates are not judged.
+    #[serde(default)]
+    pub clock_synchronized: bool,
     /// Each component and its health in words ("up", "degraded: ...").
     pub components: Vec<(String, String)>,
     /// The store-and-forward queue.
@@ -167,6 +171,7 @@ pub async fn snapshot(
     GatewayStatus {
         version: crate::VERSION.into(),
         written_ms,
+        clock_synchronized: fieldlink_core::clock::synchronized(),
         components: board
             .snapshot()
             .iter()
@@ -272,6 +277,10 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
     for (name, health) in &status.components {
         out += &format!("{name:<8} {health}\n");
     }
+    if !status.clock_synchronized {
+        out += "clock    NOT synchronized: message ages count the time the gateway has run; \
+                certificate dates are not judged until time sync\n";
+    }
     let q = &status.queue;
     out += &format!("queue    {} messages, {} bytes", q.messages, q.bytes);
     if let Some(age) = q.oldest_age_s {
@@ -304,7 +313,11 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
                 out += &format!("         last error: {e}\n");
             }
             for (name, days) in &u.certificates {
-                let warn = if *days < 30 { "  RENEW" } else { "" };
+                let warn = if *days < 30 && status.clock_synchronized {
+                    "  RENEW"
+                } else {
+                    ""
+                };
                 out += &format!("         certificate {name}: {days} days left{warn}\n");
             }
             for refused in &u.refused_subscriptions {

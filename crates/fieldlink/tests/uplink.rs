@@ -181,6 +181,9 @@ fn publish(port: u16, range: std::ops::Range<usize>) {
             "-t",
             "site/line",
             "-l",
+            // Many in flight, as a busy client has: the queue commits them together.
+            "-M",
+            "1000",
         ])
         .stdin(Stdio::piped())
         .spawn()

@@ -15,22 +15,36 @@
 //!   route's priority). Across streams, higher priority is leased first, then older first.
 //! - A message is leased to at most one holder at a time; leases live in memory only, so after
 //!   a restart every unacknowledged message is leasable again (in order).
-//! - `enqueued_ms` never decreases with id (the writer clamps it), so age expiry only ever
-//!   looks at the oldest rows.
+//! - Ages are measured in queue time (`clock.rs`), which wall-clock steps do not move: a board
+//!   without an RTC that boots days behind and steps at time sync neither expires nor keeps
+//!   forever what it holds. `queue_ms` never decreases with id, so age expiry only ever looks
+//!   at the oldest rows. `enqueued_ms` is the wall clock's word, kept for display only.
 //! - The in-memory depth counters (messages and bytes, per stream and in total) are loaded from
 //!   the table at open and changed only from the rows a statement actually inserted or deleted
 //!   (`RETURNING`), so they cannot drift.
 //!
 //! # Group commit
 //! One writer task owns the connection. Requests (appends, acks, nacks, leases) wait in a
-//! bounded channel; each round takes everything waiting, applies all appends and acks in one
-//! transaction and one fsync, then answers. While one commit is being fsynced the next round's
-//! requests pile up, so the batch grows with the load and no request waits for a timer.
+//! bounded channel. Appends and acks wait for the next commit, which comes once
+//! `queue.commit_interval` (100 ms) has passed since the previous one: everything waiting then
+//! goes into one transaction, one multi-row insert and one fsync, and only then are the
+//! producers answered. A message after a quiet spell is committed at once; under load the
+//! commits (fsyncs) are bounded whatever the rate, which is what wears an SD card. Deletions of
+//! delivered messages ride along with the next commit instead of costing one each; a crash
+//! before it sends them again (at least once, recognisable by id). Reads are served at once
+//! (stats, peek and purge after committing what waits). Leasing continues after the last row
+//! leased (a cursor), so a large set of leased rows costs nothing per lease.
+//!
+//! Free pages are given back and the WAL folded in only once writes pause for a few seconds;
+//! under load SQLite reuses free pages and checkpoints by itself. New databases use 1 KiB
+//! pages, so a small commit writes a few KiB rather than 16-20.
 //!
 //! # Schema
-//! `migrations/0001_messages.sql`: one table `messages` (id, stream, priority, topic, payload,
-//! qos, retain, properties, enqueued_ms), indexed by (priority DESC, id) for leasing and by
-//! (stream, id) for per-stream drop-oldest. Embedded with `sqlx::migrate!`.
+//! `migrations/`: one table `messages` (id, stream, priority, topic, payload, qos, retain,
+//! properties, enqueued_ms, queue_ms), indexed by (priority DESC, id) for leasing and by
+//! (stream, id) for per-stream drop-oldest, and the one-row `queue_clock`. Embedded with
+//! `sqlx::migrate!`. A release older than a file's newest migration refuses the file with a
+//! migration error (sqlx's check): nothing is moved aside or lost.
 //!
 //! # Crash recovery and corruption
 //! SQLite's WAL recovery restores the last committed state on open. A file SQLite cannot open or
@@ -44,6 +58,7 @@
 //! batch of appends the free space of the file system is checked; below the configured reserve,
 //! appends are refused.
 
+mod clock;
 mod disk;
 mod error;
 mod queue;

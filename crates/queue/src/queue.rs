@@ -3,7 +3,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
 use fieldlink_core::ports::{
@@ -11,13 +11,21 @@ use fieldlink_core::ports::{
 };
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
+use tokio::time::sleep_until;
 
+use crate::clock::QueueClock;
 pub use crate::store::Leased;
 use crate::store::{self, Removed, entry_bytes};
 use crate::{DB_FILE, DiskSpace, QueueError};
 
 /// Requests waiting for the writer; producers wait (backpressure) once it is full.
 const REQUEST_CAPACITY: usize = 4096;
+/// Messages (appended or acknowledged) that are committed at once rather than wait for the
+/// commit interval: bounds the memory pending writes hold.
+const MAX_PENDING_MESSAGES: usize = 10_000;
+/// Free pages are given back and the WAL folded into the file once writes have paused this
+/// long, not between every burst of a steady trickle.
+const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How often age expiry and space reclaim run.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
@@ -96,7 +104,7 @@ impl Queue {
             source,
         })?;
         let path = dir.join(DB_FILE);
-        let (mut conn, corrupt) = store::open(&path).await?;
+        let (mut conn, corrupt) = store::open(&path, settings.durability).await?;
         let db = |source| QueueError::Database {
             path: path.clone(),
             source,
@@ -105,7 +113,7 @@ impl Queue {
         for (stream, messages, bytes) in store::depth_by_stream(&mut conn).await.map_err(db)? {
             depth.add(&stream, messages, bytes);
         }
-        let last_ms = store::oldest_ms(&mut conn).await.map_err(db)?.unwrap_or(0);
+        let clock = resume_clock(&mut conn).await.map_err(db)?;
         let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
         let stored = Arc::new(tokio::sync::Notify::new());
         let writer = Writer {
@@ -117,13 +125,15 @@ impl Queue {
             disk,
             depth,
             leased: HashSet::new(),
-            last_ms,
+            clock,
+            cursor: None,
             stats: Stats {
                 corrupt_file_moved_to: corrupt,
                 ..Stats::default()
             },
-            wrote_this_tick: false,
             unchecked_writes: true,
+            last_commit: None,
+            last_write: None,
             exported: Exported::default(),
         };
         tokio::spawn(writer.run(rx));
@@ -298,11 +308,18 @@ struct Writer {
     disk: Arc<dyn DiskSpace>,
     depth: Depth,
     leased: HashSet<i64>,
-    last_ms: i64,
+    /// Queue time, which ages are measured in (see `clock.rs`).
+    clock: QueueClock,
+    /// The last row leased, in lease order (priority, id), while every row before it is
+    /// leased: the next lease starts after it instead of skipping every leased row. Reset by
+    /// a nack, a purge, and an append to a higher priority lane.
+    cursor: Option<(i64, i64)>,
     stats: Stats,
-    /// Writes since the last maintenance tick, and since the last checkpoint.
-    wrote_this_tick: bool,
+    /// Writes since the last checkpoint.
     unchecked_writes: bool,
+    /// When the last commit (of anything) and the last write were made.
+    last_commit: Option<std::time::Instant>,
+    last_write: Option<std::time::Instant>,
     /// What was last handed to the metrics facade.
     exported: Exported,
 }
@@ -315,6 +332,27 @@ struct Exported {
     dropped: BTreeMap<&'static str, u64>,
     refused: BTreeMap<&'static str, u64>,
     streams: HashSet<String>,
+}
+
+/// Writes waiting for their commit.
+#[derive(Default)]
+struct Pending {
+    appends: Vec<AppendRequest>,
+    acks: Vec<AckRequest>,
+    /// Messages in both.
+    messages: usize,
+}
+
+impl Pending {
+    fn append(&mut self, entries: Vec<OutboxEntry>, reply: AppendReply) {
+        self.messages += entries.len();
+        self.appends.push((entries, reply));
+    }
+
+    fn ack(&mut self, ids: Vec<i64>, reply: AckReply) {
+        self.messages += ids.len();
+        self.acks.push((ids, reply));
+    }
 }
 
 /// One append request's outcome within a round.
@@ -331,83 +369,124 @@ impl Writer {
     async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut pending = Pending::default();
         loop {
-            let first = tokio::select! {
-                op = rx.recv() => match op {
-                    Some(op) => op,
-                    None => break,
-                },
+            let due = self.commit_due(&pending);
+            // With nothing pending the timer is disabled; any instant will do.
+            let at = due.unwrap_or_else(tokio::time::Instant::now);
+            tokio::select! {
+                op = rx.recv() => {
+                    let Some(first) = op else { break };
+                    let mut round = vec![first];
+                    while round.len() < REQUEST_CAPACITY {
+                        match rx.try_recv() {
+                            Ok(op) => round.push(op),
+                            Err(_) => break,
+                        }
+                    }
+                    if let Some(closers) = self.take(round, &mut pending).await {
+                        self.commit(&mut pending).await;
+                        self.shut().await;
+                        for reply in closers {
+                            let _ = reply.send(());
+                        }
+                        return;
+                    }
+                }
+                () = sleep_until(at), if due.is_some() => {
+                    self.commit(&mut pending).await;
+                    self.export();
+                }
                 _ = maintenance.tick() => {
                     self.maintain().await;
                     self.export();
-                    continue;
                 }
-            };
-            let mut round = vec![first];
-            while round.len() < REQUEST_CAPACITY {
-                match rx.try_recv() {
-                    Ok(op) => round.push(op),
-                    Err(_) => break,
-                }
-            }
-            let close = round.iter().position(|op| matches!(op, Op::Close(_)));
-            let later = close.map(|at| round.split_off(at));
-            self.round(round).await;
-            self.export();
-            if let Some(later) = later {
-                // Requests queued behind the close see `Closed` when their reply is dropped.
-                let closers: Vec<_> = later
-                    .into_iter()
-                    .filter_map(|op| match op {
-                        Op::Close(reply) => Some(reply),
-                        _ => None,
-                    })
-                    .collect();
-                self.shut().await;
-                for reply in closers {
-                    let _ = reply.send(());
-                }
-                return;
             }
         }
         // Every handle is gone.
+        self.commit(&mut pending).await;
         self.shut().await;
     }
 
-    /// Checkpoints, so that the WAL is folded into the database, and closes the connection.
-    async fn shut(self) {
-        let mut conn = self.conn;
-        let _ = store::checkpoint(&mut conn).await;
-        let _ = conn.close().await;
-    }
-
-    /// Applies every append and ack of the round in one transaction, then answers; then
-    /// serves the reads.
-    async fn round(&mut self, round: Vec<Op>) {
-        let mut appends = Vec::new();
-        let mut acks = Vec::new();
-        let mut reads = Vec::new();
-        for op in round {
+    /// Sorts a round of requests: writes wait in `pending` for their commit, the rest is
+    /// served at once. On a close, returns its replies; requests behind it see `Closed` when
+    /// their reply is dropped.
+    async fn take(
+        &mut self,
+        round: Vec<Op>,
+        pending: &mut Pending,
+    ) -> Option<Vec<oneshot::Sender<()>>> {
+        let mut round = round.into_iter();
+        for op in round.by_ref() {
             match op {
-                Op::Append(entries, reply) => appends.push((entries, reply)),
-                Op::Ack(ids, reply) => acks.push((ids, reply)),
+                Op::Append(entries, reply) => pending.append(entries, reply),
+                Op::Ack(ids, reply) => pending.ack(ids, reply),
                 Op::Nack(ids, reply) => {
                     for id in &ids {
                         self.leased.remove(id);
                     }
+                    // They are before the cursor again.
+                    self.cursor = None;
                     let _ = reply.send(());
                 }
-                read => reads.push(read),
+                // Leasing needs nothing committed: acknowledged rows stay leased until they
+                // are deleted, and uncommitted appends are not there yet.
+                Op::Lease(..) => self.read(op).await,
+                // What the others report must include what was acknowledged.
+                Op::Peek(..) | Op::Stats(_) | Op::Purge(_) => {
+                    self.commit(pending).await;
+                    self.read(op).await;
+                }
+                Op::Close(reply) => {
+                    let mut closers = vec![reply];
+                    closers.extend(round.filter_map(|op| match op {
+                        Op::Close(reply) => Some(reply),
+                        _ => None,
+                    }));
+                    return Some(closers);
+                }
             }
         }
-        if !appends.is_empty() || !acks.is_empty() {
-            self.wrote_this_tick = true;
-            self.unchecked_writes = true;
-            self.write(appends, acks).await;
+        None
+    }
+
+    /// When the pending writes are to be committed: once `commit_interval` has passed since
+    /// the last commit, so that commits (and fsyncs) are bounded whatever the rate while a
+    /// message after a quiet spell goes at once; at once when many are waiting. Deletions of
+    /// delivered messages ride along: they need no commit of their own, and a crash before
+    /// their commit only sends them again (at least once; their ids let the cloud drop them).
+    fn commit_due(&self, pending: &Pending) -> Option<tokio::time::Instant> {
+        if pending.messages == 0 && pending.appends.is_empty() && pending.acks.is_empty() {
+            return None;
         }
-        for read in reads {
-            self.read(read).await;
+        let now = tokio::time::Instant::now();
+        if pending.messages >= MAX_PENDING_MESSAGES {
+            return Some(now);
         }
+        let after = self.settings.commit_interval;
+        Some(self.last_commit.map_or(now, |at| (at + after).into()))
+    }
+
+    /// Commits every pending append and acknowledgement in one transaction, then answers.
+    async fn commit(&mut self, pending: &mut Pending) {
+        let Pending { appends, acks, .. } = std::mem::take(pending);
+        if appends.is_empty() && acks.is_empty() {
+            return;
+        }
+        self.unchecked_writes = true;
+        self.write(appends, acks).await;
+        let now = std::time::Instant::now();
+        self.last_commit = Some(now);
+        self.last_write = Some(now);
+    }
+
+    /// Saves the queue clock, checkpoints, so that the WAL is folded into the database, and
+    /// closes the connection.
+    async fn shut(mut self) {
+        self.save_clock().await;
+        let mut conn = self.conn;
+        let _ = store::checkpoint_and_truncate(&mut conn).await;
+        let _ = conn.close().await;
     }
 
     async fn write(&mut self, appends: Vec<AppendRequest>, acks: Vec<AckRequest>) {
@@ -451,7 +530,8 @@ impl Writer {
         appends: &mut [AppendRequest],
         acks: &[AckRequest],
     ) -> Result<Vec<Planned>, sqlx::Error> {
-        let now = self.now_ms();
+        let wall_ms = fieldlink_core::clock::wall_ms();
+        let queue_ms = self.clock.now_ms();
         let available = if appends.is_empty() {
             u64::MAX
         } else {
@@ -509,10 +589,19 @@ impl Writer {
                 }
             }
         }
-        let mut ids = store::insert(&mut tx, &batch, now).await?.into_iter();
+        let mut ids = store::insert(&mut tx, &batch, wall_ms, queue_ms)
+            .await?
+            .into_iter();
         tx.commit().await?;
         for entry in &batch {
             depth.add(&entry.stream, 1, entry_bytes(entry));
+        }
+        // A message in a higher lane than the cursor's goes before it: lease from the start.
+        if batch
+            .iter()
+            .any(|e| self.cursor.is_some_and(|(p, _)| e.priority as i64 > p))
+        {
+            self.cursor = None;
         }
         stats.appended_total += batch.len() as u64;
         if !batch.is_empty() {
@@ -547,18 +636,26 @@ impl Writer {
                 let _ = reply.send(result);
             }
             Op::Append(..) | Op::Ack(..) | Op::Nack(..) | Op::Close(_) => {
-                unreachable!("writes are sorted out by round()")
+                unreachable!("writes are sorted out by take()")
             }
         }
     }
 
     async fn next(&mut self, max: usize, lease: bool) -> Result<Vec<Leased>, QueueError> {
-        // Leased rows are skipped in memory; asking for that many more keeps it one query.
-        let skip = if lease { self.leased.len() } else { 0 };
-        let limit = i64::try_from(max.saturating_add(skip)).unwrap_or(i64::MAX);
-        let rows = store::select_next(&mut self.conn, limit)
-            .await
-            .map_err(|e| self.db_error(e))?;
+        let rows = match self.cursor.filter(|_| lease) {
+            // Everything before the cursor is leased: start after it.
+            Some(after) => {
+                let limit = i64::try_from(max).unwrap_or(i64::MAX);
+                store::select_after(&mut self.conn, after, limit).await
+            }
+            // Leased rows are skipped in memory; asking for that many more keeps it one query.
+            None => {
+                let skip = if lease { self.leased.len() } else { 0 };
+                let limit = i64::try_from(max.saturating_add(skip)).unwrap_or(i64::MAX);
+                store::select_next(&mut self.conn, limit).await
+            }
+        }
+        .map_err(|e| self.db_error(e))?;
         let mut out = Vec::with_capacity(max.min(rows.len()));
         for row in rows {
             if out.len() == max {
@@ -569,11 +666,20 @@ impl Writer {
             }
             out.push(row);
         }
+        // A cursor is only worth what its invariant is: after a scan from the start it holds
+        // only when nothing else was leased (a row leased earlier may lie after this lease's
+        // last one); after the cursor it holds by induction.
+        let from_cursor = self.cursor.is_some();
+        if let Some(last) = out.last().filter(|_| lease)
+            && (from_cursor || self.leased.len() == out.len())
+        {
+            self.cursor = Some((last.priority as i64, last.id));
+        }
         Ok(out)
     }
 
     async fn current_stats(&mut self) -> Result<Stats, QueueError> {
-        let oldest = store::oldest_ms(&mut self.conn)
+        let oldest = store::oldest_queue_ms(&mut self.conn)
             .await
             .map_err(|e| self.db_error(e))?;
         let mut stats = self.stats.clone();
@@ -586,9 +692,7 @@ impl Writer {
             .map(|(k, v)| (k.clone(), *v))
             .collect();
         stats.leased = self.leased.len() as u64;
-        stats.oldest_age = oldest.map(|ms| {
-            Duration::from_millis(u64::try_from(self.now_ms().saturating_sub(ms)).unwrap_or(0))
-        });
+        stats.oldest_age = oldest.map(|ms| self.age(ms));
         Ok(stats)
     }
 
@@ -600,54 +704,68 @@ impl Writer {
             .rows_affected();
         self.depth = Depth::default();
         self.leased.clear();
-        self.wrote_this_tick = true;
+        self.cursor = None;
+        self.last_write = Some(std::time::Instant::now());
         self.unchecked_writes = true;
         let _ = store::reclaim(&mut self.conn).await;
         Ok(removed)
     }
 
-    /// Age expiry and space reclaim.
+    /// Queue time, age expiry and, once writes pause, space reclaim and a checkpoint. Writes
+    /// nothing when there is nothing to do: an idle gateway does not wear its SD card.
     async fn maintain(&mut self) {
-        if let Some(max_age) = self.settings.max_age {
+        self.tend_clock().await;
+        let oldest = store::oldest_queue_ms(&mut self.conn).await.ok().flatten();
+        if let (Some(max_age), Some(oldest)) = (self.settings.max_age, oldest) {
             let cutoff = self
+                .clock
                 .now_ms()
                 .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
-            loop {
-                match store::delete_expired(&mut self.conn, cutoff).await {
-                    Ok(removed) if removed.is_empty() => break,
-                    Ok(removed) => {
-                        tracing::warn!(
-                            count = removed.len(),
-                            ?max_age,
-                            "Dropped messages older than queue.max_age"
-                        );
-                        *self.stats.dropped_total.entry("age").or_default() += removed.len() as u64;
-                        self.depth.remove(&removed);
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "Queue age expiry failed");
-                        break;
-                    }
-                }
+            if oldest < cutoff {
+                self.expire(cutoff, max_age).await;
             }
         }
-        if let Err(e) = store::reclaim(&mut self.conn).await {
-            tracing::warn!(error = %e, "Queue space reclaim failed");
+        let oldest = store::oldest_queue_ms(&mut self.conn).await.ok().flatten();
+        let age = oldest.map_or(Duration::ZERO, |ms| self.age(ms));
+        metrics::gauge!(fieldlink_core::metrics::QUEUE_OLDEST_AGE_SECONDS).set(age.as_secs_f64());
+
+        // Under a steady load free pages are reused by the next inserts and SQLite's own
+        // checkpoints fold the WAL in: giving pages back and checkpointing between bursts
+        // would only rewrite them. Once writes pause, do both, so that what was drained
+        // leaves the disk too.
+        let quiet = self.last_write.is_none_or(|at| at.elapsed() >= QUIET_AFTER);
+        if quiet && std::mem::take(&mut self.unchecked_writes) {
+            if let Err(e) = store::reclaim(&mut self.conn).await {
+                tracing::warn!(error = %e, "Queue space reclaim failed");
+            }
+            if let Err(e) = store::checkpoint(&mut self.conn).await {
+                tracing::warn!(error = %e, "Queue checkpoint failed");
+                self.unchecked_writes = true;
+            }
         }
-        if let Ok(oldest) = store::oldest_ms(&mut self.conn).await {
-            let age_ms = oldest.map_or(0, |ms| self.now_ms().saturating_sub(ms));
-            metrics::gauge!(fieldlink_core::metrics::QUEUE_OLDEST_AGE_SECONDS)
-                .set(age_ms as f64 / 1000.0);
-        }
-        // Once writes pause, fold the WAL into the file, so that what was drained and
-        // reclaimed leaves the disk too; under load SQLite's own checkpoints suffice.
-        let idle = !std::mem::take(&mut self.wrote_this_tick);
-        if idle
-            && std::mem::take(&mut self.unchecked_writes)
-            && let Err(e) = store::checkpoint(&mut self.conn).await
-        {
-            tracing::warn!(error = %e, "Queue checkpoint failed");
-            self.unchecked_writes = true;
+    }
+
+    /// Deletes (and counts) what has been queued longer than `max_age`.
+    async fn expire(&mut self, cutoff: i64, max_age: Duration) {
+        loop {
+            match store::delete_expired(&mut self.conn, cutoff).await {
+                Ok(removed) if removed.is_empty() => break,
+                Ok(removed) => {
+                    tracing::warn!(
+                        count = removed.len(),
+                        ?max_age,
+                        "Dropped messages held in the queue longer than queue.max_age"
+                    );
+                    *self.stats.dropped_total.entry("age").or_default() += removed.len() as u64;
+                    self.depth.remove(&removed);
+                    self.last_write = Some(std::time::Instant::now());
+                    self.unchecked_writes = true;
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "Queue age expiry failed");
+                    break;
+                }
+            }
         }
     }
 
@@ -696,13 +814,40 @@ impl Writer {
         });
     }
 
-    /// Milliseconds since the epoch, never less than the last value handed out.
-    fn now_ms(&mut self) -> i64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX));
-        self.last_ms = self.last_ms.max(now);
-        self.last_ms
+    /// How long a message appended at queue time `queue_ms` has been held.
+    fn age(&self, queue_ms: i64) -> Duration {
+        Duration::from_millis(
+            u64::try_from(self.clock.now_ms().saturating_sub(queue_ms)).unwrap_or(0),
+        )
+    }
+
+    /// Looks at the wall clock's state (time switched off is added once it is synchronized)
+    /// and saves the queue clock when it is due.
+    async fn tend_clock(&mut self) {
+        let was = self.clock.synchronized();
+        let synchronized = fieldlink_core::clock::synchronized();
+        let added = self
+            .clock
+            .observe(fieldlink_core::clock::wall_ms(), synchronized);
+        if synchronized != was {
+            tracing::info!(synchronized, "Wall clock synchronization changed");
+        }
+        if !added.is_zero() {
+            tracing::info!(
+                off = ?added,
+                "The clock is synchronized: the time the gateway was switched off counts \
+                 towards the age of queued messages"
+            );
+        }
+        if !added.is_zero() || self.clock.save_due() {
+            self.save_clock().await;
+        }
+    }
+
+    async fn save_clock(&mut self) {
+        if let Err(e) = store::save_clock(&mut self.conn, self.clock.to_save()).await {
+            tracing::warn!(error = %e, "Queue clock could not be saved");
+        }
     }
 
     fn db_error(&self, source: sqlx::Error) -> QueueError {
@@ -808,6 +953,27 @@ async fn make_room(
         }
     }
     Ok(Ok(keep))
+}
+
+/// The queue clock, continued from the database: its saved row, the newest message, and the
+/// wall clock's state now. Rows without a queue time are given this moment's.
+async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::Error> {
+    let saved = store::load_clock(conn).await?;
+    let newest = store::newest_queue_ms(conn).await?;
+    let mut clock = QueueClock::resume(saved, newest);
+    clock.observe(
+        fieldlink_core::clock::wall_ms(),
+        fieldlink_core::clock::synchronized(),
+    );
+    let stamped = store::stamp_unclocked(conn, clock.now_ms()).await?;
+    if stamped > 0 {
+        tracing::info!(
+            messages = stamped,
+            "Queued messages written by an earlier release: their age counts from now"
+        );
+    }
+    store::save_clock(conn, clock.to_save()).await?;
+    Ok(clock)
 }
 
 /// sqlx errors are not `Clone`; every waiter of a failed round gets the same words.

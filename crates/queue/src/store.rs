@@ -4,6 +4,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use fieldlink_core::config::Durability;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::OutboxEntry;
 use fieldlink_core::topic::TopicName;
@@ -13,6 +14,7 @@ use sqlx::sqlite::{
 use sqlx::{Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use crate::QueueError;
+use crate::clock::Saved;
 
 /// A row deleted by a statement: enough to keep the depth counters exact.
 pub(crate) struct Removed {
@@ -39,8 +41,11 @@ macro_rules! size_sql {
 
 /// Opens the database at `path`. A corrupt file is moved aside and replaced by a fresh one;
 /// the returned path says where it went.
-pub(crate) async fn open(path: &Path) -> Result<(SqliteConnection, Option<PathBuf>), QueueError> {
-    match open_checked(path).await {
+pub(crate) async fn open(
+    path: &Path,
+    durability: Durability,
+) -> Result<(SqliteConnection, Option<PathBuf>), QueueError> {
+    match open_checked(path, durability).await {
         Ok(conn) => Ok((conn, None)),
         Err(Opened::Corrupt(why)) => {
             let aside = move_aside(path)?;
@@ -49,7 +54,7 @@ pub(crate) async fn open(path: &Path) -> Result<(SqliteConnection, Option<PathBu
                 "Queue database is corrupt: moved it aside and started a fresh one; \
                  the messages in it are not forwarded"
             );
-            let conn = open_checked(path).await.map_err(|e| match e {
+            let conn = open_checked(path, durability).await.map_err(|e| match e {
                 Opened::Corrupt(why) => QueueError::Io {
                     path: path.to_owned(),
                     source: std::io::Error::other(format!("fresh database still corrupt: {why}")),
@@ -67,7 +72,7 @@ enum Opened {
     Failed(QueueError),
 }
 
-async fn open_checked(path: &Path) -> Result<SqliteConnection, Opened> {
+async fn open_checked(path: &Path, durability: Durability) -> Result<SqliteConnection, Opened> {
     let db_err = |source| {
         Opened::Failed(QueueError::Database {
             path: path.to_owned(),
@@ -79,9 +84,18 @@ async fn open_checked(path: &Path) -> Result<SqliteConnection, Opened> {
         .filename(path)
         .create_if_missing(true)
         .journal_mode(SqliteJournalMode::Wal)
-        // FULL: the WAL is fsynced at every commit. NORMAL loses acknowledged commits on power
-        // loss (measured: 25-45% of them), which this queue exists to prevent.
-        .synchronous(SqliteSynchronous::Full)
+        // Takes effect when the file is created (a WAL database keeps its page size). A commit
+        // writes every page it touches (a table leaf, two index leaves, the sequence): with 1
+        // KiB pages a small commit writes a few KiB instead of 16-20 KiB, which is what wears an
+        // SD card. Rows are small (a sensor reading), so leaves stay well filled.
+        .page_size(1024)
+        .synchronous(match durability {
+            // FULL: the WAL is fsynced at every commit. NORMAL loses acknowledged commits on
+            // power loss (measured: 25-45% of them), which this queue exists to prevent.
+            Durability::PowerSafe => SqliteSynchronous::Full,
+            // The operator chose to survive a crash of the process only (a board on a UPS).
+            Durability::ProcessCrash => SqliteSynchronous::Normal,
+        })
         // Takes effect when the file is created: lets a drained queue give its pages back.
         .auto_vacuum(SqliteAutoVacuum::Incremental)
         // After a checkpoint the WAL file is truncated back to at most this size.
@@ -146,11 +160,13 @@ pub(crate) async fn insert(
     conn: &mut SqliteConnection,
     entries: &[OutboxEntry],
     enqueued_ms: i64,
+    queue_ms: i64,
 ) -> Result<Vec<i64>, sqlx::Error> {
     let mut ids = Vec::with_capacity(entries.len());
     for chunk in entries.chunks(100) {
         let mut insert = QueryBuilder::<Sqlite>::new(
-            "INSERT INTO messages (stream, priority, topic, payload, qos, retain, properties, enqueued_ms) ",
+            "INSERT INTO messages \
+             (stream, priority, topic, payload, qos, retain, properties, enqueued_ms, queue_ms) ",
         );
         insert.push_values(chunk, |mut row, entry| {
             row.push_bind(entry.stream.as_str())
@@ -160,7 +176,8 @@ pub(crate) async fn insert(
                 .push_bind(entry.message.qos as i64)
                 .push_bind(entry.message.retain)
                 .push_bind(entry.properties.as_deref())
-                .push_bind(enqueued_ms);
+                .push_bind(enqueued_ms)
+                .push_bind(queue_ms);
         });
         insert.push(" RETURNING id");
         let rows = insert.build().fetch_all(&mut *conn).await?;
@@ -230,15 +247,16 @@ pub(crate) async fn delete_oldest(
     Ok(rows.iter().map(removed_row).collect())
 }
 
-/// Deletes rows enqueued before `cutoff_ms`, looking at no more than the 1000 oldest.
+/// Deletes rows appended before queue time `cutoff_ms`, looking at no more than the 1000
+/// oldest (queue time never decreases with id).
 pub(crate) async fn delete_expired(
     conn: &mut SqliteConnection,
     cutoff_ms: i64,
 ) -> Result<Vec<Removed>, sqlx::Error> {
     let rows = sqlx::query(concat!(
         "DELETE FROM messages WHERE id IN \
-         (SELECT id FROM (SELECT id, enqueued_ms FROM messages ORDER BY id LIMIT 1000) \
-          WHERE enqueued_ms < ?) \
+         (SELECT id FROM (SELECT id, queue_ms FROM messages ORDER BY id LIMIT 1000) \
+          WHERE queue_ms < ?) \
          RETURNING stream, ",
         size_sql!()
     ))
@@ -267,6 +285,38 @@ pub(crate) async fn select_next(
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
+    Ok(rows.iter().filter_map(leased_row).collect())
+}
+
+/// Up to `limit` rows after `(priority, id)` in lease order: the rest of that priority lane,
+/// then the lower lanes. Two index range scans, however many rows lie before the position.
+pub(crate) async fn select_after(
+    conn: &mut SqliteConnection,
+    (priority, id): (i64, i64),
+    limit: i64,
+) -> Result<Vec<Leased>, sqlx::Error> {
+    let mut rows = sqlx::query(
+        "SELECT id, stream, priority, topic, payload, qos, retain, properties, enqueued_ms \
+         FROM messages WHERE priority = ? AND id > ? ORDER BY priority DESC, id LIMIT ?",
+    )
+    .bind(priority)
+    .bind(id)
+    .bind(limit)
+    .fetch_all(&mut *conn)
+    .await?;
+    let left = limit - rows.len() as i64;
+    if left > 0 {
+        rows.extend(
+            sqlx::query(
+                "SELECT id, stream, priority, topic, payload, qos, retain, properties, \
+                 enqueued_ms FROM messages WHERE priority < ? ORDER BY priority DESC, id LIMIT ?",
+            )
+            .bind(priority)
+            .bind(left)
+            .fetch_all(&mut *conn)
+            .await?,
+        );
+    }
     Ok(rows.iter().filter_map(leased_row).collect())
 }
 
@@ -319,28 +369,105 @@ pub(crate) async fn depth_by_stream(
         .collect())
 }
 
-/// When the oldest message was appended, if there is one.
-pub(crate) async fn oldest_ms(conn: &mut SqliteConnection) -> Result<Option<i64>, sqlx::Error> {
-    sqlx::query_scalar("SELECT enqueued_ms FROM messages ORDER BY id LIMIT 1")
+/// The queue time at which the oldest message was appended, if there is one.
+pub(crate) async fn oldest_queue_ms(
+    conn: &mut SqliteConnection,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT queue_ms FROM messages ORDER BY id LIMIT 1")
         .fetch_optional(&mut *conn)
         .await
+        .map(Option::flatten)
 }
 
-/// Folds the WAL into the database file and truncates it (to `journal_size_limit`).
+/// The queue time at which the newest message was appended, if there is one.
+pub(crate) async fn newest_queue_ms(
+    conn: &mut SqliteConnection,
+) -> Result<Option<i64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT queue_ms FROM messages ORDER BY id DESC LIMIT 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map(Option::flatten)
+}
+
+/// Gives rows written by a release that predates queue time (before an upgrade, or after a
+/// rollback) the queue time `now_ms`: their age counts from this start. Found through the
+/// partial index `messages_unclocked`, so it costs nothing when there are none.
+pub(crate) async fn stamp_unclocked(
+    conn: &mut SqliteConnection,
+    now_ms: i64,
+) -> Result<u64, sqlx::Error> {
+    Ok(
+        sqlx::query("UPDATE messages SET queue_ms = ? WHERE queue_ms IS NULL")
+            .bind(now_ms)
+            .execute(&mut *conn)
+            .await?
+            .rows_affected(),
+    )
+}
+
+/// The saved queue clock, if one was ever saved.
+pub(crate) async fn load_clock(conn: &mut SqliteConnection) -> Result<Option<Saved>, sqlx::Error> {
+    let row = sqlx::query(
+        "SELECT queue_ms, anchor_wall_ms, anchor_queue_ms FROM queue_clock WHERE id = 1",
+    )
+    .fetch_optional(&mut *conn)
+    .await?;
+    Ok(row.map(|r| Saved {
+        queue_ms: r.get(0),
+        anchor: r.get::<Option<i64>, _>(1).zip(r.get::<Option<i64>, _>(2)),
+    }))
+}
+
+/// Persists the queue clock.
+pub(crate) async fn save_clock(
+    conn: &mut SqliteConnection,
+    saved: Saved,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO queue_clock (id, queue_ms, anchor_wall_ms, anchor_queue_ms) \
+         VALUES (1, ?, ?, ?) \
+         ON CONFLICT (id) DO UPDATE SET queue_ms = excluded.queue_ms, \
+         anchor_wall_ms = excluded.anchor_wall_ms, anchor_queue_ms = excluded.anchor_queue_ms",
+    )
+    .bind(saved.queue_ms)
+    .bind(saved.anchor.map(|a| a.0))
+    .bind(saved.anchor.map(|a| a.1))
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// Folds the WAL into the database file; the next commit writes the WAL from its start again.
+/// The file keeps its size (at most `journal_size_limit`): a WAL that is truncated and then
+/// grows again costs the file system a metadata journal commit at every fsync while it grows.
 pub(crate) async fn checkpoint(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
+    sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+        .fetch_all(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Folds the WAL into the database file and truncates it: at shutdown, nothing is left in it.
+pub(crate) async fn checkpoint_and_truncate(
+    conn: &mut SqliteConnection,
+) -> Result<(), sqlx::Error> {
     sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
         .fetch_all(&mut *conn)
         .await?;
     Ok(())
 }
 
-/// Gives free pages back to the file system, a bounded number at a time.
+/// Gives every free page back to the file system, a bounded number per transaction so that
+/// no single one holds the writer long.
 pub(crate) async fn reclaim(conn: &mut SqliteConnection) -> Result<(), sqlx::Error> {
-    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
-        .fetch_one(&mut *conn)
-        .await?;
-    if free > 0 {
-        sqlx::query("PRAGMA incremental_vacuum(2000)")
+    for _ in 0..100 {
+        let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+            .fetch_one(&mut *conn)
+            .await?;
+        if free == 0 {
+            break;
+        }
+        sqlx::query("PRAGMA incremental_vacuum(4096)")
             .execute(&mut *conn)
             .await?;
     }

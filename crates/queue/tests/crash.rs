@@ -25,7 +25,12 @@ fn crash_child() {
         .build()
         .unwrap();
     runtime.block_on(async move {
-        let queue = open(dir.as_ref(), settings()).await;
+        // The shipped commit interval: batching appends must not weaken the guarantee.
+        let shipped = fieldlink_core::config::QueueSettings {
+            disk_reserve: 0,
+            ..Default::default()
+        };
+        let queue = open(dir.as_ref(), shipped).await;
         let mut producers = Vec::new();
         for p in 0..8u64 {
             let queue = queue.clone();

@@ -328,3 +328,53 @@ async fn the_file_shrinks_as_the_queue_drains() {
     );
     drop(queue);
 }
+
+/// Ages are queue time: wall-clock stamps (a clock stepped by days, as on a board without an
+/// RTC) neither expire a message nor keep it; rows an earlier release wrote (no queue time)
+/// count from the start that finds them.
+#[tokio::test]
+async fn ages_are_queue_time_not_wall_clock_stamps() {
+    use sqlx::Connection as _;
+    let dir = tempfile::tempdir().unwrap();
+    let max_age = QueueSettings {
+        max_age: Some(Duration::from_secs(2)),
+        ..settings()
+    };
+    let queue = open(dir.path(), max_age.clone()).await;
+    queue
+        .append((0..3).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap();
+    queue.close().await;
+
+    // Wall stamps 30 days in the past, and one row without a queue time.
+    let url = format!(
+        "sqlite://{}",
+        dir.path().join(fieldlink_queue::DB_FILE).display()
+    );
+    let mut raw = sqlx::SqliteConnection::connect(&url).await.unwrap();
+    sqlx::query("UPDATE messages SET enqueued_ms = enqueued_ms - 2592000000")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE messages SET queue_ms = NULL WHERE id = (SELECT MAX(id) FROM messages)")
+        .execute(&mut raw)
+        .await
+        .unwrap();
+    raw.close().await.unwrap();
+
+    let queue = open(dir.path(), max_age).await;
+    // Two maintenance passes: a wall-clock age would have dropped all three by now.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.messages, 3, "{stats:?}");
+    assert!(
+        stats.oldest_age.unwrap() < Duration::from_secs(2),
+        "{stats:?}"
+    );
+    // Held longer than max_age in queue time: dropped and counted, the unstamped row too.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let stats = queue.stats().await.unwrap();
+    assert_eq!(stats.messages, 0, "{stats:?}");
+    assert_eq!(stats.dropped_total.get("age"), Some(&3));
+}

@@ -173,7 +173,7 @@ impl Device {
         i: usize,
         value: &Value,
         now: Instant,
-        ts: i64,
+        ts: payload::Stamp,
         out: &mut Vec<Message>,
     ) {
         let (Some(point), Some(last), Some(topic)) = (
@@ -195,7 +195,7 @@ impl Device {
     }
 
     /// Adds the device's snapshot of `values` to `out`, if it publishes snapshots.
-    pub fn snapshot(&self, values: &[(usize, Value)], ts: i64, out: &mut Vec<Message>) {
+    pub fn snapshot(&self, values: &[(usize, Value)], ts: payload::Stamp, out: &mut Vec<Message>) {
         if !self.cfg.snapshot || values.is_empty() {
             return;
         }
@@ -243,7 +243,7 @@ impl Device {
             tracing::warn!(device = %self.cfg.name, failures = self.failures, "Device does not answer: offline");
             // Each point gets a bad reading, and its next good one is published whatever the
             // deadband says.
-            let ts = payload::now_ms();
+            let ts = payload::Stamp::now();
             for (i, point) in self.cfg.points.iter().enumerate() {
                 if let (Some(topic), Some(last)) = (self.value_topics.get(i), self.last.get_mut(i))
                 {

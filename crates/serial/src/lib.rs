@@ -6,7 +6,8 @@
 //! - **Values in.** Each `[[devices]]` entry is polled (Modbus) or listened to (lines). Every
 //!   value is decoded (type, word and byte order), scaled (`scale`, `offset`) and published when
 //!   it changed by more than its `deadband`, or when its `heartbeat` is due, as
-//!   `{"value":…,"unit":…,"quality":"good","ts":<unix ms>}` on the `[bridge] value_topic`
+//!   `{"value":…,"unit":…,"quality":"good","ts":<unix ms>}` (plus `"ts_synced":false` when the
+//!   wall clock was not synchronized at reading time) on the `[bridge] value_topic`
 //!   (e.g. `{site}/{device}/{point}`), through the [`Ingress`] port: a routed value is durable in
 //!   the queue before it is published locally. A device can also publish one snapshot per poll.
 //! - **Commands in.** A message on a writable point's `command_topic` (a JSON value, or

@@ -96,7 +96,7 @@ pub async fn run(mut device: Device, shutdown: Shutdown) {
                 continue;
             }
             let now = Instant::now();
-            let ts = payload::now_ms();
+            let ts = payload::Stamp::now();
             let mut out = Vec::with_capacity(values.len() + 2);
             device.poll_done(true, &mut out);
             for (i, raw) in values.drain(..) {

@@ -253,7 +253,7 @@ async fn poll(conn: &mut Connection, dev: &mut LinkDevice, g: usize, shutdown: &
         }
     }
     let now = Instant::now();
-    let ts = payload::now_ms();
+    let ts = payload::Stamp::now();
     let mut out = Vec::with_capacity(values.len() + 2);
     let ok = reads.is_empty() || failed < reads.len();
     dev.device.poll_done(ok, &mut out);

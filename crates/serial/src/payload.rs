@@ -5,9 +5,39 @@ use std::fmt::Write as _;
 
 use crate::codec::Value;
 
+/// When a value was read: Unix milliseconds by the wall clock, and whether that clock was
+/// synchronized then. A board without an RTC reads days (or decades) wrong until time sync, so
+/// a timestamp taken before it is marked `"ts_synced":false` in the payload: the consumer
+/// knows not to trust it, and nothing pretends to correct it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Milliseconds since the Unix epoch, by the wall clock.
+    pub ms: i64,
+    /// Whether the wall clock was synchronized.
+    pub synchronized: bool,
+}
+
+impl Stamp {
+    /// The wall clock now, and its state.
+    pub fn now() -> Self {
+        Self {
+            ms: fieldlink_core::clock::wall_ms(),
+            synchronized: fieldlink_core::clock::synchronized(),
+        }
+    }
+}
+
+/// `"ts":<unix ms>`, with `"ts_synced":false` after it when the clock was not synchronized.
+fn push_ts(out: &mut String, ts: Stamp) {
+    let _ = write!(out, "\"ts\":{}", ts.ms);
+    if !ts.synchronized {
+        out.push_str(",\"ts_synced\":false");
+    }
+}
+
 /// `{"value":…,"unit":…,"quality":"good"|"bad","ts":<unix ms>}`; `unit` only when set.
 /// A bad reading has `"value":null`.
-pub fn value(value: Option<&Value>, unit: Option<&str>, ts_ms: i64) -> Vec<u8> {
+pub fn value(value: Option<&Value>, unit: Option<&str>, ts: Stamp) -> Vec<u8> {
     let mut out = String::with_capacity(64);
     out.push_str("{\"value\":");
     let good = push_value(&mut out, value);
@@ -20,14 +50,18 @@ pub fn value(value: Option<&Value>, unit: Option<&str>, ts_ms: i64) -> Vec<u8> {
     } else {
         ",\"quality\":\"bad\""
     });
-    let _ = write!(out, ",\"ts\":{ts_ms}}}");
+    out.push(',');
+    push_ts(&mut out, ts);
+    out.push('}');
     out.into_bytes()
 }
 
 /// `{"ts":…,"values":{"<point>":…,…}}`.
-pub fn snapshot<'a>(values: impl Iterator<Item = (&'a str, &'a Value)>, ts_ms: i64) -> Vec<u8> {
+pub fn snapshot<'a>(values: impl Iterator<Item = (&'a str, &'a Value)>, ts: Stamp) -> Vec<u8> {
     let mut out = String::with_capacity(128);
-    let _ = write!(out, "{{\"ts\":{ts_ms},\"values\":{{");
+    out.push('{');
+    push_ts(&mut out, ts);
+    out.push_str(",\"values\":{");
     for (i, (name, v)) in values.enumerate() {
         if i > 0 {
             out.push(',');
@@ -69,7 +103,7 @@ impl WriteResult {
 }
 
 /// `{"result":"ok"|"exception"|"timeout"|"invalid"|"failed", …, "id":…, "ts":…}`.
-pub fn write_result(result: &WriteResult, id: Option<&serde_json::Value>, ts_ms: i64) -> Vec<u8> {
+pub fn write_result(result: &WriteResult, id: Option<&serde_json::Value>, ts: Stamp) -> Vec<u8> {
     let mut out = String::with_capacity(96);
     let _ = write!(out, "{{\"result\":\"{}\"", result.label());
     match result {
@@ -90,7 +124,9 @@ pub fn write_result(result: &WriteResult, id: Option<&serde_json::Value>, ts_ms:
         out.push_str(",\"id\":");
         out.push_str(&id.to_string());
     }
-    let _ = write!(out, ",\"ts\":{ts_ms}}}");
+    out.push(',');
+    push_ts(&mut out, ts);
+    out.push('}');
     out.into_bytes()
 }
 
@@ -121,13 +157,6 @@ fn push_str(out: &mut String, s: &str) {
     out.push_str(&serde_json::Value::from(s).to_string());
 }
 
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -136,26 +165,54 @@ mod tests {
         serde_json::from_slice(&bytes).expect("valid JSON")
     }
 
+    fn synced(ms: i64) -> Stamp {
+        Stamp {
+            ms,
+            synchronized: true,
+        }
+    }
+
+    #[test]
+    fn a_timestamp_from_an_unsynchronized_clock_says_so() {
+        let unsynced = Stamp {
+            ms: 9,
+            synchronized: false,
+        };
+        let v = json(value(Some(&Value::Int(1)), None, unsynced));
+        assert_eq!(
+            v,
+            serde_json::json!({"value":1,"quality":"good","ts":9,"ts_synced":false})
+        );
+        let s = json(snapshot([("a", &Value::Int(1))].into_iter(), unsynced));
+        assert_eq!(s["ts_synced"], false);
+        let w = json(write_result(&WriteResult::Timeout, None, unsynced));
+        assert_eq!(w["ts_synced"], false);
+    }
+
     #[test]
     fn payloads_are_valid_json_with_the_documented_fields() {
-        let v = json(value(Some(&Value::Float(21.5)), Some("°C \"x\""), 7));
+        let v = json(value(
+            Some(&Value::Float(21.5)),
+            Some("°C \"x\""),
+            synced(7),
+        ));
         assert_eq!(
             v,
             serde_json::json!({"value":21.5,"unit":"°C \"x\"","quality":"good","ts":7})
         );
-        let v = json(value(Some(&Value::Float(f64::NAN)), None, 7));
+        let v = json(value(Some(&Value::Float(f64::NAN)), None, synced(7)));
         assert_eq!(v, serde_json::json!({"value":null,"quality":"bad","ts":7}));
-        let v = json(value(None, None, 1));
+        let v = json(value(None, None, synced(1)));
         assert_eq!(v["quality"], "bad");
         let s = json(snapshot(
             [("a", &Value::Int(-1)), ("b", &Value::Text("t".into()))].into_iter(),
-            3,
+            synced(3),
         ));
         assert_eq!(s, serde_json::json!({"ts":3,"values":{"a":-1,"b":"t"}}));
         let w = json(write_result(
             &WriteResult::Exception(2),
             Some(&serde_json::json!("c1")),
-            5,
+            synced(5),
         ));
         assert_eq!(
             w,
@@ -164,7 +221,7 @@ mod tests {
         let w = json(write_result(
             &WriteResult::Invalid("too \"big\"".into()),
             None,
-            5,
+            synced(5),
         ));
         assert_eq!(w["reason"], "too \"big\"");
     }

@@ -63,6 +63,9 @@ impl TestCa {
             params.not_before = date_time_ymd(2020, 1, 1);
             params.not_after = date_time_ymd(2021, 1, 1);
         }
+        if let Some((y, m, d)) = leaf.not_before {
+            params.not_before = date_time_ymd(y, m, d);
+        }
         if let Some((y, m, d)) = leaf.not_after {
             params.not_after = date_time_ymd(y, m, d);
         }
@@ -110,9 +113,23 @@ pub struct Leaf {
     pub expired: bool,
     /// A chosen expiry date (year, month, day).
     pub not_after: Option<(i32, u8, u8)>,
+    /// A chosen start date (year, month, day).
+    pub not_before: Option<(i32, u8, u8)>,
 }
 
 impl Leaf {
+    /// A certificate valid from today (UTC midnight): not yet valid to a clock behind.
+    pub fn valid_from_today() -> Self {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("a clock after 1970")
+            .as_secs();
+        Self {
+            not_before: Some(civil_from_days((now / 86_400) as i64)),
+            ..Self::default()
+        }
+    }
+
     /// A certificate that expires `days` days from today (UTC).
     pub fn expiring_in_days(days: u64) -> Self {
         let now = std::time::SystemTime::now()

@@ -61,6 +61,29 @@ pub(crate) struct LinkError {
     pub(crate) text: String,
     /// The cloud said no (TLS alert, certificate), as opposed to could not be reached.
     pub(crate) refused: bool,
+    /// A certificate's validity period was the problem (a wrong clock, before time sync).
+    pub(crate) about_time: bool,
+}
+
+impl LinkError {
+    /// A failure the cloud's side caused, in plain words; `clock_synchronized` as in
+    /// [`crate::diagnose::explain`].
+    pub(crate) fn of(error: &(dyn std::error::Error + 'static), clock_synchronized: bool) -> Self {
+        Self {
+            text: crate::diagnose::explain(error, clock_synchronized),
+            refused: crate::diagnose::is_refusal(error),
+            about_time: crate::diagnose::is_clock_error(error),
+        }
+    }
+
+    /// A failure to reach the cloud at all.
+    pub(crate) fn unreachable(text: String) -> Self {
+        Self {
+            text,
+            refused: false,
+            about_time: false,
+        }
+    }
 }
 
 /// One bridged connection, as the drain loop sees it.
@@ -235,9 +258,11 @@ async fn connect(target: &Target, tunnel: &Tunnel, link: &Link) -> Result<Cloud,
         target.tuning,
     )
     .await
-    .map_err(|why| LinkError {
-        text: format!("cannot reach {}:{}: {why}", target.host, target.port),
-        refused: false,
+    .map_err(|why| {
+        LinkError::unreachable(format!(
+            "cannot reach {}:{}: {why}",
+            target.host, target.port
+        ))
     })?;
     let handshake = async {
         match tunnel {
@@ -245,10 +270,7 @@ async fn connect(target: &Target, tunnel: &Tunnel, link: &Link) -> Result<Cloud,
                 .connect(name.clone(), tcp)
                 .await
                 .map(|tls| Cloud::Rustls(Box::new(tls)))
-                .map_err(|e| LinkError {
-                    text: crate::diagnose::explain(&e),
-                    refused: crate::diagnose::is_refusal(&e),
-                }),
+                .map_err(|e| LinkError::of(&e, fieldlink_core::clock::synchronized())),
             Tunnel::Psk(connector) => crate::psk::handshake(connector, &target.host, tcp)
                 .await
                 .map(|tls| Cloud::Psk(Box::new(tls))),
@@ -256,12 +278,11 @@ async fn connect(target: &Target, tunnel: &Tunnel, link: &Link) -> Result<Cloud,
     };
     let cloud = tokio::time::timeout(target.connect_timeout, handshake)
         .await
-        .map_err(|_| LinkError {
-            text: format!(
+        .map_err(|_| {
+            LinkError::unreachable(format!(
                 "TLS handshake with {addr} ({}) unanswered after {:?}",
                 target.host, target.connect_timeout
-            ),
-            refused: false,
+            ))
         })??;
     link.heard();
     tracing::debug!(%addr, "Uplink TLS session established");
@@ -300,10 +321,8 @@ async fn pump<S: AsyncRead + AsyncWrite + Unpin>(
             match from_cloud.read(&mut buf).await {
                 Ok(0) => return,
                 Err(e) => {
-                    *lock(&shared.last_error) = Some(LinkError {
-                        text: crate::diagnose::explain(&e),
-                        refused: crate::diagnose::is_refusal(&e),
-                    });
+                    *lock(&shared.last_error) =
+                        Some(LinkError::of(&e, fieldlink_core::clock::synchronized()));
                     return;
                 }
                 Ok(n) => {

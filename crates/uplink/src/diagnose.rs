@@ -4,12 +4,44 @@ use std::error::Error as StdError;
 
 use rustls::{AlertDescription, CertificateError};
 
-/// The plainest true sentence about why a connection failed.
-pub(crate) fn explain(error: &(dyn StdError + 'static)) -> String {
+/// The plainest true sentence about why a connection failed. `clock_synchronized` is whether
+/// the wall clock is known to be right: a certificate that reads as expired or not yet valid
+/// by a clock that is not is a wrong clock, not a wrong certificate.
+pub(crate) fn explain(error: &(dyn StdError + 'static), clock_synchronized: bool) -> String {
+    match tls_error(error) {
+        Some(tls) if !clock_synchronized && is_about_time(tls) => format!(
+            "the clock is not synchronized yet: the server certificate cannot be checked until \
+             time sync (by this clock it is {}); retrying",
+            explain_tls(tls).trim_start_matches("server certificate ")
+        ),
+        Some(tls) => explain_tls(tls),
+        None => error.to_string(),
+    }
+}
+
+/// Whether a connection failed on a certificate's validity period.
+pub(crate) fn is_clock_error(error: &(dyn StdError + 'static)) -> bool {
+    tls_error(error).is_some_and(is_about_time)
+}
+
+fn is_about_time(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+                | CertificateError::ExpiredContext { .. }
+                | CertificateError::NotValidYet
+                | CertificateError::NotValidYetContext { .. }
+        )
+    )
+}
+
+/// The rustls error somewhere in the chain, if there is one.
+fn tls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Error> {
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(e) = source {
         if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return explain_tls(tls);
+            return Some(tls);
         }
         // io::Error::source() skips the error it wraps (it returns that error's source), and
         // tokio-rustls wraps the rustls error in an io::Error: look inside.
@@ -18,31 +50,26 @@ pub(crate) fn explain(error: &(dyn StdError + 'static)) -> String {
             .and_then(|io| io.get_ref())
             && let Some(tls) = inner.downcast_ref::<rustls::Error>()
         {
-            return explain_tls(tls);
+            return Some(tls);
         }
         source = e.source();
     }
-    error.to_string()
+    None
 }
 
 /// Whether the cloud said no (a certificate or TLS alert, a CONNACK refusal), as opposed to
 /// could not be reached or went away: the status calls the first "refused".
 pub(crate) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
+    if let Some(tls) = tls_error(error) {
+        return matches!(
+            tls,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::AlertReceived(_)
+                | rustls::Error::PeerIncompatible(_)
+        );
+    }
     let mut source: Option<&(dyn StdError + 'static)> = Some(error);
     while let Some(e) = source {
-        let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
-            e.downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
-        if let Some(tls) = tls {
-            return matches!(
-                tls,
-                rustls::Error::InvalidCertificate(_)
-                    | rustls::Error::AlertReceived(_)
-                    | rustls::Error::PeerIncompatible(_)
-            );
-        }
         if matches!(
             e.downcast_ref::<rumqttc::ConnectionError>(),
             Some(rumqttc::ConnectionError::ConnectionRefused(_))

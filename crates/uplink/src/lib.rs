@@ -428,8 +428,10 @@ struct Drain {
     connector: Connector,
     status: watch::Sender<UplinkStatus>,
     backoff: Backoff,
-    /// Leased and published, in publish order, until rumqttc tells their packet ids.
-    unsent: VecDeque<i64>,
+    /// Published, in publish order, until rumqttc tells their packet ids: queue rows, and
+    /// `None` for an alarm, so that an alarm's packet id is never paired with a row (its
+    /// PUBACK would delete a row the cloud has not confirmed).
+    unsent: VecDeque<Option<i64>>,
     /// Packet id → queue id, for what awaits its PUBACK.
     by_pkid: HashMap<u16, i64>,
     /// Refused by the cloud, to be retried after a delay.
@@ -446,6 +448,8 @@ struct Drain {
     last_packet: Option<Instant>,
     /// Since when nothing came from the cloud, once a stall is reported.
     silent_since: Option<Instant>,
+    /// Whether the wall clock was synchronized at the last look.
+    clock_synchronized: bool,
 }
 
 impl Drain {
@@ -475,6 +479,7 @@ impl Drain {
             awaiting_since: None,
             last_packet: None,
             silent_since: None,
+            clock_synchronized: fieldlink_core::clock::synchronized(),
         }
     }
 
@@ -581,7 +586,7 @@ impl Drain {
                         self.ping_outstanding = false;
                     }
                     Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
-                        if let Some(id) = self.unsent.pop_front() {
+                        if let Some(Some(id)) = self.unsent.pop_front() {
                             self.by_pkid.insert(pkid, id);
                         }
                     }
@@ -602,12 +607,14 @@ impl Drain {
                     Err(e) => {
                         // The bridge's own failure (unreachable, TLS) says more than rumqttc's
                         // "connection closed".
-                        match self.connector.take_link_error() {
-                            Some(link) => self.fail_with(link.text, link.refused),
-                            None => self.fail_with(
-                                diagnose::explain(e.as_ref()),
-                                diagnose::is_refusal(e.as_ref()),
-                            ),
+                        let synchronized = fieldlink_core::clock::synchronized();
+                        let failure = self.connector.take_link_error().unwrap_or_else(|| {
+                            bridge::LinkError::of(e.as_ref(), synchronized)
+                        });
+                        if !synchronized && failure.about_time {
+                            self.wait_for_clock(failure.text);
+                        } else {
+                            self.fail_with(failure.text, failure.refused);
                         }
                         self.connector.bridge.close_link();
                         return;
@@ -622,6 +629,10 @@ impl Drain {
                     if self.stalled() {
                         self.connector.bridge.close_link();
                         return;
+                    }
+                    if self.clock_became_synchronized() {
+                        // Expiry alarms wait for a clock that can be trusted.
+                        self.watch_expiry(Some(&session));
                     }
                     if let Ok(backlog) = self.backlog.depth().await {
                         self.status.send_modify(|s| {
@@ -750,7 +761,7 @@ impl Drain {
                 let _ = self.backlog.nack(vec![id]).await;
                 continue;
             }
-            self.unsent.push_back(id);
+            self.unsent.push_back(Some(id));
         }
         self.status
             .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
@@ -881,13 +892,34 @@ impl Drain {
     /// Everything leased and not acknowledged goes back to the backlog, to be sent again in
     /// order after the next CONNACK.
     async fn return_inflight(&mut self) {
-        let mut ids: Vec<i64> = self.unsent.drain(..).collect();
+        let mut ids: Vec<i64> = self.unsent.drain(..).flatten().collect();
         ids.extend(self.by_pkid.drain().map(|(_, id)| id));
         ids.extend(self.parked.drain(..).map(|(_, id)| id));
         if !ids.is_empty() {
             let _ = self.backlog.nack(ids).await;
         }
         self.status.send_modify(|s| s.inflight = 0);
+    }
+
+    /// A certificate that reads as expired or not yet valid while the clock is not
+    /// synchronized: said once, calmly, and retried on the usual backoff.
+    fn wait_for_clock(&mut self, why: String) {
+        if self.status.borrow().last_error.as_deref() != Some(why.as_str()) {
+            tracing::info!(host = %self.settings.host, reason = %why, "Uplink waits for time sync");
+        }
+        // Not a refusal: the cloud may be right and our clock wrong.
+        self.set_state(UplinkState::Disconnected {
+            reason: why.clone(),
+        });
+        self.status.send_modify(|s| s.last_error = Some(why));
+    }
+
+    /// Whether the wall clock has become synchronized since the last look.
+    fn clock_became_synchronized(&mut self) -> bool {
+        let now = fieldlink_core::clock::synchronized();
+        let became = now && !self.clock_synchronized;
+        self.clock_synchronized = now;
+        became
     }
 
     fn fail(&mut self, why: String) {
@@ -913,6 +945,10 @@ impl Drain {
     /// connected and a new threshold is crossed.
     fn watch_expiry(&mut self, session: Option<&Session>) {
         let now = SystemTime::now();
+        // A clock that is not synchronized may be days off: the dates are shown, but no
+        // warning or alarm is raised from it (the tick looks again once it is synchronized).
+        self.clock_synchronized = fieldlink_core::clock::synchronized();
+        let judge = self.clock_synchronized;
         let mut seen = Vec::new();
         for (role, cert) in self.connector.certificates() {
             let Some(not_after) = expiry::not_after(&cert) else {
@@ -923,6 +959,9 @@ impl Drain {
                 - now
                     .duration_since(UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs() as i64);
+            if !judge {
+                continue;
+            }
             metrics::gauge!(UPLINK_CERT_EXPIRY_SECONDS, "certificate" => role.clone())
                 .set(left as f64);
             let Some(level) = expiry::warning_level(not_after, now) else {
@@ -938,11 +977,12 @@ impl Drain {
                         "{{\"alarm\":\"certificate_expiry\",\"certificate\":\"{role}\",\"not_after\":{not_after},\"days_left\":{}}}",
                         left / 86_400
                     );
-                    // The alarm rides outside the inflight bookkeeping: QoS 1, no queue row.
+                    // QoS 1 without a queue row: its place in `unsent` says so.
                     if session
                         .publish(topic.to_string(), alarm.into_bytes(), false)
                         .is_ok()
                     {
+                        self.unsent.push_back(None);
                         self.warned.insert(role, level);
                     }
                 }

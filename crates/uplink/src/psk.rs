@@ -94,10 +94,7 @@ pub(crate) async fn handshake(
     host: &str,
     tcp: TcpStream,
 ) -> Result<SslStream<TcpStream>, LinkError> {
-    let failed = |e: String| LinkError {
-        text: e,
-        refused: false,
-    };
+    let failed = LinkError::unreachable;
     let mut config = connector.configure().map_err(|e| failed(e.to_string()))?;
     config.set_verify_hostname(false);
     config.set_use_server_name_indication(false);
@@ -136,6 +133,7 @@ fn explain_handshake(e: &openssl::ssl::Error) -> LinkError {
         LinkError {
             text: format!("PSK identity or key rejected by the server ({first})"),
             refused: true,
+            about_time: false,
         }
     } else if [
         "no shared cipher",
@@ -151,11 +149,13 @@ fn explain_handshake(e: &openssl::ssl::Error) -> LinkError {
                 "the server shares no TLS version or PSK cipher suite with our policy (TLS 1.2+, AEAD only) ({first})"
             ),
             refused: true,
+            about_time: false,
         }
     } else {
         LinkError {
             text: format!("PSK handshake failed: {first}"),
             refused: false,
+            about_time: false,
         }
     }
 }

@@ -355,6 +355,8 @@ async fn a_tls11_only_server_is_refused() {
 
 #[tokio::test]
 async fn a_client_certificate_near_expiry_raises_an_alarm_on_the_cloud() {
+    // Alarms are raised only from a synchronized clock (CI machines report none).
+    fieldlink_core::clock::use_source(fieldlink_core::clock::SyncSource::Fixed(true));
     let ca = TestCa::new("cloud CA");
     let cloud = Cloud::start(
         &ca,
@@ -405,6 +407,8 @@ async fn a_client_certificate_near_expiry_raises_an_alarm_on_the_cloud() {
 
 #[tokio::test]
 async fn the_cloud_certificate_near_expiry_is_monitored_and_raises_an_alarm() {
+    // Alarms are raised only from a synchronized clock (CI machines report none).
+    fieldlink_core::clock::use_source(fieldlink_core::clock::SyncSource::Fixed(true));
     let ca = TestCa::new("cloud CA");
     let server = ca.issue_with("cloud", &["localhost"], Leaf::expiring_in_days(6));
     let cloud = Cloud::start(&ca, &server, "");

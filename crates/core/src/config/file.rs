@@ -128,6 +128,10 @@ pub struct QueueFile {
     pub when_full: Option<Spanned<String>>,
     /// Free disk space to keep: intake stops before the file system has less.
     pub disk_reserve: Option<Spanned<i64>>,
+    /// Appends are committed at most once per interval, e.g. `"100ms"`; `"0s"` at once.
+    pub commit_interval: Option<Spanned<String>>,
+    /// `"power-safe"` or `"process-crash"`.
+    pub durability: Option<Spanned<String>>,
 }
 
 /// `[[routes]]`.

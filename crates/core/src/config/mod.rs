@@ -399,6 +399,22 @@ pub struct QueueSettings {
     pub when_full: FullPolicy,
     /// Free disk space to keep: intake stops before the file system has less.
     pub disk_reserve: u64,
+    /// Appends are committed at most once per interval (one fsync for all that arrived
+    /// meanwhile); zero commits each round at once.
+    pub commit_interval: Duration,
+    /// What a commit survives.
+    pub durability: Durability,
+}
+
+/// What a committed message survives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Durability {
+    /// A power cut: every commit is fsynced before producers get their acknowledgement.
+    #[default]
+    PowerSafe,
+    /// A crash of the process, not a power cut: no fsync per commit (the WAL is synced at
+    /// checkpoints). For boards on a UPS.
+    ProcessCrash,
 }
 
 impl Default for QueueSettings {
@@ -409,6 +425,8 @@ impl Default for QueueSettings {
             max_age: Some(default_queue_max_age()),
             when_full: FullPolicy::default(),
             disk_reserve: default_disk_reserve(),
+            commit_interval: default_commit_interval(),
+            durability: Durability::default(),
         }
     }
 }
@@ -482,6 +500,11 @@ fn default_queue_max_messages() -> u64 {
 /// A week: longer than any outage worth buffering for; older readings are rarely wanted.
 fn default_queue_max_age() -> Duration {
     Duration::from_secs(7 * 24 * 3600)
+}
+/// At most ten append commits (fsyncs) a second, whatever the rate: SD cards wear by the
+/// commits they take; a PUBACK waits at most this long for company.
+fn default_commit_interval() -> Duration {
+    Duration::from_millis(100)
 }
 /// Keep 64 MiB free so that the system (logs, updates) never runs out of disk because of us.
 fn default_disk_reserve() -> u64 {

@@ -11,8 +11,8 @@ use toml::Spanned;
 use super::error::Collector;
 use super::file::{BrokerFile, FileConfig, GatewayFile, ListenerFile, QueueFile, RouteFile};
 use super::{
-    BrokerSettings, FullPolicy, GatewaySettings, ListenerSettings, MqttVersion, QueueSettings,
-    Route, Settings, StreamLimits, default_connect_timeout, default_max_connections,
+    BrokerSettings, Durability, FullPolicy, GatewaySettings, ListenerSettings, MqttVersion,
+    QueueSettings, Route, Settings, StreamLimits, default_connect_timeout, default_max_connections,
     default_max_inflight, default_max_packet_size, default_segment_count, default_segment_size,
     default_shutdown_grace,
 };
@@ -133,6 +133,35 @@ fn queue(file: &QueueFile, c: &mut Collector<'_>) -> QueueSettings {
             .unwrap_or(defaults.when_full),
         disk_reserve: int(c, "queue.disk_reserve", &file.disk_reserve, 0..=1024 * GIB)
             .unwrap_or(defaults.disk_reserve),
+        commit_interval: duration(
+            c,
+            "queue.commit_interval",
+            &file.commit_interval,
+            Duration::ZERO..=Duration::from_secs(1),
+            defaults.commit_interval,
+        ),
+        durability: file
+            .durability
+            .as_ref()
+            .and_then(|d| durability(c, "queue.durability", d))
+            .unwrap_or(defaults.durability),
+    }
+}
+
+fn durability(c: &mut Collector<'_>, key: &str, value: &Spanned<String>) -> Option<Durability> {
+    match value.get_ref().as_str() {
+        "power-safe" => Some(Durability::PowerSafe),
+        "process-crash" => Some(Durability::ProcessCrash),
+        _ => {
+            c.at(
+                key,
+                Some(value.span()),
+                "unknown durability",
+                "write \"power-safe\" (survives a power cut) or \"process-crash\" (survives a \
+                 crash of the process only)",
+            );
+            None
+        }
     }
 }
 

@@ -26,10 +26,13 @@ pub fn entry(stream: &str, n: u64) -> OutboxEntry {
     }
 }
 
-/// Default limits, no disk reserve (the test machine's disk may be fuller than a board's).
+/// Default limits, no disk reserve (the test machine's disk may be fuller than a board's),
+/// and every round committed at once: these tests are about what the queue keeps, and one
+/// caller at a time would wait out the commit interval at every step.
 pub fn settings() -> QueueSettings {
     QueueSettings {
         disk_reserve: 0,
+        commit_interval: std::time::Duration::ZERO,
         ..QueueSettings::default()
     }
 }

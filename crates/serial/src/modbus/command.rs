@@ -74,7 +74,7 @@ pub(super) async fn write(
             &dev.device.cfg.name,
             &point.name,
         ),
-        payload: payload::write_result(&result, id.as_ref(), payload::now_ms()),
+        payload: payload::write_result(&result, id.as_ref(), payload::Stamp::now()),
         qos: QoS::AtLeastOnce,
         retain: false,
     };
