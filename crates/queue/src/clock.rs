@@ -94,6 +94,8 @@ impl QueueClock {
     }
 
     /// What to persist now.
+    // (It also notes when it was saved, hence `&mut self`; clippy 1.95 objects to `to_*` so.)
+    #[allow(clippy::wrong_self_convention)]
     pub(crate) fn to_save(&mut self) -> Saved {
         self.last_saved = Instant::now();
         Saved {
