@@ -25,7 +25,9 @@ use std::time::Duration;
 pub enum UplinkState {
     /// The cloud accepted the session and answers.
     Connected,
-    /// Resolving the host, opening TCP, the TLS handshake or waiting for the CONNACK.
+    /// The first connection is being made (resolving, TCP, TLS, waiting for the CONNACK).
+    /// After a failure its state stays while the next attempt is made, until it connects or
+    /// fails anew.
     #[default]
     Connecting,
     /// Lost or unreachable (closed, reset, timed out, not resolvable); reconnecting with

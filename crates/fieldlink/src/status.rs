@@ -182,41 +182,22 @@ pub async fn snapshot(
     }
 }
 
-/// Rewrites `dir/status.json` every [`STATUS_EVERY`], and at once when the uplink's state
-/// changes (a stall is worth seeing before the reconnect that follows it), until `shutdown`,
-/// then removes it.
+/// Rewrites `dir/status.json` every [`STATUS_EVERY`] until `shutdown`, then removes it.
 pub(crate) async fn publish(
     dir: PathBuf,
     board: StatusBoard,
     queue: Queue,
-    mut uplink: Option<tokio::sync::watch::Receiver<UplinkStatus>>,
+    uplink: Option<tokio::sync::watch::Receiver<UplinkStatus>>,
     shutdown: Shutdown,
 ) {
     let path = dir.join(STATUS_FILE);
     let mut tick = tokio::time::interval(STATUS_EVERY);
-    let mut written_state = None;
     loop {
-        let state_changed = async {
-            match uplink.as_mut() {
-                // Every ack changes the status; only a new state is worth a write.
-                Some(rx) => loop {
-                    if rx.changed().await.is_err() {
-                        return std::future::pending().await;
-                    }
-                    if Some(rx.borrow_and_update().state.name()) != written_state {
-                        return;
-                    }
-                },
-                None => std::future::pending().await,
-            }
-        };
         tokio::select! {
             _ = tick.tick() => {}
-            () = state_changed => {}
             () = shutdown.cancelled() => break,
         }
         let uplink_status = uplink.as_ref().map(|rx| rx.borrow().clone());
-        written_state = uplink_status.as_ref().map(|s| s.state.name());
         let status = snapshot(&board, &queue, uplink_status.as_ref()).await;
         if let Err(e) = write_atomically(&path, &status) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the status file");

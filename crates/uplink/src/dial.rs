@@ -214,6 +214,59 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn the_winning_socket_gets_the_user_timeout_and_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let resolver: Arc<dyn Resolve> = Arc::new(SystemResolver);
+        let tuning = SocketTuning {
+            user_timeout: Duration::from_secs(20),
+            keepalive_idle: Duration::from_secs(40),
+        };
+        let (stream, got) = dial(
+            &resolver,
+            "127.0.0.1",
+            addr.port(),
+            Duration::from_secs(2),
+            tuning,
+        )
+        .await
+        .unwrap();
+        assert_eq!(got, addr);
+        let socket = socket2::SockRef::from(&stream);
+        assert_eq!(
+            socket.tcp_user_timeout().unwrap(),
+            Some(Duration::from_secs(20))
+        );
+        assert!(socket.keepalive().unwrap());
+        assert_eq!(
+            socket.tcp_keepalive_time().unwrap(),
+            Duration::from_secs(40)
+        );
+        assert_eq!(
+            socket.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(10)
+        );
+    }
+
+    #[tokio::test]
+    async fn a_hanging_address_does_not_hold_up_the_next() {
+        let silent = fieldlink_test_support::SilentAddress::start();
+        let live = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let live = live.local_addr().map(|a| (a, live)).unwrap();
+        let started = std::time::Instant::now();
+        let (_, got) = race(vec![silent.addr(), live.0], Duration::from_secs(30))
+            .await
+            .unwrap();
+        assert_eq!(got, live.0);
+        // Started after the stagger, not after the first attempt's 30 s.
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+
+    #[tokio::test]
     async fn every_failure_is_named_when_no_address_answers() {
         // Two loopback ports nobody listens on: refused at once, both reported.
         let ports: Vec<SocketAddr> = (0..2)

@@ -539,7 +539,12 @@ impl Drain {
                 return;
             }
         };
-        self.set_state(UplinkState::Connecting);
+        // A failure's state (stalled, refused, disconnected) stays while the next attempt is
+        // made: it is the latest thing known, and "connecting" in between would hide it from
+        // whoever looks at the status at the wrong moment.
+        if self.status.borrow().state.is_connected() {
+            self.set_state(UplinkState::Connecting);
+        }
         // An error of an earlier connection is not this one's.
         let _ = self.connector.take_link_error();
         self.ping_outstanding = false;
