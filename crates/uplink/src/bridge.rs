@@ -18,6 +18,7 @@
 //! rumqttc's "connection closed". The drain loop closes a [`Link`] it gives up on; the bridged
 //! connection ends then, even if the dead peer never answers again.
 
+use std::net::SocketAddr;
 use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,6 +91,8 @@ impl LinkError {
 #[derive(Debug)]
 pub(crate) struct Link {
     opened: Instant,
+    /// The cloud's address this link reached, once dialled.
+    addr: Mutex<Option<SocketAddr>>,
     /// Milliseconds after `opened` of the last byte from the cloud; `u64::MAX`: none yet.
     last_rx_ms: AtomicU64,
     close: Notify,
@@ -99,6 +102,7 @@ impl Link {
     fn new() -> Self {
         Self {
             opened: Instant::now(),
+            addr: Mutex::new(None),
             last_rx_ms: AtomicU64::new(u64::MAX),
             close: Notify::new(),
         }
@@ -130,6 +134,8 @@ struct Shared {
     /// picked up by building it again before each attempt).
     tunnel: Mutex<Option<Tunnel>>,
     last_error: Mutex<Option<LinkError>>,
+    /// An address that failed us after its TCP connect: tried last next time.
+    demoted: Mutex<Option<SocketAddr>>,
     current: Mutex<Option<Arc<Link>>>,
 }
 
@@ -197,6 +203,16 @@ impl Bridge {
         lock(&self.shared.current).clone()
     }
 
+    /// The current connection's address is tried last next time (the link stalled on it).
+    pub(crate) fn demote_link(&self) {
+        let addr = lock(&self.shared.current)
+            .as_ref()
+            .and_then(|link| *lock(&link.addr));
+        if addr.is_some() {
+            *lock(&self.shared.demoted) = addr;
+        }
+    }
+
     /// Ends the current connection (the drain loop gave up on it).
     pub(crate) fn close_link(&self) {
         if let Some(link) = lock(&self.shared.current).take() {
@@ -230,7 +246,7 @@ async fn accept_loop(listener: UnixListener, target: Arc<Target>, shared: Arc<Sh
         let (target, shared) = (target.clone(), shared.clone());
         tokio::spawn(async move {
             let outcome = tokio::select! {
-                made = connect(&target, &tunnel, &link) => made,
+                made = connect(&target, &tunnel, &link, &shared) => made,
                 () = link.close.notified() => return,
             };
             match outcome {
@@ -249,13 +265,20 @@ enum Cloud {
     Psk(Box<tokio_openssl::SslStream<TcpStream>>),
 }
 
-async fn connect(target: &Target, tunnel: &Tunnel, link: &Link) -> Result<Cloud, LinkError> {
+async fn connect(
+    target: &Target,
+    tunnel: &Tunnel,
+    link: &Link,
+    shared: &Shared,
+) -> Result<Cloud, LinkError> {
+    let avoid = *lock(&shared.demoted);
     let (tcp, addr) = dial(
         &target.resolver,
         &target.host,
         target.port,
         target.connect_timeout,
         target.tuning,
+        avoid,
     )
     .await
     .map_err(|why| {
@@ -276,14 +299,27 @@ async fn connect(target: &Target, tunnel: &Tunnel, link: &Link) -> Result<Cloud,
                 .map(|tls| Cloud::Psk(Box::new(tls))),
         }
     };
-    let cloud = tokio::time::timeout(target.connect_timeout, handshake)
+    *lock(&link.addr) = Some(addr);
+    let outcome = tokio::time::timeout(target.connect_timeout, handshake)
         .await
         .map_err(|_| {
             LinkError::unreachable(format!(
                 "TLS handshake with {addr} ({}) unanswered after {:?}",
                 target.host, target.connect_timeout
             ))
-        })??;
+        })
+        .and_then(|handshake| handshake);
+    let cloud = match outcome {
+        Ok(cloud) => cloud,
+        Err(e) => {
+            // The cloud's own refusal is the same at every address; anything else may be
+            // this address's fault.
+            if !e.refused {
+                *lock(&shared.demoted) = Some(addr);
+            }
+            return Err(e);
+        }
+    };
     link.heard();
     tracing::debug!(%addr, "Uplink TLS session established");
     Ok(cloud)

@@ -61,14 +61,15 @@ pub(crate) struct SocketTuning {
     pub(crate) keepalive_idle: Duration,
 }
 
-/// Connects to the first address of `host` that answers; the error lists every address tried
-/// and what each did.
+/// Connects to the first address of `host` that answers, `avoid` (one that failed us after
+/// its TCP connect) tried last; the error lists every address tried and what each did.
 pub(crate) async fn dial(
     resolver: &Arc<dyn Resolve>,
     host: &str,
     port: u16,
     attempt_timeout: Duration,
     tuning: SocketTuning,
+    avoid: Option<SocketAddr>,
 ) -> Result<(TcpStream, SocketAddr), String> {
     let addrs = match tokio::time::timeout(attempt_timeout, resolver.resolve(host.to_owned(), port))
         .await
@@ -82,7 +83,7 @@ pub(crate) async fn dial(
             ));
         }
     };
-    let (stream, addr) = race(interleave(addrs), attempt_timeout).await?;
+    let (stream, addr) = race(last(interleave(addrs), avoid), attempt_timeout).await?;
     tune(&stream, tuning);
     Ok((stream, addr))
 }
@@ -101,6 +102,16 @@ pub(crate) fn interleave(addrs: Vec<SocketAddr>) -> Vec<SocketAddr> {
             (a, b) => out.extend(a.into_iter().chain(b)),
         }
     }
+}
+
+/// `addrs` with `avoid` moved to the end: an address that accepts TCP but then fails (a TLS
+/// handshake that hangs, a stalled link) would otherwise win every race.
+pub(crate) fn last(mut addrs: Vec<SocketAddr>, avoid: Option<SocketAddr>) -> Vec<SocketAddr> {
+    if let Some(i) = avoid.and_then(|a| addrs.iter().position(|x| *x == a)) {
+        let a = addrs.remove(i);
+        addrs.push(a);
+    }
+    addrs
 }
 
 /// Staggered attempts, each with its own timeout; the first connection wins.
@@ -213,6 +224,17 @@ mod tests {
         assert_eq!(v4_first, [a("192.0.2.1:1"), a("[2001:db8::1]:1")]);
     }
 
+    #[test]
+    fn an_address_that_failed_us_is_tried_last() {
+        let addrs = vec![a("192.0.2.1:1"), a("192.0.2.2:1"), a("192.0.2.3:1")];
+        assert_eq!(
+            last(addrs.clone(), Some(a("192.0.2.1:1"))),
+            [a("192.0.2.2:1"), a("192.0.2.3:1"), a("192.0.2.1:1")]
+        );
+        assert_eq!(last(addrs.clone(), Some(a("198.51.100.1:1"))), addrs);
+        assert_eq!(last(addrs.clone(), None), addrs);
+    }
+
     #[tokio::test]
     async fn the_winning_socket_gets_the_user_timeout_and_keepalive() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -228,6 +250,7 @@ mod tests {
             addr.port(),
             Duration::from_secs(2),
             tuning,
+            None,
         )
         .await
         .unwrap();

@@ -632,6 +632,7 @@ impl Drain {
                 _ = tick.tick(), if connected_at.is_some() => {
                     self.on_tick(connected_at);
                     if self.stalled() {
+                        self.connector.bridge.demote_link();
                         self.connector.bridge.close_link();
                         return;
                     }

@@ -229,6 +229,45 @@ async fn a_first_address_that_hangs_does_not_keep_the_gateway_offline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_address_that_accepts_but_never_answers_tls_is_tried_last_next_time() {
+    let ca = TestCa::new("cloud CA");
+    let cloud = Cloud::start(&ca, &ca.issue("cloud", &["localhost"]), "");
+    // Accepts TCP (so it wins the race) and then says nothing: the TLS handshake hangs.
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mute_addr = mute.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut sockets = Vec::new();
+        while let Ok((socket, _)) = mute.accept().await {
+            sockets.push(socket);
+        }
+    });
+    let live: SocketAddr = ([127, 0, 0, 1], cloud.tls_port).into();
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue(dir.path()).await;
+    let mut settings = settings(cloud.tls_port, server_auth(&cloud, &ca));
+    settings.connect_timeout = Duration::from_secs(1);
+    let started = Instant::now();
+    let (uplink, shutdown) = start_resolving(settings, &queue, dir.path(), vec![mute_addr, live]);
+    let states = StateLog::start(&uplink);
+    let connected_at = states
+        .first_after(started, "connected", Duration::from_secs(20))
+        .await;
+    // One handshake timeout, a reconnect delay (at most 1 s here), then the live address.
+    assert!(
+        connected_at - started < Duration::from_secs(4),
+        "{:?}",
+        connected_at - started
+    );
+    assert!(
+        states.names().contains(&"disconnected"),
+        "the hanging handshake was seen: {:?}",
+        states.names()
+    );
+    shutdown.drain(Duration::from_secs(5)).await;
+    held.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_address_that_hangs_is_given_up_after_the_attempt_timeout_and_named() {
     let silent = SilentAddress::start();
     let ca = TestCa::new("cloud CA");
