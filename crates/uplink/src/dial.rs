@@ -5,7 +5,8 @@
 //! several A records), and one whose SYNs are dropped would hang every attempt. So the bridge
 //! ([`crate::bridge`]) dials here: the addresses are interleaved by family (RFC 8305), a new
 //! attempt starts every [`STAGGER`] or as soon as the previous one fails, each attempt has its
-//! own timeout, and the first connection wins (the others are dropped).
+//! own timeout, and the first connection wins (the others are dropped). An address that
+//! failed after its TCP connect (the bridge says which) goes last in the next attempt.
 //!
 //! The winning socket gets `TCP_USER_TIMEOUT` (sent data unacknowledged that long closes the
 //! connection in the kernel) and TCP keepalive probes that start only after a silence no
