@@ -604,8 +604,11 @@ impl Drain {
                     }
                     Ok(_) => {}
                     Err(e) if diagnose::is_unanswered_ping(e.as_ref()) => {
-                        let silent_for = self.last_heard().map_or(self.settings.keep_alive, |h| h.elapsed());
+                        let silent_for = self
+                            .last_heard()
+                            .map_or(self.settings.keep_alive, |h| h.elapsed());
                         self.report_stall(silent_for);
+                        self.connector.bridge.demote_link();
                         self.connector.bridge.close_link();
                         return;
                     }
