@@ -8,6 +8,7 @@
 //! - [`shutdown`]: the process-wide shutdown token;
 //! - [`tls`]: the one place that builds TLS configurations, with the one crypto provider;
 //! - [`metrics`]: every metric name, in one place;
+//! - [`uplink_state`]: the uplink's one state model (connected, stalled, refused, ...);
 //! - [`logging`]: `tracing` set up for a terminal or for journald.
 //!
 //! ```
@@ -27,3 +28,4 @@ pub mod shutdown;
 pub mod tls;
 pub mod topic;
 pub mod topic_map;
+pub mod uplink_state;

@@ -55,3 +55,15 @@ pub const SERIAL_WRITES_TOTAL: &str = "fieldlink_serial_writes_total";
 pub const SERIAL_OPENS_TOTAL: &str = "fieldlink_serial_opens_total";
 /// Gauge: 1 while a device answers, 0 while it is offline; label `device`.
 pub const SERIAL_DEVICE_ONLINE: &str = "fieldlink_serial_device_online";
+
+/// Gauge: 1 for the uplink's current state, 0 for the states it left; label `state`
+/// (`UplinkState::name`: `connected`, `connecting`, `disconnected`, `refused`, `stalled`, ...).
+pub const UPLINK_STATE: &str = "fieldlink_uplink_state";
+/// Counter: connections given up because nothing came back from the cloud
+/// (`uplink.stall_timeout`).
+pub const UPLINK_STALLS_TOTAL: &str = "fieldlink_uplink_stalls_total";
+/// Gauge: Unix time (seconds) of the cloud's last PUBACK for one of our messages.
+pub const UPLINK_LAST_ACK_TIMESTAMP_SECONDS: &str = "fieldlink_uplink_last_ack_timestamp_seconds";
+/// Counter: TCP connection attempts to the cloud's addresses; label `result` (`connected`,
+/// `failed`, `timeout`).
+pub const UPLINK_DIAL_ATTEMPTS_TOTAL: &str = "fieldlink_uplink_dial_attempts_total";

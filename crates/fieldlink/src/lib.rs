@@ -191,33 +191,27 @@ impl Gateway {
     }
 }
 
-/// The uplink's health follows its connection: degraded (not down) while it cannot reach the
-/// cloud, since messages are kept meanwhile.
+/// The uplink's health follows its state: up when connected, else degraded (not down) with
+/// the state in words, since messages are kept meanwhile.
 async fn mirror_uplink_health(
     mut uplink: tokio::sync::watch::Receiver<fieldlink_uplink::UplinkStatus>,
     reporter: fieldlink_core::ports::StatusReporter,
 ) {
-    // The status changes with every acknowledgement; the health only when the connection
-    // does, so compare before building anything.
-    let mut shown: Option<(bool, Option<String>)> = None;
+    // The status changes with every acknowledgement; the health only when the state does,
+    // so compare before building anything.
+    let mut shown: Option<fieldlink_uplink::UplinkState> = None;
     loop {
         let now = {
             let s = uplink.borrow_and_update();
-            let same = shown
-                .as_ref()
-                .is_some_and(|(c, e)| *c == s.connected && *e == s.last_error);
-            (!same).then(|| (s.connected, s.last_error.clone()))
+            (shown.as_ref() != Some(&s.state)).then(|| s.state.clone())
         };
-        if let Some((connected, last_error)) = now {
-            reporter.set(if connected {
+        if let Some(state) = now {
+            reporter.set(if state.is_connected() {
                 Health::Up
             } else {
-                Health::Degraded(format!(
-                    "not connected: {}",
-                    last_error.as_deref().unwrap_or("connecting")
-                ))
+                Health::Degraded(state.to_string())
             });
-            shown = Some((connected, last_error));
+            shown = Some(state);
         }
         if uplink.changed().await.is_err() {
             break;

@@ -118,12 +118,24 @@ pub struct QueueView {
 /// The uplink, as the status shows it.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct UplinkView {
-    /// Connected to the cloud broker now.
+    /// The state's stable name (`UplinkState::name`): `connected`, `connecting`,
+    /// `disconnected`, `refused`, `stalled`, and whatever later versions add.
+    pub state: String,
+    /// The state in words: "stalled: nothing from the cloud for 12 s".
+    pub state_text: String,
+    /// `state == "connected"` (kept for readers of older files).
     pub connected: bool,
     /// The last failure, in plain words.
     pub last_error: Option<String>,
+    /// When the cloud last acknowledged one of our messages, in Unix milliseconds.
+    pub last_ack_ms: Option<u64>,
+    /// When the last byte from the cloud arrived, in Unix milliseconds.
+    pub last_heard_ms: Option<u64>,
     /// Connection attempts that failed or ended.
     pub reconnects: u64,
+    /// Connections given up because nothing came back from the cloud.
+    #[serde(default)]
+    pub stalls: u64,
     /// Messages acknowledged by the cloud since start.
     pub acked_total: u64,
     /// Messages refused by the cloud since start.
@@ -145,9 +157,14 @@ pub struct UplinkView {
 impl UplinkView {
     fn from_status(s: &UplinkStatus, now_s: i64) -> Self {
         Self {
-            connected: s.connected,
+            state: s.state.name().to_owned(),
+            state_text: s.state.to_string(),
+            connected: s.state.is_connected(),
             last_error: s.last_error.clone(),
+            last_ack_ms: s.last_ack.map(unix_ms),
+            last_heard_ms: s.last_heard.map(unix_ms),
             reconnects: s.reconnects,
+            stalls: s.stalls,
             acked_total: s.acked_total,
             rejected_total: s.rejected_total,
             drain_rate: s.drain_rate,
@@ -165,9 +182,20 @@ impl UplinkView {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
+    unix_ms(SystemTime::now())
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// "12 s ago", or "never".
+fn ago(then_ms: Option<u64>, now_ms: u64) -> String {
+    match then_ms {
+        Some(t) => format!("{} s ago", now_ms.saturating_sub(t) / 1000),
+        None => "never".into(),
+    }
 }
 
 fn health_words(health: &Health) -> String {
@@ -315,19 +343,22 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
     match &status.uplink {
         None => out += "uplink   not configured: messages stay queued\n",
         Some(u) => {
-            if u.connected {
-                out += "uplink   connected";
-            } else {
-                out += "uplink   NOT connected";
-            }
+            out += &format!("uplink   {}", u.state_text);
             out += &format!(
-                "; {} reconnects, {} delivered, {} refused, {:.0} msgs/s",
-                u.reconnects, u.acked_total, u.rejected_total, u.drain_rate
+                "; {} reconnects, {} stalls, {} delivered, {} refused, {:.0} msgs/s",
+                u.reconnects, u.stalls, u.acked_total, u.rejected_total, u.drain_rate
             );
             match u.time_to_empty_s {
                 Some(s) => out += &format!(", backlog {} (empty in ~{s}s)\n", u.backlog),
                 None => out += &format!(", backlog {}\n", u.backlog),
             }
+            // Times relative to when the snapshot was written: a stopped gateway's file
+            // keeps telling what it last knew.
+            out += &format!(
+                "         last acknowledged by the cloud: {}; last heard from it: {}\n",
+                ago(u.last_ack_ms, status.written_ms),
+                ago(u.last_heard_ms, status.written_ms)
+            );
             if let Some(e) = &u.last_error {
                 out += &format!("         last error: {e}\n");
             }

@@ -380,6 +380,10 @@ fn the_uplink_waits_for_time_sync_instead_of_blaming_the_certificate() {
             .is_some_and(|e| e.contains("clock is not synchronized"))
     });
     assert_eq!(status["uplink"]["connected"], false, "{status:#}");
+    assert_eq!(
+        status["uplink"]["state"], "clock_unsynchronized",
+        "{status:#}"
+    );
     assert_eq!(messages(&status), 10);
     assert!(
         !board.log().contains("Uplink connection failed"),

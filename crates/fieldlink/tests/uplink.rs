@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldlink_test_support::certs::{TestCa, write};
-use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
+use fieldlink_test_support::{Mosquitto, Proxy, free_port, wait_for_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 
@@ -24,6 +24,12 @@ impl Site {
     /// A cloud (TLS for the uplink, plain for the observer), an observer subscribed to
     /// `cloud/#` writing to a file, and a gateway config pointing at the cloud.
     fn new(inflight: u16) -> Self {
+        Self::with_uplink(inflight, |tls| tls, "")
+    }
+
+    /// [`Site::new`], the uplink going to the port `via` gives for the cloud's TLS port (a
+    /// proxy), with `extra` lines in `[uplink]`.
+    fn with_uplink(inflight: u16, via: impl FnOnce(u16) -> u16, extra: &str) -> Self {
         let ca = TestCa::new("cloud CA");
         let server = ca.issue("cloud", &["localhost"]);
         let dir = tempfile::tempdir().unwrap();
@@ -56,13 +62,14 @@ impl Site {
             .unwrap();
         std::thread::sleep(Duration::from_millis(500));
         let local = free_port();
+        let uplink_port = via(tls);
         let config = format!(
             "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
              [[broker.listeners]]\nport = {local}\n\
              [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
-             [uplink]\nhost = \"localhost\"\nport = {tls}\nclient_id = \"gw-e2e\"\n\
+             [uplink]\nhost = \"localhost\"\nport = {uplink_port}\nclient_id = \"gw-e2e\"\n\
              ca_file = \"{ca}\"\ntopic_prefix = \"cloud/\"\ninflight = {inflight}\n\
-             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
+             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n{extra}\n\
              [[uplink.commands]]\ncloud = \"cmd/{{device_id}}/#\"\nlocal = \"site/cmd/{{#}}\"\n",
             data = dir.path().join("data").display(),
             ca = ca_file.display(),
@@ -215,6 +222,10 @@ fn readings_published_locally_reach_the_cloud_over_tls() {
     assert!(json.status.success());
     let json = String::from_utf8(json.stdout).unwrap();
     assert!(json.contains("\"connected\": true"), "{json}");
+    assert!(json.contains("\"state\": \"connected\""), "{json}");
+    assert!(json.contains("\"state_text\": \"connected\""), "{json}");
+    assert!(!json.contains("\"last_ack_ms\": null"), "{json}");
+    assert!(text.contains("last acknowledged by the cloud: "), "{text}");
     stop(gateway);
 
     let after = site.status_cli(&[]);
@@ -234,13 +245,22 @@ fn status_says_why_the_uplink_is_down() {
     );
     let gateway = site.gateway();
     let text = site.status_until(|t| t.contains("last error"));
-    assert!(text.contains("uplink   NOT connected"), "{text}");
-    assert!(text.contains("not trusted"), "{text}");
-    // Degraded, not down: the watchdog keeps the gateway alive through a cloud outage.
     assert!(
-        text.contains("uplink   degraded: not connected: server certificate not trusted"),
+        text.contains("uplink   refused: server certificate not trusted"),
         "{text}"
     );
+    assert!(
+        text.contains("last acknowledged by the cloud: never"),
+        "{text}"
+    );
+    // Degraded, not down: the watchdog keeps the gateway alive through a cloud outage.
+    assert!(
+        text.contains("uplink   degraded: refused: server certificate not trusted"),
+        "{text}"
+    );
+    let json = String::from_utf8(site.status_cli(&["--json"]).stdout).unwrap();
+    assert!(json.contains("\"state\": \"refused\""), "{json}");
+    assert!(json.contains("\"last_ack_ms\": null"), "{json}");
     stop(gateway);
 }
 
@@ -311,5 +331,46 @@ fn kill_9_in_the_middle_of_a_drain_loses_nothing() {
         .map(|l| l.trim_start_matches("m-").parse().unwrap())
         .collect();
     assert_eq!(first_seen, (0..2000).collect::<Vec<_>>(), "all, in order");
+    stop(gateway);
+}
+
+#[test]
+fn status_tells_of_a_stalled_link_and_when_the_cloud_last_acknowledged() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let mut proxy = None;
+    let site = Site::with_uplink(
+        10,
+        |tls| {
+            let p = runtime.block_on(Proxy::start(([127, 0, 0, 1], tls).into()));
+            let port = p.addr().port();
+            proxy = Some(p);
+            port
+        },
+        "stall_timeout = \"3s\"\nkeep_alive = \"5s\"",
+    );
+    let proxy = proxy.unwrap();
+    let gateway = site.gateway();
+    publish(site.local, 0..3);
+    site.wait_observed(3, Duration::from_secs(20));
+    site.status_until(|t| t.contains("uplink   connected"));
+
+    // The link goes silent with messages in flight: a stall, a reconnect, nothing lost.
+    proxy.black_hole();
+    publish(site.local, 3..6);
+    let text = site.status_until(|t| t.contains("1 stalls"));
+    assert!(
+        text.contains("last error: stalled: nothing from the cloud for 3 s"),
+        "{text}"
+    );
+    site.wait_observed(6, Duration::from_secs(20));
+    let text = site.status_until(|t| t.contains("uplink   connected") && t.contains("6 delivered"));
+    assert!(text.contains("last acknowledged by the cloud: "), "{text}");
+    assert!(
+        !text.contains("last acknowledged by the cloud: never"),
+        "{text}"
+    );
+    let json = String::from_utf8(site.status_cli(&["--json"]).stdout).unwrap();
+    assert!(json.contains("\"stalls\": 1"), "{json}");
+    assert_eq!(proxy.connections(), 2);
     stop(gateway);
 }

@@ -5,12 +5,15 @@
 //! - [`certs`]: a CA and certificates made at test time (no key is ever committed);
 //! - [`within`]: an await that fails the test instead of hanging it;
 //! - [`RecordingBus`]: a local bus that records what is published;
-//! - [`metrics::metric_values`]: what a metrics recorder saw.
+//! - [`metrics::metric_values`]: what a metrics recorder saw;
+//! - [`Proxy`]: a TCP proxy that black-holes or throttles, and [`SilentAddress`], an address
+//!   whose connection attempts hang.
 
 mod bus;
 pub mod certs;
 pub mod metrics;
 mod mosquitto;
+mod proxy;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,6 +21,7 @@ use std::time::{Duration, Instant};
 
 pub use bus::RecordingBus;
 pub use mosquitto::Mosquitto;
+pub use proxy::{Proxy, SilentAddress};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
 pub fn free_port() -> u16 {

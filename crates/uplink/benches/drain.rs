@@ -198,6 +198,8 @@ async fn fieldlink_drain(n: u64) -> f64 {
         client_id: "bench-gw".into(),
         mqtt: MqttVersion::V311,
         keep_alive: Duration::from_secs(30),
+        stall_timeout: fieldlink_core::config::DEFAULT_STALL_TIMEOUT,
+        connect_timeout: fieldlink_core::config::DEFAULT_CONNECT_TIMEOUT,
         clean_session: true,
         inflight: 1000,
         topic_prefix: "bench/".into(),

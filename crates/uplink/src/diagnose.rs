@@ -57,6 +57,49 @@ fn tls_error<'a>(error: &'a (dyn StdError + 'static)) -> Option<&'a rustls::Erro
     None
 }
 
+/// Whether the cloud said no (a certificate or TLS alert, a CONNACK refusal), as opposed to
+/// could not be reached or went away: the status calls the first "refused".
+pub(crate) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
+    if let Some(tls) = tls_error(error) {
+        return matches!(
+            tls,
+            rustls::Error::InvalidCertificate(_)
+                | rustls::Error::AlertReceived(_)
+                | rustls::Error::PeerIncompatible(_)
+        );
+    }
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = source {
+        if matches!(
+            e.downcast_ref::<rumqttc::ConnectionError>(),
+            Some(rumqttc::ConnectionError::ConnectionRefused(_))
+        ) || matches!(
+            e.downcast_ref::<rumqttc::v5::ConnectionError>(),
+            Some(rumqttc::v5::ConnectionError::ConnectionRefused(_))
+        ) {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+/// Whether rumqttc gave up because a keep-alive ping went unanswered: a stall it saw first
+/// (when `stall_timeout` is not shorter than the keep-alive).
+pub(crate) fn is_unanswered_ping(error: &(dyn StdError + 'static)) -> bool {
+    matches!(
+        error.downcast_ref::<rumqttc::ConnectionError>(),
+        Some(rumqttc::ConnectionError::MqttState(
+            rumqttc::StateError::AwaitPingResp
+        ))
+    ) || matches!(
+        error.downcast_ref::<rumqttc::v5::ConnectionError>(),
+        Some(rumqttc::v5::ConnectionError::MqttState(
+            rumqttc::v5::StateError::AwaitPingResp
+        ))
+    )
+}
+
 fn explain_tls(e: &rustls::Error) -> String {
     use rustls::Error::*;
     match e {

@@ -17,12 +17,34 @@
 //! A clock earlier than this release is refused with a clear error: certificate checks on a
 //! board without RTC, before time sync, would fail in confusing ways.
 //!
+//! # The connection
+//! rumqttc speaks MQTT over a private Unix socket to our [`bridge`], which makes the real
+//! connection: every address of the host raced with its own timeout ([`dial`]), the socket
+//! tuned (`TCP_USER_TIMEOUT`, keepalive), TLS checked against the configured host name, and the
+//! time of the last byte from the cloud recorded.
+//!
+//! # Stalls
+//! A link that goes silent (a NAT entry expired, a modem handover, a Wi-Fi route lost) keeps
+//! its TCP connection open with nothing coming back. While a publish or a keep-alive ping
+//! awaits the cloud's answer, `uplink.stall_timeout` without a single byte from the cloud
+//! (counted from the later of the last byte and the start of the wait) makes the state
+//! [`UplinkState::Stalled`]; the connection is given up, what was in flight goes back to the
+//! queue and is sent again after the next CONNACK. A slow link whose answers still trickle in
+//! is never stalled: every byte counts. When idle, rumqttc's keep-alive ping starts the wait,
+//! so an idle dead link is seen within `keep_alive + stall_timeout`.
+//!
+//! # State
+//! [`UplinkStatus::state`] is the one state model ([`UplinkState`], in core) that the status
+//! file, the CLI, the component health and the `fieldlink_uplink_state` gauge show.
+//!
 //! # Reconnects
 //! Exponential backoff with full jitter, reset only after a connection lasted
 //! [`backoff::STABLE_AFTER`], so a broker that kicks us right after CONNACK sees growing delays.
 
 mod backoff;
+mod bridge;
 mod diagnose;
+mod dial;
 pub mod expiry;
 mod psk;
 mod session;
@@ -34,19 +56,26 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::config::{OnRejected, UplinkSettings, UplinkTls};
 use fieldlink_core::message::{Message, QoS};
+use fieldlink_core::metrics::{
+    UPLINK_LAST_ACK_TIMESTAMP_SECONDS, UPLINK_STALLS_TOTAL, UPLINK_STATE,
+};
 use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::{
     ClientTls, FileKey, KeySource, PeerChain, TlsPolicy, read_certs, read_crls,
 };
 use fieldlink_core::topic::TopicName;
-use rumqttc::{TlsConfiguration, Transport};
+pub use fieldlink_core::uplink_state::UplinkState;
+use rumqttc::Transport;
 use rustls::RootCertStore;
-use rustls::pki_types::CertificateDer;
+use rustls::pki_types::{CertificateDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
-use crate::psk::{Psk, PskBridge};
+use crate::bridge::{Bridge, Target, Tunnel};
+use crate::dial::SocketTuning;
+pub use crate::dial::{Resolve, STAGGER, SystemResolver};
+use crate::psk::Psk;
 use crate::session::{Session, SessionEvent};
 
 /// No correct clock reads earlier than this (2026-11-01T00:00:00Z, before this release).
@@ -80,12 +109,19 @@ pub enum UplinkError {
 /// The uplink as the CLI and the web UI see it.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct UplinkStatus {
-    /// Connected to the cloud broker now.
-    pub connected: bool,
-    /// The last failure, in plain words.
+    /// Where the uplink stands: connected, connecting, stalled, refused, disconnected.
+    pub state: UplinkState,
+    /// The last failure, in plain words (kept after a reconnect, so a past stall or refusal
+    /// stays visible).
     pub last_error: Option<String>,
+    /// When the cloud last acknowledged one of our messages (PUBACK).
+    pub last_ack: Option<SystemTime>,
+    /// When the last byte from the cloud arrived (to the second).
+    pub last_heard: Option<SystemTime>,
     /// Connection attempts that failed or ended.
     pub reconnects: u64,
+    /// Connections given up because nothing came back from the cloud.
+    pub stalls: u64,
     /// Messages acknowledged by the cloud.
     pub acked_total: u64,
     /// Messages the cloud refused (MQTT 5 negative PUBACK).
@@ -123,7 +159,27 @@ impl Uplink {
         runtime_dir: &Path,
         shutdown: Shutdown,
     ) -> Result<Self, UplinkError> {
-        let connector = Connector::new(&settings, runtime_dir)?;
+        Self::start_with_resolver(
+            settings,
+            backlog,
+            bus,
+            runtime_dir,
+            shutdown,
+            Arc::new(SystemResolver),
+        )
+    }
+
+    /// [`Uplink::start`], with host names resolved by `resolver` (the server's certificate
+    /// is still checked against `settings.host`).
+    pub fn start_with_resolver(
+        settings: UplinkSettings,
+        backlog: Arc<dyn Backlog>,
+        bus: Arc<dyn LocalBus>,
+        runtime_dir: &Path,
+        shutdown: Shutdown,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, UplinkError> {
+        let connector = Connector::new(&settings, runtime_dir, resolver)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
         let drain = Drain::new(settings, backlog, bus, connector, status_tx);
         let task = shutdown.spawn(drain.run(shutdown.clone()));
@@ -146,36 +202,55 @@ impl Uplink {
     }
 }
 
-/// Builds a fresh transport for each connection attempt, so that renewed certificates and
-/// updated CRLs are picked up.
+/// Builds a fresh TLS configuration for each connection attempt, so that renewed
+/// certificates and updated CRLs are picked up, and hands it to the bridge.
 struct Connector {
     policy: TlsPolicy,
     tls: UplinkTls,
     crl_files: Vec<PathBuf>,
     alpn: Vec<Vec<u8>>,
-    host: String,
-    port: u16,
-    psk: Option<PskBridge>,
+    server_name: ServerName<'static>,
+    bridge: Bridge,
     crl_stamps: Vec<Option<SystemTime>>,
     /// The cloud's chain, as verified in the last handshake.
     peer_chain: PeerChain,
 }
 
 impl Connector {
-    fn new(settings: &UplinkSettings, runtime_dir: &Path) -> Result<Self, UplinkError> {
+    fn new(
+        settings: &UplinkSettings,
+        runtime_dir: &Path,
+        resolver: Arc<dyn Resolve>,
+    ) -> Result<Self, UplinkError> {
         let policy = TlsPolicy {
             min_version: settings.min_tls_version,
         };
-        let psk = match &settings.tls {
-            UplinkTls::Psk { psk_file } => Some(PskBridge::start(
-                runtime_dir,
-                settings.host.clone(),
-                settings.port,
-                Psk::read(psk_file)?,
-                settings.min_tls_version,
-            )?),
-            _ => None,
-        };
+        let server_name = ServerName::try_from(settings.host.clone()).map_err(|_| {
+            UplinkError::Tls(format!(
+                "uplink.host {:?} is neither a DNS name nor an IP address",
+                settings.host
+            ))
+        })?;
+        let bridge = Bridge::start(
+            runtime_dir,
+            Target {
+                host: settings.host.clone(),
+                port: settings.port,
+                resolver,
+                connect_timeout: settings.connect_timeout,
+                tuning: SocketTuning {
+                    // A backstop behind the drain loop's own stall detection.
+                    user_timeout: settings.stall_timeout * 2,
+                    // Longer than any silence of a healthy session (its pings come first).
+                    keepalive_idle: settings.keep_alive + settings.stall_timeout,
+                },
+            },
+        )?;
+        if let UplinkTls::Psk { psk_file } = &settings.tls {
+            let connector = psk::connector(Psk::read(psk_file)?, settings.min_tls_version)
+                .map_err(|e| UplinkError::Tls(format!("PSK setup: {e}")))?;
+            bridge.set_tunnel(Tunnel::Psk(connector));
+        }
         let mut connector = Self {
             policy,
             tls: settings.tls.clone(),
@@ -185,9 +260,8 @@ impl Connector {
                 .iter()
                 .map(|p| p.as_bytes().to_vec())
                 .collect(),
-            host: settings.host.clone(),
-            port: settings.port,
-            psk,
+            server_name,
+            bridge,
             crl_stamps: Vec::new(),
             peer_chain: PeerChain::default(),
         };
@@ -196,11 +270,15 @@ impl Connector {
         Ok(connector)
     }
 
-    /// Host, port and transport for the next attempt.
+    /// Host, port and transport for rumqttc's next attempt: always our bridge's socket.
     fn transport(&mut self) -> Result<(String, u16, Transport), UplinkError> {
-        if let Some(psk) = &self.psk {
-            let socket = psk.socket().display().to_string();
-            return Ok((socket, 0, Transport::Unix));
+        let socket = (
+            self.bridge.socket().display().to_string(),
+            0,
+            Transport::Unix,
+        );
+        if matches!(self.tls, UplinkTls::Psk { .. }) {
+            return Ok(socket);
         }
         self.crl_stamps = self.crl_files.iter().map(|p| modified(p)).collect();
         let (ca_file, identity) = match &self.tls {
@@ -231,8 +309,11 @@ impl Connector {
                 peer_chain: Some(self.peer_chain.clone()),
             })
             .map_err(tls_error)?;
-        let transport = Transport::tls_with_config(TlsConfiguration::Rustls(Arc::new(config)));
-        Ok((self.host.clone(), self.port, transport))
+        self.bridge.set_tunnel(Tunnel::Rustls {
+            config: Arc::new(config),
+            name: self.server_name.clone(),
+        });
+        Ok(socket)
     }
 
     /// Whether a CRL file changed since the transport was built.
@@ -287,8 +368,9 @@ impl Connector {
         out
     }
 
-    fn take_psk_error(&self) -> Option<String> {
-        self.psk.as_ref().and_then(PskBridge::take_error)
+    /// Why the bridge could not connect, if it could not.
+    fn take_link_error(&self) -> Option<bridge::LinkError> {
+        self.bridge.take_error()
     }
 }
 
@@ -358,6 +440,14 @@ struct Drain {
     acks_rx: Option<mpsc::UnboundedReceiver<i64>>,
     warned: HashMap<String, u64>,
     acked_in_tick: u64,
+    /// A keep-alive ping awaits its answer.
+    ping_outstanding: bool,
+    /// Since when something (a publish, a ping) awaits the cloud's answer.
+    awaiting_since: Option<Instant>,
+    /// The last packet from the cloud, as rumqttc reported it (the bridge sees every byte).
+    last_packet: Option<Instant>,
+    /// Since when nothing came from the cloud, once a stall is reported.
+    silent_since: Option<Instant>,
     /// Whether the wall clock was synchronized at the last look.
     clock_synchronized: bool,
 }
@@ -385,6 +475,10 @@ impl Drain {
             acks_rx: Some(acks_rx),
             warned: HashMap::new(),
             acked_in_tick: 0,
+            ping_outstanding: false,
+            awaiting_since: None,
+            last_packet: None,
+            silent_since: None,
             clock_synchronized: fieldlink_core::clock::synchronized(),
         }
     }
@@ -402,18 +496,30 @@ impl Drain {
                 break;
             }
             let delay = self.backoff.next_delay();
-            self.status.send_modify(|s| {
-                s.connected = false;
-                s.reconnects += 1;
-            });
+            self.status.send_modify(|s| s.reconnects += 1);
             tracing::debug!(?delay, "Uplink reconnect delay");
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = shutdown.cancelled() => break,
+            let wake = tokio::time::Instant::now() + delay;
+            loop {
+                // A stalled link stays "stalled" until the next attempt, its silence growing.
+                let stalled = matches!(self.status.borrow().state, UplinkState::Stalled { .. });
+                if let (true, Some(since)) = (stalled, self.silent_since) {
+                    let silent_for = since.elapsed();
+                    self.status
+                        .send_modify(|s| s.state = UplinkState::Stalled { silent_for });
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake.min(tokio::time::Instant::now() + TICK)) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                if tokio::time::Instant::now() >= wake {
+                    break;
+                }
             }
         }
         self.return_inflight().await;
-        self.status.send_modify(|s| s.connected = false);
+        self.set_state(UplinkState::Disconnected {
+            reason: "the gateway is shutting down".into(),
+        });
     }
 
     /// One connection, from the TLS setup to its end.
@@ -422,7 +528,11 @@ impl Drain {
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_secs());
         if now < MIN_PLAUSIBLE_UNIX_TIME {
-            self.fail("the system clock is wrong (earlier than this release): waiting for time sync before checking certificates".into());
+            self.wait_for_clock(
+                "the system clock is wrong (earlier than this release): waiting for time sync \
+                 before checking certificates"
+                    .into(),
+            );
             return;
         }
         self.watch_expiry(None);
@@ -433,7 +543,24 @@ impl Drain {
                 return;
             }
         };
-        let mut session = Session::new(&self.settings, &host, port, transport);
+        // A failure's state (stalled, refused, disconnected) stays while the next attempt is
+        // made: it is the latest thing known, and "connecting" in between would hide it from
+        // whoever looks at the status at the wrong moment.
+        if self.status.borrow().state.is_connected() {
+            self.set_state(UplinkState::Connecting);
+        }
+        // An error of an earlier connection is not this one's.
+        let _ = self.connector.take_link_error();
+        self.ping_outstanding = false;
+        self.awaiting_since = None;
+        self.last_packet = None;
+        let mut session = Session::new(
+            &self.settings,
+            &host,
+            port,
+            transport,
+            connect_limit(&self.settings),
+        );
         let mut connected_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -443,11 +570,10 @@ impl Drain {
                 event = session.poll() => match event {
                     Ok(SessionEvent::Connected) => {
                         connected_at = Some(Instant::now());
+                        self.last_packet = connected_at;
                         tracing::info!(host = %self.settings.host, "Uplink connected");
-                        self.status.send_modify(|s| {
-                            s.connected = true;
-                            s.last_error = None;
-                        });
+                        // last_error stays: a past stall or refusal remains visible.
+                        self.set_state(UplinkState::Connected);
                         // Anything leased before is back in the backlog (see return_inflight):
                         // start from the oldest.
                         self.return_inflight().await;
@@ -455,9 +581,18 @@ impl Drain {
                         self.subscribe_commands(&session);
                         self.refill(&mut session).await;
                     }
-                    Ok(SessionEvent::Subscribed(codes)) => self.subscribed(&codes),
+                    Ok(SessionEvent::Subscribed(codes)) => {
+                        self.last_packet = Some(Instant::now());
+                        self.subscribed(&codes);
+                    }
                     Ok(SessionEvent::Received { topic, payload }) => {
+                        self.last_packet = Some(Instant::now());
                         self.command(topic, payload).await;
+                    }
+                    Ok(SessionEvent::PingSent) => self.ping_outstanding = true,
+                    Ok(SessionEvent::PingAnswered) => {
+                        self.last_packet = Some(Instant::now());
+                        self.ping_outstanding = false;
                     }
                     Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
                         if let Some(Some(id)) = self.unsent.pop_front() {
@@ -465,23 +600,35 @@ impl Drain {
                         }
                     }
                     Ok(SessionEvent::Acked { pkid, refused }) => {
+                        self.last_packet = Some(Instant::now());
                         self.acked(pkid, refused);
                         if self.inflight() <= usize::from(self.settings.inflight) / 2 {
                             self.refill(&mut session).await;
                         }
                     }
                     Ok(_) => {}
+                    Err(e) if diagnose::is_unanswered_ping(e.as_ref()) => {
+                        let silent_for = self
+                            .last_heard()
+                            .map_or(self.settings.keep_alive, |h| h.elapsed());
+                        self.report_stall(silent_for);
+                        self.connector.bridge.demote_link();
+                        self.connector.bridge.close_link();
+                        return;
+                    }
                     Err(e) => {
+                        // The bridge's own failure (unreachable, TLS) says more than rumqttc's
+                        // "connection closed".
                         let synchronized = fieldlink_core::clock::synchronized();
-                        let mut why = diagnose::explain(e.as_ref(), synchronized);
-                        if let Some(psk) = self.connector.take_psk_error() {
-                            why = psk;
-                        }
-                        if !synchronized && diagnose::is_clock_error(e.as_ref()) {
-                            self.wait_for_clock(why);
+                        let failure = self.connector.take_link_error().unwrap_or_else(|| {
+                            bridge::LinkError::of(e.as_ref(), synchronized)
+                        });
+                        if !synchronized && failure.about_time {
+                            self.wait_for_clock(failure.text);
                         } else {
-                            self.fail(why);
+                            self.fail_with(failure.text, failure.refused);
                         }
+                        self.connector.bridge.close_link();
                         return;
                     }
                 },
@@ -491,6 +638,11 @@ impl Drain {
                 // again), so nothing but shutdown may interrupt it then.
                 _ = tick.tick(), if connected_at.is_some() => {
                     self.on_tick(connected_at);
+                    if self.stalled() {
+                        self.connector.bridge.demote_link();
+                        self.connector.bridge.close_link();
+                        return;
+                    }
                     if self.clock_became_synchronized() {
                         // Expiry alarms wait for a clock that can be trusted.
                         self.watch_expiry(Some(&session));
@@ -508,15 +660,90 @@ impl Drain {
                     if self.connector.crls_changed() {
                         tracing::info!("A CRL file changed: reconnecting to check the server against it");
                         session.disconnect().await;
+                        self.set_state(UplinkState::Disconnected {
+                            reason: "reconnecting to check the server against a changed CRL".into(),
+                        });
                         return;
                     }
                 }
                 () = shutdown.cancelled() => {
-                    session.disconnect().await;
+                    // Only a live session says goodbye: driving one that is still connecting
+                    // would dial again.
+                    if connected_at.is_some() {
+                        session.disconnect().await;
+                    }
                     return;
                 }
             }
+            self.update_awaiting();
         }
+    }
+
+    /// Starts or ends the wait for the cloud's answer.
+    fn update_awaiting(&mut self) {
+        let outstanding = self.ping_outstanding || self.inflight() > 0;
+        match (outstanding, self.awaiting_since) {
+            (true, None) => self.awaiting_since = Some(Instant::now()),
+            (false, Some(_)) => self.awaiting_since = None,
+            _ => {}
+        }
+    }
+
+    /// When the cloud was last heard from: its last byte as the bridge saw it, or its last
+    /// packet as rumqttc reported it, whichever is later.
+    fn last_heard(&self) -> Option<Instant> {
+        let bytes = self.connector.bridge.link().and_then(|l| l.last_heard());
+        bytes.max(self.last_packet)
+    }
+
+    /// Whether the link is stalled: an answer is awaited and nothing at all came back from the
+    /// cloud for `stall_timeout` (counted from the later of the last byte and the start of
+    /// the wait). Reports it when so.
+    fn stalled(&mut self) -> bool {
+        let heard = self.last_heard();
+        if let Some(heard) = heard {
+            let wall = SystemTime::now().checked_sub(heard.elapsed());
+            self.status.send_modify(|s| s.last_heard = wall);
+        }
+        let Some(waiting) = self.awaiting_since else {
+            return false;
+        };
+        let silent_for = heard.map_or(waiting, |h| h.max(waiting)).elapsed();
+        if silent_for < self.settings.stall_timeout {
+            return false;
+        }
+        self.report_stall(silent_for);
+        true
+    }
+
+    /// The link is given up as stalled: state, counters, log.
+    fn report_stall(&mut self, silent_for: Duration) {
+        self.silent_since = Instant::now().checked_sub(silent_for);
+        let state = UplinkState::Stalled { silent_for };
+        tracing::warn!(
+            host = %self.settings.host,
+            silent_s = silent_for.as_secs(),
+            inflight = self.inflight(),
+            "Uplink stalled: nothing from the cloud; reconnecting and sending what was in flight again"
+        );
+        metrics::counter!(UPLINK_STALLS_TOTAL).increment(1);
+        let text = state.to_string();
+        self.set_state(state);
+        self.status.send_modify(|s| {
+            s.stalls += 1;
+            s.last_error = Some(text);
+        });
+    }
+
+    /// The one place the state changes; the gauge follows it.
+    fn set_state(&mut self, state: UplinkState) {
+        let old = self.status.borrow().state.name();
+        if old != state.name() {
+            metrics::gauge!(UPLINK_STATE, "state" => old).set(0.0);
+            tracing::debug!(from = old, to = state.name(), "Uplink state");
+        }
+        metrics::gauge!(UPLINK_STATE, "state" => state.name()).set(1.0);
+        self.status.send_modify(|s| s.state = state);
     }
 
     fn inflight(&self) -> usize {
@@ -621,7 +848,14 @@ impl Drain {
             None => {
                 let _ = self.acks.send(id);
                 self.acked_in_tick += 1;
-                self.status.send_modify(|s| s.acked_total += 1);
+                let now = SystemTime::now();
+                self.status.send_modify(|s| {
+                    s.acked_total += 1;
+                    s.last_ack = Some(now);
+                });
+                if let Ok(t) = now.duration_since(UNIX_EPOCH) {
+                    metrics::gauge!(UPLINK_LAST_ACK_TIMESTAMP_SECONDS).set(t.as_secs_f64());
+                }
             }
             Some(reason) => {
                 self.status.send_modify(|s| s.rejected_total += 1);
@@ -686,10 +920,11 @@ impl Drain {
         if self.status.borrow().last_error.as_deref() != Some(why.as_str()) {
             tracing::info!(host = %self.settings.host, reason = %why, "Uplink waits for time sync");
         }
-        self.status.send_modify(|s| {
-            s.connected = false;
-            s.last_error = Some(why);
+        // Not a refusal: the cloud may be right and our clock wrong.
+        self.set_state(UplinkState::ClockUnsynchronized {
+            reason: why.clone(),
         });
+        self.status.send_modify(|s| s.last_error = Some(why));
     }
 
     /// Whether the wall clock has become synchronized since the last look.
@@ -701,11 +936,22 @@ impl Drain {
     }
 
     fn fail(&mut self, why: String) {
-        tracing::warn!(host = %self.settings.host, reason = %why, "Uplink connection failed");
-        self.status.send_modify(|s| {
-            s.connected = false;
-            s.last_error = Some(why);
+        self.fail_with(why, false);
+    }
+
+    /// A failed or lost connection: refused (the cloud said no) or disconnected.
+    fn fail_with(&mut self, why: String, refused: bool) {
+        tracing::warn!(host = %self.settings.host, reason = %why, refused, "Uplink connection failed");
+        self.set_state(if refused {
+            UplinkState::Refused {
+                reason: why.clone(),
+            }
+        } else {
+            UplinkState::Disconnected {
+                reason: why.clone(),
+            }
         });
+        self.status.send_modify(|s| s.last_error = Some(why));
     }
 
     /// Expiry gauges and warnings for every certificate in use; alarms to the cloud when
@@ -761,6 +1007,12 @@ impl Drain {
         }
         self.status.send_modify(|s| s.certificates = seen);
     }
+}
+
+/// rumqttc's own limit up to the CONNACK (and per flush): a backstop behind the bridge's
+/// resolve, dial and TLS timeouts, longer than all three.
+fn connect_limit(settings: &UplinkSettings) -> Duration {
+    settings.connect_timeout * 3 + STAGGER * 8 + Duration::from_secs(5)
 }
 
 /// The cloud topic for a local one: the first rewrite rule that matches, else the prefix.

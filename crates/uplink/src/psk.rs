@@ -1,20 +1,17 @@
-//! TLS-PSK through openssl, bridged to rumqttc through a private Unix socket.
-//!
-//! rustls has no PSK and rumqttc cannot take a caller's stream, so rumqttc connects to a Unix
-//! socket in a 0700 directory of ours; each connection accepted there dials the cloud broker,
-//! runs the PSK handshake with openssl and then copies bytes both ways. A failed handshake is
-//! recorded, so that the status says why rather than "connection closed".
+//! TLS-PSK through openssl (rustls has no PSK): the key file, the connector and the
+//! handshake, which the bridge ([`crate::bridge`]) runs over the socket it dialled.
 
-use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use fieldlink_core::tls::MinTlsVersion;
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
-use tokio::net::{TcpStream, UnixListener, UnixStream};
+use tokio::net::TcpStream;
+use tokio_openssl::SslStream;
 
 use crate::UplinkError;
+use crate::bridge::LinkError;
 
 /// TLS 1.2 PSK suites with an AEAD cipher, (EC)DHE first for forward secrecy.
 const TLS12_PSK_SUITES: &str = "ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384:\
@@ -63,81 +60,8 @@ impl Psk {
     }
 }
 
-/// The running bridge: rumqttc connects to [`PskBridge::socket`].
-#[derive(Debug)]
-pub(crate) struct PskBridge {
-    dir: PathBuf,
-    socket: PathBuf,
-    last_error: Arc<Mutex<Option<String>>>,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl PskBridge {
-    pub(crate) fn start(
-        runtime_dir: &Path,
-        host: String,
-        port: u16,
-        psk: Psk,
-        min_version: MinTlsVersion,
-    ) -> Result<Self, UplinkError> {
-        let connector =
-            connector(psk, min_version).map_err(|e| UplinkError::Tls(format!("PSK setup: {e}")))?;
-        let dir = runtime_dir.join(format!("uplink-psk-{}", std::process::id()));
-        let io = |e: std::io::Error| UplinkError::Io {
-            path: dir.clone(),
-            source: e,
-        };
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o700)
-            .create(&dir)
-            .map_err(io)?;
-        // Recreate the mode in case the directory pre-existed with a wider one.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).map_err(io)?;
-        let socket = dir.join("psk.sock");
-        let listener = UnixListener::bind(&socket).map_err(io)?;
-        let last_error = Arc::new(Mutex::new(None));
-        let errors = last_error.clone();
-        let task = tokio::spawn(async move {
-            while let Ok((local, _)) = listener.accept().await {
-                let (connector, host, errors) = (connector.clone(), host.clone(), errors.clone());
-                tokio::spawn(async move {
-                    if let Err(e) = bridge(local, &connector, &host, port).await {
-                        *errors.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
-                    }
-                });
-            }
-        });
-        Ok(Self {
-            dir,
-            socket,
-            last_error,
-            task,
-        })
-    }
-
-    pub(crate) fn socket(&self) -> &Path {
-        &self.socket
-    }
-
-    /// The last handshake failure, taken (so that an old one is not reported twice).
-    pub(crate) fn take_error(&self) -> Option<String> {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-}
-
-impl Drop for PskBridge {
-    fn drop(&mut self) {
-        self.task.abort();
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
-}
-
-fn connector(
+/// The openssl connector for `psk`, under our policy (TLS 1.2+, AEAD suites only).
+pub(crate) fn connector(
     psk: Psk,
     min_version: MinTlsVersion,
 ) -> Result<Arc<SslConnector>, openssl::error::ErrorStack> {
@@ -163,30 +87,26 @@ fn connector(
     Ok(Arc::new(b.build()))
 }
 
-async fn bridge(
-    mut local: UnixStream,
+/// The PSK handshake over a connected socket; a failure is said in plain words, and whether
+/// the server refused us.
+pub(crate) async fn handshake(
     connector: &SslConnector,
     host: &str,
-    port: u16,
-) -> Result<(), String> {
-    let tcp = TcpStream::connect((host, port))
-        .await
-        .map_err(|e| format!("cannot reach {host}:{port}: {e}"))?;
-    let _ = tcp.set_nodelay(true);
-    let mut config = connector.configure().map_err(|e| e.to_string())?;
+    tcp: TcpStream,
+) -> Result<SslStream<TcpStream>, LinkError> {
+    let failed = LinkError::unreachable;
+    let mut config = connector.configure().map_err(|e| failed(e.to_string()))?;
     config.set_verify_hostname(false);
     config.set_use_server_name_indication(false);
-    let ssl = config.into_ssl(host).map_err(|e| e.to_string())?;
-    let mut tls = tokio_openssl::SslStream::new(ssl, tcp).map_err(|e| e.to_string())?;
-    if let Err(e) = Pin::new(&mut tls).connect().await {
-        return Err(explain_handshake(&e));
+    let ssl = config.into_ssl(host).map_err(|e| failed(e.to_string()))?;
+    let mut tls = SslStream::new(ssl, tcp).map_err(|e| failed(e.to_string()))?;
+    match Pin::new(&mut tls).connect().await {
+        Ok(()) => Ok(tls),
+        Err(e) => Err(explain_handshake(&e)),
     }
-    let _ = tokio::io::copy_bidirectional(&mut local, &mut tls).await;
-    let _ = tokio::io::AsyncWriteExt::shutdown(&mut tls).await;
-    Ok(())
 }
 
-fn explain_handshake(e: &openssl::ssl::Error) -> String {
+fn explain_handshake(e: &openssl::ssl::Error) -> LinkError {
     let reasons: Vec<String> = e
         .ssl_error()
         .map(|stack| {
@@ -210,7 +130,11 @@ fn explain_handshake(e: &openssl::ssl::Error) -> String {
     .iter()
     .any(|w| all.contains(w))
     {
-        format!("PSK identity or key rejected by the server ({first})")
+        LinkError {
+            text: format!("PSK identity or key rejected by the server ({first})"),
+            refused: true,
+            about_time: false,
+        }
     } else if [
         "no shared cipher",
         "handshake failure",
@@ -220,16 +144,26 @@ fn explain_handshake(e: &openssl::ssl::Error) -> String {
     .iter()
     .any(|w| all.contains(w))
     {
-        format!(
-            "the server shares no TLS version or PSK cipher suite with our policy (TLS 1.2+, AEAD only) ({first})"
-        )
+        LinkError {
+            text: format!(
+                "the server shares no TLS version or PSK cipher suite with our policy (TLS 1.2+, AEAD only) ({first})"
+            ),
+            refused: true,
+            about_time: false,
+        }
     } else {
-        format!("PSK handshake failed: {first}")
+        LinkError {
+            text: format!("PSK handshake failed: {first}"),
+            refused: false,
+            about_time: false,
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
     use super::*;
 
     #[test]

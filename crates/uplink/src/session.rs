@@ -22,7 +22,11 @@ pub(crate) enum SessionEvent {
     Subscribed(Vec<Option<String>>),
     /// A message arrived on a subscribed topic.
     Received { topic: String, payload: Vec<u8> },
-    /// Anything else (pings, acks of our own subscriptions' packets).
+    /// A keep-alive PINGREQ left; its PINGRESP is awaited.
+    PingSent,
+    /// The cloud answered a PINGREQ.
+    PingAnswered,
+    /// Anything else (acks of our own subscriptions' packets, our own PUBACKs).
     Other,
 }
 
@@ -42,12 +46,17 @@ pub(crate) enum Session {
 
 impl Session {
     /// A session to `host:port` over `transport`; nothing is sent until the first poll.
+    /// `connect_limit` bounds everything up to the CONNACK (and each flush): the bridge's own
+    /// steps have their own, shorter timeouts, this is the backstop.
     pub(crate) fn new(
         settings: &UplinkSettings,
         host: &str,
         port: u16,
         transport: Transport,
+        connect_limit: Duration,
     ) -> Self {
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_connection_timeout(connect_limit.as_secs().max(1));
         // The drain loop never has more than `inflight` publishes outstanding; the request
         // channel only needs that much room (plus the alarm and subscriptions).
         let capacity = usize::from(settings.inflight) + 16;
@@ -59,7 +68,8 @@ impl Session {
                     .set_keep_alive(settings.keep_alive)
                     .set_clean_session(settings.clean_session)
                     .set_inflight(settings.inflight);
-                let (client, events) = rumqttc::AsyncClient::new(options, capacity);
+                let (client, mut events) = rumqttc::AsyncClient::new(options, capacity);
+                events.set_network_options(network);
                 Self::V4 {
                     client,
                     events: Box::new(events),
@@ -71,7 +81,8 @@ impl Session {
                     .set_transport(transport)
                     .set_keep_alive(settings.keep_alive)
                     .set_clean_start(settings.clean_session)
-                    .set_outgoing_inflight_upper_limit(settings.inflight);
+                    .set_outgoing_inflight_upper_limit(settings.inflight)
+                    .set_network_options(network);
                 let (client, events) = rumqttc::v5::AsyncClient::new(options, capacity);
                 Self::V5 {
                     client,
@@ -103,6 +114,8 @@ impl Session {
                     topic: publish.topic,
                     payload: publish.payload.to_vec(),
                 },
+                Event::Outgoing(Outgoing::PingReq) => SessionEvent::PingSent,
+                Event::Incoming(Incoming::PingResp) => SessionEvent::PingAnswered,
                 _ => SessionEvent::Other,
             }),
             Self::V5 { events, .. } => Ok(match events.poll().await? {
@@ -145,6 +158,8 @@ impl Session {
                         Err(_) => SessionEvent::Other,
                     }
                 }
+                rumqttc::v5::Event::Outgoing(Outgoing::PingReq) => SessionEvent::PingSent,
+                rumqttc::v5::Event::Incoming(Packet5::PingResp(_)) => SessionEvent::PingAnswered,
                 _ => SessionEvent::Other,
             }),
         }

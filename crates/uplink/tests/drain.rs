@@ -11,29 +11,7 @@ use fieldlink_test_support::certs::TestCa;
 use fieldlink_test_support::free_port;
 use rustls::pki_types::pem::PemObject as _;
 
-use common::{Cloud, Subscriber, fill, queue, settings, start_uplink};
-
-/// First-seen order of the indices of `stream` in what the subscriber got, and how many
-/// duplicates there were.
-fn first_seen(payloads: &[String], stream: &str) -> (Vec<usize>, usize) {
-    let mut seen = HashSet::new();
-    let mut order = Vec::new();
-    let mut duplicates = 0;
-    for p in payloads {
-        let Some(i) = p
-            .strip_prefix(&format!("{stream}-"))
-            .and_then(|i| i.parse().ok())
-        else {
-            continue;
-        };
-        if seen.insert(i) {
-            order.push(i);
-        } else {
-            duplicates += 1;
-        }
-    }
-    (order, duplicates)
-}
+use common::{Cloud, Subscriber, fill, first_seen, queue, settings, start_uplink};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_loses_nothing_and_keeps_order() {
@@ -72,7 +50,7 @@ async fn an_outage_loses_nothing_and_keeps_order() {
         queue.append(entries).await.unwrap();
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
-    assert!(!uplink.status().connected);
+    assert!(!uplink.status().state.is_connected());
 
     // Back on the same ports, with the same state.
     let cloud = Cloud::start_on_files(plain, tls, files, &global);

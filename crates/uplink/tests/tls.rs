@@ -37,7 +37,7 @@ async fn delivers(cloud: &Cloud, tls: UplinkTls, mqtt: MqttVersion) {
         assert!(start.elapsed() < LIMIT, "the queue was not drained");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(uplink.status().connected);
+    assert!(uplink.status().state.is_connected());
     assert_eq!(uplink.status().last_error, None);
     let start = std::time::Instant::now();
     while uplink.status().acked_total < 20 || uplink.status().backlog != 0 {
@@ -67,7 +67,7 @@ async fn refused(
     fill(&queue, "t", 1).await;
     let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
     error_saying(&uplink, expected).await;
-    assert!(!uplink.status().connected);
+    assert!(!uplink.status().state.is_connected());
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(sub.map_or(0, |s| s.count()), 0, "nothing may arrive");
     shutdown.drain(Duration::from_secs(5)).await;
@@ -466,7 +466,7 @@ async fn a_crl_that_revokes_the_server_while_connected_ends_the_session() {
     let queue = queue(dir.path()).await;
     let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
     let start = std::time::Instant::now();
-    while !uplink.status().connected {
+    while !uplink.status().state.is_connected() {
         assert!(
             start.elapsed() < LIMIT,
             "never connected: {:?}",
@@ -477,6 +477,6 @@ async fn a_crl_that_revokes_the_server_while_connected_ends_the_session() {
     // The CA revokes the server's certificate: the next CRL check ends the session.
     std::fs::write(&crl, ca.crl(&[99])).unwrap();
     error_saying(&uplink, "revoked").await;
-    assert!(!uplink.status().connected);
+    assert!(!uplink.status().state.is_connected());
     shutdown.drain(Duration::from_secs(5)).await;
 }

@@ -82,7 +82,7 @@ async fn commands_arrive_locally(mqtt: MqttVersion) {
     settings.commands = vec![rule("cmd/{device_id}/#", "cmd/{#}")];
     let (bus, mut published) = RecordingBus::new();
     let (uplink, shutdown) = start_uplink_with_bus(settings, &queue, dir.path(), Arc::new(bus));
-    until(&uplink, "connected", |s| s.connected).await;
+    until(&uplink, "connected", |s| s.state.is_connected()).await;
 
     // The SUBSCRIBE follows the CONNACK; publish until the first command gets through.
     let port = cloud.broker.addr().port().to_string();

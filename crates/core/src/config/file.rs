@@ -177,6 +177,11 @@ pub struct UplinkFile {
     pub mqtt: Option<Spanned<String>>,
     /// MQTT keep-alive, e.g. `"30s"`.
     pub keep_alive: Option<Spanned<String>>,
+    /// With an answer awaited, this long without a byte from the cloud means stalled, e.g.
+    /// `"10s"`.
+    pub stall_timeout: Option<Spanned<String>>,
+    /// Each TCP connection attempt (per address) and the TLS handshake, e.g. `"5s"`.
+    pub connect_timeout: Option<Spanned<String>>,
     /// Start a clean session on every connect.
     pub clean_session: Option<Spanned<bool>>,
     /// Most messages sent and not yet acknowledged.

@@ -25,6 +25,7 @@ use std::time::Duration;
 
 pub use access::{AccessSettings, AclPattern, AclPatternError, AclRule};
 pub use error::{ConfigError, ConfigErrors, Origin};
+pub use uplink::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_STALL_TIMEOUT};
 
 use crate::message::Priority;
 use crate::topic::TopicFilter;
@@ -316,6 +317,11 @@ pub struct UplinkSettings {
     pub mqtt: MqttVersion,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// While a publish or ping awaits the cloud's answer, this long without a single byte
+    /// from the cloud means the link is stalled: it is given up and made again.
+    pub stall_timeout: Duration,
+    /// Each TCP connection attempt (one per address) and the TLS handshake.
+    pub connect_timeout: Duration,
     /// Start a clean session on every connect.
     pub clean_session: bool,
     /// Most messages sent and not yet acknowledged.

@@ -87,6 +87,18 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["unknown TLS mode", "plaintext is not offered"],
         },
         Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nstall_timeout = \"1s\"\n",
+            key: "uplink.stall_timeout",
+            line: 4,
+            words: &["out of range", "2s"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nconnect_timeout = \"soon\"\n",
+            key: "uplink.connect_timeout",
+            line: 4,
+            words: &["not a duration"],
+        },
+        Case {
             text: "[uplink]\nclient_id = \"c\"\n",
             key: "uplink.host",
             line: 1,
@@ -586,4 +598,37 @@ fn the_commented_device_examples_in_the_shipped_config_are_valid() {
     let settings = parse(&uncommented, origin()).unwrap_or_else(|e| panic!("{e}"));
     let names: Vec<&str> = settings.devices.iter().map(|d| d.name.as_str()).collect();
     assert_eq!(names, ["boiler", "plc", "gps"]);
+}
+
+#[test]
+fn the_commented_uplink_timings_in_the_shipped_config_are_the_defaults() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let timing_keys = ["keep_alive", "stall_timeout", "connect_timeout"];
+    let lines: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| timing_keys.iter().any(|k| l.starts_with(&format!("{k} ="))))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert_eq!(lines.lines().count(), timing_keys.len(), "{lines}");
+    let parsed = parse(
+        &format!("[uplink]\nhost = \"h\"\nclient_id = \"c\"\n{lines}"),
+        origin(),
+    )
+    .unwrap()
+    .uplink
+    .unwrap();
+    let defaults = parse("[uplink]\nhost = \"h\"\nclient_id = \"c\"\n", origin())
+        .unwrap()
+        .uplink
+        .unwrap();
+    assert_eq!(parsed, defaults);
+    assert_eq!(
+        (defaults.stall_timeout, defaults.connect_timeout),
+        (
+            crate::config::DEFAULT_STALL_TIMEOUT,
+            crate::config::DEFAULT_CONNECT_TIMEOUT
+        )
+    );
 }

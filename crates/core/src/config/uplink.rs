@@ -11,6 +11,14 @@ use super::{OnRejected, UplinkSettings, UplinkTls};
 use crate::topic::{TopicFilter, TopicName};
 use crate::topic_map::TopicRewrite;
 
+/// Nothing from the cloud for this long, while an answer is awaited, is a stalled link. A
+/// cellular round trip is well under a second even on a weak signal; 10 s leaves room for a
+/// handover and retransmissions without keeping a dead link for a minute.
+pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A TCP connect or TLS handshake that takes longer than this is given up (the next address
+/// is tried meanwhile): a cellular attach's first packets can take a few seconds.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
 pub(super) fn settings(
     entry: &Spanned<UplinkFile>,
     c: &mut Collector<'_>,
@@ -125,6 +133,20 @@ pub(super) fn settings(
             &file.keep_alive,
             Duration::from_secs(5)..=Duration::from_secs(65_535),
             Duration::from_secs(30),
+        ),
+        stall_timeout: duration(
+            c,
+            "uplink.stall_timeout",
+            &file.stall_timeout,
+            Duration::from_secs(2)..=Duration::from_secs(3600),
+            DEFAULT_STALL_TIMEOUT,
+        ),
+        connect_timeout: duration(
+            c,
+            "uplink.connect_timeout",
+            &file.connect_timeout,
+            Duration::from_millis(500)..=Duration::from_secs(300),
+            DEFAULT_CONNECT_TIMEOUT,
         ),
         clean_session: file.clean_session.as_ref().is_none_or(|b| *b.get_ref()),
         inflight: int(c, "uplink.inflight", &file.inflight, 1..=65_535).unwrap_or(100),

@@ -2,7 +2,7 @@
 //! at test time) and a plain one for the test's own subscriber; and the real queue.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -95,6 +95,8 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         client_id: "fieldlink-test".into(),
         mqtt: MqttVersion::V311,
         keep_alive: Duration::from_secs(30),
+        stall_timeout: fieldlink_core::config::DEFAULT_STALL_TIMEOUT,
+        connect_timeout: fieldlink_core::config::DEFAULT_CONNECT_TIMEOUT,
         clean_session: true,
         inflight: 50,
         topic_prefix: "cloud/".into(),
@@ -165,6 +167,28 @@ pub async fn fill(queue: &Queue, stream: &str, n: usize) {
             .collect();
         queue.append(entries).await.unwrap();
     }
+}
+
+/// First-seen order of the indices of `stream` in what the subscriber got, and how many
+/// duplicates there were.
+pub fn first_seen(payloads: &[String], stream: &str) -> (Vec<usize>, usize) {
+    let mut seen = HashSet::new();
+    let mut order = Vec::new();
+    let mut duplicates = 0;
+    for p in payloads {
+        let Some(i) = p
+            .strip_prefix(&format!("{stream}-"))
+            .and_then(|i| i.parse().ok())
+        else {
+            continue;
+        };
+        if seen.insert(i) {
+            order.push(i);
+        } else {
+            duplicates += 1;
+        }
+    }
+    (order, duplicates)
 }
 
 /// A subscriber on the cloud's plain listener, collecting (topic, payload).
