@@ -2,11 +2,11 @@
 # "rpi" override of meta-raspberrypi's machines), and the keyring bundles must chain to:
 # ca.cert.pem from FIELDLINK_RAUC_KEYS_DIR (development: yocto/scripts/make-dev-keys;
 # production: the production CA, see yocto/README.md).
-FILESEXTRAPATHS:prepend:fieldlink := "${THISDIR}/files:${FIELDLINK_RAUC_KEYS_DIR}:"
+FILESEXTRAPATHS:prepend:fieldlink-gateway := "${THISDIR}/files:${FIELDLINK_RAUC_KEYS_DIR}:"
 
-RAUC_KEYRING_FILE:fieldlink = "ca.cert.pem"
+RAUC_KEYRING_FILE:fieldlink-gateway = "ca.cert.pem"
 
-do_install:append:fieldlink() {
+do_install:append:fieldlink-gateway() {
     # One compatible string per machine, the one the bundle carries (fieldlink-bundle):
     # a Raspberry Pi 4 image is never installed on a Pi 5.
     sed -i -e 's/@@COMPATIBLE@@/${FIELDLINK_RAUC_COMPATIBLE}/' ${D}${nonarch_libdir}/rauc/system.conf
