@@ -10,12 +10,13 @@ inherit core-image
 
 # Only what a gateway needs: boot, networking (systemd-networkd, in the systemd package),
 # time sync (systemd-timesyncd: TLS checks need a right clock on a board without RTC), the
-# gateway, the updater (it pulls in fw_setenv for U-Boot's environment) and the TPM. No
-# package manager: the image is updated whole by RAUC.
+# gateway, the updater (it pulls in fw_setenv; u-boot-env brings /etc/fw_env.config, where
+# U-Boot's environment is) and the TPM. No package manager: the image is updated whole by RAUC.
 IMAGE_INSTALL = "\
     packagegroup-core-boot \
     fieldlink \
     rauc \
+    u-boot-env \
     kernel-image \
     ${FIELDLINK_TPM_PACKAGES} \
 "
@@ -39,6 +40,8 @@ WKS_FILE = "fieldlink-ab.wks.in"
 # and u-boot.bin, which meta-raspberrypi lists in IMAGE_BOOT_FILES itself.
 IMAGE_BOOT_FILES:qemuarm64 = "boot.scr"
 do_image_wic[depends] += "fieldlink-boot-script:do_deploy"
+# runqemu starts U-Boot (u-boot.bin, QB_DEFAULT_BIOS in the kas file): have it deployed.
+EXTRA_IMAGEDEPENDS:append:qemuarm64 = " virtual/bootloader"
 
 # Slot size: the ext4 image is made this size so that it fits a slot of FIELDLINK_SLOT_SIZE.
 FIELDLINK_SLOT_SIZE ?= "1024"
