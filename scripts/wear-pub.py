@@ -1,6 +1,6 @@
 """An evenly paced MQTT QoS 1 publisher that measures PUBACK latency (for scripts/bench-wear).
 
-    wear-pub.py HOST PORT RATE SECONDS
+    wear-pub.py HOST PORT RATE SECONDS [INFLIGHT]
 
 Publishes 64-byte payloads on site/meter at RATE messages a second for SECONDS, then waits for
 the last PUBACKs and prints one line: `sent N acked N p50_ms X p99_ms Y max_ms Z`.
@@ -16,18 +16,24 @@ import paho.mqtt.client as mqtt
 def main() -> None:
     host, port, rate, seconds = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
     sent_at: dict[int, float] = {}
+    # PUBACKs that arrived before publish() returned the message id.
+    early: dict[int, float] = {}
     latencies: list[float] = []
+    # Never held while calling into paho: paho calls on_publish holding its own locks, and a
+    # publish() waiting for those while we hold ours would deadlock.
     lock = threading.Lock()
 
     def on_publish(_client, _userdata, mid, *_rest) -> None:
         now = time.monotonic()
         with lock:
             start = sent_at.pop(mid, None)
-            if start is not None:
+            if start is None:
+                early[mid] = now
+            else:
                 latencies.append(now - start)
 
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="wear-pub")
-    client.max_inflight_messages_set(1000)
+    client.max_inflight_messages_set(int(sys.argv[5]) if len(sys.argv) > 5 else 100)
     client.max_queued_messages_set(0)
     client.on_publish = on_publish
     client.connect(host, port)
@@ -40,9 +46,14 @@ def main() -> None:
         delay = due - time.monotonic()
         if delay > 0:
             time.sleep(delay)
+        sent = time.monotonic()
+        info = client.publish("site/meter", payload, qos=1)
         with lock:
-            info = client.publish("site/meter", payload, qos=1)
-            sent_at[info.mid] = time.monotonic()
+            acked = early.pop(info.mid, None)
+            if acked is None:
+                sent_at[info.mid] = sent
+            else:
+                latencies.append(acked - sent)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         with lock:

@@ -8,7 +8,7 @@
 //! message rate. A publish reaches the router, and so its PUBACK the client, only once ingress
 //! has made it durable when a route takes it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -96,6 +96,41 @@ async fn read_more(io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> std::io::Res
     }
     io.read_buf(buf).await
 }
+
+/// What one read brought: the publishes to make durable, then everything for the router.
+struct Batch {
+    to_store: Vec<Message>,
+    to_router: Vec<Packet>,
+    /// `false` once the client sent DISCONNECT.
+    open: bool,
+}
+
+/// A batch waiting for its publishes to be durable.
+struct Storing {
+    durable: tokio::task::JoinHandle<Result<(), fieldlink_core::ports::IngressError>>,
+    batch: Batch,
+}
+
+/// Resolves when the oldest batch being stored is durable (or refused); never while none is.
+async fn durable(
+    storing: &mut VecDeque<Storing>,
+) -> Result<(), fieldlink_core::ports::IngressError> {
+    match storing.front_mut() {
+        Some(storing) => match (&mut storing.durable).await {
+            Ok(stored) => stored,
+            // The store task cannot panic short of a bug; the client sends the batch again.
+            Err(e) => Err(fieldlink_core::ports::IngressError::Outbox(
+                fieldlink_core::ports::OutboxError::Storage(format!("store task failed: {e}")),
+            )),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Batches one session may have waiting for durability: bounds what a client that publishes
+/// faster than the disk commits can make the gateway hold (its socket then fills, and TCP
+/// slows it down).
+const MAX_BATCHES_STORING: usize = 16;
 
 /// Reads and checks CONNECT; answers a refusal itself. `None`: the connection is over.
 async fn connect(
@@ -442,36 +477,67 @@ impl Session {
     async fn pump(&mut self, io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> End {
         let mut out = BytesMut::with_capacity(4096);
         let mut last_heard = Instant::now();
+        // Batches whose routed publishes are being made durable, oldest first. Reading goes
+        // on meanwhile (the queue commits every `commit_interval`: the batches read in the
+        // meantime join the same commit), and what the router sends still goes out; each
+        // batch reaches the router only after every batch before it, so order is kept.
+        let mut storing: VecDeque<Storing> = VecDeque::new();
         loop {
             let deadline = tokio::time::Instant::from_std(last_heard + self.keep_alive);
             tokio::select! {
-                read = read_more(io, buf) => match read {
+                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING => match read {
                     Ok(0) => return End::Lost("closed by the client".into()),
                     Err(e) => return End::Lost(e.to_string()),
                     Ok(_) => {
                         last_heard = Instant::now();
-                        match self.inbound(buf, &mut out).await {
-                            Ok(true) => {}
-                            Ok(false) => {
-                                let _ = io.write_all(&out).await;
-                                return End::Graceful;
-                            }
-                            Err(why) => {
-                                let _ = io.write_all(&out).await;
-                                return End::Lost(why);
-                            }
-                        }
+                        let batch = self.inbound(buf, &mut out);
                         if !out.is_empty() {
                             if let Err(e) = io.write_all(&out).await {
                                 return End::Lost(e.to_string());
                             }
                             out.clear();
                         }
+                        match batch {
+                            Err(why) => return End::Lost(why),
+                            Ok(batch) if batch.to_store.is_empty() && storing.is_empty() => {
+                                if let Some(end) = self.release(batch, io, &mut out).await {
+                                    return end;
+                                }
+                            }
+                            Ok(mut batch) => {
+                                let ingress = self.ctx.ingress.clone();
+                                let messages = std::mem::take(&mut batch.to_store);
+                                // Its own task, so that every batch's append reaches the
+                                // queue now (and joins the coming commit), not when the
+                                // batches before it are done.
+                                storing.push_back(Storing {
+                                    durable: tokio::spawn(async move {
+                                        if messages.is_empty() {
+                                            return Ok(());
+                                        }
+                                        ingress.store(messages).await
+                                    }),
+                                    batch,
+                                });
+                            }
+                        }
                         if let Some(pause) = self.rate.pause() {
                             tokio::time::sleep(pause).await;
                         }
                     }
                 },
+                stored = durable(&mut storing) => {
+                    let Some(Storing { batch, .. }) = storing.pop_front() else { continue };
+                    if let Err(e) = stored {
+                        tracing::warn!(client_id = %self.client_id, error = %e, "Publishes not stored; the client will send them again");
+                        self.disconnect_with(&mut out, DisconnectReasonCode::QuotaExceeded);
+                        let _ = io.write_all(&out).await;
+                        return End::Lost(format!("outbox refused: {e}"));
+                    }
+                    if let Some(end) = self.release(batch, io, &mut out).await {
+                        return end;
+                    }
+                }
                 notification = self.link_rx.next() => match notification {
                     Ok(Some(notification)) => {
                         if let Some(end) = self.outbound(notification, &mut out).await {
@@ -505,8 +571,24 @@ impl Session {
         }
     }
 
-    /// Handles every complete packet in `buf`. `Ok(false)`: the client disconnected.
-    async fn inbound(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<bool, String> {
+    /// Hands a batch whose publishes are durable to the router; `Some` when the session ends
+    /// (the client said goodbye, or the router link failed).
+    async fn release(
+        &mut self,
+        batch: Batch,
+        io: &mut Box<dyn Stream>,
+        out: &mut BytesMut,
+    ) -> Option<End> {
+        if let Err(why) = self.forward(batch.to_router).await {
+            let _ = io.write_all(out).await;
+            return Some(End::Lost(why));
+        }
+        (!batch.open).then_some(End::Graceful)
+    }
+
+    /// Handles every complete packet in `buf`: answers what the edge answers itself into
+    /// `out`, and returns what is to be stored and then handed to the router.
+    fn inbound(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<Batch, String> {
         let mut to_router: Vec<Packet> = Vec::new();
         let mut to_store: Vec<Message> = Vec::new();
         // Counted once per batch, not per message.
@@ -586,16 +668,13 @@ impl Session {
             self.rate.count(accepted);
             metrics::counter!(metric::MESSAGES_IN_TOTAL).increment(u64::from(accepted));
         }
-        if !to_store.is_empty() {
-            // Durable before the router (and so the PUBACK) sees them.
-            if let Err(e) = self.ctx.ingress.store(to_store).await {
-                tracing::warn!(client_id = %self.client_id, error = %e, "Publishes not stored; the client will send them again");
-                self.disconnect_with(out, DisconnectReasonCode::QuotaExceeded);
-                return Err(format!("outbox refused: {e}"));
-            }
-        }
-        self.forward(to_router).await?;
-        Ok(open)
+        // The routed publishes are to be durable before the router (and so the PUBACK) sees
+        // them.
+        Ok(Batch {
+            to_store,
+            to_router,
+            open,
+        })
     }
 
     /// Sends packets to the router in order, with one wake-up for the lot.
