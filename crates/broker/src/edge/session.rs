@@ -105,26 +105,36 @@ struct Batch {
     open: bool,
 }
 
+type Stored = Result<(), fieldlink_core::ports::IngressError>;
+
 /// A batch waiting for its publishes to be durable.
 struct Storing {
-    durable: tokio::task::JoinHandle<Result<(), fieldlink_core::ports::IngressError>>,
+    durable: std::pin::Pin<Box<dyn std::future::Future<Output = Stored> + Send>>,
+    /// Its outcome, once known (a later batch may be durable before the front one is seen).
+    done: Option<Stored>,
     batch: Batch,
 }
 
 /// Resolves when the oldest batch being stored is durable (or refused); never while none is.
-async fn durable(
-    storing: &mut VecDeque<Storing>,
-) -> Result<(), fieldlink_core::ports::IngressError> {
-    match storing.front_mut() {
-        Some(storing) => match (&mut storing.durable).await {
-            Ok(stored) => stored,
-            // The store task cannot panic short of a bug; the client sends the batch again.
-            Err(e) => Err(fieldlink_core::ports::IngressError::Outbox(
-                fieldlink_core::ports::OutboxError::Storage(format!("store task failed: {e}")),
-            )),
-        },
-        None => std::future::pending().await,
-    }
+///
+/// Every batch's store is polled, oldest first, each time: their appends reach the queue in
+/// the order the client sent them (the queue's channel grants room in request order), so
+/// per-stream order holds, and they all join the same commit.
+async fn durable(storing: &mut VecDeque<Storing>) -> Stored {
+    std::future::poll_fn(|cx| {
+        for batch in storing.iter_mut() {
+            if batch.done.is_none()
+                && let std::task::Poll::Ready(stored) = batch.durable.as_mut().poll(cx)
+            {
+                batch.done = Some(stored);
+            }
+        }
+        match storing.front_mut().and_then(|front| front.done.take()) {
+            Some(stored) => std::task::Poll::Ready(stored),
+            None => std::task::Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// Batches one session may have waiting for durability: bounds what a client that publishes
@@ -486,8 +496,19 @@ impl Session {
             let deadline = tokio::time::Instant::from_std(last_heard + self.keep_alive);
             tokio::select! {
                 read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING => match read {
-                    Ok(0) => return End::Lost("closed by the client".into()),
-                    Err(e) => return End::Lost(e.to_string()),
+                    // What was read before goes on first (a DISCONNECT among it included).
+                    Ok(0) => {
+                        return self
+                            .finish(&mut storing, io, &mut out)
+                            .await
+                            .unwrap_or(End::Lost("closed by the client".into()));
+                    }
+                    Err(e) => {
+                        return self
+                            .finish(&mut storing, io, &mut out)
+                            .await
+                            .unwrap_or(End::Lost(e.to_string()));
+                    }
                     Ok(_) => {
                         last_heard = Instant::now();
                         let batch = self.inbound(buf, &mut out);
@@ -507,16 +528,16 @@ impl Session {
                             Ok(mut batch) => {
                                 let ingress = self.ctx.ingress.clone();
                                 let messages = std::mem::take(&mut batch.to_store);
-                                // Its own task, so that every batch's append reaches the
-                                // queue now (and joins the coming commit), not when the
-                                // batches before it are done.
+                                // Polled with the batches before it (see `durable`): its append
+                                // reaches the queue now and joins the coming commit.
                                 storing.push_back(Storing {
-                                    durable: tokio::spawn(async move {
+                                    durable: Box::pin(async move {
                                         if messages.is_empty() {
                                             return Ok(());
                                         }
                                         ingress.store(messages).await
                                     }),
+                                    done: None,
                                     batch,
                                 });
                             }
@@ -566,9 +587,36 @@ impl Session {
                     Err(e) => return End::RouterEnded(format!("router link closed: {e}")),
                 },
                 () = tokio::time::sleep_until(deadline) => return End::Lost("keep-alive timeout".into()),
-                () = self.ctx.shutdown.cancelled() => return End::Shutdown,
+                () = self.ctx.shutdown.cancelled() => {
+                    // Sessions finish what they were storing before they close.
+                    return self.finish(&mut storing, io, &mut out).await.unwrap_or(End::Shutdown);
+                }
             }
         }
+    }
+
+    /// Stores and releases every batch still waiting, in order; `Some` when one of them ends
+    /// the session (a DISCONNECT, a refusal).
+    async fn finish(
+        &mut self,
+        storing: &mut VecDeque<Storing>,
+        io: &mut Box<dyn Stream>,
+        out: &mut BytesMut,
+    ) -> Option<End> {
+        while !storing.is_empty() {
+            let stored = durable(storing).await;
+            let Some(Storing { batch, .. }) = storing.pop_front() else {
+                break;
+            };
+            if let Err(e) = stored {
+                tracing::warn!(client_id = %self.client_id, error = %e, "Publishes not stored; the client will send them again");
+                return Some(End::Lost(format!("outbox refused: {e}")));
+            }
+            if let Some(end) = self.release(batch, io, out).await {
+                return Some(end);
+            }
+        }
+        None
     }
 
     /// Hands a batch whose publishes are durable to the router; `Some` when the session ends
