@@ -1,6 +1,7 @@
 //! fieldlink core: the types and ports every other fieldlink crate meets through.
 //!
 //! - [`clock`]: whether the wall clock is synchronized (boards without an RTC);
+//! - [`crl`]: CRL freshness (a CRL past its nextUpdate refuses, or warns, and raises an alarm);
 //! - [`config`]: the TOML configuration, its serde file layer and the validated [`config::Settings`];
 //! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
 //! - [`message`]: the message that travels from ingress through the queue to the uplink;
@@ -9,7 +10,8 @@
 //! - [`tls`]: the one place that builds TLS configurations, with the one crypto provider;
 //! - [`metrics`]: every metric name, in one place;
 //! - [`uplink_state`]: the uplink's one state model (connected, stalled, refused, ...);
-//! - [`logging`]: `tracing` set up for a terminal or for journald.
+//! - [`logging`]: `tracing` set up for a terminal or for journald;
+//! - [`x509`]: the fields fieldlink reads from certificates and CRLs (x509-cert, not our own parser).
 //!
 //! ```
 //! use fieldlink_core::topic::{TopicFilter, TopicName};
@@ -19,7 +21,7 @@
 
 pub mod clock;
 pub mod config;
-pub mod der;
+pub mod crl;
 pub mod logging;
 pub mod message;
 pub mod metrics;
@@ -29,3 +31,4 @@ pub mod tls;
 pub mod topic;
 pub mod topic_map;
 pub mod uplink_state;
+pub mod x509;

@@ -35,11 +35,14 @@ pub enum MinTlsVersion {
     Tls13,
 }
 
-/// What every TLS connection of the gateway must satisfy: a minimum version and AEAD suites only.
+/// What every TLS connection of the gateway must satisfy: a minimum version, AEAD suites only,
+/// and what a CRL past its nextUpdate means.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct TlsPolicy {
     /// The lowest version accepted.
     pub min_version: MinTlsVersion,
+    /// Whether a stale CRL refuses the handshakes that need it (the default) or only warns.
+    pub stale_crl: crate::crl::StaleCrl,
 }
 
 /// Why a TLS configuration could not be built.
@@ -359,6 +362,9 @@ impl TlsPolicy {
             verifier = verifier
                 .with_crls(tls.crls)
                 .allow_unknown_revocation_status();
+            if self.stale_crl == crate::crl::StaleCrl::Refuse {
+                verifier = verifier.enforce_revocation_expiration();
+            }
         }
         let verifier = verifier.build()?;
         let builder = ClientConfig::builder_with_provider(provider.clone())
@@ -405,6 +411,9 @@ impl TlsPolicy {
                 );
                 if !crls.is_empty() {
                     verifier = verifier.with_crls(crls).allow_unknown_revocation_status();
+                    if self.stale_crl == crate::crl::StaleCrl::Refuse {
+                        verifier = verifier.enforce_revocation_expiration();
+                    }
                 }
                 builder.with_client_cert_verifier(verifier.build()?)
             }
@@ -499,7 +508,10 @@ mod tests {
     fn every_configuration_builds_and_handshakes() {
         let pki = pki();
         for min_version in [MinTlsVersion::Tls12, MinTlsVersion::Tls13] {
-            let policy = TlsPolicy { min_version };
+            let policy = TlsPolicy {
+                min_version,
+                ..TlsPolicy::default()
+            };
             let client = policy.client_config(pki.roots.clone()).unwrap();
             let server = policy
                 .server_config(pki.chain.clone(), pki.key.clone_key())
@@ -516,6 +528,7 @@ mod tests {
         let pki = pki();
         let server = TlsPolicy {
             min_version: MinTlsVersion::Tls13,
+            ..TlsPolicy::default()
         }
         .server_config(pki.chain.clone(), pki.key.clone_key())
         .unwrap();
@@ -543,7 +556,11 @@ mod tests {
     #[test]
     fn only_aead_suites_are_offered() {
         for min_version in [MinTlsVersion::Tls12, MinTlsVersion::Tls13] {
-            let provider = TlsPolicy { min_version }.provider();
+            let provider = TlsPolicy {
+                min_version,
+                ..TlsPolicy::default()
+            }
+            .provider();
             assert!(!provider.cipher_suites.is_empty());
             for suite in &provider.cipher_suites {
                 let name = format!("{:?}", suite.suite());

@@ -41,6 +41,9 @@ pub struct GatewayStatus {
     /// What the gateway writes to storage: its wear on an SD card.
     #[serde(default)]
     pub disk: DiskView,
+    /// Problems the operator must fix, in words (a CRL past its nextUpdate, ...).
+    #[serde(default)]
+    pub alarms: Vec<String>,
 }
 
 /// Bytes written to storage, as the kernel counts them for this process (`write_bytes` in
@@ -241,6 +244,7 @@ pub async fn snapshot(
         queue,
         uplink: uplink.map(|s| UplinkView::from_status(s, (written_ms / 1000) as i64)),
         disk,
+        alarms: fieldlink_core::crl::alarms(),
     }
 }
 
@@ -320,6 +324,9 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
     }
     for (name, health) in &status.components {
         out += &format!("{name:<8} {health}\n");
+    }
+    for alarm in &status.alarms {
+        out += &format!("ALARM    {alarm}\n");
     }
     if !status.clock_synchronized {
         out += "clock    NOT synchronized: message ages count the time the gateway has run; \

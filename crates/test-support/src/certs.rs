@@ -80,9 +80,16 @@ impl TestCa {
 impl TestCa {
     /// A CRL (PEM) signed by this CA that revokes the given serial numbers.
     pub fn crl(&self, revoked: &[u64]) -> String {
+        self.crl_until(revoked, (2036, 1, 1))
+    }
+
+    /// Like [`TestCa::crl`], with the given nextUpdate (year, month, day): one in the past
+    /// makes a stale CRL.
+    pub fn crl_until(&self, revoked: &[u64], next_update: (i32, u8, u8)) -> String {
+        let (year, month, day) = next_update;
         let params = CertificateRevocationListParams {
-            this_update: date_time_ymd(2026, 1, 1),
-            next_update: date_time_ymd(2036, 1, 1),
+            this_update: date_time_ymd(year.min(2026) - 1, 1, 1),
+            next_update: date_time_ymd(year, month, day),
             crl_number: SerialNumber::from(1u64),
             issuing_distribution_point: None,
             revoked_certs: revoked

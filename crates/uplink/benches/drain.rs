@@ -211,6 +211,7 @@ async fn fieldlink_drain(n: u64) -> f64 {
         },
         min_tls_version: MinTlsVersion::Tls12,
         crl_files: Vec::new(),
+        stale_crl: Default::default(),
         alpn: Vec::new(),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),

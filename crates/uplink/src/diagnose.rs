@@ -32,6 +32,8 @@ fn is_about_time(e: &rustls::Error) -> bool {
                 | CertificateError::ExpiredContext { .. }
                 | CertificateError::NotValidYet
                 | CertificateError::NotValidYetContext { .. }
+                | CertificateError::ExpiredRevocationList
+                | CertificateError::ExpiredRevocationListContext { .. }
         )
     )
 }
@@ -118,6 +120,12 @@ fn explain_tls(e: &rustls::Error) -> String {
         InvalidCertificate(
             CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
         ) => "server certificate does not match uplink.host".into(),
+        InvalidCertificate(
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. },
+        ) => "a CRL in uplink.crl_files expired (it is past its nextUpdate): update it \
+              (uplink.stale_crl = \"warn\" accepts a stale CRL meanwhile)"
+            .into(),
         InvalidCertificate(other) => format!("server certificate refused: {other:?}"),
         AlertReceived(
             AlertDescription::HandshakeFailure

@@ -1,12 +1,12 @@
 //! Certificate expiry: when each certificate in use stops being valid, and the warnings that
 //! follow as that day comes near.
 //!
-//! The not-after date is read straight from the DER (certificate → tbsCertificate → validity)
-//! with `fieldlink_core::der`; anything unexpected is an error, never a panic.
+//! The dates and names are read with `fieldlink_core::x509` (a maintained X.509 parser);
+//! anything unexpected is `None`, never a panic.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fieldlink_core::der::{tbs_fields, tlv};
+use fieldlink_core::x509;
 use rustls::pki_types::CertificateDer;
 
 /// Days before expiry at which a warning is raised, most urgent last.
@@ -14,23 +14,17 @@ pub const WARN_DAYS: [u64; 3] = [30, 7, 1];
 
 /// The not-after time of a DER certificate, in seconds since the Unix epoch.
 pub fn not_after(cert: &CertificateDer<'_>) -> Option<i64> {
-    let (tag, validity, _) = tlv(tbs_fields(cert.as_ref())?.validity)?;
-    if tag != 0x30 {
-        return None;
-    }
-    let after_not_before = tlv(validity)?.2;
-    let (tag, time, _) = tlv(after_not_before)?;
-    parse_time(tag, std::str::from_utf8(time).ok()?)
+    x509::not_after(cert.as_ref())
 }
 
 /// The issuer's distinguished name, as DER (to find the CA that issued a certificate).
 pub fn issuer(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
-    Some(tbs_fields(cert.as_ref())?.issuer.to_vec())
+    x509::issuer(cert.as_ref())
 }
 
 /// The subject's distinguished name, as DER.
 pub fn subject(cert: &CertificateDer<'_>) -> Option<Vec<u8>> {
-    Some(tbs_fields(cert.as_ref())?.subject.to_vec())
+    x509::subject(cert.as_ref())
 }
 
 /// The most urgent warning threshold (in days) that `not_after` has crossed at `now`, if any.
@@ -52,46 +46,6 @@ pub fn remaining(not_after: i64, now: SystemTime) -> Option<Duration> {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64);
     u64::try_from(not_after - now).ok().map(Duration::from_secs)
-}
-
-/// UTCTime (`YYMMDDHHMMSSZ`) or GeneralizedTime (`YYYYMMDDHHMMSSZ`) to Unix seconds.
-fn parse_time(tag: u8, text: &str) -> Option<i64> {
-    let digits = text.strip_suffix('Z')?;
-    if !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    let (year, rest) = match (tag, digits.len()) {
-        (0x17, 12) => {
-            let yy: i64 = digits[..2].parse().ok()?;
-            // RFC 5280: 50-99 are 19xx, 00-49 are 20xx.
-            (if yy >= 50 { 1900 + yy } else { 2000 + yy }, &digits[2..])
-        }
-        (0x18, 14) => (digits[..4].parse().ok()?, &digits[4..]),
-        _ => return None,
-    };
-    let field = |i: usize| -> Option<i64> { rest.get(i..i + 2)?.parse().ok() };
-    let (month, day, hour, minute, second) =
-        (field(0)?, field(2)?, field(4)?, field(6)?, field(8)?);
-    if !(1..=12).contains(&month)
-        || !(1..=31).contains(&day)
-        || hour > 23
-        || minute > 59
-        || second > 60
-    {
-        return None;
-    }
-    Some(days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second)
-}
-
-/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's algorithm).
-fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
-    let y = if month <= 2 { year - 1 } else { year };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (month + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + day - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 #[cfg(test)]

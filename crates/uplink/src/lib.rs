@@ -68,7 +68,7 @@ use fieldlink_core::topic::TopicName;
 pub use fieldlink_core::uplink_state::UplinkState;
 use rumqttc::Transport;
 use rustls::RootCertStore;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
 use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
@@ -212,6 +212,9 @@ struct Connector {
     server_name: ServerName<'static>,
     bridge: Bridge,
     crl_stamps: Vec<Option<SystemTime>>,
+    /// When a CRL in use reaches its nextUpdate: look at the files again then, so that a CRL
+    /// going stale under a live session raises its alarm on time.
+    crl_recheck_at: Option<SystemTime>,
     /// The cloud's chain, as verified in the last handshake.
     peer_chain: PeerChain,
 }
@@ -224,6 +227,7 @@ impl Connector {
     ) -> Result<Self, UplinkError> {
         let policy = TlsPolicy {
             min_version: settings.min_tls_version,
+            stale_crl: settings.stale_crl,
         };
         let server_name = ServerName::try_from(settings.host.clone()).map_err(|_| {
             UplinkError::Tls(format!(
@@ -263,6 +267,7 @@ impl Connector {
             server_name,
             bridge,
             crl_stamps: Vec::new(),
+            crl_recheck_at: None,
             peer_chain: PeerChain::default(),
         };
         // Fail at start on unreadable files, rather than at the first connection.
@@ -296,8 +301,11 @@ impl Connector {
         };
         let roots = roots(ca_file)?;
         let mut crls = Vec::new();
-        for path in &self.crl_files {
-            crls.extend(read_crls(path).map_err(tls_error)?);
+        self.crl_recheck_at = None;
+        for path in self.crl_files.clone() {
+            let read = read_crls(&path).map_err(tls_error)?;
+            self.review_crl(&path, &read);
+            crls.extend(read);
         }
         let config = self
             .policy
@@ -314,6 +322,31 @@ impl Connector {
             name: self.server_name.clone(),
         });
         Ok(socket)
+    }
+
+    /// Raises or clears `path`'s stale-CRL alarm and notes when to look again.
+    fn review_crl(&mut self, path: &Path, crls: &[CertificateRevocationListDer<'_>]) {
+        let next =
+            fieldlink_core::crl::review(path, crls, self.policy.stale_crl, SystemTime::now());
+        self.crl_recheck_at = match (self.crl_recheck_at, next) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// Looks at the CRL files again once one of them has reached its nextUpdate. The live
+    /// session stays: a stale CRL concerns new handshakes only.
+    fn review_crls_when_due(&mut self) {
+        if self.crl_recheck_at.is_none_or(|at| SystemTime::now() < at) {
+            return;
+        }
+        self.crl_recheck_at = None;
+        for path in self.crl_files.clone() {
+            match read_crls(&path) {
+                Ok(crls) => self.review_crl(&path, &crls),
+                Err(e) => tracing::warn!(error = %e, "Cannot read a CRL file again"),
+            }
+        }
     }
 
     /// Whether a CRL file changed since the transport was built.
@@ -657,6 +690,7 @@ impl Drain {
                     if connected_at.is_some() {
                         self.refill(&mut session).await;
                     }
+                    self.connector.review_crls_when_due();
                     if self.connector.crls_changed() {
                         tracing::info!("A CRL file changed: reconnecting to check the server against it");
                         session.disconnect().await;

@@ -256,6 +256,49 @@ async fn a_revoked_server_certificate_is_refused() {
 }
 
 #[tokio::test]
+async fn a_stale_crl_refuses_the_server_and_raises_an_alarm() {
+    let ca = TestCa::new("stale cloud CA");
+    let server = ca.issue("cloud", &["localhost"]);
+    let cloud = Cloud::start(&ca, &server, "");
+    let mut settings = settings(cloud.tls_port, server_auth(&cloud, &ca));
+    let crl = cloud.file("stale.crl", &ca.crl_until(&[], (2025, 6, 1)));
+    settings.crl_files = vec![crl.clone()];
+    refused(
+        settings,
+        Some(cloud.broker.addr().port()),
+        "CRL in uplink.crl_files expired",
+    )
+    .await;
+    let alarm = fieldlink_core::crl::alarms()
+        .into_iter()
+        .find(|a| a.contains(&crl.display().to_string()))
+        .unwrap_or_default();
+    assert!(
+        alarm.contains("CN=stale cloud CA") && alarm.contains("expired on 2025-06-01"),
+        "alarm: {alarm:?}"
+    );
+}
+
+#[tokio::test]
+async fn stale_crl_warn_still_connects() {
+    let ca = TestCa::new("cloud CA");
+    let server = ca.issue("cloud", &["localhost"]);
+    let cloud = Cloud::start(&ca, &server, "");
+    let tls = server_auth(&cloud, &ca);
+    let crl = cloud.file("stale.crl", &ca.crl_until(&[], (2025, 6, 1)));
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue(dir.path()).await;
+    let sub = Subscriber::start(cloud.broker.addr().port(), "cloud/#", "observer", false).await;
+    fill(&queue, "t", 3).await;
+    let mut settings = settings(cloud.tls_port, tls);
+    settings.crl_files = vec![crl];
+    settings.stale_crl = fieldlink_core::crl::StaleCrl::Warn;
+    let (_uplink, shutdown) = start_uplink(settings, &queue, dir.path());
+    sub.wait_for(3, LIMIT).await;
+    shutdown.drain(Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
 async fn a_crl_that_no_longer_lists_the_server_lets_it_connect_without_a_restart() {
     let ca = TestCa::new("cloud CA");
     let server = ca.issue_with(

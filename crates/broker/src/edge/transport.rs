@@ -37,6 +37,10 @@ impl Security {
     pub(crate) fn prepare(listener: &ListenerSettings) -> Result<Self, SetupError> {
         let policy = TlsPolicy {
             min_version: listener.min_tls_version,
+            stale_crl: match &listener.tls {
+                ListenerTls::Mutual { stale_crl, .. } => *stale_crl,
+                _ => Default::default(),
+            },
         };
         match &listener.tls {
             ListenerTls::None => Ok(Self::Plain),
@@ -49,9 +53,13 @@ impl Security {
                 server.reload()?;
                 Ok(Self::Rustls(Arc::new(server)))
             }
-            ListenerTls::Psk { psk_file } => Ok(Self::Psk(Arc::new(PskServer::new(
+            ListenerTls::Psk {
+                psk_file,
+                allow_plain_psk,
+            } => Ok(Self::Psk(Arc::new(PskServer::new(
                 psk_file.clone(),
                 listener.min_tls_version,
+                *allow_plain_psk,
             )?))),
         }
     }
@@ -64,8 +72,19 @@ pub(crate) struct RustlsServer {
     current: RwLock<Option<Loaded>>,
 }
 
-/// A built configuration and the CRL files' modification times it was built from.
-type Loaded = (Arc<ServerConfig>, Vec<Option<SystemTime>>);
+/// A built configuration, the CRL files' modification times it was built from, and when one
+/// of its CRLs reaches its nextUpdate (then the files are reviewed again, to raise the alarm).
+struct Loaded {
+    config: Arc<ServerConfig>,
+    stamps: Vec<Option<SystemTime>>,
+    recheck_at: Option<SystemTime>,
+}
+
+impl Loaded {
+    fn is_current(&self, stamps: &[Option<SystemTime>]) -> bool {
+        self.stamps == stamps && self.recheck_at.is_none_or(|at| SystemTime::now() < at)
+    }
+}
 
 impl RustlsServer {
     fn crl_files(&self) -> &[PathBuf] {
@@ -90,6 +109,7 @@ impl RustlsServer {
             _ => return Err("not a rustls listener".into()),
         };
         let chain = read_certs(cert_file).map_err(|e| e.to_string())?;
+        let mut recheck_at: Option<SystemTime> = None;
         let clients = match &self.tls {
             ListenerTls::Mutual {
                 ca_file, crl_files, ..
@@ -103,7 +123,18 @@ impl RustlsServer {
                 }
                 let mut crls = Vec::new();
                 for path in crl_files {
-                    crls.extend(read_crls(path).map_err(|e| e.to_string())?);
+                    let read = read_crls(path).map_err(|e| e.to_string())?;
+                    let next = fieldlink_core::crl::review(
+                        path,
+                        &read,
+                        self.policy.stale_crl,
+                        SystemTime::now(),
+                    );
+                    recheck_at = match (recheck_at, next) {
+                        (Some(a), Some(b)) => Some(a.min(b)),
+                        (a, b) => a.or(b),
+                    };
+                    crls.extend(read);
                 }
                 Some((roots, crls))
             }
@@ -113,24 +144,28 @@ impl RustlsServer {
             .policy
             .listener_config(chain, &FileKey(key_file.clone()), clients)
             .map_err(|e| e.to_string())?;
-        *self.current.write().unwrap_or_else(PoisonError::into_inner) =
-            Some((Arc::new(config), stamps));
+        *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Loaded {
+            config: Arc::new(config),
+            stamps,
+            recheck_at,
+        });
         Ok(())
     }
 
     /// The configuration for the next handshake: rebuilt first when a CRL file changed, so a
-    /// revoked certificate's next connection is refused; sessions already up are untouched.
+    /// revoked certificate's next connection is refused, or when a CRL reached its nextUpdate
+    /// (so that its alarm is raised); sessions already up are untouched.
     fn config(&self) -> Option<Arc<ServerConfig>> {
         let changed = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             current
                 .as_ref()
-                .is_none_or(|(_, old)| *old != stamps(self.crl_files()))
+                .is_none_or(|loaded| !loaded.is_current(&stamps(self.crl_files())))
         };
         if changed {
             match self.reload() {
                 Ok(()) => tracing::info!(
-                    "A CRL file changed: client certificates are checked against it from now on"
+                    "CRL files reviewed: client certificates are checked against them from now on"
                 ),
                 Err(e) => {
                     tracing::error!(error = %e, "A CRL file changed but cannot be used; the previous one stays in force")
@@ -138,7 +173,7 @@ impl RustlsServer {
             }
         }
         let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
-        current.as_ref().map(|(config, _)| config.clone())
+        current.as_ref().map(|loaded| loaded.config.clone())
     }
 
     /// The device's name from its certificate, as the listener says to read it.
@@ -148,8 +183,8 @@ impl RustlsServer {
         };
         let cert = stream.get_ref().1.peer_certificates()?.first()?;
         match identity {
-            CertIdentity::CommonName => fieldlink_core::der::common_name(cert),
-            CertIdentity::SubjectAltName => fieldlink_core::der::first_dns_name(cert),
+            CertIdentity::CommonName => fieldlink_core::x509::common_name(cert),
+            CertIdentity::SubjectAltName => fieldlink_core::x509::first_dns_name(cert),
         }
     }
 }
@@ -161,11 +196,20 @@ fn stamps(paths: &[PathBuf]) -> Vec<Option<SystemTime>> {
         .collect()
 }
 
-const TLS12_PSK_SUITES: &str = "ECDHE-PSK-CHACHA20-POLY1305:DHE-PSK-AES256-GCM-SHA384:\
-    DHE-PSK-AES128-GCM-SHA256:DHE-PSK-CHACHA20-POLY1305:PSK-AES256-GCM-SHA384:\
-    PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305";
+/// TLS 1.2 PSK suites with forward secrecy (an ephemeral ECDH share on each side, so a key
+/// leaked later does not decrypt recorded traffic), AEAD only: the only such suite.
+const TLS12_PSK_SUITES: &str = "ECDHE-PSK-CHACHA20-POLY1305";
+/// Plain PSK key exchange, no forward secrecy: only where `allow_plain_psk` says so, for
+/// devices that cannot do better.
+const TLS12_PLAIN_PSK_SUITES: &str =
+    "PSK-AES256-GCM-SHA384:PSK-AES128-GCM-SHA256:PSK-CHACHA20-POLY1305";
 // TLS 1.3 PSK through the callback needs a SHA-256 suite.
 const TLS13_PSK_SUITES: &str = "TLS_AES_128_GCM_SHA256:TLS_CHACHA20_POLY1305_SHA256";
+/// `SSL_OP_ALLOW_NO_DHE_KEX`: lets TLS 1.3 use `psk_ke` (no ECDHE). Without it OpenSSL's
+/// server insists on `psk_dhe_ke`. openssl-sys does not name the bit.
+const ALLOW_NO_DHE_KEX: u64 = 1 << 10;
+/// Length of the key handed to openssl for an unknown identity (see the callback).
+const DECOY_KEY_LEN: usize = 32;
 
 /// TLS-PSK with openssl (rustls has no PSK); keys re-read when the file changes.
 pub(crate) struct PskServer {
@@ -173,14 +217,20 @@ pub(crate) struct PskServer {
     /// Where the callback leaves the identity it accepted (openssl does not keep it for
     /// TLS 1.3).
     identity: openssl::ex_data::Index<openssl::ssl::Ssl, String>,
+    /// Where it leaves an identity it does not know, for our log only.
+    unknown: openssl::ex_data::Index<openssl::ssl::Ssl, String>,
     keys: Arc<RwLock<HashMap<String, Vec<u8>>>>,
     file: PathBuf,
     stamp: Mutex<Option<SystemTime>>,
 }
 
 impl PskServer {
-    fn new(file: PathBuf, min: fieldlink_core::tls::MinTlsVersion) -> Result<Self, SetupError> {
-        use openssl::ssl::{SslContext, SslMethod, SslVersion};
+    fn new(
+        file: PathBuf,
+        min: fieldlink_core::tls::MinTlsVersion,
+        allow_plain_psk: bool,
+    ) -> Result<Self, SetupError> {
+        use openssl::ssl::{SslContext, SslMethod, SslOptions, SslVersion};
         let keys = Arc::new(RwLock::new(load_psk(&file)?));
         let mut builder =
             SslContext::builder(SslMethod::tls_server()).map_err(|e| e.to_string())?;
@@ -188,29 +238,51 @@ impl PskServer {
             fieldlink_core::tls::MinTlsVersion::Tls12 => SslVersion::TLS1_2,
             fieldlink_core::tls::MinTlsVersion::Tls13 => SslVersion::TLS1_3,
         };
+        let tls12_suites = if allow_plain_psk {
+            tracing::warn!(
+                file = %file.display(),
+                "allow_plain_psk: TLS-PSK suites without forward secrecy are accepted; a PSK \
+                 that leaks decrypts every recorded session of its device"
+            );
+            builder.set_options(SslOptions::from_bits_retain(ALLOW_NO_DHE_KEX));
+            format!("{TLS12_PSK_SUITES}:{TLS12_PLAIN_PSK_SUITES}")
+        } else {
+            TLS12_PSK_SUITES.to_owned()
+        };
         builder
             .set_min_proto_version(Some(lowest))
-            .and_then(|()| builder.set_cipher_list(TLS12_PSK_SUITES))
+            .and_then(|()| builder.set_cipher_list(&tls12_suites))
             .and_then(|()| builder.set_ciphersuites(TLS13_PSK_SUITES))
             .map_err(|e| e.to_string())?;
         let lookup = keys.clone();
         let index = openssl::ssl::Ssl::new_ex_index::<String>().map_err(|e| e.to_string())?;
+        let unknown = openssl::ssl::Ssl::new_ex_index::<String>().map_err(|e| e.to_string())?;
         builder.set_psk_server_callback(move |ssl, identity, out| {
-            let identity = identity.and_then(|i| std::str::from_utf8(i).ok());
+            let name = identity.map(|i| String::from_utf8_lossy(i).into_owned());
             let keys = lookup.read().unwrap_or_else(PoisonError::into_inner);
-            match identity.and_then(|i| keys.get(i).map(|k| (i, k))) {
-                Some((name, key)) if key.len() <= out.len() => {
+            match name.as_deref().and_then(|n| keys.get(n)) {
+                Some(key) if key.len() <= out.len() => {
                     out[..key.len()].copy_from_slice(key);
-                    ssl.set_ex_data(index, name.to_owned());
+                    ssl.set_ex_data(index, name.unwrap_or_default());
                     Ok(key.len())
                 }
-                // Zero length: unknown identity, the handshake fails.
-                _ => Ok(0),
+                // An unknown identity gets a random key, so that its handshake fails exactly
+                // as a wrong key does (a bad MAC or binder): refusing it outright (alert 115,
+                // or a TLS 1.3 fallback to certificates) would tell an attacker which
+                // identities exist.
+                _ => {
+                    let len = DECOY_KEY_LEN.min(out.len());
+                    let decoy = &mut out[..len];
+                    openssl::rand::rand_bytes(decoy)?;
+                    ssl.set_ex_data(unknown, name.unwrap_or_default());
+                    Ok(decoy.len())
+                }
             }
         });
         Ok(Self {
             context: builder.build(),
             identity: index,
+            unknown,
             keys,
             stamp: Mutex::new(std::fs::metadata(&file).and_then(|m| m.modified()).ok()),
             file,
@@ -376,6 +448,9 @@ pub(crate) async fn accept_loop(
                     .await;
                     drop(slot);
                     if accepted.is_none() {
+                        if let Some(name) = tls.ssl().ex_data(server.unknown) {
+                            tracing::info!(listener = %listener.name, %addr, identity = %name.escape_debug(), "Refused: unknown PSK identity (the client is told no more than for a wrong key)");
+                        }
                         return;
                     }
                     peer.identity = tls.ssl().ex_data(server.identity).cloned();

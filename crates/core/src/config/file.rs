@@ -100,6 +100,10 @@ pub struct ListenerFile {
     pub ca_file: Option<Spanned<PathBuf>>,
     /// PEM CRL files checked against client certificates, reloaded when they change.
     pub crl_files: Option<Spanned<Vec<Spanned<PathBuf>>>>,
+    /// A CRL past its nextUpdate: `"refuse"` (the default) or `"warn"`.
+    pub stale_crl: Option<Spanned<String>>,
+    /// TLS-PSK: also accept suites without forward secrecy (plain PSK key exchange).
+    pub allow_plain_psk: Option<Spanned<bool>>,
     /// `identity:hexkey` lines (mode 0600), one per device, for TLS-PSK.
     pub psk_file: Option<Spanned<PathBuf>>,
     /// Which certificate field names the device: `"cn"` or `"san"`.
@@ -204,6 +208,8 @@ pub struct UplinkFile {
     pub ca_file: Option<Spanned<PathBuf>>,
     /// PEM CRL files checked against the server's chain, reloaded when they change.
     pub crl_files: Option<Spanned<Vec<Spanned<PathBuf>>>>,
+    /// A CRL past its nextUpdate: `"refuse"` (the default) or `"warn"`.
+    pub stale_crl: Option<Spanned<String>>,
     /// ALPN protocols to offer, e.g. `["x-amzn-mqtt-ca"]`.
     pub alpn: Option<Spanned<Vec<Spanned<String>>>>,
     /// PEM chain presented in mutual TLS.

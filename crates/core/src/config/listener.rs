@@ -8,7 +8,7 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::file::ListenerFile;
-use super::validate::{duration, int, min_tls_version};
+use super::validate::{duration, int, min_tls_version, stale_crl};
 use super::{CertIdentity, ClientIdRule, ListenerSettings, ListenerTls};
 
 /// Fills the security fields of `listener` from `file`.
@@ -113,6 +113,7 @@ fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Optio
                 crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
                     l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
                 }),
+                stale_crl: stale_crl(c, &format!("{key}.stale_crl"), &file.stale_crl),
                 identity,
             })
         }
@@ -122,6 +123,7 @@ fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Optio
                 &file.psk_file,
                 "PSK needs a 0600 file of identity:hexkey lines: psk_file = \"/etc/fieldlink/devices.psk\"",
             )?,
+            allow_plain_psk: file.allow_plain_psk.as_ref().is_some_and(|b| *b.get_ref()),
         }),
         _ => {
             let span = file.tls.as_ref().map(Spanned::span);

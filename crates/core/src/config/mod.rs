@@ -265,6 +265,8 @@ pub enum ListenerTls {
         ca_file: PathBuf,
         /// Revocation lists, reloaded when they change.
         crl_files: Vec<PathBuf>,
+        /// What a CRL past its nextUpdate means.
+        stale_crl: crate::crl::StaleCrl,
         /// Which certificate field names the device.
         identity: CertIdentity,
     },
@@ -272,6 +274,8 @@ pub enum ListenerTls {
     Psk {
         /// `identity:hexkey` lines, mode 0600.
         psk_file: PathBuf,
+        /// Whether suites without forward secrecy (plain PSK key exchange) are accepted too.
+        allow_plain_psk: bool,
     },
 }
 
@@ -341,6 +345,8 @@ pub struct UplinkSettings {
     pub min_tls_version: crate::tls::MinTlsVersion,
     /// CRL files checked against the server's chain.
     pub crl_files: Vec<PathBuf>,
+    /// What a CRL past its nextUpdate means.
+    pub stale_crl: crate::crl::StaleCrl,
     /// ALPN protocols offered.
     pub alpn: Vec<String>,
     /// First reconnect delay ceiling.

@@ -131,6 +131,12 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["one topic level"],
         },
         Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nstale_crl = \"ignore\"\n",
+            key: "uplink.stale_crl",
+            line: 4,
+            words: &["unknown stale CRL policy", "\"refuse\"", "\"warn\""],
+        },
+        Case {
             text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nmin_tls_version = \"1.1\"\n",
             key: "uplink.min_tls_version",
             line: 4,
@@ -430,7 +436,7 @@ fn a_mutual_tls_listener_is_read_into_settings() {
     let settings = parse(
         "[[broker.listeners]]\nname = \"devices\"\nbind = \"0.0.0.0\"\nport = 8884\n\
          tls = \"mutual\"\ncert_file = \"/b.pem\"\nkey_file = \"/b.key\"\nca_file = \"/ca.pem\"\n\
-         crl_files = [\"/ca.crl\"]\nidentity = \"san\"\nclient_id = \"prefix\"\nmin_tls_version = \"1.3\"\n",
+         crl_files = [\"/ca.crl\"]\nstale_crl = \"warn\"\nidentity = \"san\"\nclient_id = \"prefix\"\nmin_tls_version = \"1.3\"\n",
         origin(),
     )
     .unwrap();
@@ -442,6 +448,7 @@ fn a_mutual_tls_listener_is_read_into_settings() {
             key_file: "/b.key".into(),
             ca_file: "/ca.pem".into(),
             crl_files: vec!["/ca.crl".into()],
+            stale_crl: crate::crl::StaleCrl::Warn,
             identity: crate::config::CertIdentity::SubjectAltName,
         }
     );

@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::file::{TopicRuleFile, UplinkFile};
-use super::validate::{duration, int, min_tls_version, mqtt_version};
+use super::validate::{duration, int, min_tls_version, mqtt_version, stale_crl};
 use super::{OnRejected, UplinkSettings, UplinkTls};
 use crate::topic::{TopicFilter, TopicName};
 use crate::topic_map::TopicRewrite;
@@ -159,6 +159,7 @@ pub(super) fn settings(
         crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
             l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
         }),
+        stale_crl: stale_crl(c, "uplink.stale_crl", &file.stale_crl),
         alpn: file.alpn.as_ref().map_or_else(Vec::new, |l| {
             l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
         }),

@@ -445,6 +445,26 @@ pub(super) fn min_tls_version(
     }
 }
 
+/// `"refuse"` or `"warn"`: what a CRL past its nextUpdate means (refuse when absent).
+pub(super) fn stale_crl(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<String>>,
+) -> crate::crl::StaleCrl {
+    let Some(value) = value else {
+        return crate::crl::StaleCrl::default();
+    };
+    crate::crl::StaleCrl::parse(value.get_ref()).unwrap_or_else(|| {
+        c.at(
+            key,
+            Some(value.span()),
+            "unknown stale CRL policy",
+            "write \"refuse\" (handshakes that need a CRL past its nextUpdate fail) or \"warn\" (it is still used, with a warning)",
+        );
+        crate::crl::StaleCrl::default()
+    })
+}
+
 /// An integer within `range`; `None` when absent or invalid (the error is recorded).
 pub(super) fn int<T: TryFrom<i64>>(
     c: &mut Collector<'_>,

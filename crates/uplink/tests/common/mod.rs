@@ -106,6 +106,7 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         tls,
         min_tls_version: MinTlsVersion::Tls12,
         crl_files: Vec::new(),
+        stale_crl: Default::default(),
         alpn: Vec::new(),
         reconnect_min: Duration::from_millis(100),
         reconnect_max: Duration::from_secs(1),
