@@ -6,6 +6,7 @@
 //! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
 //! - [`message`]: the message that travels from ingress through the queue to the uplink;
 //! - [`ports`]: the traits that connect the domain crates (outbox, local bus, component status);
+//! - [`private_fs`]: directories 0700 and files 0600 whatever the umask (created or tightened);
 //! - [`shutdown`]: the process-wide shutdown token;
 //! - [`tls`]: the one place that builds TLS configurations, with the one crypto provider;
 //! - [`metrics`]: every metric name, in one place;
@@ -26,6 +27,7 @@ pub mod logging;
 pub mod message;
 pub mod metrics;
 pub mod ports;
+pub mod private_fs;
 pub mod shutdown;
 pub mod tls;
 pub mod topic;

@@ -45,18 +45,12 @@ impl Gateway {
         let status = StatusBoard::default();
 
         let data_dir = settings.gateway.resolved_data_dir();
-        create_private_dir(&data_dir)
-            .with_context(|| format!("cannot create the data directory {}", data_dir.display()))?;
+        create_private_dir(&data_dir).context("the data directory")?;
         tracing::info!(data_dir = %data_dir.display(), "State directory ready");
 
         let runtime_dir = runtime_dir(&data_dir);
         tracing::info!(runtime_dir = %runtime_dir.display(), "Runtime directory ready");
-        create_private_dir(&runtime_dir).with_context(|| {
-            format!(
-                "cannot create the runtime directory {}",
-                runtime_dir.display()
-            )
-        })?;
+        create_private_dir(&runtime_dir).context("the runtime directory")?;
 
         let shutdown = Shutdown::new();
         let queue_status = status.register("queue");
@@ -296,11 +290,15 @@ fn runtime_dir_from_env() -> Option<std::path::PathBuf> {
         .map(std::path::PathBuf::from)
 }
 
-/// Creates `dir` (and its parents) readable by the service user only.
-fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
-    use std::os::unix::fs::DirBuilderExt as _;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
+/// Creates `dir` (and its parents) readable by the service user only, or tightens it if
+/// others can read it (a data directory made 0755 by hand, a umask of 022).
+fn create_private_dir(dir: &std::path::Path) -> anyhow::Result<()> {
+    use fieldlink_core::private_fs::{Outcome, private_dir};
+    if let Outcome::Tightened { from } = private_dir(dir)? {
+        tracing::warn!(
+            dir = %dir.display(),
+            "Other users could read this directory (mode {from:o}): made it 0700"
+        );
+    }
+    Ok(())
 }

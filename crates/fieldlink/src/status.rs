@@ -6,6 +6,7 @@
 //! it, and it lives in the runtime directory (tmpfs under systemd), so the SD card is not
 //! worn by it. The web UI reads the same snapshot in-process.
 
+use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -276,7 +277,15 @@ pub(crate) async fn publish(
 fn write_atomically(path: &Path, status: &GatewayStatus) -> std::io::Result<()> {
     let text = serde_json::to_vec_pretty(status).map_err(std::io::Error::other)?;
     let tmp = path.with_extension("json.tmp");
-    std::fs::write(&tmp, text)?;
+    // 0600 whatever the umask: the service's own business.
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)?;
+    std::io::Write::write_all(&mut file, &text)?;
+    drop(file);
     // rename is atomic: a reader sees the old file or the new one, never half of one.
     std::fs::rename(&tmp, path)
 }

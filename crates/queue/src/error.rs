@@ -46,6 +46,9 @@ pub enum QueueError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The queue's directory or files could not be made private (0700 / 0600).
+    #[error("queue files: {0}")]
+    NotPrivate(#[from] fieldlink_core::private_fs::PrivateError),
     /// The queue's writer has stopped (shutdown).
     #[error("the queue is closed")]
     Closed,

@@ -101,11 +101,8 @@ impl Queue {
         streams: HashMap<String, StreamLimits>,
         disk: Arc<dyn DiskSpace>,
     ) -> Result<Self, QueueError> {
-        std::fs::create_dir_all(dir).map_err(|source| QueueError::Io {
-            path: dir.to_owned(),
-            source,
-        })?;
         let path = dir.join(DB_FILE);
+        store::make_private(dir, &path)?;
         let (mut conn, corrupt) = store::open(&path, settings.durability).await?;
         let db = |source| QueueError::Database {
             path: path.clone(),

@@ -40,6 +40,30 @@ macro_rules! size_sql {
     };
 }
 
+/// Makes the queue's directory 0700 and its database, WAL and shared-memory files 0600
+/// (created or tightened), whatever the umask: they hold every payload bound for the cloud.
+/// SQLite gives the WAL and -shm files it creates the database file's mode.
+pub(crate) fn make_private(dir: &Path, path: &Path) -> Result<(), QueueError> {
+    use fieldlink_core::private_fs::{Outcome, private_dir, private_file, tighten_if_present};
+    let mut outcomes = vec![(dir.to_owned(), private_dir(dir)?)];
+    outcomes.push((path.to_owned(), private_file(path)?));
+    for suffix in ["-wal", "-shm"] {
+        let mut side = path.as_os_str().to_owned();
+        side.push(suffix);
+        let side = PathBuf::from(side);
+        outcomes.push((side.clone(), tighten_if_present(&side)?));
+    }
+    for (path, outcome) in outcomes {
+        if let Outcome::Tightened { from } = outcome {
+            tracing::warn!(
+                path = %path.display(),
+                "Other users could read the queue's files (mode {from:o}): made private"
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Opens the database at `path`. A corrupt file is moved aside and replaced by a fresh one;
 /// the returned path says where it went.
 pub(crate) async fn open(
@@ -55,6 +79,8 @@ pub(crate) async fn open(
                 "Queue database is corrupt: moved it aside and started a fresh one; \
                  the messages in it are not forwarded"
             );
+            // The fresh file is as private as the one moved aside.
+            fieldlink_core::private_fs::private_file(path)?;
             let conn = open_checked(path, durability).await.map_err(|e| match e {
                 Opened::Corrupt(why) => QueueError::Io {
                     path: path.to_owned(),

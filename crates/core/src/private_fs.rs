@@ -1,0 +1,151 @@
+//! Files and directories that only the service user may read, whatever the umask.
+//!
+//! The queue holds every payload bound for the cloud, so its directory is 0700 and its files
+//! 0600, set explicitly: a umask of 022 (the usual default) or a data directory someone made
+//! 0755 by hand must not leave them world-readable. An existing directory or file that others
+//! can read is tightened; one we may not change is refused with what to do.
+
+use std::fs::Permissions;
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+/// Mode bits for the group and others.
+const OTHERS: u32 = 0o077;
+
+/// Why a path could not be made private.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateError {
+    /// It could not be created or inspected (the environment: a missing parent, a read-only
+    /// file system).
+    #[error("{path}: cannot create or inspect it: {source}")]
+    Io {
+        /// The path.
+        path: PathBuf,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// Others can read it and we may not change that (the operator's setup).
+    #[error(
+        "{path} is readable by other users (mode {mode:o}) and fieldlink may not change that: \
+         {source}. Hint: `chmod go= {path}` as its owner, or use a directory of the service's own"
+    )]
+    TooOpen {
+        /// The path.
+        path: PathBuf,
+        /// Its mode.
+        mode: u32,
+        /// Why chmod failed.
+        source: std::io::Error,
+    },
+}
+
+/// What [`private_dir`] or [`private_file`] did to an existing path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// It was created, or was private already.
+    Private,
+    /// Others could read it: the mode shown was tightened.
+    Tightened {
+        /// The mode it had.
+        from: u32,
+    },
+}
+
+/// Creates `dir` (and missing parents) as 0700, or tightens an existing one that others can
+/// read. Parents that exist are left as they are.
+pub fn private_dir(dir: &Path) -> Result<Outcome, PrivateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| PrivateError::Io {
+            path: dir.to_owned(),
+            source,
+        })?;
+    tighten(dir, 0o700)
+}
+
+/// Creates the file `path` as 0600 if it does not exist, or tightens it if others can read it.
+pub fn private_file(path: &Path) -> Result<Outcome, PrivateError> {
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => Ok(Outcome::Private),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => tighten(path, 0o600),
+        Err(source) => Err(PrivateError::Io {
+            path: path.to_owned(),
+            source,
+        }),
+    }
+}
+
+/// Tightens `path` if it exists and others can read it; nothing if it does not exist.
+pub fn tighten_if_present(path: &Path) -> Result<Outcome, PrivateError> {
+    if std::fs::symlink_metadata(path).is_err() {
+        return Ok(Outcome::Private);
+    }
+    tighten(path, 0o600)
+}
+
+fn tighten(path: &Path, private: u32) -> Result<Outcome, PrivateError> {
+    let mode = std::fs::metadata(path)
+        .map_err(|source| PrivateError::Io {
+            path: path.to_owned(),
+            source,
+        })?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & OTHERS == 0 {
+        return Ok(Outcome::Private);
+    }
+    std::fs::set_permissions(path, Permissions::from_mode(private)).map_err(|source| {
+        PrivateError::TooOpen {
+            path: path.to_owned(),
+            mode,
+            source,
+        }
+    })?;
+    Ok(Outcome::Tightened { from: mode })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn mode(path: &Path) -> u32 {
+        std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn new_paths_are_private_and_open_ones_are_tightened() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("a/b");
+        assert_eq!(private_dir(&dir).unwrap(), Outcome::Private);
+        assert_eq!(mode(&dir), 0o700);
+
+        std::fs::set_permissions(&dir, Permissions::from_mode(0o755)).unwrap();
+        assert_eq!(
+            private_dir(&dir).unwrap(),
+            Outcome::Tightened { from: 0o755 }
+        );
+        assert_eq!(mode(&dir), 0o700);
+
+        let file = dir.join("queue.db");
+        assert_eq!(private_file(&file).unwrap(), Outcome::Private);
+        assert_eq!(mode(&file), 0o600);
+        std::fs::set_permissions(&file, Permissions::from_mode(0o644)).unwrap();
+        assert_eq!(
+            private_file(&file).unwrap(),
+            Outcome::Tightened { from: 0o644 }
+        );
+        assert_eq!(mode(&file), 0o600);
+
+        let absent = dir.join("queue.db-wal");
+        assert_eq!(tighten_if_present(&absent).unwrap(), Outcome::Private);
+        assert!(!absent.exists(), "not created");
+    }
+}
