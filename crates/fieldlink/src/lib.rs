@@ -228,7 +228,20 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
     )
     .await
     .context("cannot open the store-and-forward queue")?;
-    tracing::info!(path = %queue.path().display(), "Queue open");
+    let after_clean_close = queue
+        .stats()
+        .await
+        .is_ok_and(|s| s.opened_after_clean_close);
+    tracing::info!(
+        path = %queue.path().display(),
+        after_clean_close,
+        "Queue open ({})",
+        if after_clean_close {
+            "closed cleanly last time: depth as saved, no full integrity check"
+        } else {
+            "first start or after an unclean stop: every row checked and counted"
+        }
+    );
     Ok(queue)
 }
 

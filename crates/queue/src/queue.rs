@@ -74,6 +74,10 @@ pub struct Stats {
     pub refused_total: BTreeMap<&'static str, u64>,
     /// Where a corrupt database was moved at open, if it was.
     pub corrupt_file_moved_to: Option<PathBuf>,
+    /// Whether the last close was clean: then the start took the depth saved at that close and
+    /// skipped the full integrity check (which reads the whole file); after a power cut or a
+    /// kill it checks and counts every row.
+    pub opened_after_clean_close: bool,
 }
 
 type AppendReply = oneshot::Sender<Result<Vec<i64>, QueueError>>;
@@ -103,13 +107,23 @@ impl Queue {
     ) -> Result<Self, QueueError> {
         let path = dir.join(DB_FILE);
         store::make_private(dir, &path)?;
-        let (mut conn, corrupt) = store::open(&path, settings.durability).await?;
+        let store::OpenStore {
+            mut conn,
+            corrupt_moved_to: corrupt,
+            clean_depth,
+        } = store::open(&path, settings.durability).await?;
         let db = |source| QueueError::Database {
             path: path.clone(),
             source,
         };
+        let opened_after_clean_close = clean_depth.is_some();
+        // After a clean close the saved depth; else a scan of every row.
+        let streams_depth = match clean_depth {
+            Some(saved) => saved,
+            None => store::depth_by_stream(&mut conn).await.map_err(db)?,
+        };
         let mut depth = Depth::default();
-        for (stream, messages, bytes) in store::depth_by_stream(&mut conn).await.map_err(db)? {
+        for (stream, messages, bytes) in streams_depth {
             depth.add(&stream, messages, bytes);
         }
         let clock = resume_clock(&mut conn).await.map_err(db)?;
@@ -130,6 +144,7 @@ impl Queue {
             cursor: None,
             stats: Stats {
                 corrupt_file_moved_to: corrupt,
+                opened_after_clean_close,
                 ..Stats::default()
             },
             unchecked_writes: true,
@@ -513,6 +528,16 @@ impl Writer {
     /// closes the connection.
     async fn shut(mut self) {
         self.save_clock().await;
+        let depth: Vec<store::StreamDepth> = self
+            .depth
+            .streams
+            .iter()
+            .filter(|(_, s)| s.messages > 0)
+            .map(|(name, s)| (name.clone(), s.messages, s.bytes))
+            .collect();
+        if let Err(e) = store::save_clean_close(&mut self.conn, &depth).await {
+            tracing::warn!(error = %e, "Cannot record the clean close: the next start checks the whole queue");
+        }
         let mut conn = self.conn;
         let _ = store::checkpoint_and_truncate(&mut conn).await;
         let _ = conn.close().await;

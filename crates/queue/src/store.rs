@@ -64,14 +64,23 @@ pub(crate) fn make_private(dir: &Path, path: &Path) -> Result<(), QueueError> {
     Ok(())
 }
 
+/// An open database: the connection, where a corrupt file was moved (if one was), and the
+/// depth saved by the last close if it was clean (see [`take_clean_close`]).
+pub(crate) struct OpenStore {
+    pub(crate) conn: SqliteConnection,
+    pub(crate) corrupt_moved_to: Option<PathBuf>,
+    pub(crate) clean_depth: Option<Vec<StreamDepth>>,
+}
+
 /// Opens the database at `path`. A corrupt file is moved aside and replaced by a fresh one;
 /// the returned path says where it went.
-pub(crate) async fn open(
-    path: &Path,
-    durability: Durability,
-) -> Result<(SqliteConnection, Option<PathBuf>), QueueError> {
+pub(crate) async fn open(path: &Path, durability: Durability) -> Result<OpenStore, QueueError> {
     match open_checked(path, durability).await {
-        Ok(conn) => Ok((conn, None)),
+        Ok((conn, clean_depth)) => Ok(OpenStore {
+            conn,
+            corrupt_moved_to: None,
+            clean_depth,
+        }),
         Err(Opened::Corrupt(why)) => {
             let aside = move_aside(path)?;
             tracing::error!(
@@ -81,14 +90,21 @@ pub(crate) async fn open(
             );
             // The fresh file is as private as the one moved aside.
             fieldlink_core::private_fs::private_file(path)?;
-            let conn = open_checked(path, durability).await.map_err(|e| match e {
-                Opened::Corrupt(why) => QueueError::Io {
-                    path: path.to_owned(),
-                    source: std::io::Error::other(format!("fresh database still corrupt: {why}")),
-                },
-                Opened::Failed(e) => e,
-            })?;
-            Ok((conn, Some(aside)))
+            let (conn, clean_depth) =
+                open_checked(path, durability).await.map_err(|e| match e {
+                    Opened::Corrupt(why) => QueueError::Io {
+                        path: path.to_owned(),
+                        source: std::io::Error::other(format!(
+                            "fresh database still corrupt: {why}"
+                        )),
+                    },
+                    Opened::Failed(e) => e,
+                })?;
+            Ok(OpenStore {
+                conn,
+                corrupt_moved_to: Some(aside),
+                clean_depth,
+            })
         }
         Err(Opened::Failed(e)) => Err(e),
     }
@@ -99,7 +115,13 @@ enum Opened {
     Failed(QueueError),
 }
 
-async fn open_checked(path: &Path, durability: Durability) -> Result<SqliteConnection, Opened> {
+/// Connects, migrates and checks: the full integrity check (which reads the whole file) runs
+/// only when the last close was not clean, i.e. after a power cut or a kill, when damage can
+/// have happened; after a clean close the saved depth is returned instead.
+async fn open_checked(
+    path: &Path,
+    durability: Durability,
+) -> Result<(SqliteConnection, Option<Vec<StreamDepth>>), Opened> {
     let db_err = |source| {
         Opened::Failed(QueueError::Database {
             path: path.to_owned(),
@@ -136,25 +158,35 @@ async fn open_checked(path: &Path, durability: Durability) -> Result<SqliteConne
         Err(e) if is_corruption(&e) => return Err(Opened::Corrupt(e.to_string())),
         Err(e) => return Err(db_err(e)),
     };
-    match sqlx::query_scalar::<_, String>("PRAGMA quick_check(1)")
-        .fetch_one(&mut conn)
-        .await
-    {
-        Ok(result) if result == "ok" => {}
-        Ok(result) => return Err(Opened::Corrupt(result)),
+    match sqlx::migrate!("./migrations").run(&mut conn).await {
+        Ok(()) => {}
+        Err(sqlx::migrate::MigrateError::Execute(e)) if is_corruption(&e) => {
+            return Err(Opened::Corrupt(e.to_string()));
+        }
+        Err(source) => {
+            return Err(Opened::Failed(QueueError::Migration {
+                path: path.to_owned(),
+                source,
+            }));
+        }
+    }
+    let clean_depth = match take_clean_close(&mut conn).await {
+        Ok(depth) => depth,
         Err(e) if is_corruption(&e) => return Err(Opened::Corrupt(e.to_string())),
         Err(e) => return Err(db_err(e)),
-    }
-    match sqlx::migrate!("./migrations").run(&mut conn).await {
-        Ok(()) => Ok(conn),
-        Err(sqlx::migrate::MigrateError::Execute(e)) if is_corruption(&e) => {
-            Err(Opened::Corrupt(e.to_string()))
+    };
+    if clean_depth.is_none() {
+        match sqlx::query_scalar::<_, String>("PRAGMA quick_check(1)")
+            .fetch_one(&mut conn)
+            .await
+        {
+            Ok(result) if result == "ok" => {}
+            Ok(result) => return Err(Opened::Corrupt(result)),
+            Err(e) if is_corruption(&e) => return Err(Opened::Corrupt(e.to_string())),
+            Err(e) => return Err(db_err(e)),
         }
-        Err(source) => Err(Opened::Failed(QueueError::Migration {
-            path: path.to_owned(),
-            source,
-        })),
     }
+    Ok((conn, clean_depth))
 }
 
 /// SQLITE_CORRUPT (11) and SQLITE_NOTADB (26), with or without an extended code.
@@ -479,6 +511,69 @@ pub(crate) async fn checkpoint(conn: &mut SqliteConnection) -> Result<(), sqlx::
         .fetch_all(&mut *conn)
         .await?;
     Ok(())
+}
+
+/// Depth of each stream: name, messages, bytes.
+pub(crate) type StreamDepth = (String, u64, u64);
+
+/// Records a clean close and the depth of each stream then, in one transaction: the last write
+/// before the connection closes (see migration 0003).
+pub(crate) async fn save_clean_close(
+    conn: &mut SqliteConnection,
+    depth: &[StreamDepth],
+) -> Result<(), sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    sqlx::query("DELETE FROM clean_close_depth")
+        .execute(&mut *tx)
+        .await?;
+    for (stream, messages, bytes) in depth {
+        sqlx::query("INSERT INTO clean_close_depth (stream, messages, bytes) VALUES (?, ?, ?)")
+            .bind(stream)
+            .bind(i64::try_from(*messages).unwrap_or(i64::MAX))
+            .bind(i64::try_from(*bytes).unwrap_or(i64::MAX))
+            .execute(&mut *tx)
+            .await?;
+    }
+    let now_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    sqlx::query("INSERT OR REPLACE INTO clean_close (id, closed_ms) VALUES (1, ?)")
+        .bind(now_ms)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await
+}
+
+/// The depth saved by the last close if it was clean, forgotten in the same step (committed
+/// before the queue takes any write), so that an unclean stop from now on is noticed.
+pub(crate) async fn take_clean_close(
+    conn: &mut SqliteConnection,
+) -> Result<Option<Vec<StreamDepth>>, sqlx::Error> {
+    let mut tx = conn.begin().await?;
+    let clean: Option<i64> = sqlx::query_scalar("SELECT closed_ms FROM clean_close")
+        .fetch_optional(&mut *tx)
+        .await?;
+    if clean.is_none() {
+        return Ok(None);
+    }
+    let rows = sqlx::query("SELECT stream, messages, bytes FROM clean_close_depth")
+        .fetch_all(&mut *tx)
+        .await?;
+    let depth = rows
+        .iter()
+        .map(|r| {
+            let (messages, bytes): (i64, i64) = (r.get(1), r.get(2));
+            (r.get(0), messages.max(0) as u64, bytes.max(0) as u64)
+        })
+        .collect();
+    sqlx::query("DELETE FROM clean_close")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query("DELETE FROM clean_close_depth")
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Some(depth))
 }
 
 /// Folds the WAL into the database file and truncates it: at shutdown, nothing is left in it.
