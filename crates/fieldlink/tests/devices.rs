@@ -254,8 +254,9 @@ async fn rtu_values_arrive_scaled_and_word_ordered_in_coalesced_reads() {
     let dir = tempfile::tempdir().unwrap();
     let pty = Pty::start(dir.path(), "rtu");
     let mut peer = Peer::start("rtu", &pty.peer());
-    // 21.5 °C as 215 tenths; 0x12345678 low word first; 1.5f32 = 0x3FC00000.
-    peer.cmd("set hr 0 215 22136 4660 0 16320 0");
+    // 23.7 °C as 237 tenths (237 × 0.1 is 23.700000000000003 in floating point); 0x12345678
+    // low word first; 1.5f32 = 0x3FC00000.
+    peer.cmd("set hr 0 237 22136 4660 0 16320 0");
     peer.cmd("set co 0 1");
     peer.cmd("set ir 7 1234");
     let devices = format!(
@@ -279,11 +280,15 @@ async fn rtu_values_arrive_scaled_and_word_ordered_in_coalesced_reads() {
     let temp = rx
         .next(
             "plant/boiler/temp",
-            "temp = 21.5",
-            value_is(serde_json::json!(21.5)),
+            "temp = 23.7",
+            value_is(serde_json::json!(23.7)),
         )
         .await;
     assert!(temp.contains("\"unit\":\"°C\""), "{temp}");
+    assert!(
+        temp.contains("\"value\":23.7,"),
+        "the scale's decimals, no float noise: {temp}"
+    );
     rx.next(
         "plant/boiler/energy",
         "energy",

@@ -132,7 +132,10 @@ pub fn encode(
     Some(words)
 }
 
-/// Applies scale and offset: unscaled integers stay integers, scaled ones become floats.
+/// Applies scale and offset: unscaled integers stay integers, scaled ones become floats. An
+/// integer register is rounded to the decimals its scale and offset imply (237 × 0.1 is 23.7,
+/// not 23.700000000000003): the device counts in those steps, and the float noise of the
+/// multiplication is not a reading. A float register keeps its own precision.
 pub fn to_engineering(raw: Value, point: &PointSettings) -> Value {
     let (scale, offset) = (point.scale.0, point.offset.0);
     if scale == 1.0 && offset == 0.0 {
@@ -140,11 +143,41 @@ pub fn to_engineering(raw: Value, point: &PointSettings) -> Value {
     }
     match raw {
         Value::Bool(_) | Value::Text(_) => raw,
+        Value::Int(_) | Value::UInt(_) => match raw.as_f64() {
+            Some(f) => {
+                let decimals = decimals(scale).max(decimals(offset));
+                Value::Float(round_to(f * scale + offset, decimals))
+            }
+            None => raw,
+        },
         other => match other.as_f64() {
             Some(f) => Value::Float(f * scale + offset),
             None => other,
         },
     }
+}
+
+/// The most decimals a float can meaningfully carry.
+const MAX_DECIMALS: i32 = 15;
+
+/// The decimals `x` is written with (0.1 → 1, 0.25 → 2, 2 → 0), at most [`MAX_DECIMALS`].
+fn decimals(x: f64) -> i32 {
+    (0..MAX_DECIMALS)
+        .find(|&d| {
+            let p = 10f64.powi(d);
+            (x * p).round() / p == x
+        })
+        .unwrap_or(MAX_DECIMALS)
+}
+
+fn round_to(x: f64, decimals: i32) -> f64 {
+    if decimals >= MAX_DECIMALS {
+        return x;
+    }
+    let p = 10f64.powi(decimals);
+    let rounded = (x * p).round() / p;
+    // Past 2^53 / p the rounding itself would lose digits: keep the product then.
+    if rounded.is_finite() { rounded } else { x }
 }
 
 /// What a write command asks for, checked against the point: `Ok` is the raw value to encode,
@@ -431,7 +464,34 @@ mod tests {
         );
         assert_eq!(
             to_engineering(Value::UInt(215), &point(DataType::U16, 0.1, 1.0)),
-            Value::Float(215.0 * 0.1 + 1.0)
+            Value::Float(22.5)
         );
+    }
+
+    #[test]
+    fn scaled_integers_carry_the_decimals_of_their_scale_not_float_noise() {
+        let scaled = |raw: Value, scale, offset| {
+            let Value::Float(f) = to_engineering(raw, &point(DataType::I32, scale, offset)) else {
+                panic!("a float");
+            };
+            f.to_string()
+        };
+        assert_eq!(237.0 * 0.1, 23.700000000000003, "the noise this removes");
+        assert_eq!(scaled(Value::UInt(237), 0.1, 0.0), "23.7");
+        assert_eq!(scaled(Value::Int(-1234), 0.01, 0.0), "-12.34");
+        assert_eq!(scaled(Value::UInt(3), 0.25, 0.5), "1.25");
+        assert_eq!(scaled(Value::UInt(7), 0.1, 0.05), "0.75");
+        assert_eq!(scaled(Value::UInt(100_001), 0.001, 0.0), "100.001");
+        // A scale with no short decimal form is not rounded.
+        assert_eq!(
+            scaled(Value::UInt(1), 1.0 / 3.0, 0.0),
+            (1.0f64 / 3.0).to_string()
+        );
+        // A float register keeps its precision: 21.73 scaled by 0.1 is 2.173.
+        let Value::Float(f) = to_engineering(Value::Float(21.73), &point(DataType::F32, 0.1, 0.0))
+        else {
+            panic!("a float");
+        };
+        assert!((f - 2.173).abs() < 1e-9, "{f}");
     }
 }
