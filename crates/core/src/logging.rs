@@ -2,15 +2,18 @@
 //!
 //! `RUST_LOG` is honoured. The default is `info` for fieldlink and nothing from rumqttd, which
 //! logs every connection at INFO and ordinary disconnects at ERROR; fieldlink reports what an
-//! operator needs itself (`RUST_LOG=info,rumqttd=info` shows rumqttd again). Under systemd (`JOURNAL_STREAM` set) lines carry no
+//! operator needs itself (`RUST_LOG=info,rumqttd=info` shows rumqttd again); rustls's warnings
+//! about the SNI of clients that connect by IP address are left out too. Under systemd (`JOURNAL_STREAM` set) lines carry no
 //! timestamp and no colour, because journald stamps them itself.
 
 use std::io::IsTerminal as _;
 
 use tracing_subscriber::EnvFilter;
 
-/// The filter when `RUST_LOG` is not set.
-pub const DEFAULT_FILTER: &str = "info,rumqttd=off";
+/// The filter when `RUST_LOG` is not set. `rustls::msgs::handshake` warns about every client
+/// that sends an IP address as SNI (most MQTT clients connecting by IP do): the listeners do not
+/// use SNI, so it is not news for an operator, and a log full of it hides what is.
+pub const DEFAULT_FILTER: &str = "info,rumqttd=off,rustls::msgs::handshake=error";
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
 pub fn init() {
