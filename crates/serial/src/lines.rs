@@ -46,13 +46,16 @@ pub async fn run(mut device: Device, shutdown: Shutdown) {
             Err(e) => {
                 tracing::debug!(device = %device.cfg.name, error = %e, "Port cannot be opened");
                 device.error("transport");
-                // A port that cannot be opened is a window without a line.
+                // A port that cannot be opened is a window without a line. The next attempt
+                // comes after the backoff, but never later than one window (`timeout`): a
+                // longer wait would stretch the windows, and offline would come after more than
+                // `offline_after` of them.
                 let mut out = Vec::new();
                 device.poll_done(false, &mut out);
                 device.publish(out).await;
                 tokio::select! {
                     () = shutdown.cancelled() => break 'open,
-                    () = tokio::time::sleep(backoff) => {}
+                    () = tokio::time::sleep(backoff.min(device.cfg.timeout)) => {}
                 }
                 backoff = (backoff * 2).min(MAX_REOPEN_BACKOFF);
                 continue;

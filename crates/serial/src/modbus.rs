@@ -330,8 +330,9 @@ async fn transact(
             Ok(ctx) => ctx,
             Err(e) => {
                 dev.error("transport");
-                last = Failure::Link(e);
-                continue;
+                // Retrying cannot help a link that does not open (an unplugged adapter): the
+                // poll fails now, and the link is tried again when its backoff allows.
+                return Err(Failure::Link(e));
             }
         };
         ctx.set_slave(Slave(unit));
@@ -406,11 +407,18 @@ fn classify(e: &tokio_modbus::Error) -> &'static str {
 }
 
 impl Connection {
+    /// The open connection, opening it first if its backoff allows. Until the next attempt is
+    /// due, a link that could not be opened fails at once: the backoff spaces out the attempts
+    /// to open, it must not stretch every request (waiting it out per request made a vanished
+    /// port take minutes, not `offline_after` polls, to read as offline).
     async fn open(&mut self) -> Result<&mut Context, String> {
         if self.context.is_none() {
             let now = Instant::now();
             if now < self.next_open {
-                tokio::time::sleep_until(self.next_open.into()).await;
+                return Err(format!(
+                    "the link is down; next attempt to open it in {} ms",
+                    (self.next_open - now).as_millis()
+                ));
             }
             match open(&self.link).await {
                 Ok(ctx) => {
@@ -486,4 +494,35 @@ pub fn open_serial(serial: &SerialSettings) -> tokio_serial::Result<tokio_serial
     // Stale bytes (a late answer to a request that timed out) must not start the next frame.
     let _ = port.clear(tokio_serial::ClearBuffer::All);
     Ok(port)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_link_that_does_not_open_fails_at_once_until_its_next_attempt() {
+        // A port nobody listens on: connecting is refused at once.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = closed.local_addr().unwrap();
+        drop(closed);
+        let mut conn = Connection {
+            link: Link::Tcp(addr),
+            context: None,
+            next_open: Instant::now(),
+            // Long enough that waiting it out could not go unnoticed.
+            open_backoff: Duration::from_secs(60),
+            label: addr.to_string(),
+        };
+        assert!(conn.open().await.is_err(), "refused");
+        let before = Instant::now();
+        for _ in 0..5 {
+            let error = conn.open().await.err().expect("still down");
+            assert!(error.contains("next attempt"), "{error}");
+        }
+        assert!(
+            before.elapsed() < Duration::from_secs(30),
+            "no request waits for the reopen backoff"
+        );
+    }
 }
