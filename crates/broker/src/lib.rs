@@ -19,7 +19,6 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use fieldlink_core::config::{BrokerSettings, ListenerSettings};
 use fieldlink_core::ports::{BusError, Ingress};
 use fieldlink_core::shutdown::Shutdown;
 use rumqttd::local::{LinkBuilder, LinkError};
@@ -27,6 +26,7 @@ use rumqttd::{Router, RouterConfig};
 
 pub mod access;
 mod bus;
+pub mod config;
 mod edge;
 
 pub use bus::BrokerBus;
@@ -38,6 +38,8 @@ pub(crate) const INTERNAL_CLIENT_PREFIX: &str = "fieldlink-internal-";
 
 use edge::SessionLinks;
 use edge::transport::Security;
+
+use crate::config::{BrokerSettings, ListenerSettings};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,9 @@
 //! fieldlink core: the types and ports every other fieldlink crate meets through.
 //!
 //! - [`clock`]: whether the wall clock is synchronized (boards without an RTC);
-//! - [`config`]: the TOML configuration, its serde file layer and the validated [`config::Settings`];
+//! - [`config`]: what every configuration section shares: the reader that keeps spans, the error
+//!   collector (all mistakes at once), the checks of small values; each section lives with its
+//!   component;
 //! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
 //! - [`message`]: the message that travels from ingress through the queue to the uplink;
 //! - [`ports`]: the traits that connect the domain crates (outbox, local bus, component status);

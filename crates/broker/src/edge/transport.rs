@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use fieldlink_core::config::{CertIdentity, ListenerSettings, ListenerTls};
 use fieldlink_core::tls::{FileKey, TlsPolicy, read_certs, read_crls, read_psk_file};
 use rustls::RootCertStore;
 use rustls::server::ServerConfig;
@@ -21,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{self, Peer};
 use super::{EdgeContext, metric};
+use crate::config::{CertIdentity, ListenerSettings, ListenerTls};
 
 /// How a listener secures its connections.
 pub(crate) enum Security {

@@ -15,7 +15,7 @@ use super::devices::{
 };
 use super::error::Collector;
 use super::file::{BridgeFile, DeviceFile, PointFile};
-use super::validate::{duration, int};
+use super::values::{duration, int};
 use crate::message::QoS;
 
 const DEVICE_KEYS_HINT: &str = "give the device a name, e.g. name = \"boiler\"";

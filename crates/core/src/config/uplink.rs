@@ -6,7 +6,7 @@ use toml::Spanned;
 
 use super::error::Collector;
 use super::file::{TopicRuleFile, UplinkFile};
-use super::validate::{duration, int, min_tls_version, mqtt_version};
+use super::values::{duration, int, min_tls_version, mqtt_version};
 use super::{OnRejected, UplinkSettings, UplinkTls};
 use crate::topic::{TopicFilter, TopicName};
 use crate::topic_map::TopicRewrite;
