@@ -43,6 +43,7 @@
 
 mod backoff;
 mod bridge;
+pub mod config;
 mod diagnose;
 mod dial;
 pub mod expiry;
@@ -54,7 +55,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fieldlink_core::config::{OnRejected, UplinkSettings, UplinkTls};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::metrics::{
     UPLINK_LAST_ACK_TIMESTAMP_SECONDS, UPLINK_STALLS_TOTAL, UPLINK_STATE,
@@ -73,6 +73,7 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::bridge::{Bridge, Target, Tunnel};
+use crate::config::{OnRejected, UplinkSettings, UplinkTls};
 use crate::dial::SocketTuning;
 pub use crate::dial::{Resolve, STAGGER, SystemResolver};
 use crate::psk::Psk;

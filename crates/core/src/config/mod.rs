@@ -23,7 +23,6 @@ pub mod devices;
 mod error;
 pub mod file;
 mod reader;
-mod uplink;
 mod validate;
 pub mod values;
 
@@ -33,7 +32,6 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 
 pub use error::{Collector, ConfigError, ConfigErrors, Origin, is_secret};
-pub use uplink::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_STALL_TIMEOUT};
 pub use values::{
     MqttVersion, choice, choice_or, duration, int, min_tls_version, mqtt_version, non_empty_path,
     parse_duration, paths, port,
@@ -128,14 +126,6 @@ pub fn route_settings(
     validate::routes(file, c)
 }
 
-/// Validates `[uplink]` (moves to `fieldlink-uplink`).
-pub fn uplink_settings(
-    file: &toml::Spanned<file::UplinkFile>,
-    c: &mut Collector<'_>,
-) -> Option<UplinkSettings> {
-    uplink::settings(file, c)
-}
-
 /// Validates `[bridge]` (moves to `fieldlink-serial`).
 pub fn bridge_settings(file: &file::BridgeFile, c: &mut Collector<'_>) -> devices::BridgeSettings {
     device_rules::bridge(file, c)
@@ -147,89 +137,6 @@ pub fn device_settings(
     c: &mut Collector<'_>,
 ) -> Vec<devices::DeviceSettings> {
     device_rules::devices(file, c)
-}
-
-/// `[uplink]`: the cloud broker and how to reach it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct UplinkSettings {
-    /// Host name (also the name its certificate must carry).
-    pub host: String,
-    /// TLS port.
-    pub port: u16,
-    /// Our MQTT client id.
-    pub client_id: String,
-    /// MQTT version.
-    pub mqtt: MqttVersion,
-    /// MQTT keep-alive.
-    pub keep_alive: Duration,
-    /// While a publish or ping awaits the cloud's answer, this long without a single byte
-    /// from the cloud means the link is stalled: it is given up and made again.
-    pub stall_timeout: Duration,
-    /// Each TCP connection attempt (one per address) and the TLS handshake.
-    pub connect_timeout: Duration,
-    /// Start a clean session on every connect.
-    pub clean_session: bool,
-    /// Most messages sent and not yet acknowledged.
-    pub inflight: u16,
-    /// Prepended to every local topic on the way to the cloud.
-    pub topic_prefix: String,
-    /// This gateway's name in cloud topics (`{device_id}` in topic rules).
-    pub device_id: String,
-    /// Local → cloud topic rules, tried in order before the prefix.
-    pub rewrites: Vec<crate::topic_map::TopicRewrite>,
-    /// Cloud → local: each rule's filter is subscribed on the cloud; what arrives is published
-    /// locally on the rule's template.
-    pub commands: Vec<crate::topic_map::TopicRewrite>,
-    /// How the connection is secured.
-    pub tls: UplinkTls,
-    /// Lowest TLS version.
-    pub min_tls_version: crate::tls::MinTlsVersion,
-    /// CRL files checked against the server's chain.
-    pub crl_files: Vec<PathBuf>,
-    /// ALPN protocols offered.
-    pub alpn: Vec<String>,
-    /// First reconnect delay ceiling.
-    pub reconnect_min: Duration,
-    /// Largest reconnect delay.
-    pub reconnect_max: Duration,
-    /// What to do with a message the cloud refuses.
-    pub on_rejected: OnRejected,
-    /// Where certificate-expiry alarms go on the cloud broker.
-    pub alarm_topic: Option<crate::topic::TopicName>,
-}
-
-/// How the uplink is secured. There is no plaintext mode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum UplinkTls {
-    /// The server proves itself with a certificate.
-    ServerAuth {
-        /// CAs trusted for the server; the system's when `None`.
-        ca_file: Option<PathBuf>,
-    },
-    /// Both sides prove themselves with certificates.
-    Mutual {
-        /// CAs trusted for the server; the system's when `None`.
-        ca_file: Option<PathBuf>,
-        /// Our chain.
-        cert_file: PathBuf,
-        /// Our key (a file today; a PKCS#11 URI later, through the key-source port).
-        key_file: PathBuf,
-    },
-    /// A pre-shared key (through openssl: rustls has no PSK).
-    Psk {
-        /// `identity:hexkey`, mode 0600.
-        psk_file: PathBuf,
-    },
-}
-
-/// What the uplink does with a message the cloud refuses (a negative MQTT 5 PUBACK).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum OnRejected {
-    /// Keep it and send it again after the reconnect delay (the default: nothing is lost).
-    #[default]
-    Retry,
-    /// Delete it, log it at ERROR and count it.
-    Drop,
 }
 
 /// `[queue]`: limits of the store-and-forward queue.

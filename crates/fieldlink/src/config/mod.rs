@@ -1,7 +1,7 @@
 //! The whole configuration file, assembled from the sections the components own.
 //!
 //! Each domain crate owns its section (file layer, validation, named defaults):
-//! `[broker]` is `fieldlink_broker::config`. This module owns `[gateway]` (process-wide
+//! `[broker]` is `fieldlink_broker::config`, `[uplink]` `fieldlink_uplink::config`. This module owns `[gateway]` (process-wide
 //! settings), puts the sections side by side in one file layer ([`FileConfig`]) and one
 //! [`Settings`], and reads the file with `fieldlink_core::config`'s reader and error collector,
 //! so that `check-config` reports every mistake of the whole file at once.
@@ -10,10 +10,9 @@ pub mod gateway;
 
 use fieldlink_broker::config::{BrokerSettings, file::BrokerFile};
 use fieldlink_core::config::devices::{BridgeSettings, DeviceSettings};
-use fieldlink_core::config::file::{BridgeFile, DeviceFile, QueueFile, RouteFile, UplinkFile};
-use fieldlink_core::config::{
-    Collector, ConfigErrors, ConfigSource, Origin, QueueSettings, Route, UplinkSettings,
-};
+use fieldlink_core::config::file::{BridgeFile, DeviceFile, QueueFile, RouteFile};
+use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, Origin, QueueSettings, Route};
+use fieldlink_uplink::config::{UplinkSettings, file::UplinkFile};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -89,7 +88,7 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
         uplink: file
             .uplink
             .as_ref()
-            .and_then(|u| sections::uplink_settings(u, c)),
+            .and_then(|u| fieldlink_uplink::config::settings(u, c)),
         routes: sections::route_settings(&file.routes, c),
         bridge: sections::bridge_settings(&file.bridge, c),
         devices: sections::device_settings(&file.devices, c),

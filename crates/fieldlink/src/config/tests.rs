@@ -2,10 +2,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fieldlink_broker::config::{AccessSettings, CertIdentity, ClientIdRule, ListenerTls};
-use fieldlink_core::config::{FullPolicy, MqttVersion, OnRejected, UplinkTls};
+use fieldlink_core::config::{FullPolicy, MqttVersion};
 use fieldlink_core::message::Priority;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
+use fieldlink_uplink::config::{OnRejected, UplinkTls};
 
 use super::*;
 
@@ -622,8 +623,8 @@ fn the_commented_uplink_timings_in_the_shipped_config_are_the_defaults() {
     assert_eq!(
         (defaults.stall_timeout, defaults.connect_timeout),
         (
-            fieldlink_core::config::DEFAULT_STALL_TIMEOUT,
-            fieldlink_core::config::DEFAULT_CONNECT_TIMEOUT
+            fieldlink_uplink::config::DEFAULT_STALL_TIMEOUT,
+            fieldlink_uplink::config::DEFAULT_CONNECT_TIMEOUT
         )
     );
 }
