@@ -59,6 +59,7 @@
 //! appends are refused.
 
 mod clock;
+pub mod config;
 mod disk;
 mod error;
 mod queue;

@@ -5,7 +5,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
 use fieldlink_core::ports::{
     Backlog, BacklogError, BoxFuture, Outbox, OutboxEntry, OutboxError, StoredMessage,
 };
@@ -14,6 +13,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::clock::QueueClock;
+use crate::config::{FullPolicy, QueueSettings, StreamLimits};
 pub use crate::store::Leased;
 use crate::store::{self, Removed, entry_bytes};
 use crate::{DB_FILE, DiskSpace, QueueError};

@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
 use fieldlink_core::message::Priority;
+use fieldlink_queue::config::{FullPolicy, QueueSettings, StreamLimits};
 use fieldlink_queue::{DiskSpace, Queue, QueueError, StatvfsDisk};
 
 use common::{entry, open, settings};

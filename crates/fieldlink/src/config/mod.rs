@@ -1,7 +1,8 @@
 //! The whole configuration file, assembled from the sections the components own.
 //!
 //! Each domain crate owns its section (file layer, validation, named defaults):
-//! `[broker]` is `fieldlink_broker::config`, `[uplink]` `fieldlink_uplink::config`. This module owns `[gateway]` (process-wide
+//! `[broker]` is `fieldlink_broker::config`, `[queue]` and `[[routes]]`
+//! `fieldlink_queue::config`, `[uplink]` `fieldlink_uplink::config`. This module owns `[gateway]` (process-wide
 //! settings), puts the sections side by side in one file layer ([`FileConfig`]) and one
 //! [`Settings`], and reads the file with `fieldlink_core::config`'s reader and error collector,
 //! so that `check-config` reports every mistake of the whole file at once.
@@ -10,8 +11,10 @@ pub mod gateway;
 
 use fieldlink_broker::config::{BrokerSettings, file::BrokerFile};
 use fieldlink_core::config::devices::{BridgeSettings, DeviceSettings};
-use fieldlink_core::config::file::{BridgeFile, DeviceFile, QueueFile, RouteFile};
-use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, Origin, QueueSettings, Route};
+use fieldlink_core::config::file::{BridgeFile, DeviceFile};
+use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, Origin};
+use fieldlink_queue::config::file::{QueueFile, RouteFile};
+use fieldlink_queue::config::{QueueSettings, Route};
 use fieldlink_uplink::config::{UplinkSettings, file::UplinkFile};
 use serde::Deserialize;
 use toml::Spanned;
@@ -84,12 +87,12 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
     Settings {
         gateway: gateway::settings(&file.gateway, c),
         broker: fieldlink_broker::config::settings(&file.broker, c),
-        queue: sections::queue_settings(&file.queue, c),
+        queue: fieldlink_queue::config::settings(&file.queue, c),
         uplink: file
             .uplink
             .as_ref()
             .and_then(|u| fieldlink_uplink::config::settings(u, c)),
-        routes: sections::route_settings(&file.routes, c),
+        routes: fieldlink_queue::config::routes(&file.routes, c),
         bridge: sections::bridge_settings(&file.bridge, c),
         devices: sections::device_settings(&file.devices, c),
     }

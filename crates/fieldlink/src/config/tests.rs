@@ -2,10 +2,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fieldlink_broker::config::{AccessSettings, CertIdentity, ClientIdRule, ListenerTls};
-use fieldlink_core::config::{FullPolicy, MqttVersion};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_core::message::Priority;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::FullPolicy;
 use fieldlink_uplink::config::{OnRejected, UplinkTls};
 
 use super::*;

@@ -7,12 +7,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::{MqttVersion, QueueSettings};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::{LocalBus, OutboxEntry};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::QueueSettings;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_test_support::certs::{Issued, TestCa, write};
 use fieldlink_test_support::{Mosquitto, RecordingBus, free_port, wait_for_port};

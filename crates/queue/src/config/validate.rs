@@ -3,88 +3,83 @@
 
 use std::time::Duration;
 
+use fieldlink_core::config::{Collector, choice, choice_or, duration, int};
+use fieldlink_core::message::Priority;
+use fieldlink_core::topic::TopicFilter;
 use toml::Spanned;
 
-use super::error::Collector;
 use super::file::{QueueFile, RouteFile};
-use super::values::{duration, int};
-use super::{Durability, FullPolicy, QueueSettings, Route, StreamLimits};
-use crate::message::Priority;
-use crate::topic::TopicFilter;
+use super::{
+    DEFAULT_COMMIT_INTERVAL, DEFAULT_DISK_RESERVE, DEFAULT_MAX_AGE, DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_MESSAGES, Durability, FullPolicy, QueueSettings, Route, StreamLimits,
+};
 
-pub(super) fn queue(file: &QueueFile, c: &mut Collector<'_>) -> QueueSettings {
+/// Validates `[queue]`, recording every mistake in `c`.
+pub fn settings(file: &QueueFile, c: &mut Collector<'_>) -> QueueSettings {
     const GIB: i64 = 1024 * 1024 * 1024;
-    let defaults = QueueSettings::default();
+    // "0s" keeps messages for ever.
     let max_age = duration(
         c,
         "queue.max_age",
         &file.max_age,
         Duration::ZERO..=Duration::from_secs(10 * 366 * 24 * 3600),
-        defaults.max_age.unwrap_or_default(),
+        DEFAULT_MAX_AGE,
     );
     QueueSettings {
         max_bytes: int(c, "queue.max_bytes", &file.max_bytes, 1024..=1024 * GIB)
-            .unwrap_or(defaults.max_bytes),
+            .unwrap_or(DEFAULT_MAX_BYTES),
         max_messages: int(c, "queue.max_messages", &file.max_messages, 1..=i64::MAX)
-            .unwrap_or(defaults.max_messages),
+            .unwrap_or(DEFAULT_MAX_MESSAGES),
         max_age: (!max_age.is_zero()).then_some(max_age),
         when_full: file
             .when_full
             .as_ref()
             .and_then(|p| full_policy(c, "queue.when_full", p))
-            .unwrap_or(defaults.when_full),
+            .unwrap_or_default(),
         disk_reserve: int(c, "queue.disk_reserve", &file.disk_reserve, 0..=1024 * GIB)
-            .unwrap_or(defaults.disk_reserve),
+            .unwrap_or(DEFAULT_DISK_RESERVE),
         commit_interval: duration(
             c,
             "queue.commit_interval",
             &file.commit_interval,
             Duration::ZERO..=Duration::from_secs(1),
-            defaults.commit_interval,
+            DEFAULT_COMMIT_INTERVAL,
         ),
-        durability: file
-            .durability
-            .as_ref()
-            .and_then(|d| durability(c, "queue.durability", d))
-            .unwrap_or(defaults.durability),
-    }
-}
-
-fn durability(c: &mut Collector<'_>, key: &str, value: &Spanned<String>) -> Option<Durability> {
-    match value.get_ref().as_str() {
-        "power-safe" => Some(Durability::PowerSafe),
-        "process-crash" => Some(Durability::ProcessCrash),
-        _ => {
-            c.at(
-                key,
-                Some(value.span()),
+        durability: choice_or(
+            c,
+            "queue.durability",
+            &file.durability,
+            &[
+                ("power-safe", Durability::PowerSafe),
+                ("process-crash", Durability::ProcessCrash),
+            ],
+            Durability::default(),
+            (
                 "unknown durability",
                 "write \"power-safe\" (survives a power cut) or \"process-crash\" (survives a \
                  crash of the process only)",
-            );
-            None
-        }
+            ),
+        ),
     }
 }
 
 fn full_policy(c: &mut Collector<'_>, key: &str, value: &Spanned<String>) -> Option<FullPolicy> {
-    match value.get_ref().as_str() {
-        "reject" => Some(FullPolicy::Reject),
-        "drop_oldest" => Some(FullPolicy::DropOldest),
-        "drop_newest" => Some(FullPolicy::DropNewest),
-        _ => {
-            c.at(
-                key,
-                Some(value.span()),
-                "unknown policy",
-                "write \"reject\", \"drop_oldest\" or \"drop_newest\"",
-            );
-            None
-        }
-    }
+    choice(
+        c,
+        key,
+        value,
+        &[
+            ("reject", FullPolicy::Reject),
+            ("drop_oldest", FullPolicy::DropOldest),
+            ("drop_newest", FullPolicy::DropNewest),
+        ],
+        "unknown policy",
+        "write \"reject\", \"drop_oldest\" or \"drop_newest\"",
+    )
 }
 
-pub(super) fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {
+/// Validates `[[routes]]`, recording every mistake in `c`; only valid routes are returned.
+pub fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<Route> {
     let mut out: Vec<Route> = Vec::new();
     for (i, entry) in file.iter().enumerate() {
         let key = format!("routes[{i}]");
@@ -144,23 +139,18 @@ pub(super) fn routes(file: &[Spanned<RouteFile>], c: &mut Collector<'_>) -> Vec<
                 })
                 .ok(),
         };
-        let priority = match &route.priority {
-            None => Priority::default(),
-            Some(p) => match p.get_ref().as_str() {
-                "low" => Priority::Low,
-                "normal" => Priority::Normal,
-                "high" => Priority::High,
-                _ => {
-                    c.at(
-                        &format!("{key}.priority"),
-                        Some(p.span()),
-                        "unknown priority",
-                        "write \"low\", \"normal\" or \"high\"",
-                    );
-                    Priority::default()
-                }
-            },
-        };
+        let priority = choice_or(
+            c,
+            &format!("{key}.priority"),
+            &route.priority,
+            &[
+                ("low", Priority::Low),
+                ("normal", Priority::Normal),
+                ("high", Priority::High),
+            ],
+            Priority::default(),
+            ("unknown priority", "write \"low\", \"normal\" or \"high\""),
+        );
         let limits = StreamLimits {
             max_messages: int(
                 c,
