@@ -12,16 +12,15 @@
 //!   a hint.
 //! - [`values`] checks the small values every section has (ranges, durations, ports, MQTT and
 //!   TLS versions, a word from a list).
-//! - The sections: `[broker]` in `fieldlink-broker`, and the whole file assembled in
-//!   `crates/fieldlink` (`fieldlink::config`).
+//! - The sections live with their components (`fieldlink_broker::config`,
+//!   `fieldlink_queue::config`, `fieldlink_uplink::config`, `fieldlink_serial::config`); the
+//!   whole file is assembled in `crates/fieldlink` (`fieldlink::config`), which also owns
+//!   `[gateway]`.
 //!
 //! Secrets are never written into this file: keys that need one take a path to a 0600 file (or,
 //! later, a PKCS#11 URI).
 
-mod device_rules;
-pub mod devices;
 mod error;
-pub mod file;
 mod reader;
 pub mod values;
 
@@ -106,17 +105,4 @@ fn file_error(origin: Origin, problem: &str, hint: &str) -> ConfigErrors {
         problem: problem.to_owned(),
         hint: hint.to_owned(),
     }])
-}
-
-/// Validates `[bridge]` (moves to `fieldlink-serial`).
-pub fn bridge_settings(file: &file::BridgeFile, c: &mut Collector<'_>) -> devices::BridgeSettings {
-    device_rules::bridge(file, c)
-}
-
-/// Validates `[[devices]]` (moves to `fieldlink-serial`).
-pub fn device_settings(
-    file: &[toml::Spanned<file::DeviceFile>],
-    c: &mut Collector<'_>,
-) -> Vec<devices::DeviceSettings> {
-    device_rules::devices(file, c)
 }

@@ -2,7 +2,8 @@
 //!
 //! Each domain crate owns its section (file layer, validation, named defaults):
 //! `[broker]` is `fieldlink_broker::config`, `[queue]` and `[[routes]]`
-//! `fieldlink_queue::config`, `[uplink]` `fieldlink_uplink::config`. This module owns `[gateway]` (process-wide
+//! `fieldlink_queue::config`, `[uplink]` `fieldlink_uplink::config`, `[bridge]` and
+//! `[[devices]]` `fieldlink_serial::config`. This module owns `[gateway]` (process-wide
 //! settings), puts the sections side by side in one file layer ([`FileConfig`]) and one
 //! [`Settings`], and reads the file with `fieldlink_core::config`'s reader and error collector,
 //! so that `check-config` reports every mistake of the whole file at once.
@@ -10,11 +11,11 @@
 pub mod gateway;
 
 use fieldlink_broker::config::{BrokerSettings, file::BrokerFile};
-use fieldlink_core::config::devices::{BridgeSettings, DeviceSettings};
-use fieldlink_core::config::file::{BridgeFile, DeviceFile};
 use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, Origin};
 use fieldlink_queue::config::file::{QueueFile, RouteFile};
 use fieldlink_queue::config::{QueueSettings, Route};
+use fieldlink_serial::config::file::{BridgeFile, DeviceFile};
+use fieldlink_serial::config::{BridgeSettings, DeviceSettings};
 use fieldlink_uplink::config::{UplinkSettings, file::UplinkFile};
 use serde::Deserialize;
 use toml::Spanned;
@@ -83,7 +84,6 @@ pub fn parse(text: &str, origin: Origin) -> Result<Settings, ConfigErrors> {
 
 /// Every section validated into the one collector.
 fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
-    use fieldlink_core::config as sections;
     Settings {
         gateway: gateway::settings(&file.gateway, c),
         broker: fieldlink_broker::config::settings(&file.broker, c),
@@ -93,8 +93,8 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
             .as_ref()
             .and_then(|u| fieldlink_uplink::config::settings(u, c)),
         routes: fieldlink_queue::config::routes(&file.routes, c),
-        bridge: sections::bridge_settings(&file.bridge, c),
-        devices: sections::device_settings(&file.devices, c),
+        bridge: fieldlink_serial::config::bridge(&file.bridge, c),
+        devices: fieldlink_serial::config::devices(&file.devices, c),
     }
 }
 

@@ -532,9 +532,7 @@ fn every_bad_acl_pattern_is_reported_at_once() {
 
 #[test]
 fn devices_are_read_into_settings() {
-    use fieldlink_core::config::devices::{
-        DataType, LineFormat, Link, Order, Protocol, Source, Table,
-    };
+    use fieldlink_serial::config::{DataType, LineFormat, Link, Order, Protocol, Source, Table};
     let settings = parse(
         "[bridge]\nsite = \"plant-3\"\nqos = 0\n\
          [[devices]]\nname = \"boiler\"\nprotocol = \"modbus-rtu\"\nport = \"/dev/ttyUSB0\"\n\

@@ -1,14 +1,53 @@
-//! `[bridge]` and `[[devices]]`: the field devices the bridge reads and writes, validated.
+//! `[bridge]` and `[[devices]]`: the bridge's sections of the configuration, owned here.
 //!
-//! The types here are what `fieldlink-serial` runs on; nothing in them needs checking again
-//! (`device_rules` builds them from the file layer).
+//! [`file`] is the sections as written; the types here are what the bridge runs on, every value
+//! checked and every default filled in, so nothing in them needs checking again. [`bridge`] and
+//! [`devices`] go from one to the other, recording every mistake in the shared collector
+//! (`crates/fieldlink` assembles the sections). Each default is a named constant below, used by
+//! validation and by the annotated `configs/fieldlink.toml` test alike.
+
+pub mod file;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::message::QoS;
-use crate::topic::TopicName;
+use fieldlink_core::message::QoS;
+use fieldlink_core::topic::TopicName;
+pub use validate::{bridge, devices};
+
+/// Poll interval of a device's points when the file gives none.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// A heartbeat given with a value that is not a duration falls back to this (the mistake is
+/// reported anyway).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// How long one Modbus request may take: a slave answers within tens of milliseconds.
+pub const DEFAULT_MODBUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// One silence window of a line device: NMEA and most meters talk at least every few seconds.
+pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of a failed request, with backoff.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Failed polls in a row before a device is offline.
+pub const DEFAULT_OFFLINE_AFTER: u32 = 3;
+/// Poll interval while a device is offline.
+pub const DEFAULT_OFFLINE_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest run of unused registers read to join two ranges into one request.
+pub const DEFAULT_MAX_GAP: u16 = 8;
+/// Serial line settings when the file gives none: 9600 8N1, the Modbus RTU default.
+pub const DEFAULT_BAUD: u32 = 9600;
+/// See [`DEFAULT_BAUD`].
+pub const DEFAULT_DATA_BITS: u8 = 8;
+/// See [`DEFAULT_BAUD`].
+pub const DEFAULT_STOP_BITS: u8 = 1;
+/// Longest line of a line device, in bytes.
+pub const DEFAULT_MAX_LINE: usize = 1024;
+/// The byte that ends a line.
+pub const DEFAULT_DELIMITER: u8 = b'\n';
+/// Modbus TCP servers mostly ignore the unit id; 255 is the usual "this server".
+pub const MODBUS_TCP_UNIT: u8 = 255;
+/// The Modbus TCP port (IANA), used when an address has none.
+pub const MODBUS_TCP_PORT: u16 = 502;
 
 /// Most registers one Modbus read may ask for (Modbus application protocol, §6.3).
 pub const MAX_REGISTERS_PER_READ: u16 = 125;

@@ -1,5 +1,5 @@
-//! The file layer of the sections that have not moved to their crates yet: every field optional,
-//! every value with its place in the file.
+//! `[bridge]` and `[[devices]]` as written: every field optional, every value with its place in
+//! the file.
 //!
 //! Integers are read as `i64` and checked in validation, so that "70000 is not a port" gets a
 //! message of ours rather than serde's.
