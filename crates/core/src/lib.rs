@@ -4,6 +4,7 @@
 //! - [`config`]: what every configuration section shares: the reader that keeps spans, the error
 //!   collector (all mistakes at once), the checks of small values; each section lives with its
 //!   component;
+//! - [`fault`]: whose fault an error is (the peer, the configuration, the environment, a bug);
 //! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
 //! - [`message`]: the message that travels from ingress through the queue to the uplink;
 //! - [`ports`]: the traits that connect the domain crates (outbox, local bus, component status);
@@ -22,6 +23,7 @@
 pub mod clock;
 pub mod config;
 pub mod der;
+pub mod fault;
 pub mod logging;
 pub mod message;
 pub mod metrics;

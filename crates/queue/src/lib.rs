@@ -66,7 +66,7 @@ mod queue;
 mod store;
 
 pub use disk::{DiskSpace, StatvfsDisk};
-pub use error::QueueError;
+pub use error::{Full, QueueError};
 pub use queue::{Leased, Queue, Stats, StreamStats};
 
 /// The database file's name inside the data directory.

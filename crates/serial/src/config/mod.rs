@@ -13,8 +13,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fieldlink_core::fault::Fault;
 use fieldlink_core::message::QoS;
-use fieldlink_core::topic::TopicName;
+use fieldlink_core::topic::{TopicError, TopicName};
 pub use validate::{bridge, devices};
 
 /// Poll interval of a device's points when the file gives none.
@@ -105,41 +106,81 @@ pub struct TemplateVars<'a> {
     pub point: &'a str,
 }
 
+/// Why a topic template is not valid (the operator's configuration, every time).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// A placeholder the template may not use.
+    #[error(
+        "unknown placeholder {{{name}}}: this template may use {}",
+        braced(allowed)
+    )]
+    UnknownPlaceholder {
+        /// The name written between the braces.
+        name: String,
+        /// The names this template may use.
+        allowed: Vec<String>,
+    },
+    /// A placeholder the template must use, so that topics do not collide.
+    #[error("{{{0}}} is missing, so topics would collide")]
+    MissingPlaceholder(String),
+    /// With sample values filled in, the template is not a topic name.
+    #[error("not a valid topic: {0}")]
+    Topic(#[from] TopicError),
+    /// A `{` that is never closed.
+    #[error("a '{{' without its '}}'")]
+    UnclosedBrace,
+    /// A `}` that was never opened.
+    #[error("a '}}' without its '{{'")]
+    UnopenedBrace,
+}
+
+impl TemplateError {
+    /// Whose fault it is: templates come from the configuration.
+    pub fn fault(&self) -> Fault {
+        Fault::Config
+    }
+}
+
+fn braced(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|a| format!("{{{a}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Template {
     /// Parses `text`: only the known placeholders, each inside braces. `allowed` lists the
     /// placeholder names this template may use; `required` those it must use.
-    pub fn parse(text: &str, allowed: &[&str], required: &[&str]) -> Result<Self, String> {
+    pub fn parse(text: &str, allowed: &[&str], required: &[&str]) -> Result<Self, TemplateError> {
         let mut used = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find(['{', '}']) {
             if rest[open..].starts_with('}') {
-                return Err("a '}' without its '{'".into());
+                return Err(TemplateError::UnopenedBrace);
             }
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or("a '{' without its '}'")?;
+            let close = after.find('}').ok_or(TemplateError::UnclosedBrace)?;
             let name = &after[..close];
             if !allowed.contains(&name) {
-                return Err(format!(
-                    "unknown placeholder {{{name}}}: this template may use {}",
-                    allowed
-                        .iter()
-                        .map(|a| format!("{{{a}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                return Err(TemplateError::UnknownPlaceholder {
+                    name: name.to_owned(),
+                    allowed: allowed.iter().map(|&a| a.to_owned()).collect(),
+                });
             }
             used.push(name);
             rest = &after[close + 1..];
         }
         if let Some(missing) = required.iter().find(|r| !used.contains(r)) {
-            return Err(format!("{{{missing}}} is missing, so topics would collide"));
+            return Err(TemplateError::MissingPlaceholder((*missing).to_owned()));
         }
         let sample = Self(text.to_owned()).render(TemplateVars {
             site: "s",
             device: "d",
             point: "p",
         });
-        TopicName::new(sample).map_err(|e| format!("not a valid topic: {e}"))?;
+        TopicName::new(sample)?;
         Ok(Self(text.to_owned()))
     }
 
@@ -448,7 +489,9 @@ mod tests {
     #[test]
     fn bad_templates_are_refused_with_the_reason() {
         let err = |text: &str, allowed: &[&str], required: &[&str]| {
-            Template::parse(text, allowed, required).unwrap_err()
+            Template::parse(text, allowed, required)
+                .unwrap_err()
+                .to_string()
         };
         assert!(err("{site}/{dev}", &ALL, &[]).contains("unknown placeholder {dev}"));
         assert!(err("{site}/{point}", &["site", "device"], &[]).contains("{point}"));
@@ -457,5 +500,16 @@ mod tests {
         assert!(err("{site}/x", &ALL, &["device"]).contains("{device} is missing"));
         assert!(err("{site}/#/{device}", &ALL, &["device"]).contains("not a valid topic"));
         assert!(err("", &ALL, &[]).contains("not a valid topic"));
+        assert_eq!(
+            Template::parse("{site}/x", &ALL, &["device"]),
+            Err(TemplateError::MissingPlaceholder("device".into()))
+        );
+        assert_eq!(
+            Template::parse("{site}/{dev}", &["site"], &[]),
+            Err(TemplateError::UnknownPlaceholder {
+                name: "dev".into(),
+                allowed: vec!["site".into()]
+            })
+        );
     }
 }
