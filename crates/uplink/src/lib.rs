@@ -58,7 +58,8 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::metrics::{
-    UPLINK_LAST_ACK_TIMESTAMP_SECONDS, UPLINK_STALLS_TOTAL, UPLINK_STATE,
+    UPLINK_CERT_EXPIRY_SECONDS, UPLINK_COMMANDS_TOTAL, UPLINK_LAST_ACK_TIMESTAMP_SECONDS,
+    UPLINK_REJECTED_TOTAL, UPLINK_STALLS_TOTAL, UPLINK_STATE,
 };
 use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
 use fieldlink_core::shutdown::Shutdown;
@@ -994,13 +995,6 @@ fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
             |t| t.as_str().to_owned(),
         )
 }
-
-/// Metric: commands from the cloud published locally.
-const UPLINK_COMMANDS_TOTAL: &str = "fieldlink_uplink_commands_total";
-/// Metric: messages the cloud refused (negative PUBACK).
-const UPLINK_REJECTED_TOTAL: &str = "fieldlink_uplink_rejected_total";
-/// Metric: seconds until a certificate in use expires; label `certificate`.
-const UPLINK_CERT_EXPIRY_SECONDS: &str = "fieldlink_uplink_certificate_expiry_seconds";
 
 async fn ack_writer(mut rx: mpsc::UnboundedReceiver<i64>, backlog: Arc<dyn Backlog>) {
     let mut batch = Vec::new();
