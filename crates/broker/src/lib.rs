@@ -19,7 +19,7 @@
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 
-use fieldlink_core::config::{BrokerSettings, ListenerSettings};
+use fieldlink_core::fault::Fault;
 use fieldlink_core::ports::{BusError, Ingress};
 use fieldlink_core::shutdown::Shutdown;
 use rumqttd::local::{LinkBuilder, LinkError};
@@ -27,9 +27,11 @@ use rumqttd::{Router, RouterConfig};
 
 pub mod access;
 mod bus;
+pub mod config;
 mod edge;
 
 pub use bus::BrokerBus;
+pub use edge::transport::SecurityError;
 
 /// Client ids of the gateway's own links to the router. The edge refuses them to clients: a
 /// client with such an id would take the link's session over (rumqttd ends the older session
@@ -38,6 +40,8 @@ pub(crate) const INTERNAL_CLIENT_PREFIX: &str = "fieldlink-internal-";
 
 use edge::SessionLinks;
 use edge::transport::Security;
+
+use crate::config::{BrokerSettings, ListenerSettings};
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -59,8 +63,20 @@ pub enum BrokerError {
         /// The listener's name.
         name: String,
         /// What is wrong.
-        problem: String,
+        problem: SecurityError,
     },
+}
+
+impl BrokerError {
+    /// Whose fault it is: an address in use or not ours is the environment's (or the
+    /// configuration's: see the OS error); the security files are as [`SecurityError::fault`]
+    /// says.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Bind { .. } => Fault::Environment,
+            Self::Security { problem, .. } => problem.fault(),
+        }
+    }
 }
 
 /// The local broker: the router running, every listener bound, not yet serving.

@@ -26,17 +26,6 @@ pub enum StaleCrl {
     Warn,
 }
 
-impl StaleCrl {
-    /// The config text (`"refuse"`, `"warn"`).
-    pub fn parse(text: &str) -> Option<Self> {
-        match text {
-            "refuse" => Some(Self::Refuse),
-            "warn" => Some(Self::Warn),
-            _ => None,
-        }
-    }
-}
-
 /// The stale CRL files, by path, with the line the status shows for each.
 static ALARMS: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
 
@@ -148,12 +137,5 @@ mod tests {
         let in_2027 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_798_761_600);
         assert_eq!(recheck, Some(in_2027), "look again when the new one ages");
         assert!(!alarms().iter().any(|a| a.contains("/test/stale.crl")));
-    }
-
-    #[test]
-    fn the_policy_reads_from_its_config_text() {
-        assert_eq!(StaleCrl::parse("refuse"), Some(StaleCrl::Refuse));
-        assert_eq!(StaleCrl::parse("warn"), Some(StaleCrl::Warn));
-        assert_eq!(StaleCrl::parse("ignore"), None);
     }
 }

@@ -2,7 +2,10 @@
 //!
 //! - [`clock`]: whether the wall clock is synchronized (boards without an RTC);
 //! - [`crl`]: CRL freshness (a CRL past its nextUpdate refuses, or warns, and raises an alarm);
-//! - [`config`]: the TOML configuration, its serde file layer and the validated [`config::Settings`];
+//! - [`config`]: what every configuration section shares: the reader that keeps spans, the error
+//!   collector (all mistakes at once), the checks of small values; each section lives with its
+//!   component;
+//! - [`fault`]: whose fault an error is (the peer, the configuration, the environment, a bug);
 //! - [`topic`]: validated MQTT topic names and filters, with `+`/`#` matching;
 //! - [`message`]: the message that travels from ingress through the queue to the uplink;
 //! - [`ports`]: the traits that connect the domain crates (outbox, local bus, component status);
@@ -23,6 +26,7 @@
 pub mod clock;
 pub mod config;
 pub mod crl;
+pub mod fault;
 pub mod logging;
 pub mod message;
 pub mod metrics;

@@ -64,6 +64,12 @@ pub const UPLINK_STATE: &str = "fieldlink_uplink_state";
 pub const UPLINK_STALLS_TOTAL: &str = "fieldlink_uplink_stalls_total";
 /// Gauge: Unix time (seconds) of the cloud's last PUBACK for one of our messages.
 pub const UPLINK_LAST_ACK_TIMESTAMP_SECONDS: &str = "fieldlink_uplink_last_ack_timestamp_seconds";
+/// Counter: commands from the cloud published locally.
+pub const UPLINK_COMMANDS_TOTAL: &str = "fieldlink_uplink_commands_total";
+/// Counter: messages the cloud refused (MQTT 5 negative PUBACK).
+pub const UPLINK_REJECTED_TOTAL: &str = "fieldlink_uplink_rejected_total";
+/// Gauge: seconds until a certificate in use expires; label `certificate`.
+pub const UPLINK_CERT_EXPIRY_SECONDS: &str = "fieldlink_uplink_certificate_expiry_seconds";
 /// Counter: TCP connection attempts to the cloud's addresses; label `result` (`connected`,
 /// `failed`, `timeout`).
 pub const UPLINK_DIAL_ATTEMPTS_TOTAL: &str = "fieldlink_uplink_dial_attempts_total";

@@ -16,6 +16,7 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
+use crate::fault::Fault;
 use crate::message::{Message, Priority};
 use crate::topic::TopicFilter;
 
@@ -42,13 +43,82 @@ pub enum OutboxError {
     /// The outbox is full and its policy is to refuse: apply backpressure (withhold the
     /// PUBACK, or answer "quota exceeded" in MQTT 5).
     #[error("the outbox is full: {0}")]
-    Full(String),
+    Full(Full),
     /// The storage failed; the message is not stored.
     #[error("the outbox could not store the message: {0}")]
-    Storage(String),
+    Storage(StorageFailure),
     /// The gateway is shutting down and takes no more messages.
     #[error("the outbox is closed")]
     Closed,
+}
+
+impl OutboxError {
+    /// Whose fault it is: a full outbox or failing storage is the environment's (a long outage,
+    /// a full or failing disk); closing is the gateway's own shutdown, nobody's fault to fix.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Full(_) | Self::Closed => Fault::Environment,
+            Self::Storage(failure) => failure.fault(),
+        }
+    }
+}
+
+/// Which limit refused a message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum Full {
+    /// Free disk space is below the reserve.
+    #[error(
+        "only {available} bytes free on the file system of {path:?}, below the reserve of \
+         {reserve}; nothing was stored. Hint: free disk space or lower queue.disk_reserve"
+    )]
+    DiskReserve {
+        /// The database file.
+        path: std::path::PathBuf,
+        /// Free bytes now.
+        available: u64,
+        /// The configured reserve.
+        reserve: u64,
+    },
+    /// The whole queue is at its message or byte limit.
+    #[error("the queue is full (the queue is at its limit); nothing was stored")]
+    Queue,
+    /// One stream (route) is at its own limit.
+    #[error("the queue is full (stream {0:?} is at its limit); nothing was stored")]
+    Stream(String),
+}
+
+/// Why storage failed: the cause, typed, and what the storage said.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{detail}")]
+pub struct StorageFailure {
+    /// What failed.
+    pub cause: StorageCause,
+    /// What the storage said, for the log (never a message's content).
+    pub detail: String,
+}
+
+impl StorageFailure {
+    /// Whose fault it is: the database and the file system are the environment's; a schema
+    /// that cannot be brought up to date is a database from a newer fieldlink (environment)
+    /// or a bug in a migration.
+    pub fn fault(&self) -> Fault {
+        match self.cause {
+            StorageCause::Database | StorageCause::Io | StorageCause::Schema => Fault::Environment,
+        }
+    }
+}
+
+/// What part of the storage failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum StorageCause {
+    /// The database (SQLite) failed: a full or failing disk, a corrupt file.
+    Database,
+    /// A file operation failed (the directory, moving a corrupt file aside).
+    Io,
+    /// The schema could not be brought up to date.
+    Schema,
 }
 
 /// Durable storage for messages bound for the cloud.
@@ -83,10 +153,20 @@ pub struct StoredMessage {
 pub enum BacklogError {
     /// The storage failed.
     #[error("the queue failed: {0}")]
-    Storage(String),
+    Storage(StorageFailure),
     /// The queue is closed (shutdown).
     #[error("the queue is closed")]
     Closed,
+}
+
+impl BacklogError {
+    /// Whose fault it is (see [`StorageFailure::fault`]); closing is the gateway's shutdown.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Storage(failure) => failure.fault(),
+            Self::Closed => Fault::Environment,
+        }
+    }
 }
 
 /// The durable backlog that the uplink drains: lease, then ack what the cloud acknowledged

@@ -39,6 +39,17 @@ pub enum PrivateError {
     },
 }
 
+impl PrivateError {
+    /// Whose fault it is: a path that cannot be created is the environment's; one left open to
+    /// others that fieldlink may not tighten is the operator's setup.
+    pub fn fault(&self) -> crate::fault::Fault {
+        match self {
+            Self::Io { .. } => crate::fault::Fault::Environment,
+            Self::TooOpen { .. } => crate::fault::Fault::Config,
+        }
+    }
+}
+
 /// What [`private_dir`] or [`private_file`] did to an existing path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Outcome {

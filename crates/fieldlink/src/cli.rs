@@ -5,8 +5,9 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use fieldlink_core::config::{self, ConfigErrors, ConfigSource, Origin, Settings};
+use fieldlink_core::config::{ConfigErrors, ConfigSource, Origin};
 
+use crate::config::{self, Settings};
 use crate::{Gateway, VERSION, systemd};
 
 /// Exit code for a bad configuration (EX_USAGE); the systemd unit does not restart on it.

@@ -8,9 +8,10 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::Subcommand;
 use fieldlink_broker::access;
-use fieldlink_core::config::{self, ConfigSource};
+use fieldlink_core::config::ConfigSource;
 
 use crate::cli::EXIT_BAD_CONFIG;
+use crate::config;
 
 /// `fieldlink credentials ...`.
 #[derive(Debug, Subcommand)]

@@ -9,10 +9,10 @@
 
 use std::sync::Arc;
 
-use fieldlink_core::config::Route;
 use fieldlink_core::message::Message;
 use fieldlink_core::ports::{BoxFuture, Ingress, IngressError, LocalBus, Outbox, OutboxEntry};
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::Route;
 
 /// Core's [`Ingress`] port: routed messages into the outbox, then everything onto the bus.
 pub(crate) struct RoutedIngress {

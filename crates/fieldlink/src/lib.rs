@@ -5,6 +5,7 @@
 //! thin layer over this, so tests can run the whole gateway in-process.
 
 pub mod cli;
+pub mod config;
 mod credentials_cli;
 mod ingress;
 pub mod status;
@@ -14,9 +15,9 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use crate::config::Settings;
 use anyhow::Context as _;
 use fieldlink_broker::{BrokerBus, RunningBroker};
-use fieldlink_core::config::Settings;
 use fieldlink_core::ports::{Health, Ingress, LocalBus, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_queue::{Queue, StatvfsDisk};
@@ -255,7 +256,7 @@ pub fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
     if let Some(dir) = runtime_dir_from_env() {
         return dir;
     }
-    let base = if fieldlink_core::config::is_root() {
+    let base = if config::is_root() {
         Some(std::path::PathBuf::from("/run"))
     } else {
         std::env::var_os("XDG_RUNTIME_DIR")

@@ -168,7 +168,7 @@ impl Board {
         runtime.block_on(async {
             let queue = fieldlink_queue::Queue::open(
                 &self.dir.path().join("data"),
-                fieldlink_core::config::QueueSettings::default(),
+                fieldlink_queue::config::QueueSettings::default(),
                 Default::default(),
                 std::sync::Arc::new(fieldlink_queue::StatvfsDisk),
             )

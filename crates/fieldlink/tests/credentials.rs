@@ -8,7 +8,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldlink_broker::access::{Access, Credentials, PasswordCheck};
-use fieldlink_core::config::AccessSettings;
+use fieldlink_broker::config::AccessSettings;
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 

@@ -12,7 +12,8 @@ use std::sync::mpsc as std_mpsc;
 use std::time::Duration;
 
 use fieldlink::Gateway;
-use fieldlink_core::config::{Origin, parse};
+use fieldlink::config::parse;
+use fieldlink_core::config::Origin;
 use fieldlink_core::message::Message;
 use fieldlink_core::ports::Health;
 use fieldlink_core::topic::TopicFilter;

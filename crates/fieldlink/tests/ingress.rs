@@ -6,7 +6,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use fieldlink::Gateway;
-use fieldlink_core::config::{Origin, parse};
+use fieldlink::config::parse;
+use fieldlink_core::config::Origin;
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use fieldlink_test_support::{free_port, within};

@@ -13,10 +13,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::QueueSettings;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::OutboxEntry;
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::QueueSettings;
 use fieldlink_queue::{Queue, StatvfsDisk};
 
 const RUN_FOR: Duration = Duration::from_secs(3);

@@ -2,26 +2,18 @@
 
 use std::path::PathBuf;
 
+use fieldlink_core::fault::Fault;
+pub use fieldlink_core::ports::Full;
+use fieldlink_core::ports::{StorageCause, StorageFailure};
+
 /// Why a queue operation failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum QueueError {
-    /// A limit is reached and the policy is to refuse: nothing was stored.
-    #[error("the queue is full ({0}); nothing was stored")]
-    Full(String),
-    /// Free disk space is below the reserve: nothing was stored.
-    #[error(
-        "only {available} bytes free on the file system of {path:?}, below the reserve of \
-         {reserve}; nothing was stored. Hint: free disk space or lower queue.disk_reserve"
-    )]
-    DiskReserve {
-        /// The database file.
-        path: PathBuf,
-        /// Free bytes now.
-        available: u64,
-        /// The configured reserve.
-        reserve: u64,
-    },
+    /// A limit is reached and the policy is to refuse, or free disk space is below the
+    /// reserve: nothing was stored.
+    #[error(transparent)]
+    Full(Full),
     /// SQLite failed.
     #[error("queue database {path:?}: {source}")]
     Database {
@@ -52,4 +44,34 @@ pub enum QueueError {
     /// The queue's writer has stopped (shutdown).
     #[error("the queue is closed")]
     Closed,
+}
+
+impl QueueError {
+    /// Whose fault it is: a full queue, the database and the file system are the environment's
+    /// (a long outage, a full or failing disk); closing is the gateway's own shutdown.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Full(_)
+            | Self::Database { .. }
+            | Self::Migration { .. }
+            | Self::Io { .. }
+            | Self::Closed => Fault::Environment,
+            Self::NotPrivate(e) => e.fault(),
+        }
+    }
+
+    /// The storage failure as the ports carry it; `None` for `Full` and `Closed`, which the
+    /// ports name themselves.
+    pub fn storage_failure(&self) -> Option<StorageFailure> {
+        let cause = match self {
+            Self::Database { .. } => StorageCause::Database,
+            Self::Migration { .. } => StorageCause::Schema,
+            Self::Io { .. } | Self::NotPrivate(_) => StorageCause::Io,
+            Self::Full(_) | Self::Closed => return None,
+        };
+        Some(StorageFailure {
+            cause,
+            detail: self.to_string(),
+        })
+    }
 }

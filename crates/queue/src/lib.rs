@@ -59,13 +59,14 @@
 //! appends are refused.
 
 mod clock;
+pub mod config;
 mod disk;
 mod error;
 mod queue;
 mod store;
 
 pub use disk::{DiskSpace, StatvfsDisk};
-pub use error::QueueError;
+pub use error::{Full, QueueError};
 pub use queue::{Leased, Queue, Stats, StreamStats};
 
 /// The database file's name inside the data directory.

@@ -5,18 +5,19 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
 use fieldlink_core::ports::{
-    Backlog, BacklogError, BoxFuture, Outbox, OutboxEntry, OutboxError, StoredMessage,
+    Backlog, BacklogError, BoxFuture, Outbox, OutboxEntry, OutboxError, StorageCause,
+    StorageFailure, StoredMessage,
 };
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
 use crate::clock::QueueClock;
+use crate::config::{FullPolicy, QueueSettings, StreamLimits};
 pub use crate::store::Leased;
 use crate::store::{self, Removed, entry_bytes};
-use crate::{DB_FILE, DiskSpace, QueueError};
+use crate::{DB_FILE, DiskSpace, Full, QueueError};
 
 /// Requests waiting for the writer; producers wait (backpressure) once it is full.
 const REQUEST_CAPACITY: usize = 4096;
@@ -225,11 +226,9 @@ impl Outbox for Queue {
                 .await
                 .map(drop)
                 .map_err(|e| match e {
-                    QueueError::Full(_) | QueueError::DiskReserve { .. } => {
-                        OutboxError::Full(e.to_string())
-                    }
+                    QueueError::Full(full) => OutboxError::Full(full),
                     QueueError::Closed => OutboxError::Closed,
-                    other => OutboxError::Storage(other.to_string()),
+                    other => OutboxError::Storage(storage_failure(&other)),
                 })
         })
     }
@@ -260,8 +259,17 @@ impl Backlog for Queue {
 fn backlog_error(e: QueueError) -> BacklogError {
     match e {
         QueueError::Closed => BacklogError::Closed,
-        other => BacklogError::Storage(other.to_string()),
+        other => BacklogError::Storage(storage_failure(&other)),
     }
+}
+
+/// A failure of the database or the file system, as the ports carry it.
+fn storage_failure(e: &QueueError) -> StorageFailure {
+    e.storage_failure().unwrap_or_else(|| StorageFailure {
+        // Full and Closed have variants of their own in the ports; not reached.
+        cause: StorageCause::Database,
+        detail: e.to_string(),
+    })
 }
 
 /// Messages and bytes held, per stream and in total.
@@ -610,11 +618,11 @@ impl Writer {
             let bytes: u64 = entries.iter().map(entry_bytes).sum();
             if available.saturating_sub(round.bytes) < settings.disk_reserve.saturating_add(bytes) {
                 *stats.refused_total.entry("disk_reserve").or_default() += entries.len() as u64;
-                planned.push(Planned::Refused(QueueError::DiskReserve {
+                planned.push(Planned::Refused(QueueError::Full(Full::DiskReserve {
                     path: path.clone(),
                     available,
                     reserve: settings.disk_reserve,
-                }));
+                })));
                 continue;
             }
             let limits = Limits {
@@ -981,8 +989,8 @@ async fn make_room(
             match policy {
                 FullPolicy::Reject => {
                     *stats.refused_total.entry("full").or_default() += entries.len() as u64;
-                    let which = scope.map_or("the queue".to_owned(), |s| format!("stream {s:?}"));
-                    return Ok(Err(QueueError::Full(format!("{which} is at its limit"))));
+                    let full = scope.map_or(Full::Queue, |s| Full::Stream(s.to_owned()));
+                    return Ok(Err(QueueError::Full(full)));
                 }
                 FullPolicy::DropNewest => {
                     keep[i] = false;

@@ -4,7 +4,6 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use fieldlink_core::config::Durability;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::OutboxEntry;
 use fieldlink_core::topic::TopicName;
@@ -15,6 +14,7 @@ use sqlx::{Connection as _, QueryBuilder, Row as _, Sqlite, SqliteConnection};
 
 use crate::QueueError;
 use crate::clock::Saved;
+use crate::config::Durability;
 
 /// A row deleted by a statement: enough to keep the depth counters exact.
 pub(crate) struct Removed {

@@ -26,7 +26,7 @@ fn crash_child() {
         .unwrap();
     runtime.block_on(async move {
         // The shipped commit interval: batching appends must not weaken the guarantee.
-        let shipped = fieldlink_core::config::QueueSettings {
+        let shipped = fieldlink_queue::config::QueueSettings {
             disk_reserve: 0,
             ..Default::default()
         };

@@ -5,8 +5,8 @@ mod common;
 
 use std::time::Duration;
 
-use fieldlink_core::config::{FullPolicy, QueueSettings};
 use fieldlink_core::metrics as m;
+use fieldlink_queue::config::{FullPolicy, QueueSettings};
 use fieldlink_test_support::metrics::metric_values;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 

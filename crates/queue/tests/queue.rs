@@ -8,9 +8,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use fieldlink_core::config::{FullPolicy, QueueSettings, StreamLimits};
+use fieldlink_core::fault::Fault;
 use fieldlink_core::message::Priority;
-use fieldlink_queue::{DiskSpace, Queue, QueueError, StatvfsDisk};
+use fieldlink_core::ports::{Outbox, OutboxError};
+use fieldlink_queue::config::{FullPolicy, QueueSettings, StreamLimits};
+use fieldlink_queue::{DiskSpace, Full, Queue, QueueError, StatvfsDisk};
 
 use common::{entry, open, settings};
 
@@ -121,10 +123,16 @@ async fn reject_policy_refuses_and_stores_nothing_of_the_request() {
         .append((2..4).map(|n| entry("t", n)).collect())
         .await
         .unwrap_err();
-    assert!(matches!(err, QueueError::Full(_)), "{err}");
+    assert!(matches!(err, QueueError::Full(Full::Queue)), "{err}");
     let stats = queue.stats().await.unwrap();
     assert_eq!(stats.messages, 2, "all or none");
     assert_eq!(stats.refused_total.get("full"), Some(&2));
+    // Through the port, the producer learns the same typed cause, and whose fault it is.
+    let err = Outbox::append(&queue, vec![entry("t", 5), entry("t", 6)])
+        .await
+        .unwrap_err();
+    assert_eq!(err, OutboxError::Full(Full::Queue));
+    assert_eq!(err.fault(), Fault::Environment);
     queue.append(vec![entry("t", 2)]).await.unwrap();
 }
 
@@ -265,7 +273,10 @@ async fn intake_stops_at_the_disk_reserve_and_resumes_when_space_returns() {
     queue.append(vec![entry("t", 0)]).await.unwrap();
     disk.0.store(7 << 20, Ordering::SeqCst);
     let err = queue.append(vec![entry("t", 1)]).await.unwrap_err();
-    assert!(matches!(err, QueueError::DiskReserve { .. }), "{err}");
+    assert!(
+        matches!(err, QueueError::Full(Full::DiskReserve { .. })),
+        "{err}"
+    );
     assert!(err.to_string().contains("queue.disk_reserve"), "{err}");
     disk.0.store(9 << 20, Ordering::SeqCst);
     queue.append(vec![entry("t", 2)]).await.unwrap();

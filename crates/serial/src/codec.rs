@@ -1,7 +1,7 @@
 //! Register values to typed values and back (sans-IO): data type, word and byte order, scale and
 //! offset. Every function here takes words as read from the wire and never panics.
 
-use fieldlink_core::config::devices::{DataType, Order, PointSettings, Source};
+use crate::config::{DataType, Order, PointSettings, Source};
 
 /// A point's value, after scaling.
 #[derive(Debug, Clone, PartialEq)]
@@ -275,7 +275,7 @@ fn pad(bytes: &[u8]) -> [u8; 8] {
 
 #[cfg(test)]
 mod tests {
-    use fieldlink_core::config::devices::{Real, Table};
+    use crate::config::{Real, Table};
     use proptest::prelude::*;
 
     use super::*;

@@ -5,7 +5,6 @@ use std::collections::BTreeSet;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use fieldlink_core::config::devices::{BridgeSettings, DeviceSettings, TemplateVars};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::metrics as names;
 use fieldlink_core::ports::{Health, Ingress, StatusReporter};
@@ -13,6 +12,7 @@ use fieldlink_core::topic::TopicName;
 use metrics::{Counter, Gauge, Histogram};
 
 use crate::codec::Value;
+use crate::config::{BridgeSettings, DeviceSettings, TemplateVars};
 use crate::deadband::LastPublished;
 use crate::payload;
 
@@ -293,7 +293,7 @@ impl Device {
 /// Renders a template into a topic. Validated templates with validated names always give a
 /// valid topic; should one not, the fallback keeps the device's values apart from others'.
 pub fn topic(
-    template: &fieldlink_core::config::devices::Template,
+    template: &crate::config::Template,
     site: &str,
     device: &str,
     point: &str,

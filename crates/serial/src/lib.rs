@@ -54,6 +54,7 @@
 //! ```
 
 pub mod codec;
+pub mod config;
 pub mod deadband;
 mod device;
 pub mod line;
@@ -65,14 +66,12 @@ pub mod plan;
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use fieldlink_core::config::devices::{
-    BridgeSettings, DeviceSettings, Link, Protocol, TemplateVars,
-};
 use fieldlink_core::ports::{BusError, Ingress, LocalBus, StatusReporter};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::topic::{TopicError, TopicFilter};
 use tokio::sync::mpsc;
 
+use crate::config::{BridgeSettings, DeviceSettings, Link, Protocol, TemplateVars};
 use crate::device::{Board, Device, Shared};
 
 /// Write commands waiting for one link: a few, because each takes a transaction on the line.

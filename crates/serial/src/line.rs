@@ -4,10 +4,10 @@
 //! its delimiter and reported as [`Frame::Overlong`], never kept. The parser takes a line as
 //! bytes (not necessarily UTF-8) and yields `(point index, value)` pairs or a [`LineError`].
 
-use fieldlink_core::config::devices::{DataType, LineFormat, LineSettings, PointSettings, Source};
 use regex_lite::Regex;
 
 use crate::codec::Value;
+use crate::config::{DataType, LineFormat, LineSettings, PointSettings, Source};
 
 /// What the framer found.
 #[derive(Debug, PartialEq, Eq)]
@@ -251,7 +251,7 @@ fn from_json(v: &serde_json::Value, data_type: DataType) -> Option<Value> {
 mod tests {
     use std::time::Duration;
 
-    use fieldlink_core::config::devices::Real;
+    use crate::config::Real;
     use proptest::prelude::*;
 
     use super::*;

@@ -4,11 +4,11 @@
 
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::devices::{Link, Protocol};
 use fieldlink_core::shutdown::Shutdown;
 use tokio::io::AsyncReadExt as _;
 
 use crate::codec::{self, Value};
+use crate::config::{Link, Protocol};
 use crate::device::Device;
 use crate::line::{Frame, Framer, LineParser};
 use crate::modbus::open_serial;

@@ -9,9 +9,6 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::devices::{
-    Link, PointSettings, Protocol, SerialSettings, Source, Table,
-};
 use fieldlink_core::metrics as names;
 use fieldlink_core::shutdown::Shutdown;
 use tokio::sync::mpsc;
@@ -20,6 +17,7 @@ use tokio_modbus::prelude::SlaveContext as _;
 use tokio_modbus::{ExceptionCode, Slave};
 
 use crate::codec::{self, Value};
+use crate::config::{Link, PointSettings, Protocol, SerialSettings, Source, Table};
 use crate::device::{self, Device};
 use crate::payload;
 use crate::plan::{self, Read, Span};
@@ -467,7 +465,7 @@ async fn open(link: &Link) -> Result<Context, String> {
 
 /// Opens a serial port with the configured framing, discarding anything already received.
 pub fn open_serial(serial: &SerialSettings) -> tokio_serial::Result<tokio_serial::SerialStream> {
-    use fieldlink_core::config::devices::Parity;
+    use crate::config::Parity;
     use tokio_serial::{DataBits, SerialPort as _, SerialPortBuilderExt as _, StopBits};
     let parity = match serial.parity {
         Parity::None => tokio_serial::Parity::None,

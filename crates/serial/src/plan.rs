@@ -6,7 +6,7 @@
 //! for coils and discrete inputs). Reading a few unused registers is cheaper than another
 //! round trip on a 9600-baud line.
 
-use fieldlink_core::config::devices::{MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Table};
+use crate::config::{MAX_BITS_PER_READ, MAX_REGISTERS_PER_READ, Table};
 
 /// What one point needs read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,16 +14,18 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::{MqttVersion, OnRejected, QueueSettings, UplinkSettings, UplinkTls};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::OutboxEntry;
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::QueueSettings;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_test_support::certs::{TestCa, write};
 use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
 use fieldlink_uplink::Uplink;
+use fieldlink_uplink::config::{OnRejected, UplinkSettings, UplinkTls};
 
 fn main() {
     let sizes: Vec<u64> = std::env::var("FIELDLINK_BENCH_SIZES")
@@ -198,8 +200,8 @@ async fn fieldlink_drain(n: u64) -> f64 {
         client_id: "bench-gw".into(),
         mqtt: MqttVersion::V311,
         keep_alive: Duration::from_secs(30),
-        stall_timeout: fieldlink_core::config::DEFAULT_STALL_TIMEOUT,
-        connect_timeout: fieldlink_core::config::DEFAULT_CONNECT_TIMEOUT,
+        stall_timeout: fieldlink_uplink::config::DEFAULT_STALL_TIMEOUT,
+        connect_timeout: fieldlink_uplink::config::DEFAULT_CONNECT_TIMEOUT,
         clean_session: true,
         inflight: 1000,
         topic_prefix: "bench/".into(),

@@ -43,8 +43,10 @@
 
 mod backoff;
 mod bridge;
+pub mod config;
 mod diagnose;
 mod dial;
+mod error;
 pub mod expiry;
 mod psk;
 mod session;
@@ -54,10 +56,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use fieldlink_core::config::{OnRejected, UplinkSettings, UplinkTls};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::metrics::{
-    UPLINK_LAST_ACK_TIMESTAMP_SECONDS, UPLINK_STALLS_TOTAL, UPLINK_STATE,
+    UPLINK_CERT_EXPIRY_SECONDS, UPLINK_COMMANDS_TOTAL, UPLINK_LAST_ACK_TIMESTAMP_SECONDS,
+    UPLINK_REJECTED_TOTAL, UPLINK_STALLS_TOTAL, UPLINK_STATE,
 };
 use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
 use fieldlink_core::shutdown::Shutdown;
@@ -73,38 +75,15 @@ use tokio::sync::{mpsc, watch};
 
 use crate::backoff::Backoff;
 use crate::bridge::{Bridge, Target, Tunnel};
+use crate::config::{OnRejected, UplinkSettings, UplinkTls};
 use crate::dial::SocketTuning;
 pub use crate::dial::{Resolve, STAGGER, SystemResolver};
+pub use crate::error::UplinkError;
 use crate::psk::Psk;
 use crate::session::{Session, SessionEvent};
 
 /// No correct clock reads earlier than this (2026-11-01T00:00:00Z, before this release).
 pub const MIN_PLAUSIBLE_UNIX_TIME: u64 = 1_793_491_200;
-
-/// Why the uplink cannot be set up.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum UplinkError {
-    /// A credentials file is missing, unreadable, too open or malformed.
-    #[error("{path:?}: {problem}")]
-    Credentials {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong (never its content).
-        problem: String,
-    },
-    /// The TLS configuration could not be built.
-    #[error("{0}")]
-    Tls(String),
-    /// A file operation failed.
-    #[error("{path:?}: {source}")]
-    Io {
-        /// The file or directory.
-        path: PathBuf,
-        /// What the OS said.
-        source: std::io::Error,
-    },
-}
 
 /// The uplink as the CLI and the web UI see it.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -229,12 +208,8 @@ impl Connector {
             min_version: settings.min_tls_version,
             stale_crl: settings.stale_crl,
         };
-        let server_name = ServerName::try_from(settings.host.clone()).map_err(|_| {
-            UplinkError::Tls(format!(
-                "uplink.host {:?} is neither a DNS name nor an IP address",
-                settings.host
-            ))
-        })?;
+        let server_name = ServerName::try_from(settings.host.clone())
+            .map_err(|_| UplinkError::HostName(settings.host.clone()))?;
         let bridge = Bridge::start(
             runtime_dir,
             Target {
@@ -252,7 +227,7 @@ impl Connector {
         )?;
         if let UplinkTls::Psk { psk_file } = &settings.tls {
             let connector = psk::connector(Psk::read(psk_file)?, settings.min_tls_version)
-                .map_err(|e| UplinkError::Tls(format!("PSK setup: {e}")))?;
+                .map_err(UplinkError::Psk)?;
             bridge.set_tunnel(Tunnel::Psk(connector));
         }
         let mut connector = Self {
@@ -293,7 +268,7 @@ impl Connector {
                 cert_file,
                 key_file,
             } => {
-                let chain = read_certs(cert_file).map_err(tls_error)?;
+                let chain = read_certs(cert_file)?;
                 let key: Arc<dyn KeySource> = Arc::new(FileKey(key_file.clone()));
                 (ca_file.as_deref(), Some((chain, key)))
             }
@@ -303,20 +278,17 @@ impl Connector {
         let mut crls = Vec::new();
         self.crl_recheck_at = None;
         for path in self.crl_files.clone() {
-            let read = read_crls(&path).map_err(tls_error)?;
+            let read = read_crls(&path)?;
             self.review_crl(&path, &read);
             crls.extend(read);
         }
-        let config = self
-            .policy
-            .client_config_with(ClientTls {
-                roots,
-                crls,
-                identity,
-                alpn: self.alpn.clone(),
-                peer_chain: Some(self.peer_chain.clone()),
-            })
-            .map_err(tls_error)?;
+        let config = self.policy.client_config_with(ClientTls {
+            roots,
+            crls,
+            identity,
+            alpn: self.alpn.clone(),
+            peer_chain: Some(self.peer_chain.clone()),
+        })?;
         self.bridge.set_tunnel(Tunnel::Rustls {
             config: Arc::new(config),
             name: self.server_name.clone(),
@@ -424,27 +396,24 @@ fn modified(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
 }
 
-fn tls_error(e: fieldlink_core::tls::TlsError) -> UplinkError {
-    UplinkError::Tls(e.to_string())
-}
-
 fn roots(ca_file: Option<&Path>) -> Result<RootCertStore, UplinkError> {
     let mut roots = RootCertStore::empty();
     match ca_file {
         Some(path) => {
-            for cert in read_certs(path).map_err(tls_error)? {
-                roots.add(cert).map_err(|e| {
-                    UplinkError::Tls(format!("{path:?}: not a usable CA certificate: {e}"))
-                })?;
+            for cert in read_certs(path)? {
+                roots
+                    .add(cert)
+                    .map_err(|source| UplinkError::CaCertificate {
+                        path: path.to_owned(),
+                        source,
+                    })?;
             }
         }
         None => {
             let found = rustls_native_certs::load_native_certs();
             let (added, _) = roots.add_parsable_certificates(found.certs);
             if added == 0 {
-                return Err(UplinkError::Tls(
-                    "no system CA certificates found; set uplink.ca_file to the CA of your cloud broker".into(),
-                ));
+                return Err(UplinkError::NoSystemRoots);
             }
         }
     }
@@ -1060,13 +1029,6 @@ fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
             |t| t.as_str().to_owned(),
         )
 }
-
-/// Metric: commands from the cloud published locally.
-const UPLINK_COMMANDS_TOTAL: &str = "fieldlink_uplink_commands_total";
-/// Metric: messages the cloud refused (negative PUBACK).
-const UPLINK_REJECTED_TOTAL: &str = "fieldlink_uplink_rejected_total";
-/// Metric: seconds until a certificate in use expires; label `certificate`.
-const UPLINK_CERT_EXPIRY_SECONDS: &str = "fieldlink_uplink_certificate_expiry_seconds";
 
 async fn ack_writer(mut rx: mpsc::UnboundedReceiver<i64>, backlog: Arc<dyn Backlog>) {
     let mut batch = Vec::new();

@@ -4,9 +4,11 @@
 use std::error::Error as StdError;
 use std::time::Duration;
 
-use fieldlink_core::config::{MqttVersion, UplinkSettings};
+use fieldlink_core::config::MqttVersion;
 use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, SubscribeReasonCode};
 use rumqttc::{Event, Incoming, Outgoing, Transport};
+
+use crate::config::UplinkSettings;
 
 /// What happened on the session.
 #[derive(Debug)]

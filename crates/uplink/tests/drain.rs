@@ -6,9 +6,10 @@ use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::{MqttVersion, OnRejected, UplinkTls};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_test_support::certs::TestCa;
 use fieldlink_test_support::free_port;
+use fieldlink_uplink::config::{OnRejected, UplinkTls};
 use rustls::pki_types::pem::PemObject as _;
 
 use common::{Cloud, Subscriber, fill, first_seen, queue, settings, start_uplink};

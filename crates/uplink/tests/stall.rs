@@ -14,7 +14,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::UplinkTls;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::metrics as m;
 use fieldlink_core::ports::OutboxEntry;
@@ -23,6 +22,7 @@ use fieldlink_queue::Queue;
 use fieldlink_test_support::certs::TestCa;
 use fieldlink_test_support::metrics::metric_values;
 use fieldlink_test_support::{Proxy, SilentAddress};
+use fieldlink_uplink::config::UplinkTls;
 use fieldlink_uplink::{Resolve, Uplink, UplinkState};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
@@ -322,7 +322,7 @@ impl Resolve for FixedAddresses {
 }
 
 fn start_resolving(
-    settings: fieldlink_core::config::UplinkSettings,
+    settings: fieldlink_uplink::config::UplinkSettings,
     queue: &Queue,
     dir: &std::path::Path,
     addrs: Vec<SocketAddr>,

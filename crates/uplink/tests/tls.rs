@@ -6,9 +6,10 @@ mod common;
 use std::os::unix::fs::PermissionsExt as _;
 use std::time::Duration;
 
-use fieldlink_core::config::{MqttVersion, UplinkTls};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_test_support::certs::{Leaf, TestCa};
 use fieldlink_uplink::Uplink;
+use fieldlink_uplink::config::UplinkTls;
 
 use common::{Cloud, Subscriber, fill, queue, settings, start_uplink};
 
@@ -54,7 +55,7 @@ async fn delivers(cloud: &Cloud, tls: UplinkTls, mqtt: MqttVersion) {
 /// Starts an uplink that must fail: waits for an error containing `expected`, and checks that
 /// nothing arrived and the message is still queued.
 async fn refused(
-    settings: fieldlink_core::config::UplinkSettings,
+    settings: fieldlink_uplink::config::UplinkSettings,
     observer_port: Option<u16>,
     expected: &str,
 ) {

@@ -7,12 +7,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use fieldlink_core::config::{MqttVersion, UplinkSettings, UplinkTls};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_core::topic::TopicFilter;
 use fieldlink_core::topic_map::TopicRewrite;
 use fieldlink_test_support::RecordingBus;
 use fieldlink_test_support::certs::TestCa;
 use fieldlink_uplink::UplinkStatus;
+use fieldlink_uplink::config::{UplinkSettings, UplinkTls};
 
 /// A rule as the configuration reader builds it, for the device id "gw-7".
 fn rule(filter: &str, template: &str) -> TopicRewrite {

@@ -4,7 +4,7 @@
 
 use std::borrow::Cow;
 
-use fieldlink_core::config::{AclPattern, AclRule};
+use crate::config::{AclPattern, AclRule};
 use fieldlink_core::topic::{TopicFilter, TopicName};
 
 use super::Identity;

@@ -53,7 +53,7 @@
 //!
 //! ```
 //! use fieldlink_broker::access::{Access, Identity};
-//! use fieldlink_core::config::{AccessSettings, AclPattern, AclRule};
+//! use fieldlink_broker::config::{AccessSettings, AclPattern, AclRule};
 //! use fieldlink_core::topic::{TopicFilter, TopicName};
 //!
 //! let settings = AccessSettings {
@@ -78,8 +78,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, PoisonError, RwLock};
 
+use crate::config::AccessSettings;
 use argon2::password_hash::phc::PasswordHash;
-use fieldlink_core::config::AccessSettings;
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use tokio::sync::Semaphore;
 

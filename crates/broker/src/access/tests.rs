@@ -2,9 +2,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 use std::time::Duration;
 
+use crate::config::{AclPattern, AclRule};
 use argon2::password_hash::PasswordHasher as _;
 use argon2::{Algorithm, Argon2, Params, Version};
-use fieldlink_core::config::{AclPattern, AclRule};
 
 use super::*;
 

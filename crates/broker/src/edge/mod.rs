@@ -60,7 +60,7 @@ impl EdgeContext {
         links: SessionLinks,
         ingress: Arc<dyn Ingress>,
         access: Arc<Access>,
-        settings: &fieldlink_core::config::BrokerSettings,
+        settings: &crate::config::BrokerSettings,
         shutdown: Shutdown,
     ) -> Self {
         Self {

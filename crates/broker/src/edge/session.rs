@@ -13,7 +13,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
-use fieldlink_core::config::{ClientIdRule, ListenerSettings};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use rumqttd::Notification;
@@ -28,6 +27,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::codec::{self, Codec, FrameError};
 use super::{EdgeContext, Stream, metric};
 use crate::access::{Identity, PasswordCheck, SessionAcl};
+use crate::config::{ClientIdRule, ListenerSettings};
 
 /// How long a client that disabled keep-alive may stay silent.
 const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(600);

@@ -12,8 +12,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
-use fieldlink_core::config::{CertIdentity, ListenerSettings, ListenerTls};
-use fieldlink_core::tls::{FileKey, TlsPolicy, read_certs, read_crls, read_psk_file};
+use fieldlink_core::fault::Fault;
+use fieldlink_core::tls::{FileKey, TlsError, TlsPolicy, read_certs, read_crls, read_psk_file};
 use rustls::RootCertStore;
 use rustls::server::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -21,6 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::session::{self, Peer};
 use super::{EdgeContext, metric};
+use crate::config::{CertIdentity, ListenerSettings, ListenerTls};
 
 /// How a listener secures its connections.
 pub(crate) enum Security {
@@ -29,8 +30,43 @@ pub(crate) enum Security {
     Psk(Arc<PskServer>),
 }
 
-/// Why a listener's security could not be set up (a file missing or unusable).
-pub(crate) type SetupError = String;
+/// Why a listener's security could not be set up.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecurityError {
+    /// A certificate, key, CA, CRL or PSK file cannot be read or used, or rustls refused the
+    /// combination (e.g. a key that does not match the certificate).
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    /// A certificate in `ca_file` is not a usable trust anchor.
+    #[error("{path:?}: not a usable CA certificate: {source}")]
+    CaCertificate {
+        /// The CA file.
+        path: PathBuf,
+        /// What rustls said.
+        source: rustls::Error,
+    },
+    /// openssl could not set up TLS-PSK.
+    #[error("{0}")]
+    Openssl(#[from] openssl::error::ErrorStack),
+    /// The listener's TLS mode and the server built for it disagree.
+    #[error("not a rustls listener")]
+    NotRustls,
+}
+
+impl SecurityError {
+    /// Whose fault it is: the files the configuration names are the operator's to fix; a
+    /// failing libssl is the environment's; a mode mismatch is a bug.
+    pub fn fault(&self) -> Fault {
+        match self {
+            Self::Tls(_) | Self::CaCertificate { .. } => Fault::Config,
+            Self::Openssl(_) => Fault::Environment,
+            Self::NotRustls => Fault::Bug,
+        }
+    }
+}
+
+type SetupError = SecurityError;
 
 impl Security {
     /// Loads every file the listener needs, so that a mistake is an error at start.
@@ -106,9 +142,9 @@ impl RustlsServer {
                 key_file,
                 ..
             } => (cert_file, key_file),
-            _ => return Err("not a rustls listener".into()),
+            _ => return Err(SecurityError::NotRustls),
         };
-        let chain = read_certs(cert_file).map_err(|e| e.to_string())?;
+        let chain = read_certs(cert_file)?;
         let mut recheck_at: Option<SystemTime> = None;
         let clients = match &self.tls {
             ListenerTls::Mutual {
@@ -116,14 +152,17 @@ impl RustlsServer {
             } => {
                 let mut roots = RootCertStore::empty();
                 // Every CA in the file is trusted, not only the first.
-                for ca in read_certs(ca_file).map_err(|e| e.to_string())? {
+                for ca in read_certs(ca_file)? {
                     roots
                         .add(ca)
-                        .map_err(|e| format!("{ca_file:?}: not a usable CA certificate: {e}"))?;
+                        .map_err(|source| SecurityError::CaCertificate {
+                            path: ca_file.clone(),
+                            source,
+                        })?;
                 }
                 let mut crls = Vec::new();
                 for path in crl_files {
-                    let read = read_crls(path).map_err(|e| e.to_string())?;
+                    let read = read_crls(path)?;
                     let next = fieldlink_core::crl::review(
                         path,
                         &read,
@@ -142,8 +181,7 @@ impl RustlsServer {
         };
         let config = self
             .policy
-            .listener_config(chain, &FileKey(key_file.clone()), clients)
-            .map_err(|e| e.to_string())?;
+            .listener_config(chain, &FileKey(key_file.clone()), clients)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Loaded {
             config: Arc::new(config),
             stamps,
@@ -232,8 +270,7 @@ impl PskServer {
     ) -> Result<Self, SetupError> {
         use openssl::ssl::{SslContext, SslMethod, SslOptions, SslVersion};
         let keys = Arc::new(RwLock::new(load_psk(&file)?));
-        let mut builder =
-            SslContext::builder(SslMethod::tls_server()).map_err(|e| e.to_string())?;
+        let mut builder = SslContext::builder(SslMethod::tls_server())?;
         let lowest = match min {
             fieldlink_core::tls::MinTlsVersion::Tls12 => SslVersion::TLS1_2,
             fieldlink_core::tls::MinTlsVersion::Tls13 => SslVersion::TLS1_3,
@@ -252,11 +289,10 @@ impl PskServer {
         builder
             .set_min_proto_version(Some(lowest))
             .and_then(|()| builder.set_cipher_list(&tls12_suites))
-            .and_then(|()| builder.set_ciphersuites(TLS13_PSK_SUITES))
-            .map_err(|e| e.to_string())?;
+            .and_then(|()| builder.set_ciphersuites(TLS13_PSK_SUITES))?;
         let lookup = keys.clone();
-        let index = openssl::ssl::Ssl::new_ex_index::<String>().map_err(|e| e.to_string())?;
-        let unknown = openssl::ssl::Ssl::new_ex_index::<String>().map_err(|e| e.to_string())?;
+        let index = openssl::ssl::Ssl::new_ex_index::<String>()?;
+        let unknown = openssl::ssl::Ssl::new_ex_index::<String>()?;
         builder.set_psk_server_callback(move |ssl, identity, out| {
             let name = identity.map(|i| String::from_utf8_lossy(i).into_owned());
             let keys = lookup.read().unwrap_or_else(PoisonError::into_inner);
@@ -311,8 +347,7 @@ impl PskServer {
 }
 
 fn load_psk(file: &std::path::Path) -> Result<HashMap<String, Vec<u8>>, SetupError> {
-    Ok(read_psk_file(file)
-        .map_err(|e| e.to_string())?
+    Ok(read_psk_file(file)?
         .into_iter()
         .map(|e| (e.identity, e.key))
         .collect())

@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use fieldlink_broker::RunningBroker;
 use fieldlink_broker::access::Access;
-use fieldlink_core::config::{Origin, Settings, parse};
+use fieldlink_broker::config::parse;
+use fieldlink_core::config::Origin;
 use fieldlink_core::message::Message;
 use fieldlink_core::ports::{BoxFuture, Ingress, IngressError, LocalBus};
 use fieldlink_core::shutdown::Shutdown;
@@ -115,8 +116,8 @@ pub struct Edge {
 impl Edge {
     /// A broker whose listeners are given as TOML (each with its `port`).
     pub async fn start(listeners: &str) -> Self {
-        let settings: Settings = parse(listeners, Origin::BuiltIn).expect("valid listeners");
-        let mut broker = RunningBroker::start(&settings.broker).expect("broker starts");
+        let settings = parse(listeners, Origin::BuiltIn).expect("valid listeners");
+        let mut broker = RunningBroker::start(&settings).expect("broker starts");
         let shutdown = Shutdown::new();
         let ingress = Arc::new(RecordingIngress::default());
         let bus = broker.bus(shutdown.clone()).expect("bus");
@@ -124,7 +125,7 @@ impl Edge {
         broker
             .serve(
                 ingress.clone(),
-                Arc::new(Access::new(&settings.broker.access).expect("credentials")),
+                Arc::new(Access::new(&settings.access).expect("credentials")),
                 shutdown.clone(),
             )
             .unwrap();

@@ -82,15 +82,19 @@ impl fmt::Display for ConfigErrors {
 }
 
 /// Collects errors against one source text, turning byte spans into lines and columns.
+///
+/// Every section's validation records into the same collector, so `check-config` reports
+/// every mistake of the whole file at once, in file order.
 #[derive(Debug)]
-pub(crate) struct Collector<'s> {
+pub struct Collector<'s> {
     origin: Origin,
     source: &'s str,
     errors: Vec<(usize, ConfigError)>,
 }
 
 impl<'s> Collector<'s> {
-    pub(crate) fn new(origin: Origin, source: &'s str) -> Self {
+    /// A collector for `source`, read from `origin`.
+    pub fn new(origin: Origin, source: &'s str) -> Self {
         Self {
             origin,
             source,
@@ -100,7 +104,7 @@ impl<'s> Collector<'s> {
 
     /// Records a mistake at `span`; the value is read from the source there, and redacted when
     /// the key names a secret.
-    pub(crate) fn at(
+    pub fn at(
         &mut self,
         key: &str,
         span: Option<Range<usize>>,
@@ -113,14 +117,14 @@ impl<'s> Collector<'s> {
 
     /// Records that a required key is missing, unless it was already reported (a value of the
     /// wrong type is cut out of the file and would otherwise be reported twice).
-    pub(crate) fn missing(&mut self, key: &str, span: Range<usize>, hint: impl Into<String>) {
+    pub fn missing(&mut self, key: &str, span: Range<usize>, hint: impl Into<String>) {
         if !self.errors.iter().any(|(_, e)| e.key == key) {
             self.without_value(key, Some(span), "missing", hint);
         }
     }
 
     /// Records a mistake about a whole `key = value` entry: placed at the key, showing the value.
-    pub(crate) fn entry(
+    pub fn entry(
         &mut self,
         key: &str,
         key_span: Range<usize>,
@@ -134,7 +138,7 @@ impl<'s> Collector<'s> {
 
     /// Records a mistake at `span` that is not about the value written there (e.g. a syntax
     /// error), so no value is shown.
-    pub(crate) fn without_value(
+    pub fn without_value(
         &mut self,
         key: &str,
         span: Option<Range<usize>>,
@@ -167,12 +171,19 @@ impl<'s> Collector<'s> {
         ));
     }
 
-    /// How many mistakes were recorded so far.
-    pub(crate) fn len(&self) -> usize {
+    /// How many mistakes were recorded so far (a section compares it before and after an
+    /// entry to know whether the entry was valid).
+    pub fn len(&self) -> usize {
         self.errors.len()
     }
 
-    pub(crate) fn finish(mut self) -> Result<(), ConfigErrors> {
+    /// Whether no mistake was recorded so far.
+    pub fn is_empty(&self) -> bool {
+        self.errors.is_empty()
+    }
+
+    /// Every mistake recorded, in file order; `Ok` when there was none.
+    pub fn finish(mut self) -> Result<(), ConfigErrors> {
         if self.errors.is_empty() {
             return Ok(());
         }
@@ -201,7 +212,7 @@ impl<'s> Collector<'s> {
 }
 
 /// Whether a key holds a secret, whose value must never be echoed back.
-pub(crate) fn is_secret(key: &str) -> bool {
+pub fn is_secret(key: &str) -> bool {
     let last = key.rsplit('.').next().unwrap_or(key).to_ascii_lowercase();
     ["password", "secret", "psk", "pin", "token", "private_key"]
         .iter()

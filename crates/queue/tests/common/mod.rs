@@ -5,10 +5,10 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 
-use fieldlink_core::config::QueueSettings;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::OutboxEntry;
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::QueueSettings;
 use fieldlink_queue::{Queue, StatvfsDisk};
 
 /// An entry of `stream` whose payload is `n`, zero-padded.

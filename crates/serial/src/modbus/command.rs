@@ -1,13 +1,13 @@
 //! Write commands: a message on a point's command topic, checked, written with the right
 //! function code (05 coil, 06 one register, 16 several), and answered on the response topic.
 
-use fieldlink_core::config::devices::{DataType, PointSettings, Source, Table};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::metrics as names;
 use fieldlink_core::shutdown::Shutdown;
 
 use super::{Connection, Failure, LinkDevice, Request, transact};
 use crate::codec::{self, Value};
+use crate::config::{DataType, PointSettings, Source, Table};
 use crate::device;
 use crate::payload::{self, WriteResult};
 

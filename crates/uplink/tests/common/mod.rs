@@ -7,16 +7,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use fieldlink_core::config::{MqttVersion, OnRejected, QueueSettings, UplinkSettings, UplinkTls};
+use fieldlink_core::config::MqttVersion;
 use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::ports::{LocalBus, OutboxEntry};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::QueueSettings;
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_test_support::certs::{Issued, TestCa, write};
 use fieldlink_test_support::{Mosquitto, RecordingBus, free_port, wait_for_port};
 use fieldlink_uplink::Uplink;
+use fieldlink_uplink::config::{OnRejected, UplinkSettings, UplinkTls};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions};
 
 /// A mosquitto with a plain listener (for the test's subscriber) and a TLS one.
@@ -95,8 +97,8 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         client_id: "fieldlink-test".into(),
         mqtt: MqttVersion::V311,
         keep_alive: Duration::from_secs(30),
-        stall_timeout: fieldlink_core::config::DEFAULT_STALL_TIMEOUT,
-        connect_timeout: fieldlink_core::config::DEFAULT_CONNECT_TIMEOUT,
+        stall_timeout: fieldlink_uplink::config::DEFAULT_STALL_TIMEOUT,
+        connect_timeout: fieldlink_uplink::config::DEFAULT_CONNECT_TIMEOUT,
         clean_session: true,
         inflight: 50,
         topic_prefix: "cloud/".into(),

@@ -1,18 +1,17 @@
 //! `broker.credentials_file` and `[[broker.acl]]`: who may connect to the local broker and what
 //! each client may publish and subscribe to.
 //!
-//! This module only validates; the checks themselves live in `fieldlink_broker::access`, whose
+//! This module only validates; the checks themselves live in [`crate::access`], whose
 //! module doc states the semantics (no rule at all: everyone allowed everywhere; any rule: deny
 //! unless a rule for the client allows).
 
 use std::fmt;
 use std::path::PathBuf;
 
+use fieldlink_core::config::{Collector, non_empty_path};
+use fieldlink_core::topic::{TopicError, TopicFilter};
 use serde::Deserialize;
 use toml::Spanned;
-
-use super::error::Collector;
-use crate::topic::{TopicError, TopicFilter};
 
 /// Access control of the local broker: `broker.credentials_file` and `[[broker.acl]]`.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -130,19 +129,13 @@ pub(super) fn settings(
     acl: &[Spanned<AclRuleFile>],
     c: &mut Collector<'_>,
 ) -> AccessSettings {
-    let credentials_file = credentials_file.and_then(|path| {
-        if path.get_ref().as_os_str().is_empty() {
-            c.at(
-                "broker.credentials_file",
-                Some(path.span()),
-                "must not be empty",
-                "give the path of the credentials file (create it with `fieldlink credentials \
-                 add NAME`), or leave the key out",
-            );
-            return None;
-        }
-        Some(path.get_ref().clone())
-    });
+    let credentials_file = non_empty_path(
+        c,
+        "broker.credentials_file",
+        credentials_file,
+        "give the path of the credentials file (create it with `fieldlink credentials \
+         add NAME`), or leave the key out",
+    );
     let acl = acl
         .iter()
         .enumerate()

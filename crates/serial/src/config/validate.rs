@@ -1,26 +1,29 @@
-//! Validation of `[bridge]` and `[[devices]]` into [`super::devices`]' types: every value
-//! checked, every mistake recorded with its key, place and a hint.
+//! Validation of `[bridge]` and `[[devices]]` into [`super`]'s types: every value checked, every
+//! mistake recorded with its key, place and a hint.
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fieldlink_core::config::{Collector, choice, choice_or, duration, int};
+use fieldlink_core::message::QoS;
 use toml::Spanned;
 
-use super::devices::{
-    BridgeSettings, DataType, DeviceSettings, LineFormat, LineSettings, Link,
-    MAX_REGISTERS_PER_READ, Order, Parity, PointSettings, Protocol, Real, SerialSettings, Source,
-    Table, Template, TemplateVars,
-};
-use super::error::Collector;
 use super::file::{BridgeFile, DeviceFile, PointFile};
-use super::validate::{duration, int};
-use crate::message::QoS;
+use super::{
+    BridgeSettings, DEFAULT_BAUD, DEFAULT_DATA_BITS, DEFAULT_DELIMITER, DEFAULT_HEARTBEAT,
+    DEFAULT_INTERVAL, DEFAULT_LINE_TIMEOUT, DEFAULT_MAX_GAP, DEFAULT_MAX_LINE,
+    DEFAULT_MODBUS_TIMEOUT, DEFAULT_OFFLINE_AFTER, DEFAULT_OFFLINE_INTERVAL, DEFAULT_RETRIES,
+    DEFAULT_STOP_BITS, DataType, DeviceSettings, LineFormat, LineSettings, Link,
+    MAX_REGISTERS_PER_READ, MODBUS_TCP_PORT, MODBUS_TCP_UNIT, Order, Parity, PointSettings,
+    Protocol, Real, SerialSettings, Source, Table, Template, TemplateVars,
+};
 
 const DEVICE_KEYS_HINT: &str = "give the device a name, e.g. name = \"boiler\"";
 
-pub(super) fn bridge(file: &BridgeFile, c: &mut Collector<'_>) -> BridgeSettings {
+/// Validates `[bridge]`, recording every mistake in `c`.
+pub fn bridge(file: &BridgeFile, c: &mut Collector<'_>) -> BridgeSettings {
     let defaults = BridgeSettings::default();
     let site = match &file.site {
         None => defaults.site.clone(),
@@ -114,7 +117,7 @@ fn command_template(
         device: "d",
         point: "+",
     });
-    if crate::topic::TopicFilter::new(filter).is_err() {
+    if fieldlink_core::topic::TopicFilter::new(filter).is_err() {
         c.at(
             key,
             file.command_topic.as_ref().map(Spanned::span),
@@ -147,7 +150,8 @@ fn template(
     })
 }
 
-pub(super) fn devices(file: &[Spanned<DeviceFile>], c: &mut Collector<'_>) -> Vec<DeviceSettings> {
+/// Validates `[[devices]]`, recording every mistake in `c`; only valid devices are returned.
+pub fn devices(file: &[Spanned<DeviceFile>], c: &mut Collector<'_>) -> Vec<DeviceSettings> {
     let mut out: Vec<DeviceSettings> = Vec::new();
     let mut names = HashSet::new();
     // Which protocol uses each serial path: a line device cannot share its port.
@@ -218,65 +222,30 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
         }
         Some(p) => p,
     };
-    let kind = protocol_name.get_ref().as_str();
-    let serial = match kind {
-        "modbus-rtu" | "lines" => serial(key, entry, c),
-        "modbus-tcp" => None,
-        _ => {
-            c.at(
-                &format!("{key}.protocol"),
-                Some(protocol_name.span()),
-                "unknown protocol",
-                "write \"modbus-rtu\", \"modbus-tcp\" or \"lines\"",
-            );
-            return None;
-        }
-    };
-    let link = match kind {
-        "modbus-tcp" => {
-            for (field, span) in [
-                ("port", file.port.as_ref().map(Spanned::span)),
-                ("baud", file.baud.as_ref().map(Spanned::span)),
-            ] {
-                if let Some(span) = span {
-                    c.at(
-                        &format!("{key}.{field}"),
-                        Some(span),
-                        "a Modbus TCP device has no serial port",
-                        "remove it, or use protocol = \"modbus-rtu\"",
-                    );
-                }
-            }
-            tcp_address(key, entry, c).map(Link::Tcp)
-        }
-        _ => serial.map(Link::Serial),
-    };
-    let is_lines = kind == "lines";
-    let protocol = if is_lines {
-        lines(key, entry, c).map(Protocol::Lines)
-    } else {
-        let unit = match &file.unit {
-            None if kind == "modbus-rtu" => {
-                c.missing(
-                    &format!("{key}.unit"),
-                    entry.span(),
-                    "write the slave's Modbus address, e.g. unit = 1",
-                );
-                None
-            }
-            // Modbus TCP servers mostly ignore the unit id; 255 is the usual "this server".
-            None => Some(255),
-            Some(_) => int(c, &format!("{key}.unit"), &file.unit, 0..=255),
-        };
-        let max_gap = int(c, &format!("{key}.max_gap"), &file.max_gap, 0..=100).unwrap_or(8);
-        unit.map(|unit| Protocol::Modbus { unit, max_gap })
+    let kind = choice(
+        c,
+        &format!("{key}.protocol"),
+        protocol_name,
+        &[
+            ("modbus-rtu", Kind::ModbusRtu),
+            ("modbus-tcp", Kind::ModbusTcp),
+            ("lines", Kind::Lines),
+        ],
+        "unknown protocol",
+        "write \"modbus-rtu\", \"modbus-tcp\" or \"lines\"",
+    )?;
+    let link = link(key, entry, kind, c);
+    let is_lines = kind == Kind::Lines;
+    let protocol = match kind {
+        Kind::Lines => lines(key, entry, c).map(Protocol::Lines),
+        Kind::ModbusRtu | Kind::ModbusTcp => modbus(key, entry, kind, c),
     };
     let interval = duration(
         c,
         &format!("{key}.interval"),
         &file.interval,
         Duration::from_millis(10)..=Duration::from_secs(86_400),
-        Duration::from_secs(1),
+        DEFAULT_INTERVAL,
     );
     let heartbeat = file.heartbeat.as_ref().map(|_| {
         duration(
@@ -284,7 +253,7 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
             &format!("{key}.heartbeat"),
             &file.heartbeat,
             Duration::from_millis(10)..=Duration::from_secs(86_400),
-            Duration::from_secs(60),
+            DEFAULT_HEARTBEAT,
         )
     });
     if file.points.is_empty() && !is_lines {
@@ -295,6 +264,62 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
             "add a [[devices.points]] table with name, table, address and type",
         );
     }
+    let points = points(
+        key,
+        file,
+        (is_lines, protocol.as_ref()),
+        interval,
+        heartbeat,
+        c,
+    );
+    reject_rs485(key, file, c);
+    let timeout = duration(
+        c,
+        &format!("{key}.timeout"),
+        &file.timeout,
+        Duration::from_millis(10)..=Duration::from_secs(600),
+        if is_lines {
+            DEFAULT_LINE_TIMEOUT
+        } else {
+            DEFAULT_MODBUS_TIMEOUT
+        },
+    );
+    let settings = DeviceSettings {
+        name,
+        link: link?,
+        protocol: protocol?,
+        timeout,
+        retries: int(c, &format!("{key}.retries"), &file.retries, 0..=10)
+            .unwrap_or(DEFAULT_RETRIES),
+        offline_after: int(
+            c,
+            &format!("{key}.offline_after"),
+            &file.offline_after,
+            1..=1000,
+        )
+        .unwrap_or(DEFAULT_OFFLINE_AFTER),
+        offline_interval: duration(
+            c,
+            &format!("{key}.offline_interval"),
+            &file.offline_interval,
+            Duration::from_millis(10)..=Duration::from_secs(86_400),
+            DEFAULT_OFFLINE_INTERVAL,
+        ),
+        snapshot: file.snapshot.as_ref().is_some_and(|s| *s.get_ref()),
+        points,
+    };
+    (c.len() == errors_before).then_some(settings)
+}
+
+/// The device's points: those written, and for a pattern, one per named capture not written.
+fn points(
+    key: &str,
+    file: &DeviceFile,
+    (is_lines, protocol): (bool, Option<&Protocol>),
+    interval: Duration,
+    heartbeat: Option<Duration>,
+    c: &mut Collector<'_>,
+) -> Vec<PointSettings> {
     let mut points: Vec<PointSettings> = Vec::new();
     for (j, p) in file.points.iter().enumerate() {
         let pkey = format!("{key}.points[{j}]");
@@ -313,7 +338,7 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
     if let Some(Protocol::Lines(LineSettings {
         format: LineFormat::Regex { pattern } | LineFormat::Nmea { pattern },
         ..
-    })) = &protocol
+    })) = protocol
     {
         // Each named capture is a point; captures without a [[devices.points]] get defaults.
         let captures = capture_names(pattern);
@@ -352,6 +377,11 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
             }
         }
     }
+    points
+}
+
+/// Kernel RS-485 mode cannot be had: say so rather than ignore the key.
+fn reject_rs485(key: &str, file: &DeviceFile, c: &mut Collector<'_>) {
     if let Some(rs485) = &file.rs485
         && *rs485.get_ref()
     {
@@ -364,41 +394,62 @@ fn device(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
              device tree (e.g. linux,rs485-enabled-at-boot-time), then remove this key",
         );
     }
-    let timeout = duration(
-        c,
-        &format!("{key}.timeout"),
-        &file.timeout,
-        Duration::from_millis(10)..=Duration::from_secs(600),
-        if is_lines {
-            Duration::from_secs(10)
-        } else {
-            Duration::from_secs(1)
-        },
-    );
-    let settings = DeviceSettings {
-        name,
-        link: link?,
-        protocol: protocol?,
-        timeout,
-        retries: int(c, &format!("{key}.retries"), &file.retries, 0..=10).unwrap_or(2),
-        offline_after: int(
-            c,
-            &format!("{key}.offline_after"),
-            &file.offline_after,
-            1..=1000,
-        )
-        .unwrap_or(3),
-        offline_interval: duration(
-            c,
-            &format!("{key}.offline_interval"),
-            &file.offline_interval,
-            Duration::from_millis(10)..=Duration::from_secs(86_400),
-            Duration::from_secs(30),
-        ),
-        snapshot: file.snapshot.as_ref().is_some_and(|s| *s.get_ref()),
-        points,
+}
+
+/// What a device speaks, as `protocol` names it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Lines,
+    ModbusRtu,
+    ModbusTcp,
+}
+
+/// How the device is reached: its serial port, or (Modbus TCP) its address, where serial
+/// settings are a mistake.
+fn link(key: &str, entry: &Spanned<DeviceFile>, kind: Kind, c: &mut Collector<'_>) -> Option<Link> {
+    let file = entry.get_ref();
+    if kind != Kind::ModbusTcp {
+        return serial(key, entry, c).map(Link::Serial);
+    }
+    for (field, span) in [
+        ("port", file.port.as_ref().map(Spanned::span)),
+        ("baud", file.baud.as_ref().map(Spanned::span)),
+    ] {
+        if let Some(span) = span {
+            c.at(
+                &format!("{key}.{field}"),
+                Some(span),
+                "a Modbus TCP device has no serial port",
+                "remove it, or use protocol = \"modbus-rtu\"",
+            );
+        }
+    }
+    tcp_address(key, entry, c).map(Link::Tcp)
+}
+
+/// A Modbus device's unit id (required on a serial line) and request coalescing.
+fn modbus(
+    key: &str,
+    entry: &Spanned<DeviceFile>,
+    kind: Kind,
+    c: &mut Collector<'_>,
+) -> Option<Protocol> {
+    let file = entry.get_ref();
+    let unit = match &file.unit {
+        None if kind == Kind::ModbusRtu => {
+            c.missing(
+                &format!("{key}.unit"),
+                entry.span(),
+                "write the slave's Modbus address, e.g. unit = 1",
+            );
+            None
+        }
+        None => Some(MODBUS_TCP_UNIT),
+        Some(_) => int(c, &format!("{key}.unit"), &file.unit, 0..=255),
     };
-    (c.len() == errors_before).then_some(settings)
+    let max_gap =
+        int(c, &format!("{key}.max_gap"), &file.max_gap, 0..=100).unwrap_or(DEFAULT_MAX_GAP);
+    unit.map(|unit| Protocol::Modbus { unit, max_gap })
 }
 
 fn serial(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Option<SerialSettings> {
@@ -414,29 +465,26 @@ fn serial(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Opti
         }
         Some(p) => Some(p.get_ref().clone()),
     };
-    let parity = match &file.parity {
-        None => Parity::None,
-        Some(p) => match p.get_ref().as_str() {
-            "none" => Parity::None,
-            "even" => Parity::Even,
-            "odd" => Parity::Odd,
-            _ => {
-                c.at(
-                    &format!("{key}.parity"),
-                    Some(p.span()),
-                    "unknown parity",
-                    "write \"none\", \"even\" or \"odd\"",
-                );
-                Parity::None
-            }
-        },
-    };
+    let parity = choice_or(
+        c,
+        &format!("{key}.parity"),
+        &file.parity,
+        &[
+            ("none", Parity::None),
+            ("even", Parity::Even),
+            ("odd", Parity::Odd),
+        ],
+        Parity::None,
+        ("unknown parity", "write \"none\", \"even\" or \"odd\""),
+    );
     Some(SerialSettings {
         path: path?,
-        baud: int(c, &format!("{key}.baud"), &file.baud, 50..=4_000_000).unwrap_or(9600),
+        baud: int(c, &format!("{key}.baud"), &file.baud, 50..=4_000_000).unwrap_or(DEFAULT_BAUD),
         parity,
-        data_bits: int(c, &format!("{key}.data_bits"), &file.data_bits, 5..=8).unwrap_or(8),
-        stop_bits: int(c, &format!("{key}.stop_bits"), &file.stop_bits, 1..=2).unwrap_or(1),
+        data_bits: int(c, &format!("{key}.data_bits"), &file.data_bits, 5..=8)
+            .unwrap_or(DEFAULT_DATA_BITS),
+        stop_bits: int(c, &format!("{key}.stop_bits"), &file.stop_bits, 1..=2)
+            .unwrap_or(DEFAULT_STOP_BITS),
     })
 }
 
@@ -459,7 +507,7 @@ fn tcp_address(
             .get_ref()
             .parse::<std::net::IpAddr>()
             .ok()
-            .and_then(|ip| (ip, 502).to_socket_addrs().ok()?.next())
+            .and_then(|ip| (ip, MODBUS_TCP_PORT).to_socket_addrs().ok()?.next())
     });
     if parsed.is_none() {
         c.at(
@@ -497,7 +545,7 @@ fn lines(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Optio
         }
     };
     let delimiter = match &file.delimiter {
-        None => b'\n',
+        None => DEFAULT_DELIMITER,
         Some(d) => match d.get_ref().as_bytes() {
             [b] => *b,
             _ => {
@@ -507,14 +555,15 @@ fn lines(key: &str, entry: &Spanned<DeviceFile>, c: &mut Collector<'_>) -> Optio
                     "the delimiter must be exactly one byte",
                     "write e.g. \"\\n\" or \"\\r\"",
                 );
-                b'\n'
+                DEFAULT_DELIMITER
             }
         },
     };
     Some(LineSettings {
         format: format?,
         delimiter,
-        max_line: int(c, &format!("{key}.max_line"), &file.max_line, 8..=65_536).unwrap_or(1024),
+        max_line: int(c, &format!("{key}.max_line"), &file.max_line, 8..=65_536)
+            .unwrap_or(DEFAULT_MAX_LINE),
     })
 }
 
@@ -664,7 +713,7 @@ fn point(
                 &format!("{key}.heartbeat"),
                 &file.heartbeat,
                 Duration::from_millis(10)..=Duration::from_secs(86_400),
-                Duration::from_secs(60),
+                DEFAULT_HEARTBEAT,
             ))
         }),
         writable,
@@ -746,21 +795,19 @@ fn register_source(
             );
             None
         }
-        Some(t) => match t.get_ref().as_str() {
-            "holding" => Some(Table::Holding),
-            "input" => Some(Table::Input),
-            "coil" => Some(Table::Coil),
-            "discrete" => Some(Table::Discrete),
-            _ => {
-                c.at(
-                    &format!("{key}.table"),
-                    Some(t.span()),
-                    "unknown Modbus table",
-                    "write \"holding\", \"input\", \"coil\" or \"discrete\"",
-                );
-                None
-            }
-        },
+        Some(t) => choice(
+            c,
+            &format!("{key}.table"),
+            t,
+            &[
+                ("holding", Table::Holding),
+                ("input", Table::Input),
+                ("coil", Table::Coil),
+                ("discrete", Table::Discrete),
+            ],
+            "unknown Modbus table",
+            "write \"holding\", \"input\", \"coil\" or \"discrete\"",
+        ),
     };
     let address = match &file.address {
         None => {
@@ -773,21 +820,18 @@ fn register_source(
         }
         Some(_) => int::<u16>(c, &format!("{key}.address"), &file.address, 0..=65_535),
     };
-    let order = |v: &Option<Spanned<String>>, field: &str, c: &mut Collector<'_>| match v {
-        None => Order::Big,
-        Some(o) => match o.get_ref().as_str() {
-            "big" => Order::Big,
-            "little" => Order::Little,
-            _ => {
-                c.at(
-                    &format!("{key}.{field}"),
-                    Some(o.span()),
-                    "unknown order",
-                    "write \"big\" (most significant first) or \"little\"",
-                );
-                Order::Big
-            }
-        },
+    let order = |v: &Option<Spanned<String>>, field: &str, c: &mut Collector<'_>| {
+        choice_or(
+            c,
+            &format!("{key}.{field}"),
+            v,
+            &[("big", Order::Big), ("little", Order::Little)],
+            Order::default(),
+            (
+                "unknown order",
+                "write \"big\" (most significant first) or \"little\"",
+            ),
+        )
     };
     let word_order = order(&file.word_order, "word_order", c);
     let byte_order = order(&file.byte_order, "byte_order", c);

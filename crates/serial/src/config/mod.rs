@@ -1,14 +1,54 @@
-//! `[bridge]` and `[[devices]]`: the field devices the bridge reads and writes, validated.
+//! `[bridge]` and `[[devices]]`: the bridge's sections of the configuration, owned here.
 //!
-//! The types here are what `fieldlink-serial` runs on; nothing in them needs checking again
-//! (`device_rules` builds them from the file layer).
+//! [`file`] is the sections as written; the types here are what the bridge runs on, every value
+//! checked and every default filled in, so nothing in them needs checking again. [`bridge`] and
+//! [`devices`] go from one to the other, recording every mistake in the shared collector
+//! (`crates/fieldlink` assembles the sections). Each default is a named constant below, used by
+//! validation and by the annotated `configs/fieldlink.toml` test alike.
+
+pub mod file;
+mod validate;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::message::QoS;
-use crate::topic::TopicName;
+use fieldlink_core::fault::Fault;
+use fieldlink_core::message::QoS;
+use fieldlink_core::topic::{TopicError, TopicName};
+pub use validate::{bridge, devices};
+
+/// Poll interval of a device's points when the file gives none.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// A heartbeat given with a value that is not a duration falls back to this (the mistake is
+/// reported anyway).
+pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(60);
+/// How long one Modbus request may take: a slave answers within tens of milliseconds.
+pub const DEFAULT_MODBUS_TIMEOUT: Duration = Duration::from_secs(1);
+/// One silence window of a line device: NMEA and most meters talk at least every few seconds.
+pub const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Retries of a failed request, with backoff.
+pub const DEFAULT_RETRIES: u32 = 2;
+/// Failed polls in a row before a device is offline.
+pub const DEFAULT_OFFLINE_AFTER: u32 = 3;
+/// Poll interval while a device is offline.
+pub const DEFAULT_OFFLINE_INTERVAL: Duration = Duration::from_secs(30);
+/// Largest run of unused registers read to join two ranges into one request.
+pub const DEFAULT_MAX_GAP: u16 = 8;
+/// Serial line settings when the file gives none: 9600 8N1, the Modbus RTU default.
+pub const DEFAULT_BAUD: u32 = 9600;
+/// See [`DEFAULT_BAUD`].
+pub const DEFAULT_DATA_BITS: u8 = 8;
+/// See [`DEFAULT_BAUD`].
+pub const DEFAULT_STOP_BITS: u8 = 1;
+/// Longest line of a line device, in bytes.
+pub const DEFAULT_MAX_LINE: usize = 1024;
+/// The byte that ends a line.
+pub const DEFAULT_DELIMITER: u8 = b'\n';
+/// Modbus TCP servers mostly ignore the unit id; 255 is the usual "this server".
+pub const MODBUS_TCP_UNIT: u8 = 255;
+/// The Modbus TCP port (IANA), used when an address has none.
+pub const MODBUS_TCP_PORT: u16 = 502;
 
 /// Most registers one Modbus read may ask for (Modbus application protocol, §6.3).
 pub const MAX_REGISTERS_PER_READ: u16 = 125;
@@ -66,41 +106,81 @@ pub struct TemplateVars<'a> {
     pub point: &'a str,
 }
 
+/// Why a topic template is not valid (the operator's configuration, every time).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum TemplateError {
+    /// A placeholder the template may not use.
+    #[error(
+        "unknown placeholder {{{name}}}: this template may use {}",
+        braced(allowed)
+    )]
+    UnknownPlaceholder {
+        /// The name written between the braces.
+        name: String,
+        /// The names this template may use.
+        allowed: Vec<String>,
+    },
+    /// A placeholder the template must use, so that topics do not collide.
+    #[error("{{{0}}} is missing, so topics would collide")]
+    MissingPlaceholder(String),
+    /// With sample values filled in, the template is not a topic name.
+    #[error("not a valid topic: {0}")]
+    Topic(#[from] TopicError),
+    /// A `{` that is never closed.
+    #[error("a '{{' without its '}}'")]
+    UnclosedBrace,
+    /// A `}` that was never opened.
+    #[error("a '}}' without its '{{'")]
+    UnopenedBrace,
+}
+
+impl TemplateError {
+    /// Whose fault it is: templates come from the configuration.
+    pub fn fault(&self) -> Fault {
+        Fault::Config
+    }
+}
+
+fn braced(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|a| format!("{{{a}}}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 impl Template {
     /// Parses `text`: only the known placeholders, each inside braces. `allowed` lists the
     /// placeholder names this template may use; `required` those it must use.
-    pub fn parse(text: &str, allowed: &[&str], required: &[&str]) -> Result<Self, String> {
+    pub fn parse(text: &str, allowed: &[&str], required: &[&str]) -> Result<Self, TemplateError> {
         let mut used = Vec::new();
         let mut rest = text;
         while let Some(open) = rest.find(['{', '}']) {
             if rest[open..].starts_with('}') {
-                return Err("a '}' without its '{'".into());
+                return Err(TemplateError::UnopenedBrace);
             }
             let after = &rest[open + 1..];
-            let close = after.find('}').ok_or("a '{' without its '}'")?;
+            let close = after.find('}').ok_or(TemplateError::UnclosedBrace)?;
             let name = &after[..close];
             if !allowed.contains(&name) {
-                return Err(format!(
-                    "unknown placeholder {{{name}}}: this template may use {}",
-                    allowed
-                        .iter()
-                        .map(|a| format!("{{{a}}}"))
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
+                return Err(TemplateError::UnknownPlaceholder {
+                    name: name.to_owned(),
+                    allowed: allowed.iter().map(|&a| a.to_owned()).collect(),
+                });
             }
             used.push(name);
             rest = &after[close + 1..];
         }
         if let Some(missing) = required.iter().find(|r| !used.contains(r)) {
-            return Err(format!("{{{missing}}} is missing, so topics would collide"));
+            return Err(TemplateError::MissingPlaceholder((*missing).to_owned()));
         }
         let sample = Self(text.to_owned()).render(TemplateVars {
             site: "s",
             device: "d",
             point: "p",
         });
-        TopicName::new(sample).map_err(|e| format!("not a valid topic: {e}"))?;
+        TopicName::new(sample)?;
         Ok(Self(text.to_owned()))
     }
 
@@ -409,7 +489,9 @@ mod tests {
     #[test]
     fn bad_templates_are_refused_with_the_reason() {
         let err = |text: &str, allowed: &[&str], required: &[&str]| {
-            Template::parse(text, allowed, required).unwrap_err()
+            Template::parse(text, allowed, required)
+                .unwrap_err()
+                .to_string()
         };
         assert!(err("{site}/{dev}", &ALL, &[]).contains("unknown placeholder {dev}"));
         assert!(err("{site}/{point}", &["site", "device"], &[]).contains("{point}"));
@@ -418,5 +500,16 @@ mod tests {
         assert!(err("{site}/x", &ALL, &["device"]).contains("{device} is missing"));
         assert!(err("{site}/#/{device}", &ALL, &["device"]).contains("not a valid topic"));
         assert!(err("", &ALL, &[]).contains("not a valid topic"));
+        assert_eq!(
+            Template::parse("{site}/x", &ALL, &["device"]),
+            Err(TemplateError::MissingPlaceholder("device".into()))
+        );
+        assert_eq!(
+            Template::parse("{site}/{dev}", &["site"], &[]),
+            Err(TemplateError::UnknownPlaceholder {
+                name: "dev".into(),
+                allowed: vec!["site".into()]
+            })
+        );
     }
 }

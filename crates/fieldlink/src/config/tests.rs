@@ -1,7 +1,15 @@
 use std::path::PathBuf;
+use std::time::Duration;
+
+use fieldlink_broker::config::{AccessSettings, CertIdentity, ClientIdRule, ListenerTls};
+use fieldlink_core::config::MqttVersion;
+use fieldlink_core::message::Priority;
+use fieldlink_core::tls::MinTlsVersion;
+use fieldlink_core::topic::TopicName;
+use fieldlink_queue::config::FullPolicy;
+use fieldlink_uplink::config::{OnRejected, UplinkTls};
 
 use super::*;
-use crate::config::{OnRejected, UplinkTls};
 
 fn origin() -> Origin {
     Origin::File(PathBuf::from("test.toml"))
@@ -419,19 +427,6 @@ fn an_unreadable_file_is_an_error_that_names_it() {
 }
 
 #[test]
-fn durations_accept_the_documented_units_only() {
-    use super::validate::parse_duration;
-    assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-    assert_eq!(parse_duration("10s"), Some(Duration::from_secs(10)));
-    assert_eq!(parse_duration("5m"), Some(Duration::from_secs(300)));
-    assert_eq!(parse_duration("1h"), Some(Duration::from_secs(3600)));
-    assert_eq!(parse_duration("7d"), Some(Duration::from_secs(7 * 86_400)));
-    for bad in ["", "10", "s", "1.5s", "-1s", "10 s", "10w"] {
-        assert_eq!(parse_duration(bad), None, "{bad}");
-    }
-}
-
-#[test]
 fn a_mutual_tls_listener_is_read_into_settings() {
     let settings = parse(
         "[[broker.listeners]]\nname = \"devices\"\nbind = \"0.0.0.0\"\nport = 8884\n\
@@ -443,17 +438,17 @@ fn a_mutual_tls_listener_is_read_into_settings() {
     let l = &settings.broker.listeners[0];
     assert_eq!(
         l.tls,
-        crate::config::ListenerTls::Mutual {
+        ListenerTls::Mutual {
             cert_file: "/b.pem".into(),
             key_file: "/b.key".into(),
             ca_file: "/ca.pem".into(),
             crl_files: vec!["/ca.crl".into()],
-            stale_crl: crate::crl::StaleCrl::Warn,
-            identity: crate::config::CertIdentity::SubjectAltName,
+            stale_crl: fieldlink_core::crl::StaleCrl::Warn,
+            identity: CertIdentity::SubjectAltName,
         }
     );
-    assert_eq!(l.client_id, crate::config::ClientIdRule::Prefix);
-    assert_eq!(l.min_tls_version, crate::tls::MinTlsVersion::Tls13);
+    assert_eq!(l.client_id, ClientIdRule::Prefix);
+    assert_eq!(l.min_tls_version, MinTlsVersion::Tls13);
     assert!(!l.anonymous);
     assert_eq!(l.mqtt, None, "both versions unless told");
 }
@@ -484,12 +479,12 @@ fn an_uplink_section_is_read_into_settings() {
             key_file: PathBuf::from("/etc/fl/c.key"),
         }
     );
-    assert_eq!(uplink.min_tls_version, crate::tls::MinTlsVersion::Tls13);
+    assert_eq!(uplink.min_tls_version, MinTlsVersion::Tls13);
     assert_eq!(uplink.alpn, ["x-amzn-mqtt-ca"]);
     assert_eq!(uplink.on_rejected, OnRejected::Drop);
     assert_eq!(uplink.inflight, 100);
     assert_eq!(uplink.device_id, "gw-7", "the client id when not given");
-    let topic = |t: &str| crate::topic::TopicName::new(t).unwrap();
+    let topic = |t: &str| TopicName::new(t).unwrap();
     let rewritten = uplink.rewrites[0].apply(&topic("site/boiler/alarm/hot"));
     assert_eq!(rewritten.unwrap().as_str(), "alarms/gw-7/boiler/hot");
     assert_eq!(uplink.commands[0].filter().as_str(), "cmd/gw-7/#");
@@ -544,7 +539,7 @@ fn every_bad_acl_pattern_is_reported_at_once() {
 
 #[test]
 fn devices_are_read_into_settings() {
-    use crate::config::devices::{DataType, LineFormat, Link, Order, Protocol, Source, Table};
+    use fieldlink_serial::config::{DataType, LineFormat, Link, Order, Protocol, Source, Table};
     let settings = parse(
         "[bridge]\nsite = \"plant-3\"\nqos = 0\n\
          [[devices]]\nname = \"boiler\"\nprotocol = \"modbus-rtu\"\nport = \"/dev/ttyUSB0\"\n\
@@ -634,8 +629,8 @@ fn the_commented_uplink_timings_in_the_shipped_config_are_the_defaults() {
     assert_eq!(
         (defaults.stall_timeout, defaults.connect_timeout),
         (
-            crate::config::DEFAULT_STALL_TIMEOUT,
-            crate::config::DEFAULT_CONNECT_TIMEOUT
+            fieldlink_uplink::config::DEFAULT_STALL_TIMEOUT,
+            fieldlink_uplink::config::DEFAULT_CONNECT_TIMEOUT
         )
     );
 }

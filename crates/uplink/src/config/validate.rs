@@ -1,28 +1,24 @@
-//! Validation of `[uplink]`.
+//! From `[uplink]` as written to [`UplinkSettings`]: every value checked, every default filled
+//! in, every mistake recorded.
 
 use std::time::Duration;
 
+use fieldlink_core::config::{
+    Collector, choice_or, duration, int, min_tls_version, mqtt_version, paths, port, stale_crl,
+};
+use fieldlink_core::topic::{TopicFilter, TopicName};
+use fieldlink_core::topic_map::TopicRewrite;
 use toml::Spanned;
 
-use super::error::Collector;
 use super::file::{TopicRuleFile, UplinkFile};
-use super::validate::{duration, int, min_tls_version, mqtt_version, stale_crl};
-use super::{OnRejected, UplinkSettings, UplinkTls};
-use crate::topic::{TopicFilter, TopicName};
-use crate::topic_map::TopicRewrite;
+use super::{
+    DEFAULT_CLEAN_SESSION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_INFLIGHT, DEFAULT_KEEP_ALIVE,
+    DEFAULT_PORT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_STALL_TIMEOUT, OnRejected,
+    UplinkSettings, UplinkTls,
+};
 
-/// Nothing from the cloud for this long, while an answer is awaited, is a stalled link. A
-/// cellular round trip is well under a second even on a weak signal; 10 s leaves room for a
-/// handover and retransmissions without keeping a dead link for a minute.
-pub const DEFAULT_STALL_TIMEOUT: Duration = Duration::from_secs(10);
-/// A TCP connect or TLS handshake that takes longer than this is given up (the next address
-/// is tried meanwhile): a cellular attach's first packets can take a few seconds.
-pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-pub(super) fn settings(
-    entry: &Spanned<UplinkFile>,
-    c: &mut Collector<'_>,
-) -> Option<UplinkSettings> {
+/// Validates `[uplink]`, recording every mistake in `c`; `None` when it has any.
+pub fn settings(entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) -> Option<UplinkSettings> {
     let file = entry.get_ref();
     let errors_before = c.len();
     let host = required_text(
@@ -83,35 +79,27 @@ pub(super) fn settings(
             })
             .ok()
     });
-    let on_rejected = match &file.on_rejected {
-        None => OnRejected::Retry,
-        Some(v) => match v.get_ref().as_str() {
-            "retry" => OnRejected::Retry,
-            "drop" => OnRejected::Drop,
-            _ => {
-                c.at(
-                    "uplink.on_rejected",
-                    Some(v.span()),
-                    "unknown policy",
-                    "write \"retry\" or \"drop\"",
-                );
-                OnRejected::Retry
-            }
-        },
-    };
+    let on_rejected = choice_or(
+        c,
+        "uplink.on_rejected",
+        &file.on_rejected,
+        &[("retry", OnRejected::Retry), ("drop", OnRejected::Drop)],
+        OnRejected::default(),
+        ("unknown policy", "write \"retry\" or \"drop\""),
+    );
     let reconnect_min = duration(
         c,
         "uplink.reconnect_min",
         &file.reconnect_min,
         Duration::from_millis(10)..=Duration::from_secs(3600),
-        Duration::from_secs(1),
+        DEFAULT_RECONNECT_MIN,
     );
     let reconnect_max = duration(
         c,
         "uplink.reconnect_max",
         &file.reconnect_max,
         Duration::from_millis(10)..=Duration::from_secs(3600),
-        Duration::from_secs(120),
+        DEFAULT_RECONNECT_MAX,
     );
     if reconnect_max < reconnect_min {
         let span = file.reconnect_max.as_ref().map(Spanned::span);
@@ -124,7 +112,7 @@ pub(super) fn settings(
     }
     let settings = UplinkSettings {
         host: host.unwrap_or_default(),
-        port: int(c, "uplink.port", &file.port, 1..=65_535).unwrap_or(8883),
+        port: port(c, "uplink.port", &file.port).unwrap_or(DEFAULT_PORT),
         client_id: client_id.unwrap_or_default(),
         mqtt,
         keep_alive: duration(
@@ -132,7 +120,7 @@ pub(super) fn settings(
             "uplink.keep_alive",
             &file.keep_alive,
             Duration::from_secs(5)..=Duration::from_secs(65_535),
-            Duration::from_secs(30),
+            DEFAULT_KEEP_ALIVE,
         ),
         stall_timeout: duration(
             c,
@@ -148,17 +136,18 @@ pub(super) fn settings(
             Duration::from_millis(500)..=Duration::from_secs(300),
             DEFAULT_CONNECT_TIMEOUT,
         ),
-        clean_session: file.clean_session.as_ref().is_none_or(|b| *b.get_ref()),
-        inflight: int(c, "uplink.inflight", &file.inflight, 1..=65_535).unwrap_or(100),
+        clean_session: file
+            .clean_session
+            .as_ref()
+            .map_or(DEFAULT_CLEAN_SESSION, |b| *b.get_ref()),
+        inflight: int(c, "uplink.inflight", &file.inflight, 1..=65_535).unwrap_or(DEFAULT_INFLIGHT),
         topic_prefix,
         device_id,
         rewrites,
         commands,
         tls: tls?,
         min_tls_version,
-        crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
-            l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
-        }),
+        crl_files: paths(&file.crl_files),
         stale_crl: stale_crl(c, "uplink.stale_crl", &file.stale_crl),
         alpn: file.alpn.as_ref().map_or_else(Vec::new, |l| {
             l.get_ref().iter().map(|p| p.get_ref().clone()).collect()

@@ -2,7 +2,7 @@
 //! from "register changed in the server" to "MQTT message seen by a subscriber" (fieldlink) or
 //! "change seen by the polling loop" (pymodbus's own client), p50 and p99.
 //!
-//! `cargo bench -p fieldlink-serial` (needs the venv that scripts/test makes; `FIELDLINK_PYTHON`
+//! `cargo bench -p fieldlink --bench poll` (needs the venv that scripts/test makes; `FIELDLINK_PYTHON`
 //! or target/pyenv/bin/python). The server is one Python process, so it bounds every figure.
 
 #![allow(missing_docs, clippy::print_stdout)]
@@ -14,8 +14,9 @@ use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::{Arc, mpsc as std_mpsc};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use fieldlink::config::parse;
 use fieldlink_broker::RunningBroker;
-use fieldlink_core::config::{Origin, parse};
+use fieldlink_core::config::Origin;
 use fieldlink_core::message::Message;
 use fieldlink_core::ports::{BoxFuture, Ingress, IngressError, LocalBus, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
@@ -35,7 +36,8 @@ fn python() -> PathBuf {
 }
 
 fn peers() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/peers")
+    // The Modbus peers are the field-device bridge's test peers.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../serial/tests/peers")
 }
 
 fn now_ns() -> u128 {

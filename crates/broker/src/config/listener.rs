@@ -4,12 +4,16 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use fieldlink_core::config::{
+    Collector, choice_or, duration, int, min_tls_version, paths, stale_crl,
+};
 use toml::Spanned;
 
-use super::error::Collector;
 use super::file::ListenerFile;
-use super::validate::{duration, int, min_tls_version, stale_crl};
-use super::{CertIdentity, ClientIdRule, ListenerSettings, ListenerTls};
+use super::{
+    CertIdentity, ClientIdRule, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_MAX_HANDSHAKES,
+    ListenerSettings, ListenerTls,
+};
 
 /// Fills the security fields of `listener` from `file`.
 pub(super) fn security(
@@ -28,29 +32,27 @@ pub(super) fn security(
         .anonymous
         .as_ref()
         .map_or(loopback_plain, |a| *a.get_ref());
-    listener.client_id = match &file.client_id {
-        None => ClientIdRule::Equal,
-        Some(v) => match v.get_ref().as_str() {
-            "equal" => ClientIdRule::Equal,
-            "prefix" => ClientIdRule::Prefix,
-            "any" => ClientIdRule::Any,
-            _ => {
-                c.at(
-                    &format!("{key}.client_id"),
-                    Some(v.span()),
-                    "unknown client id rule",
-                    "write \"equal\" (client id = identity), \"prefix\" (identity or identity:...) or \"any\"",
-                );
-                ClientIdRule::Equal
-            }
-        },
-    };
+    listener.client_id = choice_or(
+        c,
+        &format!("{key}.client_id"),
+        &file.client_id,
+        &[
+            ("equal", ClientIdRule::Equal),
+            ("prefix", ClientIdRule::Prefix),
+            ("any", ClientIdRule::Any),
+        ],
+        ClientIdRule::Equal,
+        (
+            "unknown client id rule",
+            "write \"equal\" (client id = identity), \"prefix\" (identity or identity:...) or \"any\"",
+        ),
+    );
     listener.handshake_timeout = duration(
         c,
         &format!("{key}.handshake_timeout"),
         &file.handshake_timeout,
         Duration::from_millis(100)..=Duration::from_secs(120),
-        Duration::from_secs(10),
+        DEFAULT_HANDSHAKE_TIMEOUT,
     );
     listener.max_handshakes = int(
         c,
@@ -58,7 +60,7 @@ pub(super) fn security(
         &file.max_handshakes,
         1..=10_000,
     )
-    .unwrap_or(64);
+    .unwrap_or(DEFAULT_MAX_HANDSHAKES);
 }
 
 fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Option<ListenerTls> {
@@ -89,30 +91,25 @@ fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Optio
                 &file.ca_file,
                 "mutual TLS needs the CAs that issue device certificates: ca_file = \"/etc/fieldlink/devices-ca.pem\"",
             );
-            let identity = match file
-                .identity
-                .as_ref()
-                .map(|v| (v.get_ref().as_str(), v.span()))
-            {
-                None | Some(("cn", _)) => CertIdentity::CommonName,
-                Some(("san", _)) => CertIdentity::SubjectAltName,
-                Some((_, span)) => {
-                    c.at(
-                        &format!("{key}.identity"),
-                        Some(span),
-                        "unknown identity field",
-                        "write \"cn\" (the subject's common name) or \"san\" (its first DNS name)",
-                    );
-                    CertIdentity::CommonName
-                }
-            };
+            let identity = choice_or(
+                c,
+                &format!("{key}.identity"),
+                &file.identity,
+                &[
+                    ("cn", CertIdentity::CommonName),
+                    ("san", CertIdentity::SubjectAltName),
+                ],
+                CertIdentity::CommonName,
+                (
+                    "unknown identity field",
+                    "write \"cn\" (the subject's common name) or \"san\" (its first DNS name)",
+                ),
+            );
             Some(ListenerTls::Mutual {
                 cert_file: cert_file?,
                 key_file: key_file?,
                 ca_file: ca_file?,
-                crl_files: file.crl_files.as_ref().map_or_else(Vec::new, |l| {
-                    l.get_ref().iter().map(|p| p.get_ref().clone()).collect()
-                }),
+                crl_files: paths(&file.crl_files),
                 stale_crl: stale_crl(c, &format!("{key}.stale_crl"), &file.stale_crl),
                 identity,
             })

@@ -1,0 +1,198 @@
+//! `[broker]`: the local broker's section of the configuration, owned here.
+//!
+//! Two layers, as everywhere in fieldlink: [`file::BrokerFile`] is the section as written
+//! (every value optional, with its place in the file), [`BrokerSettings`] what the broker runs
+//! on, every value checked and every default filled in. [`settings`] goes from one to the other,
+//! recording every mistake in the shared [`Collector`]; `crates/fieldlink` assembles the
+//! sections into the whole file. Each default is a named constant below, used by `Default`, by
+//! validation and by the annotated `configs/fieldlink.toml` test alike.
+
+mod access;
+pub mod file;
+mod listener;
+mod validate;
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use access::{AccessSettings, AclPattern, AclPatternError, AclRule};
+use fieldlink_core::config::{Collector, ConfigErrors, MqttVersion, Origin};
+use fieldlink_core::tls::MinTlsVersion;
+pub use validate::settings;
+
+/// Reads a document holding only a `[broker]` section (tests and tools that start a broker
+/// alone; the gateway reads the whole file in `crates/fieldlink`).
+pub fn parse(text: &str, origin: Origin) -> Result<BrokerSettings, ConfigErrors> {
+    #[derive(Debug, Default, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Document {
+        #[serde(default)]
+        broker: file::BrokerFile,
+    }
+    fieldlink_core::config::parse_document(text, origin, |doc: &Document, c: &mut Collector<'_>| {
+        settings(&doc.broker, c)
+    })
+}
+
+/// Most client connections at once: a site has tens of clients, not thousands.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 256;
+/// Largest MQTT packet accepted: ample for telemetry and small files.
+pub const DEFAULT_MAX_PACKET_SIZE: usize = 256 * 1024;
+/// Most unacknowledged QoS 1/2 messages per client.
+pub const DEFAULT_MAX_INFLIGHT: u16 = 100;
+/// 256 KiB × 8 per filter: a few MiB for a typical site, not rumqttd's server-class 1 GiB.
+pub const DEFAULT_SEGMENT_SIZE: usize = 256 * 1024;
+/// Segments kept per filter (see [`DEFAULT_SEGMENT_SIZE`]).
+pub const DEFAULT_SEGMENT_COUNT: usize = 8;
+/// How long a new connection may take to send CONNECT.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Most messages per second one client may publish: far above a sensor's rate, well below
+/// what floods the queue.
+pub const DEFAULT_MAX_MESSAGE_RATE: u32 = 1000;
+/// Most distinct subscription filters (each holds its own log in the router).
+pub const DEFAULT_MAX_FILTERS: usize = 128;
+/// How long a TLS handshake may take before the connection is dropped.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Most TLS handshakes in progress at once per listener.
+pub const DEFAULT_MAX_HANDSHAKES: usize = 64;
+/// The listener used when the file names none: plain MQTT on loopback.
+pub const DEFAULT_LISTENER_PORT: u16 = 1883;
+
+/// `[broker]`: the local MQTT broker, sized for a small board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerSettings {
+    /// Where clients connect.
+    pub listeners: Vec<ListenerSettings>,
+    /// Most client connections at once.
+    pub max_connections: usize,
+    /// Largest MQTT packet accepted, in bytes.
+    pub max_packet_size: usize,
+    /// Most unacknowledged QoS 1/2 messages per client.
+    pub max_inflight: u16,
+    /// Bytes in one in-memory log segment per subscription filter.
+    pub segment_size: usize,
+    /// Segments kept per filter: memory per filter is at most `segment_size × segment_count`.
+    pub segment_count: usize,
+    /// How long a new connection may take to send CONNECT.
+    pub connect_timeout: Duration,
+    /// Most messages per second one client may publish; the edge stops reading beyond it.
+    pub max_message_rate: u32,
+    /// Most distinct subscription filters: the router keeps a log of up to
+    /// `segment_size × segment_count` per filter, so this bounds its memory.
+    pub max_filters: usize,
+    /// Who may connect, and what each client may publish and subscribe to.
+    pub access: AccessSettings,
+}
+
+impl Default for BrokerSettings {
+    fn default() -> Self {
+        Self {
+            listeners: vec![ListenerSettings::default()],
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_packet_size: DEFAULT_MAX_PACKET_SIZE,
+            max_inflight: DEFAULT_MAX_INFLIGHT,
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            segment_count: DEFAULT_SEGMENT_COUNT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_message_rate: DEFAULT_MAX_MESSAGE_RATE,
+            max_filters: DEFAULT_MAX_FILTERS,
+            access: AccessSettings::default(),
+        }
+    }
+}
+
+/// One listener of the local broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerSettings {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// The address and port to bind.
+    pub addr: SocketAddr,
+    /// The MQTT version accepted; `None`: 3.1.1 and 5.
+    pub mqtt: Option<MqttVersion>,
+    /// Transport security.
+    pub tls: ListenerTls,
+    /// Lowest TLS version accepted.
+    pub min_tls_version: MinTlsVersion,
+    /// Whether clients without credentials may connect.
+    pub anonymous: bool,
+    /// How a client id must relate to the authenticated identity.
+    pub client_id: ClientIdRule,
+    /// How long a TLS handshake may take.
+    pub handshake_timeout: Duration,
+    /// Most TLS handshakes in progress at once; the oldest gives way to a new one.
+    pub max_handshakes: usize,
+}
+
+impl Default for ListenerSettings {
+    fn default() -> Self {
+        Self {
+            name: "loopback".into(),
+            addr: SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), DEFAULT_LISTENER_PORT),
+            mqtt: None,
+            tls: ListenerTls::None,
+            min_tls_version: MinTlsVersion::Tls12,
+            anonymous: true,
+            client_id: ClientIdRule::Equal,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            max_handshakes: DEFAULT_MAX_HANDSHAKES,
+        }
+    }
+}
+
+/// A listener's transport security.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenerTls {
+    /// Plain TCP (meant for loopback).
+    None,
+    /// TLS; clients authenticate with username and password.
+    ServerAuth {
+        /// Our chain.
+        cert_file: PathBuf,
+        /// Its key.
+        key_file: PathBuf,
+    },
+    /// TLS with a client certificate required; it names the device.
+    Mutual {
+        /// Our chain.
+        cert_file: PathBuf,
+        /// Its key.
+        key_file: PathBuf,
+        /// The CAs trusted for client certificates (all of them).
+        ca_file: PathBuf,
+        /// Revocation lists, reloaded when they change.
+        crl_files: Vec<PathBuf>,
+        /// What a CRL past its nextUpdate means.
+        stale_crl: fieldlink_core::crl::StaleCrl,
+        /// Which certificate field names the device.
+        identity: CertIdentity,
+    },
+    /// TLS-PSK (openssl): the PSK identity names the device.
+    Psk {
+        /// `identity:hexkey` lines, mode 0600.
+        psk_file: PathBuf,
+        /// Whether suites without forward secrecy (plain PSK key exchange) are accepted too.
+        allow_plain_psk: bool,
+    },
+}
+
+/// Which field of a client certificate names the device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertIdentity {
+    /// The subject's common name.
+    CommonName,
+    /// The first DNS name in the subject alternative names.
+    SubjectAltName,
+}
+
+/// How a client id must relate to the authenticated identity (anonymous clients aside).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientIdRule {
+    /// The client id is the identity.
+    Equal,
+    /// The client id is the identity, or starts with the identity and ':'.
+    Prefix,
+    /// Any client id (the identity still decides the ACLs).
+    Any,
+}
