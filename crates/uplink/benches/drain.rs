@@ -219,6 +219,7 @@ async fn fieldlink_drain(n: u64) -> f64 {
         reconnect_max: Duration::from_secs(1),
         on_rejected: OnRejected::Retry,
         alarm_topic: None,
+        message_id_property: None,
     };
     let shutdown = Shutdown::new();
     let _uplink = Uplink::start(

@@ -771,7 +771,12 @@ impl Drain {
             let id = message.id;
             let StoredMessage { message, .. } = message;
             let topic = cloud_topic(&self.settings, &message.topic);
-            if let Err(e) = session.publish(topic, message.payload, message.retain) {
+            let tag = self
+                .settings
+                .message_id_property
+                .as_deref()
+                .map(|name| (name, id));
+            if let Err(e) = session.publish(topic, message.payload, message.retain, tag) {
                 // The request channel is sized for the window; this means the session is gone.
                 tracing::warn!(error = %e, "Uplink publish not queued; it goes back to the queue");
                 let _ = self.backlog.nack(vec![id]).await;
@@ -995,7 +1000,7 @@ impl Drain {
                     );
                     // QoS 1 without a queue row: its place in `unsent` says so.
                     if session
-                        .publish(topic.to_string(), alarm.into_bytes(), false)
+                        .publish(topic.to_string(), alarm.into_bytes(), false, None)
                         .is_ok()
                     {
                         self.unsent.push_back(None);

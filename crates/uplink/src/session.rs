@@ -168,22 +168,33 @@ impl Session {
     }
 
     /// Queues a QoS 1 publish (never waits: the caller keeps within the inflight window).
+    /// Publishes at QoS 1. With MQTT 5, `id` (a user property's name and value) goes along;
+    /// MQTT 3.1.1 has no properties and drops it.
     pub(crate) fn publish(
         &self,
         topic: String,
         payload: Vec<u8>,
         retain: bool,
+        id: Option<(&str, i64)>,
     ) -> Result<(), SessionError> {
         match self {
             Self::V4 { client, .. } => {
                 client.try_publish(topic, rumqttc::QoS::AtLeastOnce, retain, payload)?
             }
-            Self::V5 { client, .. } => client.try_publish(
-                topic,
-                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-                retain,
-                payload,
-            )?,
+            Self::V5 { client, .. } => {
+                let qos = rumqttc::v5::mqttbytes::QoS::AtLeastOnce;
+                match id {
+                    None => client.try_publish(topic, qos, retain, payload)?,
+                    Some((name, id)) => {
+                        let properties = rumqttc::v5::mqttbytes::v5::PublishProperties {
+                            user_properties: vec![(name.to_owned(), id.to_string())],
+                            ..Default::default()
+                        };
+                        client
+                            .try_publish_with_properties(topic, qos, retain, payload, properties)?
+                    }
+                }
+            }
         }
         Ok(())
     }

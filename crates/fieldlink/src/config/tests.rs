@@ -139,6 +139,12 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["one topic level"],
         },
         Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nmessage_id_property = \"id\"\n",
+            key: "uplink.message_id_property",
+            line: 4,
+            words: &["MQTT 3.1.1 has no user properties", "mqtt = \"5\""],
+        },
+        Case {
             text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nstale_crl = \"ignore\"\n",
             key: "uplink.stale_crl",
             line: 4,
@@ -482,6 +488,11 @@ fn an_uplink_section_is_read_into_settings() {
     assert_eq!(uplink.min_tls_version, MinTlsVersion::Tls13);
     assert_eq!(uplink.alpn, ["x-amzn-mqtt-ca"]);
     assert_eq!(uplink.on_rejected, OnRejected::Drop);
+    assert_eq!(
+        uplink.message_id_property.as_deref(),
+        Some("fieldlink-id"),
+        "MQTT 5 carries the message id by default"
+    );
     assert_eq!(uplink.inflight, 100);
     assert_eq!(uplink.device_id, "gw-7", "the client id when not given");
     let topic = |t: &str| TopicName::new(t).unwrap();

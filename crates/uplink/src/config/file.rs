@@ -75,4 +75,6 @@ pub struct UplinkFile {
     pub on_rejected: Option<Spanned<String>>,
     /// Where to publish certificate-expiry alarms on the cloud broker.
     pub alarm_topic: Option<Spanned<String>>,
+    /// MQTT 5: the user property that carries each message's queue id ("" for none).
+    pub message_id_property: Option<Spanned<String>>,
 }

@@ -38,6 +38,8 @@ pub const DEFAULT_INFLIGHT: u16 = 100;
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 /// Largest reconnect delay: an outage is noticed within two minutes of its end.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(120);
+/// The MQTT 5 user property that carries each message's queue id to the cloud.
+pub const DEFAULT_MESSAGE_ID_PROPERTY: &str = "fieldlink-id";
 
 /// `[uplink]`: the cloud broker and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +90,10 @@ pub struct UplinkSettings {
     pub on_rejected: OnRejected,
     /// Where certificate-expiry alarms go on the cloud broker.
     pub alarm_topic: Option<TopicName>,
+    /// MQTT 5: the name of the user property that carries each message's queue id (strictly
+    /// increasing per stream, the same on a resend), so the cloud side can drop duplicates;
+    /// `None` with MQTT 3.1.1, which has no properties, or when turned off.
+    pub message_id_property: Option<String>,
 }
 
 /// How the uplink is secured. There is no plaintext mode.

@@ -4,7 +4,8 @@
 use std::time::Duration;
 
 use fieldlink_core::config::{
-    Collector, choice_or, duration, int, min_tls_version, mqtt_version, paths, port, stale_crl,
+    Collector, MqttVersion, choice_or, duration, int, min_tls_version, mqtt_version, paths, port,
+    stale_crl,
 };
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use fieldlink_core::topic_map::TopicRewrite;
@@ -13,8 +14,8 @@ use toml::Spanned;
 use super::file::{TopicRuleFile, UplinkFile};
 use super::{
     DEFAULT_CLEAN_SESSION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_INFLIGHT, DEFAULT_KEEP_ALIVE,
-    DEFAULT_PORT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN, DEFAULT_STALL_TIMEOUT, OnRejected,
-    UplinkSettings, UplinkTls,
+    DEFAULT_MESSAGE_ID_PROPERTY, DEFAULT_PORT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN,
+    DEFAULT_STALL_TIMEOUT, OnRejected, UplinkSettings, UplinkTls,
 };
 
 /// Validates `[uplink]`, recording every mistake in `c`; `None` when it has any.
@@ -156,8 +157,33 @@ pub fn settings(entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) -> Option<Up
         reconnect_max,
         on_rejected,
         alarm_topic,
+        message_id_property: message_id_property(file, mqtt, c),
     };
     (c.len() == errors_before).then_some(settings)
+}
+
+/// `uplink.message_id_property`: the default name with MQTT 5, nothing with 3.1.1 (which has no
+/// properties: asking for one there is a mistake), nothing when set to "".
+fn message_id_property(
+    file: &UplinkFile,
+    mqtt: MqttVersion,
+    c: &mut Collector<'_>,
+) -> Option<String> {
+    match (&file.message_id_property, mqtt) {
+        (None, MqttVersion::V5) => Some(DEFAULT_MESSAGE_ID_PROPERTY.to_owned()),
+        (None, MqttVersion::V311) => None,
+        (Some(name), _) if name.get_ref().is_empty() => None,
+        (Some(name), MqttVersion::V311) => {
+            c.at(
+                "uplink.message_id_property",
+                Some(name.span()),
+                "MQTT 3.1.1 has no user properties to carry the message id",
+                "set uplink.mqtt = \"5\", or remove this key",
+            );
+            None
+        }
+        (Some(name), MqttVersion::V5) => Some(name.get_ref().clone()),
+    }
 }
 
 /// `uplink.device_id`, else the client id; it becomes one topic level.

@@ -114,6 +114,7 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         reconnect_max: Duration::from_secs(1),
         on_rejected: OnRejected::Retry,
         alarm_topic: None,
+        message_id_property: None,
     }
 }
 
