@@ -502,6 +502,8 @@ impl Drain {
             tracing::debug!(?delay, "Uplink reconnect delay");
             let wake = tokio::time::Instant::now() + delay;
             loop {
+                // The backlog matters most during an outage: it keeps being counted.
+                self.refresh_backlog(false).await;
                 // A stalled link stays "stalled" until the next attempt, its silence growing.
                 let stalled = matches!(self.status.borrow().state, UplinkState::Stalled { .. });
                 if let (true, Some(since)) = (stalled, self.silent_since) {
@@ -521,6 +523,18 @@ impl Drain {
         self.return_inflight().await;
         self.set_state(UplinkState::Disconnected {
             reason: "the gateway is shutting down".into(),
+        });
+    }
+
+    /// Counts the backlog for the status; the time to empty it only while `draining`.
+    async fn refresh_backlog(&mut self, draining: bool) {
+        let Ok(backlog) = self.backlog.depth().await else {
+            return;
+        };
+        self.status.send_modify(|s| {
+            s.backlog = backlog;
+            s.time_to_empty = (draining && s.drain_rate >= 1.0)
+                .then(|| Duration::from_secs_f64(backlog as f64 / s.drain_rate));
         });
     }
 
@@ -649,13 +663,7 @@ impl Drain {
                         // Expiry alarms wait for a clock that can be trusted.
                         self.watch_expiry(Some(&session));
                     }
-                    if let Ok(backlog) = self.backlog.depth().await {
-                        self.status.send_modify(|s| {
-                            s.backlog = backlog;
-                            s.time_to_empty = (s.drain_rate >= 1.0)
-                                .then(|| Duration::from_secs_f64(backlog as f64 / s.drain_rate));
-                        });
-                    }
+                    self.refresh_backlog(true).await;
                     if connected_at.is_some() {
                         self.refill(&mut session).await;
                     }

@@ -524,3 +524,36 @@ async fn a_crl_that_revokes_the_server_while_connected_ends_the_session() {
     assert!(!uplink.status().state.is_connected());
     shutdown.drain(Duration::from_secs(5)).await;
 }
+
+/// The status counts the backlog while the cloud cannot be reached, not only while connected.
+#[tokio::test]
+async fn the_backlog_is_counted_while_the_cloud_is_unreachable() {
+    let ca = TestCa::new("cloud CA");
+    let dir = tempfile::tempdir().unwrap();
+    let queue = queue(dir.path()).await;
+    fill(&queue, "t", 30).await;
+    // Nobody listens on this port.
+    let settings = settings(
+        fieldlink_test_support::free_port(),
+        UplinkTls::ServerAuth {
+            ca_file: Some(fieldlink_test_support::certs::write(
+                dir.path(),
+                "ca.pem",
+                ca.pem(),
+            )),
+        },
+    );
+    let (uplink, shutdown) = start_uplink(settings, &queue, dir.path());
+    let start = std::time::Instant::now();
+    while uplink.status().backlog != 30 {
+        assert!(
+            start.elapsed() < LIMIT,
+            "backlog not counted while disconnected: {:?}",
+            uplink.status()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(!uplink.status().state.is_connected());
+    assert_eq!(uplink.status().time_to_empty, None, "nothing drains");
+    shutdown.drain(Duration::from_secs(5)).await;
+}
