@@ -3,15 +3,10 @@
 //! By default ([`StaleCrl::Refuse`]) rustls refuses the handshakes that need such a CRL (see
 //! `TlsPolicy`); this module makes that visible to the operator. Each CRL file is reviewed when
 //! it is loaded and again when its nextUpdate passes: a stale one logs one line ("CRL … for …
-//! expired on …: update it") and stays in [`alarms`], which the status shows, until a fresh file
+//! expired on …: update it") and stays among the status's [`crate::alarms`] until a fresh file
 //! replaces it.
-//!
-//! The alarms are process-wide on purpose: a CRL file is one fact on disk, whichever listener
-//! or uplink reads it, and the status must show it once.
 
-use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Mutex, PoisonError};
+use std::path::Path;
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateRevocationListDer;
@@ -26,17 +21,16 @@ pub enum StaleCrl {
     Warn,
 }
 
-/// The stale CRL files, by path, with the line the status shows for each.
-static ALARMS: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
-
-/// Every stale CRL, in words, for the status.
+/// Every stale CRL, in words (they are also among [`crate::alarms::all`]).
 pub fn alarms() -> Vec<String> {
-    ALARMS
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .values()
-        .cloned()
+    crate::alarms::all()
+        .into_iter()
+        .filter(|a| a.starts_with("CRL "))
         .collect()
+}
+
+fn alarm_key(path: &Path) -> String {
+    format!("crl:{}", path.display())
 }
 
 /// Reviews the CRLs read from `path` at `now`: logs and records an alarm the first time one of
@@ -61,9 +55,9 @@ pub fn review(
             None => {}
         }
     }
-    let mut alarms = ALARMS.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = alarm_key(path);
     let Some(first) = stale.first() else {
-        if alarms.remove(path).is_some() {
+        if crate::alarms::clear(&key) {
             tracing::info!(file = %path.display(), "The CRL file is current again");
         }
         return recheck;
@@ -74,7 +68,7 @@ pub fn review(
         first.issuer,
         first.next_update_text,
     );
-    if alarms.get(path) != Some(&text) {
+    if crate::alarms::raise(&key, text.clone()) {
         match policy {
             StaleCrl::Refuse => tracing::error!(
                 "{text}. Until then, TLS handshakes whose certificates it covers are refused \
@@ -85,7 +79,6 @@ pub fn review(
                  since it was issued is not known"
             ),
         }
-        alarms.insert(path.to_owned(), text);
     }
     recheck
 }

@@ -1,5 +1,6 @@
 //! fieldlink core: the types and ports every other fieldlink crate meets through.
 //!
+//! - [`alarms`]: problems the operator must fix, for the status (process-wide);
 //! - [`clock`]: whether the wall clock is synchronized (boards without an RTC);
 //! - [`crl`]: CRL freshness (a CRL past its nextUpdate refuses, or warns, and raises an alarm);
 //! - [`config`]: what every configuration section shares: the reader that keeps spans, the error
@@ -23,6 +24,7 @@
 //! assert!(filter.matches(&TopicName::new("site/boiler/temperature").unwrap()));
 //! ```
 
+pub mod alarms;
 pub mod clock;
 pub mod config;
 pub mod crl;

@@ -245,7 +245,7 @@ pub async fn snapshot(
         queue,
         uplink: uplink.map(|s| UplinkView::from_status(s, (written_ms / 1000) as i64)),
         disk,
-        alarms: fieldlink_core::crl::alarms(),
+        alarms: fieldlink_core::alarms::all(),
     }
 }
 

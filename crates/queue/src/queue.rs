@@ -557,6 +557,9 @@ impl Writer {
         let result = self.write_transaction(&mut appends, &delete).await;
         match result {
             Ok(planned) => {
+                if fieldlink_core::alarms::clear(&format!("queue-full:{}", self.path.display())) {
+                    tracing::info!(path = %self.path.display(), "The queue can write again");
+                }
                 for ((_, reply), outcome) in appends.into_iter().zip(planned) {
                     let _ = reply.send(match outcome {
                         Planned::Ids(ids) => Ok(ids),
@@ -571,7 +574,26 @@ impl Writer {
             Err(e) => {
                 // Nothing was committed: the counters go back to what is on disk.
                 (self.depth, self.stats) = before;
-                tracing::error!(path = %self.path.display(), error = %e, "Queue write failed; nothing stored");
+                if is_disk_full(&e) {
+                    // The reserve was not enough (another process filled the disk): one alarm
+                    // and one log line, not one per commit; refused appends are counted.
+                    *self.stats.refused_total.entry("disk_full").or_default() +=
+                        appends.iter().map(|(e, _)| e.len() as u64).sum::<u64>();
+                    let text = format!(
+                        "The file system of the queue {} is full (SQLite could not write): new \
+                         messages are refused. Free disk space, or raise queue.disk_reserve so \
+                         that the queue stops before the disk does",
+                        self.path.display()
+                    );
+                    if fieldlink_core::alarms::raise(
+                        &format!("queue-full:{}", self.path.display()),
+                        text.clone(),
+                    ) {
+                        tracing::error!("{text}");
+                    }
+                } else {
+                    tracing::error!(path = %self.path.display(), error = %e, "Queue write failed; nothing stored");
+                }
                 for (_, reply) in appends {
                     let _ = reply.send(Err(self.db_error(clone_err(&e))));
                 }
@@ -608,6 +630,25 @@ impl Writer {
             let removed = store::delete_ids(&mut tx, delete).await?;
             depth.remove(&removed);
         }
+        // What the file system can still take above the reserve, as a ceiling on the bytes of
+        // messages held: the queue's policy applies to it like to max_bytes.
+        let disk = if appends.is_empty() {
+            None
+        } else {
+            let file = store::file_space(&mut tx).await?;
+            Some(DiskRoom {
+                path: path.clone(),
+                available,
+                reserve: settings.disk_reserve,
+                cap: depth.bytes.saturating_add(disk_room(
+                    available,
+                    settings.disk_reserve,
+                    file,
+                    depth.bytes,
+                )),
+                hit: std::sync::atomic::AtomicBool::new(false),
+            })
+        };
         let mut planned = Vec::with_capacity(appends.len());
         let mut batch: Vec<OutboxEntry> = Vec::new();
         // Rows that drop-oldest deleted: forgotten once the transaction is committed.
@@ -615,19 +656,10 @@ impl Writer {
         // What this round adds, on top of what is stored.
         let mut round = Depth::default();
         for (entries, _) in appends.iter_mut() {
-            let bytes: u64 = entries.iter().map(entry_bytes).sum();
-            if available.saturating_sub(round.bytes) < settings.disk_reserve.saturating_add(bytes) {
-                *stats.refused_total.entry("disk_reserve").or_default() += entries.len() as u64;
-                planned.push(Planned::Refused(QueueError::Full(Full::DiskReserve {
-                    path: path.clone(),
-                    available,
-                    reserve: settings.disk_reserve,
-                })));
-                continue;
-            }
             let limits = Limits {
                 queue: settings,
                 streams,
+                disk: disk.as_ref(),
             };
             match make_room(&mut tx, depth, &round, stats, limits, entries, &mut dropped).await? {
                 Err(e) => planned.push(Planned::Refused(e)),
@@ -647,6 +679,9 @@ impl Writer {
             .await?
             .into_iter();
         tx.commit().await?;
+        if let Some(disk) = &disk {
+            disk.report(settings.when_full);
+        }
         for entry in &batch {
             depth.add(&entry.stream, 1, entry_bytes(entry));
         }
@@ -931,6 +966,71 @@ impl Writer {
 struct Limits<'a> {
     queue: &'a QueueSettings,
     streams: &'a HashMap<String, StreamLimits>,
+    /// The file system's room, when this round appends anything.
+    disk: Option<&'a DiskRoom>,
+}
+
+/// The file system's room for messages, as a ceiling on the bytes held (see [`disk_room`]).
+struct DiskRoom {
+    path: PathBuf,
+    available: u64,
+    reserve: u64,
+    /// Bytes of messages the queue may hold before the file system's free space would fall
+    /// below the reserve.
+    cap: u64,
+    /// Whether an append of this round met that ceiling.
+    hit: std::sync::atomic::AtomicBool,
+}
+
+impl DiskRoom {
+    fn alarm_key(&self) -> String {
+        format!("queue-disk:{}", self.path.display())
+    }
+
+    /// Raises the alarm (logged once) when this round met the ceiling, clears it otherwise.
+    fn report(&self, policy: FullPolicy) {
+        let key = self.alarm_key();
+        if !self.hit.load(std::sync::atomic::Ordering::Relaxed) {
+            if fieldlink_core::alarms::clear(&key) {
+                tracing::info!(path = %self.path.display(), "The queue has room on disk again");
+            }
+            return;
+        }
+        let effect = match policy {
+            FullPolicy::Reject => "new messages are refused (when_full = \"reject\")",
+            FullPolicy::DropOldest => {
+                "the oldest messages make way for new ones (when_full = \"drop_oldest\")"
+            }
+            FullPolicy::DropNewest => "new messages are dropped (when_full = \"drop_newest\")",
+        };
+        let text = format!(
+            "The file system of the queue {} is full: {} MB free, queue.disk_reserve is {} MB; \
+             {effect}. Free disk space or lower queue.max_bytes",
+            self.path.display(),
+            self.available / 1_000_000,
+            self.reserve / 1_000_000,
+        );
+        if fieldlink_core::alarms::raise(&key, text.clone()) {
+            tracing::warn!("{text}");
+        }
+    }
+}
+
+/// What a byte of message costs on disk before the file says (rows, two indexes, pages not
+/// quite full): about three, measured with 1 KiB pages and sensor-sized rows.
+const DEFAULT_DISK_COST: f64 = 3.0;
+
+/// Bytes of messages (as the queue counts them) that still fit above the reserve: the free
+/// space of the file system plus the free pages inside the file, over what a message byte
+/// costs on disk (from the file itself once it holds enough to say).
+fn disk_room(available: u64, reserve: u64, file: store::FileSpace, held: u64) -> u64 {
+    let room = available.saturating_add(file.free).saturating_sub(reserve);
+    let cost = if held >= 64 * 1024 {
+        (file.used as f64 / held as f64).clamp(1.0, 16.0)
+    } else {
+        DEFAULT_DISK_COST
+    };
+    (room as f64 / cost) as u64
 }
 
 /// Applies the limits to one append request: `Err` refuses it whole; `Ok` says which of
@@ -973,23 +1073,40 @@ async fn make_room(
                     .is_some_and(|m| stream.bytes + bytes > m);
             let global_over = all.messages + 1 > limits.queue.max_messages
                 || all.bytes + bytes > limits.queue.max_bytes;
-            let (policy, scope, max_messages) = match (stream_over, global_over) {
-                (false, false) => break,
-                (true, _) => (
+            let disk_over = limits.disk.is_some_and(|d| all.bytes + bytes > d.cap);
+            if let (true, Some(disk)) = (disk_over, limits.disk) {
+                disk.hit.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            let (policy, scope, max_messages) = match (stream_over, global_over, disk_over) {
+                (false, false, false) => break,
+                (true, _, _) => (
                     stream_policy,
                     Some(entry.stream.as_str()),
                     stream_limits.max_messages,
                 ),
-                (false, true) => (
+                (false, true, _) => (
                     limits.queue.when_full,
                     None,
                     Some(limits.queue.max_messages),
                 ),
+                // The disk is a byte limit on the whole queue, under the queue's policy.
+                (false, false, true) => (limits.queue.when_full, None, None),
             };
             match policy {
                 FullPolicy::Reject => {
-                    *stats.refused_total.entry("full").or_default() += entries.len() as u64;
-                    let full = scope.map_or(Full::Queue, |s| Full::Stream(s.to_owned()));
+                    let (reason, full) = match (disk_over && !global_over, scope, limits.disk) {
+                        (true, None, Some(disk)) => (
+                            "disk_reserve",
+                            Full::DiskReserve {
+                                path: disk.path.clone(),
+                                available: disk.available,
+                                reserve: disk.reserve,
+                            },
+                        ),
+                        (_, Some(s), _) => ("full", Full::Stream(s.to_owned())),
+                        _ => ("full", Full::Queue),
+                    };
+                    *stats.refused_total.entry(reason).or_default() += entries.len() as u64;
                     return Ok(Err(QueueError::Full(full)));
                 }
                 FullPolicy::DropNewest => {
@@ -1049,4 +1166,14 @@ async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::E
 /// sqlx errors are not `Clone`; every waiter of a failed round gets the same words.
 fn clone_err(e: &sqlx::Error) -> sqlx::Error {
     sqlx::Error::Protocol(e.to_string())
+}
+
+/// SQLITE_FULL (13), with or without an extended code.
+fn is_disk_full(e: &sqlx::Error) -> bool {
+    let sqlx::Error::Database(db) = e else {
+        return false;
+    };
+    db.code()
+        .and_then(|c| c.parse::<i32>().ok())
+        .is_some_and(|code| code & 0xff == 13)
 }

@@ -513,6 +513,31 @@ pub(crate) async fn checkpoint(conn: &mut SqliteConnection) -> Result<(), sqlx::
     Ok(())
 }
 
+/// The database file's pages: bytes in use, and bytes of free pages that new rows reuse.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct FileSpace {
+    pub(crate) used: u64,
+    pub(crate) free: u64,
+}
+
+/// Reads [`FileSpace`] from the database header (no scan).
+pub(crate) async fn file_space(conn: &mut SqliteConnection) -> Result<FileSpace, sqlx::Error> {
+    let page_size: i64 = sqlx::query_scalar("PRAGMA page_size")
+        .fetch_one(&mut *conn)
+        .await?;
+    let pages: i64 = sqlx::query_scalar("PRAGMA page_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let free: i64 = sqlx::query_scalar("PRAGMA freelist_count")
+        .fetch_one(&mut *conn)
+        .await?;
+    let bytes = |n: i64| (n.max(0) as u64).saturating_mul(page_size.max(0) as u64);
+    Ok(FileSpace {
+        used: bytes(pages - free),
+        free: bytes(free),
+    })
+}
+
 /// Depth of each stream: name, messages, bytes.
 pub(crate) type StreamDepth = (String, u64, u64);
 
