@@ -3,7 +3,7 @@
 //! # Delivery
 //! Messages are leased from the [`Backlog`] within the inflight window, published at QoS 1,
 //! and acknowledged to the backlog (deleted) only on the cloud's PUBACK; an MQTT 5 PUBACK with
-//! a failure reason is never taken for success ([`OnRejected`] decides). rumqttc's `publish`
+//! a failure reason is never taken for success ([`config::OnRejected`] decides). rumqttc's `publish`
 //! gives no packet id, so the order of `Outgoing::Publish(pkid)` events maps packet ids back to
 //! rows. rumqttc forgets its unacknowledged publishes on a clean session, so on every failure
 //! the leased rows go back to the backlog (nack) and are published again, in order, after the
@@ -36,6 +36,12 @@
 //! # State
 //! [`UplinkStatus::state`] is the one state model ([`UplinkState`], in core) that the status
 //! file, the CLI, the component health and the `fieldlink_uplink_state` gauge show.
+//!
+//! # Where things are
+//! The drain loop is `drain/mod.rs`, with the cloud's commands
+//! (`drain/commands.rs`) and the certificate expiry watch (`drain/expiry_watch.rs`);
+//! `connector.rs` builds the TLS configuration for each attempt; `status.rs` and `error.rs`
+//! hold what the uplink reports and why it cannot start; `config` owns `[uplink]`.
 //!
 //! # Reconnects
 //! Exponential backoff with full jitter, reset only after a connection lasted
