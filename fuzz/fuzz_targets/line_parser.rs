@@ -8,7 +8,7 @@ use std::time::Duration;
 use fieldlink_core::config::devices::{
     DataType, LineFormat, LineSettings, PointSettings, Real, Source,
 };
-use fieldlink_serial::line::{Frame, Framer, LineParser, nmea_sentence};
+use fieldlink_serial::line_protocol::{Frame, Framer, LineParser, nmea_sentence};
 use libfuzzer_sys::fuzz_target;
 
 fn point(name: &str, data_type: DataType) -> PointSettings {

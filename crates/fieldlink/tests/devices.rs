@@ -560,15 +560,24 @@ async fn nmea_ascii_and_json_lines_are_published_and_garbage_is_counted_not_fata
         .write(true)
         .open(&pty.peer)
         .expect("the pty opens");
-    // Give the gateway a moment to open its end.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-
     let sentence = |body: &str| {
         let sum = body.bytes().fold(0u8, |a, b| a ^ b);
         format!("${body}*{sum:02X}\r\n")
     };
     let good = sentence("GPGGA,123519,4807.038,N,01131.000,E,1,08,0.9,545.4,M,46.9,M,,");
-    tty.write_all(good.as_bytes()).unwrap();
+    // The gateway drops what arrived before it opened its end: the sentence is repeated until
+    // its values are seen (readiness, not a guessed delay).
+    let repeating = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let repeater = {
+        let (mut tty, good, repeating) =
+            (tty.try_clone().unwrap(), good.clone(), repeating.clone());
+        std::thread::spawn(move || {
+            while repeating.load(std::sync::atomic::Ordering::SeqCst) {
+                tty.write_all(good.as_bytes()).unwrap();
+                std::thread::sleep(Duration::from_millis(200));
+            }
+        })
+    };
     let lat = rx
         .next(
             "plant/gps/lat",
@@ -576,6 +585,8 @@ async fn nmea_ascii_and_json_lines_are_published_and_garbage_is_counted_not_fata
             value_is(serde_json::json!(4807.038)),
         )
         .await;
+    repeating.store(false, std::sync::atomic::Ordering::SeqCst);
+    repeater.join().unwrap();
     assert!(lat.contains("ddmm.mmm"), "{lat}");
     rx.next("plant/gps/sats", "sats", value_is(serde_json::json!(8)))
         .await;

@@ -48,7 +48,7 @@
 //! - Writes to line devices (they are read-only).
 //!
 //! ```
-//! use fieldlink_serial::line::nmea_sentence;
+//! use fieldlink_serial::line_protocol::nmea_sentence;
 //! assert_eq!(nmea_sentence("$GPGLL,4916.45,N*38"), None, "wrong checksum");
 //! assert_eq!(nmea_sentence("$GPGLL,4916.45,N*3B"), Some("GPGLL,4916.45,N"));
 //! ```
@@ -57,8 +57,8 @@ pub mod codec;
 pub mod config;
 pub mod deadband;
 mod device;
-pub mod line;
-mod lines;
+mod line_device;
+pub mod line_protocol;
 mod modbus;
 pub mod payload;
 pub mod plan;
@@ -129,7 +129,7 @@ impl Bridge {
         for device in devices {
             if let Protocol::Lines(_) = device.protocol {
                 let d = Device::new(device, shared.clone());
-                shutdown.spawn(lines::run(d, shutdown.clone()));
+                shutdown.spawn(line_device::run(d, shutdown.clone()));
                 continue;
             }
             let key = match &device.link {

@@ -5,10 +5,12 @@
 //! - [`certs`]: a CA and certificates made at test time (no key is ever committed);
 //! - [`within`]: an await that fails the test instead of hanging it;
 //! - [`RecordingBus`]: a local bus that records what is published;
+//! - [`MemoryBacklog`]: the queue's backlog contract in memory (for the uplink's tests);
 //! - [`metrics::metric_values`]: what a metrics recorder saw;
 //! - [`Proxy`]: a TCP proxy that black-holes or throttles, and [`SilentAddress`], an address
 //!   whose connection attempts hang.
 
+mod backlog;
 mod bus;
 pub mod certs;
 pub mod metrics;
@@ -19,6 +21,7 @@ use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
+pub use backlog::{BacklogStats, MemoryBacklog};
 pub use bus::RecordingBus;
 pub use mosquitto::Mosquitto;
 pub use proxy::{Proxy, SilentAddress};

@@ -70,7 +70,8 @@ mod tests {
 
     #[test]
     fn a_missing_ca_file_is_the_configurations_fault_and_names_the_file() {
-        let err = crate::roots(Some(Path::new("/nonexistent/cloud-ca.pem"))).unwrap_err();
+        let err =
+            crate::connector::roots(Some(Path::new("/nonexistent/cloud-ca.pem"))).unwrap_err();
         assert!(matches!(err, UplinkError::Tls(_)), "{err:?}");
         assert_eq!(err.fault(), Fault::Config);
         assert!(
@@ -89,7 +90,7 @@ mod tests {
             "-----BEGIN CERTIFICATE-----\naGVsbG8=\n-----END CERTIFICATE-----\n",
         )
         .unwrap();
-        let err = crate::roots(Some(&path)).unwrap_err();
+        let err = crate::connector::roots(Some(&path)).unwrap_err();
         assert!(
             matches!(&err, UplinkError::CaCertificate { path: p, .. } if *p == path),
             "{err:?}"

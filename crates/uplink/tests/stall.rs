@@ -18,7 +18,7 @@ use fieldlink_core::message::{Message, Priority, QoS};
 use fieldlink_core::metrics as m;
 use fieldlink_core::ports::OutboxEntry;
 use fieldlink_core::topic::TopicName;
-use fieldlink_queue::Queue;
+use fieldlink_test_support::MemoryBacklog;
 use fieldlink_test_support::certs::TestCa;
 use fieldlink_test_support::metrics::metric_values;
 use fieldlink_test_support::{Proxy, SilentAddress};
@@ -323,7 +323,7 @@ impl Resolve for FixedAddresses {
 
 fn start_resolving(
     settings: fieldlink_uplink::config::UplinkSettings,
-    queue: &Queue,
+    queue: &MemoryBacklog,
     dir: &std::path::Path,
     addrs: Vec<SocketAddr>,
 ) -> (Uplink, fieldlink_core::shutdown::Shutdown) {
@@ -414,7 +414,7 @@ struct Feeder {
 }
 
 impl Feeder {
-    fn start(queue: Queue, padding: usize) -> Self {
+    fn start(queue: MemoryBacklog, padding: usize) -> Self {
         let stop = Arc::new(AtomicBool::new(false));
         let stopped = stop.clone();
         let task = tokio::spawn(async move {
@@ -438,7 +438,7 @@ impl Feeder {
 }
 
 /// `<stream>-<i>` (then `padding` bytes) on `site/<stream>`, for each stream.
-async fn append(queue: &Queue, range: std::ops::Range<usize>, padding: usize) {
+async fn append(queue: &MemoryBacklog, range: std::ops::Range<usize>, padding: usize) {
     let entries = range
         .flat_map(|i| {
             STREAMS.map(|stream| OutboxEntry {
@@ -487,7 +487,7 @@ async fn all_delivered_in_order(sub: &Subscriber, sent: usize) -> usize {
     duplicates
 }
 
-async fn queue_empties(queue: &Queue) {
+async fn queue_empties(queue: &MemoryBacklog) {
     let start = Instant::now();
     while queue.stats().await.unwrap().messages > 0 {
         assert!(

@@ -22,6 +22,7 @@
 
 mod error;
 mod reader;
+mod schema;
 pub mod values;
 
 use std::path::PathBuf;

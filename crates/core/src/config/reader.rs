@@ -5,6 +5,9 @@
 //! deserialize, and when that fails at a place in the file, record the error, cut the offending
 //! entry out of the tree and try again. Spans stay those of the original text, so every error
 //! points at its real line. Each round removes one entry, so the loop ends.
+//!
+//! What is wrong with the entry is found from the file layer's type ([`super::schema`]), not
+//! from serde's words: only serde's *place* of the error is used.
 
 use std::ops::Range;
 
@@ -13,6 +16,7 @@ use toml::Spanned;
 use toml::de::{DeArray, DeTable, DeValue};
 
 use super::error::Collector;
+use super::schema::{self, Found, Segment};
 
 /// Deserializes `source` into `T`, recording every syntax, unknown-key and type error in
 /// `errors`. Returns `None` when nothing usable could be read.
@@ -41,7 +45,7 @@ pub(crate) fn read<T: DeserializeOwned>(source: &str, errors: &mut Collector<'_>
             return None;
         };
         match cut(root.get_mut(), &span, "") {
-            Some(found) => report(errors, &found, span, e.message()),
+            Some(found) => report::<T>(errors, &found, span),
             None => {
                 errors.without_value("", Some(span), e.message().trim().to_owned(), "");
                 return None;
@@ -50,28 +54,48 @@ pub(crate) fn read<T: DeserializeOwned>(source: &str, errors: &mut Collector<'_>
     }
 }
 
-/// Words serde uses, turned into a problem and a hint. Values that serde quotes in its
-/// messages are left out: the collector shows the value itself, redacted where secret.
-fn report(errors: &mut Collector<'_>, found: &Cut, span: Range<usize>, message: &str) {
+/// Says what is wrong with the entry cut out, from the file layer's own type ([`schema`]):
+/// a key the table does not have, or a value of another kind than the key takes. serde's error
+/// text is never read (its words change between releases), only its place in the file.
+fn report<T: DeserializeOwned>(errors: &mut Collector<'_>, found: &Cut, span: Range<usize>) {
     let key = found.path.as_str();
-    if let Some(rest) = message.strip_prefix("unknown field ") {
-        let known = rest.split_once("expected ").map_or("", |(_, k)| k);
+    let path = schema::segments(key);
+    if let Some((Segment::Key(last), parent)) = path.split_last()
+        && let Found::Table(allowed) = schema::expected::<T>(parent)
+        && !allowed.contains(&last.as_str())
+    {
+        let allowed: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
         errors.entry(
             key,
             found.key_span.clone(),
             found.value_span.clone(),
             "unknown key",
-            format!("check the spelling or remove it; the keys allowed here are {known}"),
+            format!(
+                "check the spelling or remove it; the keys allowed here are {}",
+                allowed.join(", ")
+            ),
         );
-    } else if let Some((_, expected)) = message.split_once(", expected ") {
-        errors.at(
+        return;
+    }
+    match schema::expected::<T>(&path) {
+        Found::Value(kind) => errors.at(
             key,
             Some(span),
-            format!("wrong type: expected {}", expected.trim()),
+            format!("wrong type: expected {kind}"),
             "write a value of the expected type",
-        );
-    } else {
-        errors.at(key, Some(span), message.trim().to_owned(), "");
+        ),
+        Found::Table(_) => errors.at(
+            key,
+            Some(span),
+            "wrong type: expected a table",
+            "write a table ([section] or { key = value, .. })",
+        ),
+        Found::Lost => errors.at(
+            key,
+            Some(span),
+            "not a value this key takes",
+            "see the annotated configs/fieldlink.toml for what it takes",
+        ),
     }
 }
 

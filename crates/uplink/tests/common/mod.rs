@@ -1,8 +1,8 @@
 //! A cloud for the uplink to talk to: a real mosquitto with a TLS listener (certificates made
-//! at test time) and a plain one for the test's own subscriber; and the real queue.
+//! at test time) and a plain one for the test's own subscriber; and the backlog it drains.
 #![allow(dead_code)] // each test file uses its own subset
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -13,8 +13,7 @@ use fieldlink_core::ports::{LocalBus, OutboxEntry};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
-use fieldlink_queue::config::QueueSettings;
-use fieldlink_queue::{Queue, StatvfsDisk};
+use fieldlink_test_support::MemoryBacklog;
 use fieldlink_test_support::certs::{Issued, TestCa, write};
 use fieldlink_test_support::{Mosquitto, RecordingBus, free_port, wait_for_port};
 use fieldlink_uplink::Uplink;
@@ -119,14 +118,18 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
 }
 
 /// Starts an uplink draining `queue`; the shutdown stops it.
-pub fn start_uplink(settings: UplinkSettings, queue: &Queue, dir: &Path) -> (Uplink, Shutdown) {
+pub fn start_uplink(
+    settings: UplinkSettings,
+    queue: &MemoryBacklog,
+    dir: &Path,
+) -> (Uplink, Shutdown) {
     start_uplink_with_bus(settings, queue, dir, Arc::new(RecordingBus::new().0))
 }
 
 /// Starts an uplink draining `queue` and publishing commands on `bus`.
 pub fn start_uplink_with_bus(
     settings: UplinkSettings,
-    queue: &Queue,
+    queue: &MemoryBacklog,
     dir: &Path,
     bus: Arc<dyn LocalBus>,
 ) -> (Uplink, Shutdown) {
@@ -142,18 +145,14 @@ pub fn start_uplink_with_bus(
     (uplink, shutdown)
 }
 
-pub async fn queue(dir: &Path) -> Queue {
-    let settings = QueueSettings {
-        disk_reserve: 0,
-        ..QueueSettings::default()
-    };
-    Queue::open(dir, settings, HashMap::new(), Arc::new(StatvfsDisk))
-        .await
-        .unwrap()
+/// The backlog the uplink drains: the queue's contract in memory (the real queue behind the
+/// real uplink is tested in `crates/fieldlink`). `_dir` is where a queue would keep its file.
+pub async fn queue(_dir: &Path) -> MemoryBacklog {
+    MemoryBacklog::new()
 }
 
 /// Appends `n` messages on `site/<stream>`, payloads `<stream>-<i>`.
-pub async fn fill(queue: &Queue, stream: &str, n: usize) {
+pub async fn fill(queue: &MemoryBacklog, stream: &str, n: usize) {
     for chunk in (0..n).collect::<Vec<_>>().chunks(500) {
         let entries = chunk
             .iter()

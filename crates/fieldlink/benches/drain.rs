@@ -3,7 +3,7 @@
 //! (persistence on, QoS 1) in the same run. Both are timed the same way: from the first to the
 //! last message seen by a subscriber on the cloud broker.
 //!
-//! Run: `cargo bench -p fieldlink-uplink --bench drain` (`FIELDLINK_BENCH_SIZES=100000` to pick
+//! Run: `cargo bench -p fieldlink --bench drain` (`FIELDLINK_BENCH_SIZES=100000` to pick
 //! sizes).
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 

@@ -10,7 +10,7 @@ use tokio::io::AsyncReadExt as _;
 use crate::codec::{self, Value};
 use crate::config::{Link, Protocol};
 use crate::device::Device;
-use crate::line::{Frame, Framer, LineParser};
+use crate::line_protocol::{Frame, Framer, LineParser};
 use crate::modbus::open_serial;
 use crate::payload;
 

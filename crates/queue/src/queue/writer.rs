@@ -1,26 +1,24 @@
-//! The queue's API and its writer task (see the crate documentation for the design).
+//! The writer task: the one connection to SQLite, group commit, leases, deletions, expiry and
+//! the queue clock.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::collections::{HashMap, HashSet};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fieldlink_core::ports::{
-    Backlog, BacklogError, BoxFuture, Outbox, OutboxEntry, OutboxError, StorageCause,
-    StorageFailure, StoredMessage,
-};
+use fieldlink_core::ports::OutboxEntry;
 use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
+use super::limits::{DiskRoom, Limits, disk_room, make_room};
+use super::telemetry::Exported;
+use super::{AppendReply, AppendRequest, Depth, Leased, Op, REQUEST_CAPACITY, Stats};
 use crate::clock::QueueClock;
-use crate::config::{FullPolicy, QueueSettings, StreamLimits};
-pub use crate::store::Leased;
+use crate::config::{QueueSettings, StreamLimits};
 use crate::store::{self, Removed, entry_bytes};
-use crate::{DB_FILE, DiskSpace, Full, QueueError};
+use crate::{DiskSpace, QueueError};
 
-/// Requests waiting for the writer; producers wait (backpressure) once it is full.
-const REQUEST_CAPACITY: usize = 4096;
 /// Messages (appended or acknowledged) that are committed at once rather than wait for the
 /// commit interval: bounds the memory pending writes hold.
 const MAX_PENDING_MESSAGES: usize = 10_000;
@@ -34,338 +32,39 @@ const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How often age expiry and space reclaim run.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 
-/// The durable store-and-forward queue. Cheap to clone; every clone talks to one writer.
-#[derive(Debug, Clone)]
-pub struct Queue {
-    tx: mpsc::Sender<Op>,
-    path: Arc<PathBuf>,
-    /// Signalled after every commit that stored messages.
-    stored: Arc<tokio::sync::Notify>,
-}
-
-/// Depth and counters of one stream.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct StreamStats {
-    /// Messages held.
-    pub messages: u64,
-    /// Bytes held (payloads, topics, properties).
-    pub bytes: u64,
-}
-
-/// What the queue holds and what it has done since it was opened.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Stats {
-    /// Messages held.
-    pub messages: u64,
-    /// Bytes held.
-    pub bytes: u64,
-    /// Per stream.
-    pub streams: BTreeMap<String, StreamStats>,
-    /// Messages leased and not yet acknowledged.
-    pub leased: u64,
-    /// Age of the oldest message held.
-    pub oldest_age: Option<Duration>,
-    /// Messages appended since open.
-    pub appended_total: u64,
-    /// Messages acknowledged (and deleted) since open.
-    pub acked_total: u64,
-    /// Messages dropped since open, by reason: `age`, `drop_oldest`, `drop_newest`.
-    pub dropped_total: BTreeMap<&'static str, u64>,
-    /// Appends refused since open, by reason: `full`, `disk_reserve`.
-    pub refused_total: BTreeMap<&'static str, u64>,
-    /// Where a corrupt database was moved at open, if it was.
-    pub corrupt_file_moved_to: Option<PathBuf>,
-    /// Whether the last close was clean: then the start took the depth saved at that close and
-    /// skipped the full integrity check (which reads the whole file); after a power cut or a
-    /// kill it checks and counts every row.
-    pub opened_after_clean_close: bool,
-}
-
-type AppendReply = oneshot::Sender<Result<Vec<i64>, QueueError>>;
-type AppendRequest = (Vec<OutboxEntry>, AppendReply);
-
-enum Op {
-    Append(
-        Vec<OutboxEntry>,
-        oneshot::Sender<Result<Vec<i64>, QueueError>>,
-    ),
-    Ack(Vec<i64>, oneshot::Sender<Result<(), QueueError>>),
-    Nack(Vec<i64>, oneshot::Sender<()>),
-    Lease(usize, oneshot::Sender<Result<Vec<Leased>, QueueError>>),
-    Peek(usize, oneshot::Sender<Result<Vec<Leased>, QueueError>>),
-    Stats(oneshot::Sender<Result<Stats, QueueError>>),
-    Purge(oneshot::Sender<Result<u64, QueueError>>),
-    Close(oneshot::Sender<()>),
-}
-
-impl Queue {
-    /// Opens (or creates) the queue in `dir`, with the queue's limits and each stream's own.
-    pub async fn open(
-        dir: &Path,
-        settings: QueueSettings,
-        streams: HashMap<String, StreamLimits>,
-        disk: Arc<dyn DiskSpace>,
-    ) -> Result<Self, QueueError> {
-        let path = dir.join(DB_FILE);
-        store::make_private(dir, &path)?;
-        let store::OpenStore {
-            mut conn,
-            corrupt_moved_to: corrupt,
-            clean_depth,
-        } = store::open(&path, settings.durability).await?;
-        let db = |source| QueueError::Database {
-            path: path.clone(),
-            source,
-        };
-        let opened_after_clean_close = clean_depth.is_some();
-        // After a clean close the saved depth; else a scan of every row.
-        let streams_depth = match clean_depth {
-            Some(saved) => saved,
-            None => store::depth_by_stream(&mut conn).await.map_err(db)?,
-        };
-        let mut depth = Depth::default();
-        for (stream, messages, bytes) in streams_depth {
-            depth.add(&stream, messages, bytes);
-        }
-        let clock = resume_clock(&mut conn).await.map_err(db)?;
-        let (tx, rx) = mpsc::channel(REQUEST_CAPACITY);
-        let stored = Arc::new(tokio::sync::Notify::new());
-        let writer = Writer {
-            stored: stored.clone(),
-            conn,
-            path: path.clone(),
-            settings,
-            streams,
-            disk,
-            depth,
-            leased: HashSet::new(),
-            delivered: HashSet::new(),
-            last_delete: None,
-            clock,
-            cursor: None,
-            stats: Stats {
-                corrupt_file_moved_to: corrupt,
-                opened_after_clean_close,
-                ..Stats::default()
-            },
-            unchecked_writes: true,
-            last_commit: None,
-            last_write: None,
-            exported: Exported::default(),
-        };
-        tokio::spawn(writer.run(rx));
-        Ok(Self {
-            tx,
-            path: Arc::new(path),
-            stored,
-        })
-    }
-
-    /// The database file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
-    /// Stores `entries`, all or none, and returns their ids once they are fsync-durable.
-    /// A message dropped by a `drop_newest` policy gets no id and is counted.
-    pub async fn append(&self, entries: Vec<OutboxEntry>) -> Result<Vec<i64>, QueueError> {
-        self.call(|reply| Op::Append(entries, reply)).await?
-    }
-
-    /// Leases up to `max` messages in delivery order; they are not handed out again until
-    /// nacked, or after a restart.
-    pub async fn lease(&self, max: usize) -> Result<Vec<Leased>, QueueError> {
-        self.call(|reply| Op::Lease(max, reply)).await?
-    }
-
-    /// The cloud has them: deletes them.
-    pub async fn ack(&self, ids: Vec<i64>) -> Result<(), QueueError> {
-        self.call(|reply| Op::Ack(ids, reply)).await?
-    }
-
-    /// Not delivered: makes them leasable again, in their original order.
-    pub async fn nack(&self, ids: Vec<i64>) -> Result<(), QueueError> {
-        self.call(|reply| Op::Nack(ids, reply)).await
-    }
-
-    /// The first `max` messages in delivery order, without leasing them.
-    pub async fn peek(&self, max: usize) -> Result<Vec<Leased>, QueueError> {
-        self.call(|reply| Op::Peek(max, reply)).await?
-    }
-
-    /// Depth and counters.
-    pub async fn stats(&self) -> Result<Stats, QueueError> {
-        self.call(Op::Stats).await?
-    }
-
-    /// Deletes every message; returns how many there were.
-    pub async fn purge(&self) -> Result<u64, QueueError> {
-        self.call(Op::Purge).await?
-    }
-
-    /// Finishes what was asked before, folds the WAL into the database file and closes it.
-    /// Later calls on any clone fail with [`QueueError::Closed`].
-    pub async fn close(&self) {
-        let _ = self.call(Op::Close).await;
-    }
-
-    async fn call<T>(&self, op: impl FnOnce(oneshot::Sender<T>) -> Op) -> Result<T, QueueError> {
-        let (reply, answer) = oneshot::channel();
-        self.tx
-            .send(op(reply))
-            .await
-            .map_err(|_| QueueError::Closed)?;
-        answer.await.map_err(|_| QueueError::Closed)
-    }
-}
-
-impl Outbox for Queue {
-    fn append(&self, entries: Vec<OutboxEntry>) -> BoxFuture<'_, Result<(), OutboxError>> {
-        Box::pin(async move {
-            Queue::append(self, entries)
-                .await
-                .map(drop)
-                .map_err(|e| match e {
-                    QueueError::Full(full) => OutboxError::Full(full),
-                    QueueError::Closed => OutboxError::Closed,
-                    other => OutboxError::Storage(storage_failure(&other)),
-                })
-        })
-    }
-}
-
-impl Backlog for Queue {
-    fn lease(&self, max: usize) -> BoxFuture<'_, Result<Vec<StoredMessage>, BacklogError>> {
-        Box::pin(async move { Queue::lease(self, max).await.map_err(backlog_error) })
-    }
-
-    fn ack(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), BacklogError>> {
-        Box::pin(async move { Queue::ack(self, ids).await.map_err(backlog_error) })
-    }
-
-    fn nack(&self, ids: Vec<i64>) -> BoxFuture<'_, Result<(), BacklogError>> {
-        Box::pin(async move { Queue::nack(self, ids).await.map_err(backlog_error) })
-    }
-
-    fn stored(&self) -> BoxFuture<'_, ()> {
-        Box::pin(self.stored.notified())
-    }
-
-    fn depth(&self) -> BoxFuture<'_, Result<u64, BacklogError>> {
-        Box::pin(async move { Ok(self.stats().await.map_err(backlog_error)?.messages) })
-    }
-}
-
-fn backlog_error(e: QueueError) -> BacklogError {
-    match e {
-        QueueError::Closed => BacklogError::Closed,
-        other => BacklogError::Storage(storage_failure(&other)),
-    }
-}
-
-/// A failure of the database or the file system, as the ports carry it.
-fn storage_failure(e: &QueueError) -> StorageFailure {
-    e.storage_failure().unwrap_or_else(|| StorageFailure {
-        // Full and Closed have variants of their own in the ports; not reached.
-        cause: StorageCause::Database,
-        detail: e.to_string(),
-    })
-}
-
-/// Messages and bytes held, per stream and in total.
-#[derive(Debug, Clone, Default)]
-struct Depth {
-    messages: u64,
-    bytes: u64,
-    streams: HashMap<String, StreamStats>,
-}
-
-impl Depth {
-    fn add(&mut self, stream: &str, messages: u64, bytes: u64) {
-        self.messages += messages;
-        self.bytes += bytes;
-        // Look up before inserting: the key is allocated only for a stream seen the first time.
-        let s = match self.streams.get_mut(stream) {
-            Some(s) => s,
-            None => self.streams.entry(stream.to_owned()).or_default(),
-        };
-        s.messages += messages;
-        s.bytes += bytes;
-    }
-
-    fn remove(&mut self, removed: &[Removed]) {
-        for r in removed {
-            self.messages = self.messages.saturating_sub(1);
-            self.bytes = self.bytes.saturating_sub(r.bytes);
-            if let Some(s) = self.streams.get_mut(&r.stream) {
-                s.messages = s.messages.saturating_sub(1);
-                s.bytes = s.bytes.saturating_sub(r.bytes);
-                if s.messages == 0 {
-                    self.streams.remove(&r.stream);
-                }
-            }
-        }
-    }
-
-    fn stream(&self, stream: &str) -> StreamStats {
-        self.streams.get(stream).copied().unwrap_or_default()
-    }
-
-    /// What one stream (or, for `None`, the whole queue) holds.
-    fn held(&self, stream: Option<&str>) -> StreamStats {
-        match stream {
-            Some(stream) => self.stream(stream),
-            None => StreamStats {
-                messages: self.messages,
-                bytes: self.bytes,
-            },
-        }
-    }
-}
-
-struct Writer {
-    stored: Arc<tokio::sync::Notify>,
-    conn: SqliteConnection,
-    path: PathBuf,
-    settings: QueueSettings,
-    streams: HashMap<String, StreamLimits>,
-    disk: Arc<dyn DiskSpace>,
-    depth: Depth,
-    leased: HashSet<i64>,
+pub(super) struct Writer {
+    pub(super) stored: Arc<tokio::sync::Notify>,
+    pub(super) conn: SqliteConnection,
+    pub(super) path: PathBuf,
+    pub(super) settings: QueueSettings,
+    pub(super) streams: HashMap<String, StreamLimits>,
+    pub(super) disk: Arc<dyn DiskSpace>,
+    pub(super) depth: Depth,
+    pub(super) leased: HashSet<i64>,
     /// Acknowledged by the cloud and not deleted yet: never leased, peeked or counted again.
     /// Deleting them costs a commit's pages, so it is done for many at once.
-    delivered: HashSet<i64>,
+    pub(super) delivered: HashSet<i64>,
     /// When delivered messages were last deleted.
-    last_delete: Option<std::time::Instant>,
+    pub(super) last_delete: Option<std::time::Instant>,
     /// Queue time, which ages are measured in (see `clock.rs`).
-    clock: QueueClock,
+    pub(super) clock: QueueClock,
     /// The last row leased, in lease order (priority, id), while every row before it is
     /// leased: the next lease starts after it instead of skipping every leased row. Reset by
     /// a nack, a purge, and an append to a higher priority lane.
-    cursor: Option<(i64, i64)>,
-    stats: Stats,
+    pub(super) cursor: Option<(i64, i64)>,
+    pub(super) stats: Stats,
     /// Writes since the last checkpoint.
-    unchecked_writes: bool,
+    pub(super) unchecked_writes: bool,
     /// When the last commit (of anything) and the last write were made.
-    last_commit: Option<std::time::Instant>,
-    last_write: Option<std::time::Instant>,
+    pub(super) last_commit: Option<std::time::Instant>,
+    pub(super) last_write: Option<std::time::Instant>,
     /// What was last handed to the metrics facade.
-    exported: Exported,
-}
-
-/// The counters and stream gauges last exported, so that each export adds only the change.
-#[derive(Default)]
-struct Exported {
-    appended: u64,
-    acked: u64,
-    dropped: BTreeMap<&'static str, u64>,
-    refused: BTreeMap<&'static str, u64>,
-    streams: HashSet<String>,
+    pub(super) exported: Exported,
 }
 
 /// Writes waiting for their commit.
 #[derive(Default)]
-struct Pending {
+pub(super) struct Pending {
     appends: Vec<AppendRequest>,
     /// Messages in them.
     messages: usize,
@@ -379,7 +78,7 @@ impl Pending {
 }
 
 /// One append request's outcome within a round.
-enum Planned {
+pub(super) enum Planned {
     /// Refused whole.
     Refused(QueueError),
     /// This many of its entries are in the round's insert (before the commit).
@@ -389,7 +88,7 @@ enum Planned {
 }
 
 impl Writer {
-    async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
+    pub(super) async fn run(mut self, mut rx: mpsc::Receiver<Op>) {
         let mut maintenance = tokio::time::interval(MAINTENANCE_EVERY);
         maintenance.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut pending = Pending::default();
@@ -872,51 +571,6 @@ impl Writer {
         }
     }
 
-    /// Hands the change since the last export to the metrics facade.
-    fn export(&mut self) {
-        use fieldlink_core::metrics as m;
-        let (stats, done) = (&self.stats, &mut self.exported);
-        metrics::counter!(m::QUEUE_APPENDED_TOTAL).increment(stats.appended_total - done.appended);
-        metrics::counter!(m::QUEUE_ACKED_TOTAL).increment(stats.acked_total - done.acked);
-        done.appended = stats.appended_total;
-        done.acked = stats.acked_total;
-        for (now, before, name) in [
-            (
-                &stats.dropped_total,
-                &mut done.dropped,
-                m::QUEUE_DROPPED_TOTAL,
-            ),
-            (
-                &stats.refused_total,
-                &mut done.refused,
-                m::QUEUE_REFUSED_TOTAL,
-            ),
-        ] {
-            for (reason, n) in now {
-                let seen = before.entry(reason).or_default();
-                metrics::counter!(name, "reason" => *reason).increment(n - *seen);
-                *seen = *n;
-            }
-        }
-        for (stream, depth) in &self.depth.streams {
-            metrics::gauge!(m::QUEUE_DEPTH_MESSAGES, "stream" => stream.clone())
-                .set(depth.messages as f64);
-            metrics::gauge!(m::QUEUE_DEPTH_BYTES, "stream" => stream.clone())
-                .set(depth.bytes as f64);
-            done.streams.insert(stream.clone());
-        }
-        // A drained stream leaves the depth map: its gauges go to zero.
-        let depth = &self.depth;
-        done.streams.retain(|stream| {
-            let held = depth.streams.contains_key(stream);
-            if !held {
-                metrics::gauge!(m::QUEUE_DEPTH_MESSAGES, "stream" => stream.clone()).set(0.0);
-                metrics::gauge!(m::QUEUE_DEPTH_BYTES, "stream" => stream.clone()).set(0.0);
-            }
-            held
-        });
-    }
-
     /// How long a message appended at queue time `queue_ms` has been held.
     fn age(&self, queue_ms: i64) -> Duration {
         Duration::from_millis(
@@ -961,190 +615,9 @@ impl Writer {
     }
 }
 
-/// The limits that apply to an append.
-#[derive(Clone, Copy)]
-struct Limits<'a> {
-    queue: &'a QueueSettings,
-    streams: &'a HashMap<String, StreamLimits>,
-    /// The file system's room, when this round appends anything.
-    disk: Option<&'a DiskRoom>,
-}
-
-/// The file system's room for messages, as a ceiling on the bytes held (see [`disk_room`]).
-struct DiskRoom {
-    path: PathBuf,
-    available: u64,
-    reserve: u64,
-    /// Bytes of messages the queue may hold before the file system's free space would fall
-    /// below the reserve.
-    cap: u64,
-    /// Whether an append of this round met that ceiling.
-    hit: std::sync::atomic::AtomicBool,
-}
-
-impl DiskRoom {
-    fn alarm_key(&self) -> String {
-        format!("queue-disk:{}", self.path.display())
-    }
-
-    /// Raises the alarm (logged once) when this round met the ceiling, clears it otherwise.
-    fn report(&self, policy: FullPolicy) {
-        let key = self.alarm_key();
-        if !self.hit.load(std::sync::atomic::Ordering::Relaxed) {
-            if fieldlink_core::alarms::clear(&key) {
-                tracing::info!(path = %self.path.display(), "The queue has room on disk again");
-            }
-            return;
-        }
-        let effect = match policy {
-            FullPolicy::Reject => "new messages are refused (when_full = \"reject\")",
-            FullPolicy::DropOldest => {
-                "the oldest messages make way for new ones (when_full = \"drop_oldest\")"
-            }
-            FullPolicy::DropNewest => "new messages are dropped (when_full = \"drop_newest\")",
-        };
-        let text = format!(
-            "The file system of the queue {} is full: {} MB free, queue.disk_reserve is {} MB; \
-             {effect}. Free disk space or lower queue.max_bytes",
-            self.path.display(),
-            self.available / 1_000_000,
-            self.reserve / 1_000_000,
-        );
-        if fieldlink_core::alarms::raise(&key, text.clone()) {
-            tracing::warn!("{text}");
-        }
-    }
-}
-
-/// What a byte of message costs on disk before the file says (rows, two indexes, pages not
-/// quite full): about three, measured with 1 KiB pages and sensor-sized rows.
-const DEFAULT_DISK_COST: f64 = 3.0;
-
-/// Bytes of messages (as the queue counts them) that still fit above the reserve: the free
-/// space of the file system plus the free pages inside the file, over what a message byte
-/// costs on disk (from the file itself once it holds enough to say).
-fn disk_room(available: u64, reserve: u64, file: store::FileSpace, held: u64) -> u64 {
-    let room = available.saturating_add(file.free).saturating_sub(reserve);
-    let cost = if held >= 64 * 1024 {
-        (file.used as f64 / held as f64).clamp(1.0, 16.0)
-    } else {
-        DEFAULT_DISK_COST
-    };
-    (room as f64 / cost) as u64
-}
-
-/// Applies the limits to one append request: `Err` refuses it whole; `Ok` says which of
-/// its entries to store (drop-newest may leave some out; drop-oldest deletes old rows).
-async fn make_room(
-    conn: &mut SqliteConnection,
-    depth: &mut Depth,
-    round: &Depth,
-    stats: &mut Stats,
-    limits: Limits<'_>,
-    entries: &[OutboxEntry],
-    dropped: &mut Vec<Removed>,
-) -> Result<Result<Vec<bool>, QueueError>, sqlx::Error> {
-    let mut keep = vec![true; entries.len()];
-    // This request's earlier entries; with the round's and what is stored, what is held.
-    let mut pending = Depth::default();
-    let held = |depth: &Depth, pending: &Depth, scope: Option<&str>| {
-        let (d, r, p) = (depth.held(scope), round.held(scope), pending.held(scope));
-        StreamStats {
-            messages: d.messages + r.messages + p.messages,
-            bytes: d.bytes + r.bytes + p.bytes,
-        }
-    };
-    for (i, entry) in entries.iter().enumerate() {
-        let bytes = entry_bytes(entry);
-        let stream_limits = limits
-            .streams
-            .get(&entry.stream)
-            .copied()
-            .unwrap_or_default();
-        let stream_policy = stream_limits.when_full.unwrap_or(limits.queue.when_full);
-        loop {
-            let stream = held(depth, &pending, Some(&entry.stream));
-            let all = held(depth, &pending, None);
-            let stream_over = stream_limits
-                .max_messages
-                .is_some_and(|m| stream.messages + 1 > m)
-                || stream_limits
-                    .max_bytes
-                    .is_some_and(|m| stream.bytes + bytes > m);
-            let global_over = all.messages + 1 > limits.queue.max_messages
-                || all.bytes + bytes > limits.queue.max_bytes;
-            let disk_over = limits.disk.is_some_and(|d| all.bytes + bytes > d.cap);
-            if let (true, Some(disk)) = (disk_over, limits.disk) {
-                disk.hit.store(true, std::sync::atomic::Ordering::Relaxed);
-            }
-            let (policy, scope, max_messages) = match (stream_over, global_over, disk_over) {
-                (false, false, false) => break,
-                (true, _, _) => (
-                    stream_policy,
-                    Some(entry.stream.as_str()),
-                    stream_limits.max_messages,
-                ),
-                (false, true, _) => (
-                    limits.queue.when_full,
-                    None,
-                    Some(limits.queue.max_messages),
-                ),
-                // The disk is a byte limit on the whole queue, under the queue's policy.
-                (false, false, true) => (limits.queue.when_full, None, None),
-            };
-            match policy {
-                FullPolicy::Reject => {
-                    let (reason, full) = match (disk_over && !global_over, scope, limits.disk) {
-                        (true, None, Some(disk)) => (
-                            "disk_reserve",
-                            Full::DiskReserve {
-                                path: disk.path.clone(),
-                                available: disk.available,
-                                reserve: disk.reserve,
-                            },
-                        ),
-                        (_, Some(s), _) => ("full", Full::Stream(s.to_owned())),
-                        _ => ("full", Full::Queue),
-                    };
-                    *stats.refused_total.entry(reason).or_default() += entries.len() as u64;
-                    return Ok(Err(QueueError::Full(full)));
-                }
-                FullPolicy::DropNewest => {
-                    keep[i] = false;
-                    *stats.dropped_total.entry("drop_newest").or_default() += 1;
-                    break;
-                }
-                FullPolicy::DropOldest => {
-                    // Exactly the rows a message-count limit needs; for a byte limit one at a
-                    // time, since a row's size is known only once it is deleted.
-                    let messages = held(depth, &pending, scope).messages;
-                    let excess =
-                        max_messages.map_or(1, |max| (messages + 1).saturating_sub(max).max(1));
-                    let removed =
-                        store::delete_oldest(conn, scope, i64::try_from(excess).unwrap_or(1))
-                            .await?;
-                    if removed.is_empty() {
-                        // Nothing stored is left to drop: the entry itself cannot fit.
-                        keep[i] = false;
-                        *stats.dropped_total.entry("drop_oldest").or_default() += 1;
-                        break;
-                    }
-                    *stats.dropped_total.entry("drop_oldest").or_default() += removed.len() as u64;
-                    depth.remove(&removed);
-                    dropped.extend(removed);
-                }
-            }
-        }
-        if keep[i] {
-            pending.add(&entry.stream, 1, bytes);
-        }
-    }
-    Ok(Ok(keep))
-}
-
 /// The queue clock, continued from the database: its saved row, the newest message, and the
 /// wall clock's state now. Rows without a queue time are given this moment's.
-async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::Error> {
+pub(super) async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::Error> {
     let saved = store::load_clock(conn).await?;
     let newest = store::newest_queue_ms(conn).await?;
     let mut clock = QueueClock::resume(saved, newest);
@@ -1164,7 +637,7 @@ async fn resume_clock(conn: &mut SqliteConnection) -> Result<QueueClock, sqlx::E
 }
 
 /// sqlx errors are not `Clone`; every waiter of a failed round gets the same words.
-fn clone_err(e: &sqlx::Error) -> sqlx::Error {
+pub(super) fn clone_err(e: &sqlx::Error) -> sqlx::Error {
     sqlx::Error::Protocol(e.to_string())
 }
 

@@ -1,0 +1,549 @@
+//! The drain loop: connect, lease within the inflight window, publish, ack on PUBACK, and on
+//! any failure give the rows in flight back and reconnect.
+
+mod commands;
+mod expiry_watch;
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use fieldlink_core::metrics::{
+    UPLINK_LAST_ACK_TIMESTAMP_SECONDS, UPLINK_REJECTED_TOTAL, UPLINK_STALLS_TOTAL, UPLINK_STATE,
+};
+use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
+use fieldlink_core::shutdown::Shutdown;
+use fieldlink_core::topic::TopicName;
+pub use fieldlink_core::uplink_state::UplinkState;
+use tokio::sync::{mpsc, watch};
+
+use crate::backoff::Backoff;
+use crate::config::{OnRejected, UplinkSettings};
+use crate::connector::Connector;
+pub use crate::dial::STAGGER;
+use crate::session::{Session, SessionEvent};
+use crate::status::UplinkStatus;
+use crate::{MIN_PLAUSIBLE_UNIX_TIME, backoff, bridge, diagnose};
+
+/// How often the drain loop looks at timers (rejected retries, CRL changes, rates).
+const TICK: Duration = Duration::from_secs(1);
+
+pub(crate) struct Drain {
+    settings: UplinkSettings,
+    backlog: Arc<dyn Backlog>,
+    bus: Arc<dyn LocalBus>,
+    connector: Connector,
+    status: watch::Sender<UplinkStatus>,
+    backoff: Backoff,
+    /// Published, in publish order, until rumqttc tells their packet ids: queue rows, and
+    /// `None` for an alarm, so that an alarm's packet id is never paired with a row (its
+    /// PUBACK would delete a row the cloud has not confirmed).
+    unsent: VecDeque<Option<i64>>,
+    /// Packet id → queue id, for what awaits its PUBACK.
+    by_pkid: HashMap<u16, i64>,
+    /// Refused by the cloud, to be retried after a delay.
+    parked: Vec<(Instant, i64)>,
+    acks: mpsc::UnboundedSender<i64>,
+    acks_rx: Option<mpsc::UnboundedReceiver<i64>>,
+    warned: HashMap<String, u64>,
+    acked_in_tick: u64,
+    /// A keep-alive ping awaits its answer.
+    ping_outstanding: bool,
+    /// Since when something (a publish, a ping) awaits the cloud's answer.
+    awaiting_since: Option<Instant>,
+    /// The last packet from the cloud, as rumqttc reported it (the bridge sees every byte).
+    last_packet: Option<Instant>,
+    /// Since when nothing came from the cloud, once a stall is reported.
+    silent_since: Option<Instant>,
+    /// Whether the wall clock was synchronized at the last look.
+    clock_synchronized: bool,
+}
+
+impl Drain {
+    pub(crate) fn new(
+        settings: UplinkSettings,
+        backlog: Arc<dyn Backlog>,
+        bus: Arc<dyn LocalBus>,
+        connector: Connector,
+        status: watch::Sender<UplinkStatus>,
+    ) -> Self {
+        let (acks, acks_rx) = mpsc::unbounded_channel();
+        Self {
+            backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
+            settings,
+            backlog,
+            bus,
+            connector,
+            status,
+            unsent: VecDeque::new(),
+            by_pkid: HashMap::new(),
+            parked: Vec::new(),
+            acks,
+            acks_rx: Some(acks_rx),
+            warned: HashMap::new(),
+            acked_in_tick: 0,
+            ping_outstanding: false,
+            awaiting_since: None,
+            last_packet: None,
+            silent_since: None,
+            clock_synchronized: fieldlink_core::clock::synchronized(),
+        }
+    }
+
+    pub(crate) async fn run(mut self, shutdown: Shutdown) {
+        // Acks go to the backlog from their own task, batched, so the session keeps flowing
+        // while SQLite commits.
+        if let Some(rx) = self.acks_rx.take() {
+            tokio::spawn(ack_writer(rx, self.backlog.clone()));
+        }
+        while !shutdown.is_triggered() {
+            self.attempt(&shutdown).await;
+            self.return_inflight().await;
+            if shutdown.is_triggered() {
+                break;
+            }
+            let delay = self.backoff.next_delay();
+            self.status.send_modify(|s| s.reconnects += 1);
+            tracing::debug!(?delay, "Uplink reconnect delay");
+            let wake = tokio::time::Instant::now() + delay;
+            loop {
+                // The backlog matters most during an outage: it keeps being counted.
+                self.refresh_backlog(false).await;
+                // A stalled link stays "stalled" until the next attempt, its silence growing.
+                let stalled = matches!(self.status.borrow().state, UplinkState::Stalled { .. });
+                if let (true, Some(since)) = (stalled, self.silent_since) {
+                    let silent_for = since.elapsed();
+                    self.status
+                        .send_modify(|s| s.state = UplinkState::Stalled { silent_for });
+                }
+                tokio::select! {
+                    () = tokio::time::sleep_until(wake.min(tokio::time::Instant::now() + TICK)) => {}
+                    () = shutdown.cancelled() => break,
+                }
+                if tokio::time::Instant::now() >= wake {
+                    break;
+                }
+            }
+        }
+        self.return_inflight().await;
+        self.set_state(UplinkState::Disconnected {
+            reason: "the gateway is shutting down".into(),
+        });
+    }
+
+    /// Counts the backlog for the status; the time to empty it only while `draining`.
+    async fn refresh_backlog(&mut self, draining: bool) {
+        let Ok(backlog) = self.backlog.depth().await else {
+            return;
+        };
+        self.status.send_modify(|s| {
+            s.backlog = backlog;
+            s.time_to_empty = (draining && s.drain_rate >= 1.0)
+                .then(|| Duration::from_secs_f64(backlog as f64 / s.drain_rate));
+        });
+    }
+
+    /// One connection, from the TLS setup to its end.
+    async fn attempt(&mut self, shutdown: &Shutdown) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        if now < MIN_PLAUSIBLE_UNIX_TIME {
+            self.wait_for_clock(
+                "the system clock is wrong (earlier than this release): waiting for time sync \
+                 before checking certificates"
+                    .into(),
+            );
+            return;
+        }
+        self.watch_expiry(None);
+        let (host, port, transport) = match self.connector.transport() {
+            Ok(t) => t,
+            Err(e) => {
+                self.fail(e.to_string());
+                return;
+            }
+        };
+        // A failure's state (stalled, refused, disconnected) stays while the next attempt is
+        // made: it is the latest thing known, and "connecting" in between would hide it from
+        // whoever looks at the status at the wrong moment.
+        if self.status.borrow().state.is_connected() {
+            self.set_state(UplinkState::Connecting);
+        }
+        // An error of an earlier connection is not this one's.
+        let _ = self.connector.take_link_error();
+        self.ping_outstanding = false;
+        self.awaiting_since = None;
+        self.last_packet = None;
+        let mut session = Session::new(
+            &self.settings,
+            &host,
+            port,
+            transport,
+            connect_limit(&self.settings),
+        );
+        let mut connected_at: Option<Instant> = None;
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            let window_open =
+                connected_at.is_some() && self.inflight() < usize::from(self.settings.inflight);
+            tokio::select! {
+                event = session.poll() => match event {
+                    Ok(SessionEvent::Connected) => {
+                        connected_at = Some(Instant::now());
+                        self.last_packet = connected_at;
+                        tracing::info!(host = %self.settings.host, "Uplink connected");
+                        // last_error stays: a past stall or refusal remains visible.
+                        self.set_state(UplinkState::Connected);
+                        // Anything leased before is back in the backlog (see return_inflight):
+                        // start from the oldest.
+                        self.return_inflight().await;
+                        self.watch_expiry(Some(&session));
+                        self.subscribe_commands(&session);
+                        self.refill(&mut session).await;
+                    }
+                    Ok(SessionEvent::Subscribed(codes)) => {
+                        self.last_packet = Some(Instant::now());
+                        self.subscribed(&codes);
+                    }
+                    Ok(SessionEvent::Received { topic, payload }) => {
+                        self.last_packet = Some(Instant::now());
+                        self.command(topic, payload).await;
+                    }
+                    Ok(SessionEvent::PingSent) => self.ping_outstanding = true,
+                    Ok(SessionEvent::PingAnswered) => {
+                        self.last_packet = Some(Instant::now());
+                        self.ping_outstanding = false;
+                    }
+                    Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
+                        if let Some(Some(id)) = self.unsent.pop_front() {
+                            self.by_pkid.insert(pkid, id);
+                        }
+                    }
+                    Ok(SessionEvent::Acked { pkid, refused }) => {
+                        self.last_packet = Some(Instant::now());
+                        self.acked(pkid, refused);
+                        if self.inflight() <= usize::from(self.settings.inflight) / 2 {
+                            self.refill(&mut session).await;
+                        }
+                    }
+                    Ok(_) => {}
+                    Err(e) if diagnose::is_unanswered_ping(e.as_ref()) => {
+                        let silent_for = self
+                            .last_heard()
+                            .map_or(self.settings.keep_alive, |h| h.elapsed());
+                        self.report_stall(silent_for);
+                        self.connector.bridge.demote_link();
+                        self.connector.bridge.close_link();
+                        return;
+                    }
+                    Err(e) => {
+                        // The bridge's own failure (unreachable, TLS) says more than rumqttc's
+                        // "connection closed".
+                        let synchronized = fieldlink_core::clock::synchronized();
+                        let failure = self.connector.take_link_error().unwrap_or_else(|| {
+                            bridge::LinkError::of(e.as_ref(), synchronized)
+                        });
+                        if !synchronized && failure.about_time {
+                            self.wait_for_clock(failure.text);
+                        } else {
+                            self.fail_with(failure.text, failure.refused);
+                        }
+                        self.connector.bridge.close_link();
+                        return;
+                    }
+                },
+                () = self.backlog.stored(), if window_open => self.refill(&mut session).await,
+                // Not while connecting: rumqttc's poll is not cancel-safe until the CONNACK
+                // (a dropped poll abandons its half-open connection and the next one dials
+                // again), so nothing but shutdown may interrupt it then.
+                _ = tick.tick(), if connected_at.is_some() => {
+                    self.on_tick(connected_at);
+                    if self.stalled() {
+                        self.connector.bridge.demote_link();
+                        self.connector.bridge.close_link();
+                        return;
+                    }
+                    if self.clock_became_synchronized() {
+                        // Expiry alarms wait for a clock that can be trusted.
+                        self.watch_expiry(Some(&session));
+                    }
+                    self.refresh_backlog(true).await;
+                    if connected_at.is_some() {
+                        self.refill(&mut session).await;
+                    }
+                    self.connector.review_crls_when_due();
+                    if self.connector.crls_changed() {
+                        tracing::info!("A CRL file changed: reconnecting to check the server against it");
+                        session.disconnect().await;
+                        self.set_state(UplinkState::Disconnected {
+                            reason: "reconnecting to check the server against a changed CRL".into(),
+                        });
+                        return;
+                    }
+                }
+                () = shutdown.cancelled() => {
+                    // Only a live session says goodbye: driving one that is still connecting
+                    // would dial again.
+                    if connected_at.is_some() {
+                        session.disconnect().await;
+                    }
+                    return;
+                }
+            }
+            self.update_awaiting();
+        }
+    }
+
+    /// Starts or ends the wait for the cloud's answer.
+    fn update_awaiting(&mut self) {
+        let outstanding = self.ping_outstanding || self.inflight() > 0;
+        match (outstanding, self.awaiting_since) {
+            (true, None) => self.awaiting_since = Some(Instant::now()),
+            (false, Some(_)) => self.awaiting_since = None,
+            _ => {}
+        }
+    }
+
+    /// When the cloud was last heard from: its last byte as the bridge saw it, or its last
+    /// packet as rumqttc reported it, whichever is later.
+    fn last_heard(&self) -> Option<Instant> {
+        let bytes = self.connector.bridge.link().and_then(|l| l.last_heard());
+        bytes.max(self.last_packet)
+    }
+
+    /// Whether the link is stalled: an answer is awaited and nothing at all came back from the
+    /// cloud for `stall_timeout` (counted from the later of the last byte and the start of
+    /// the wait). Reports it when so.
+    fn stalled(&mut self) -> bool {
+        let heard = self.last_heard();
+        if let Some(heard) = heard {
+            let wall = SystemTime::now().checked_sub(heard.elapsed());
+            self.status.send_modify(|s| s.last_heard = wall);
+        }
+        let Some(waiting) = self.awaiting_since else {
+            return false;
+        };
+        let silent_for = heard.map_or(waiting, |h| h.max(waiting)).elapsed();
+        if silent_for < self.settings.stall_timeout {
+            return false;
+        }
+        self.report_stall(silent_for);
+        true
+    }
+
+    /// The link is given up as stalled: state, counters, log.
+    fn report_stall(&mut self, silent_for: Duration) {
+        self.silent_since = Instant::now().checked_sub(silent_for);
+        let state = UplinkState::Stalled { silent_for };
+        tracing::warn!(
+            host = %self.settings.host,
+            silent_s = silent_for.as_secs(),
+            inflight = self.inflight(),
+            "Uplink stalled: nothing from the cloud; reconnecting and sending what was in flight again"
+        );
+        metrics::counter!(UPLINK_STALLS_TOTAL).increment(1);
+        let text = state.to_string();
+        self.set_state(state);
+        self.status.send_modify(|s| {
+            s.stalls += 1;
+            s.last_error = Some(text);
+        });
+    }
+
+    /// The one place the state changes; the gauge follows it.
+    fn set_state(&mut self, state: UplinkState) {
+        let old = self.status.borrow().state.name();
+        if old != state.name() {
+            metrics::gauge!(UPLINK_STATE, "state" => old).set(0.0);
+            tracing::debug!(from = old, to = state.name(), "Uplink state");
+        }
+        metrics::gauge!(UPLINK_STATE, "state" => state.name()).set(1.0);
+        self.status.send_modify(|s| s.state = state);
+    }
+
+    fn inflight(&self) -> usize {
+        self.unsent.len() + self.by_pkid.len()
+    }
+
+    /// Leases what fits in the window and publishes it.
+    async fn refill(&mut self, session: &mut Session) {
+        self.unpark().await;
+        let room = usize::from(self.settings.inflight).saturating_sub(self.inflight());
+        if room == 0 {
+            return;
+        }
+        let leased = match self.backlog.lease(room).await {
+            Ok(leased) => leased,
+            Err(e) => {
+                tracing::error!(error = %e, "Uplink cannot read the queue");
+                return;
+            }
+        };
+        for message in leased {
+            let id = message.id;
+            let StoredMessage { message, .. } = message;
+            let topic = cloud_topic(&self.settings, &message.topic);
+            let tag = self
+                .settings
+                .message_id_property
+                .as_deref()
+                .map(|name| (name, id));
+            if let Err(e) = session.publish(topic, message.payload, message.retain, tag) {
+                // The request channel is sized for the window; this means the session is gone.
+                tracing::warn!(error = %e, "Uplink publish not queued; it goes back to the queue");
+                let _ = self.backlog.nack(vec![id]).await;
+                continue;
+            }
+            self.unsent.push_back(Some(id));
+        }
+        self.status
+            .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
+    }
+
+    fn acked(&mut self, pkid: u16, refused: Option<String>) {
+        let Some(id) = self.by_pkid.remove(&pkid) else {
+            return;
+        };
+        match refused {
+            None => {
+                let _ = self.acks.send(id);
+                self.acked_in_tick += 1;
+                let now = SystemTime::now();
+                self.status.send_modify(|s| {
+                    s.acked_total += 1;
+                    s.last_ack = Some(now);
+                });
+                if let Ok(t) = now.duration_since(UNIX_EPOCH) {
+                    metrics::gauge!(UPLINK_LAST_ACK_TIMESTAMP_SECONDS).set(t.as_secs_f64());
+                }
+            }
+            Some(reason) => {
+                self.status.send_modify(|s| s.rejected_total += 1);
+                metrics::counter!(UPLINK_REJECTED_TOTAL).increment(1);
+                match self.settings.on_rejected {
+                    OnRejected::Retry => {
+                        tracing::warn!(id, %reason, "The cloud refused a message; it stays queued and is retried");
+                        self.parked.push((
+                            Instant::now()
+                                + self.settings.reconnect_min.max(Duration::from_secs(1)),
+                            id,
+                        ));
+                    }
+                    OnRejected::Drop => {
+                        tracing::error!(id, %reason, "The cloud refused a message; dropped as uplink.on_rejected = \"drop\" says");
+                        let _ = self.acks.send(id);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refused messages whose delay is over go back to the backlog.
+    async fn unpark(&mut self) {
+        let now = Instant::now();
+        let due: Vec<i64> = self
+            .parked
+            .iter()
+            .filter(|(at, _)| *at <= now)
+            .map(|(_, id)| *id)
+            .collect();
+        if !due.is_empty() {
+            self.parked.retain(|(at, _)| *at > now);
+            let _ = self.backlog.nack(due).await;
+        }
+    }
+
+    fn on_tick(&mut self, connected_at: Option<Instant>) {
+        if connected_at.is_some_and(|at| at.elapsed() >= backoff::STABLE_AFTER) {
+            self.backoff.reset();
+        }
+        let acked = std::mem::take(&mut self.acked_in_tick) as f64 / TICK.as_secs_f64();
+        self.status
+            .send_modify(|s| s.drain_rate = 0.7 * s.drain_rate + 0.3 * acked);
+    }
+
+    /// Everything leased and not acknowledged goes back to the backlog, to be sent again in
+    /// order after the next CONNACK.
+    async fn return_inflight(&mut self) {
+        let mut ids: Vec<i64> = self.unsent.drain(..).flatten().collect();
+        ids.extend(self.by_pkid.drain().map(|(_, id)| id));
+        ids.extend(self.parked.drain(..).map(|(_, id)| id));
+        if !ids.is_empty() {
+            let _ = self.backlog.nack(ids).await;
+        }
+        self.status.send_modify(|s| s.inflight = 0);
+    }
+
+    /// A certificate that reads as expired or not yet valid while the clock is not
+    /// synchronized: said once, calmly, and retried on the usual backoff.
+    fn wait_for_clock(&mut self, why: String) {
+        if self.status.borrow().last_error.as_deref() != Some(why.as_str()) {
+            tracing::info!(host = %self.settings.host, reason = %why, "Uplink waits for time sync");
+        }
+        // Not a refusal: the cloud may be right and our clock wrong.
+        self.set_state(UplinkState::ClockUnsynchronized {
+            reason: why.clone(),
+        });
+        self.status.send_modify(|s| s.last_error = Some(why));
+    }
+
+    /// Whether the wall clock has become synchronized since the last look.
+    fn clock_became_synchronized(&mut self) -> bool {
+        let now = fieldlink_core::clock::synchronized();
+        let became = now && !self.clock_synchronized;
+        self.clock_synchronized = now;
+        became
+    }
+
+    fn fail(&mut self, why: String) {
+        self.fail_with(why, false);
+    }
+
+    /// A failed or lost connection: refused (the cloud said no) or disconnected.
+    fn fail_with(&mut self, why: String, refused: bool) {
+        tracing::warn!(host = %self.settings.host, reason = %why, refused, "Uplink connection failed");
+        self.set_state(if refused {
+            UplinkState::Refused {
+                reason: why.clone(),
+            }
+        } else {
+            UplinkState::Disconnected {
+                reason: why.clone(),
+            }
+        });
+        self.status.send_modify(|s| s.last_error = Some(why));
+    }
+}
+
+/// rumqttc's own limit up to the CONNACK (and per flush): a backstop behind the bridge's
+/// resolve, dial and TLS timeouts, longer than all three.
+fn connect_limit(settings: &UplinkSettings) -> Duration {
+    settings.connect_timeout * 3 + STAGGER * 8 + Duration::from_secs(5)
+}
+
+/// The cloud topic for a local one: the first rewrite rule that matches, else the prefix.
+fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
+    settings
+        .rewrites
+        .iter()
+        .find_map(|r| r.apply(local))
+        .map_or_else(
+            || format!("{}{local}", settings.topic_prefix),
+            |t| t.as_str().to_owned(),
+        )
+}
+
+async fn ack_writer(mut rx: mpsc::UnboundedReceiver<i64>, backlog: Arc<dyn Backlog>) {
+    let mut batch = Vec::new();
+    while let Some(first) = rx.recv().await {
+        batch.push(first);
+        while let Ok(id) = rx.try_recv() {
+            batch.push(id);
+        }
+        if let Err(e) = backlog.ack(std::mem::take(&mut batch)).await {
+            // Not deleted: they will be sent again after a restart (at least once).
+            tracing::warn!(error = %e, "Uplink could not delete acknowledged messages");
+        }
+    }
+}
