@@ -253,9 +253,12 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
 /// data directory (so that `fieldlink status --config X` finds X's gateway and several gateways
 /// never share one); only without any of these, `run/` in the data directory.
 pub fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
-    if let Some(dir) = runtime_dir_from_env() {
-        return dir;
-    }
+    runtime_dir_from_env().unwrap_or_else(|| instance_runtime_dir(data_dir))
+}
+
+/// [`runtime_dir`] without `$RUNTIME_DIRECTORY`: where the gateway of `data_dir` keeps its
+/// runtime files when it is not run by systemd.
+pub fn instance_runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
     let base = if config::is_root() {
         Some(std::path::PathBuf::from("/run"))
     } else {

@@ -45,6 +45,9 @@ pub struct GatewayStatus {
     /// Problems the operator must fix, in words (a CRL past its nextUpdate, ...).
     #[serde(default)]
     pub alarms: Vec<String>,
+    /// The data directory of the gateway that wrote it: which instance this is.
+    #[serde(default)]
+    pub data_dir: Option<PathBuf>,
 }
 
 /// Bytes written to storage, as the kernel counts them for this process (`write_bytes` in
@@ -220,6 +223,8 @@ pub async fn snapshot(
     disk: DiskView,
 ) -> GatewayStatus {
     let written_ms = now_ms();
+    // The queue lives in the data directory: it names the instance.
+    let queue_dir = queue.path().parent().map(Path::to_path_buf);
     let queue = match queue.stats().await {
         Ok(stats) => QueueView {
             messages: stats.messages,
@@ -246,6 +251,7 @@ pub async fn snapshot(
         uplink: uplink.map(|s| UplinkView::from_status(s, (written_ms / 1000) as i64)),
         disk,
         alarms: fieldlink_core::alarms::all(),
+        data_dir: queue_dir,
     }
 }
 
@@ -291,9 +297,29 @@ fn write_atomically(path: &Path, status: &GatewayStatus) -> std::io::Result<()> 
 }
 
 /// Where the gateway that keeps its state in `data_dir` writes its status (see
-/// [`crate::runtime_dir`]): the CLI reads that instance's file, never another's.
+/// [`crate::runtime_dir`]): the CLI reads that instance's file, never another's. A status file
+/// in `$RUNTIME_DIRECTORY` (set for whatever systemd started) counts only if it says it is this
+/// data directory's; else the instance's own place is read.
 pub fn find_status_file(data_dir: &Path) -> PathBuf {
-    crate::runtime_dir(data_dir).join(STATUS_FILE)
+    let own = crate::instance_runtime_dir(data_dir).join(STATUS_FILE);
+    let from_env = crate::runtime_dir(data_dir).join(STATUS_FILE);
+    if from_env == own {
+        return own;
+    }
+    let belongs = read(&from_env).is_ok_and(|(status, _)| {
+        status
+            .data_dir
+            .as_deref()
+            .is_none_or(|dir| same_dir(dir, data_dir))
+    });
+    if belongs { from_env } else { own }
+}
+
+fn same_dir(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => a == b,
+    }
 }
 
 /// Reads a status file; the error names the file and what to do.
