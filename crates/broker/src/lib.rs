@@ -30,6 +30,8 @@ mod bus;
 mod edge;
 
 pub use bus::BrokerBus;
+#[doc(hidden)]
+pub use edge::fuzz_frames;
 
 /// Client ids of the gateway's own links to the router. The edge refuses them to clients: a
 /// client with such an id would take the link's session over (rumqttd ends the older session

@@ -183,6 +183,27 @@ pub struct BrokerSettings {
     /// Most distinct subscription filters: the router keeps a log of up to
     /// `segment_size × segment_count` per filter, so this bounds its memory.
     pub max_filters: usize,
+    /// Most new filters one identity may add to `max_filters` (anonymous clients together
+    /// are one identity): no single client can use the pool up.
+    pub max_filters_per_identity: usize,
+    /// Largest CONNECT accepted (at most `max_packet_size`): what a connection may make the
+    /// broker buffer before it has authenticated.
+    pub max_connect_size: usize,
+    /// Most connections not yet authenticated (TLS handshake or CONNECT in progress); a new
+    /// one pushes out the oldest.
+    pub max_unauthenticated: usize,
+    /// Most connections not yet authenticated from one source address; past it, that
+    /// address's oldest gives way.
+    pub max_unauthenticated_per_address: usize,
+    /// How long a write to a client may stay blocked (a client that stops reading) before
+    /// its connection is dropped.
+    pub write_timeout: Duration,
+    /// Most MQTT 5 delayed wills kept at once; past it a will is published at once.
+    pub max_delayed_wills: usize,
+    /// Most bytes (topics and payloads) of delayed wills kept at once.
+    pub max_delayed_will_bytes: usize,
+    /// Longest will delay honoured.
+    pub max_will_delay: Duration,
     /// Who may connect, and what each client may publish and subscribe to.
     pub access: AccessSettings,
 }
@@ -199,6 +220,14 @@ impl Default for BrokerSettings {
             connect_timeout: default_connect_timeout(),
             max_message_rate: 1000,
             max_filters: 128,
+            max_filters_per_identity: 32,
+            max_connect_size: 64 * 1024,
+            max_unauthenticated: 128,
+            max_unauthenticated_per_address: 32,
+            write_timeout: Duration::from_secs(30),
+            max_delayed_wills: 256,
+            max_delayed_will_bytes: 1024 * 1024,
+            max_will_delay: Duration::from_secs(3600),
             access: AccessSettings::default(),
         }
     }

@@ -61,6 +61,7 @@ fn gateway(file: &GatewayFile, c: &mut Collector<'_>) -> GatewaySettings {
 
 fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
     const MIB: i64 = 1024 * 1024;
+    let defaults = BrokerSettings::default();
     BrokerSettings {
         listeners: listeners(file.listeners.as_ref(), c),
         max_connections: int(
@@ -106,6 +107,62 @@ fn broker(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
         )
         .unwrap_or(1000),
         max_filters: int(c, "broker.max_filters", &file.max_filters, 1..=100_000).unwrap_or(128),
+        max_filters_per_identity: int(
+            c,
+            "broker.max_filters_per_identity",
+            &file.max_filters_per_identity,
+            1..=100_000,
+        )
+        .unwrap_or(defaults.max_filters_per_identity),
+        max_connect_size: int(
+            c,
+            "broker.max_connect_size",
+            &file.max_connect_size,
+            128..=64 * MIB,
+        )
+        .unwrap_or(defaults.max_connect_size),
+        max_unauthenticated: int(
+            c,
+            "broker.max_unauthenticated",
+            &file.max_unauthenticated,
+            1..=10_000,
+        )
+        .unwrap_or(defaults.max_unauthenticated),
+        max_unauthenticated_per_address: int(
+            c,
+            "broker.max_unauthenticated_per_address",
+            &file.max_unauthenticated_per_address,
+            1..=10_000,
+        )
+        .unwrap_or(defaults.max_unauthenticated_per_address),
+        write_timeout: duration(
+            c,
+            "broker.write_timeout",
+            &file.write_timeout,
+            Duration::from_millis(100)..=Duration::from_secs(3600),
+            defaults.write_timeout,
+        ),
+        max_delayed_wills: int(
+            c,
+            "broker.max_delayed_wills",
+            &file.max_delayed_wills,
+            0..=100_000,
+        )
+        .unwrap_or(defaults.max_delayed_wills),
+        max_delayed_will_bytes: int(
+            c,
+            "broker.max_delayed_will_bytes",
+            &file.max_delayed_will_bytes,
+            0..=256 * MIB,
+        )
+        .unwrap_or(defaults.max_delayed_will_bytes),
+        max_will_delay: duration(
+            c,
+            "broker.max_will_delay",
+            &file.max_will_delay,
+            Duration::ZERO..=Duration::from_secs(7 * 24 * 3600),
+            defaults.max_will_delay,
+        ),
         access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }
