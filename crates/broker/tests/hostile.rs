@@ -333,6 +333,18 @@ async fn no_input_makes_the_edge_panic() {
     (client, _) = Raw::connect(port, &malformed).await;
     assert!(client.closed_within(SECOND).await);
 
+    // Packets only a server sends, from an MQTT 5 client (rumqttd's reader panics on some):
+    // the connection ends.
+    for packet in [[0xb0, 1, 0], [0x20, 1, 0]] {
+        let v5 = Connect {
+            level: 5,
+            ..Connect::default()
+        };
+        (client, _) = Raw::connect(port, &v5).await;
+        client.send(&packet).await;
+        assert!(client.closed_within(5 * SECOND).await);
+    }
+
     // A 3.1.1 subscriber and an MQTT 5 publisher whose publish carries properties.
     let (mut subscriber, ack) = Raw::connect(port, &Connect::default()).await;
     assert_eq!(connack(&ack), (false, 0));
