@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use fieldlink_test_support::{free_port, wait_for_port};
 
-/// The gateway, killed on drop.
-struct Gateway(Child, tempfile::TempDir);
+/// The gateway, killed on drop; its data directory goes with it.
+struct Gateway(Child, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Gateway {
     fn drop(&mut self) {

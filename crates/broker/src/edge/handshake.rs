@@ -317,7 +317,7 @@ async fn read_connect(
             ConnectPeek::Header { frame_len, .. } => frame_len,
         };
         match read_bounded(io, buf, want).await {
-            Ok(0) | Err(_) => return Err(Refusal::quiet("closed before CONNECT")),
+            Ok(0) | Err(_) => return Err(Refusal::quiet("closed_before_connect")),
             Ok(_) => {}
         }
     };
@@ -387,7 +387,7 @@ async fn check_password(
             // Bytes after the CONNECT are kept for the session (within the connect cap);
             // the end of the stream means the client left.
             read = read_bounded(io, buf, ctx.max_connect_size) => match read {
-                Ok(0) | Err(_) => return Err(Refusal::quiet("left during login")),
+                Ok(0) | Err(_) => return Err(Refusal::quiet("left_during_login")),
                 Ok(_) => {}
             },
         }

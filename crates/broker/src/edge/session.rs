@@ -293,8 +293,14 @@ impl Session {
         if out.is_empty() {
             return Ok(());
         }
+        let now = Instant::now();
         let keep_alive = self.last_heard + self.keep_alive;
-        let deadline = (Instant::now() + self.ctx.write_timeout).min(keep_alive);
+        // A keep-alive deadline already past (the client was not read during a rate pause)
+        // is the loop's to judge once the write is done.
+        let deadline = match now + self.ctx.write_timeout {
+            write if keep_alive > now => write.min(keep_alive),
+            write => write,
+        };
         let result = tokio::select! {
             written = tokio::time::timeout_at(deadline.into(), io.write_all(out)) => written,
             () = self.ctx.shutdown.cancelled() => return Err(End::Shutdown),
