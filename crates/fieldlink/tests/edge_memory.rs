@@ -73,9 +73,9 @@ fn frame(first: u8, body: &[u8]) -> Vec<u8> {
 }
 
 /// Item 3: QoS 2 publishes whose PUBREL never comes cannot make the gateway hold their
-/// payloads: one client sending 2 000 of 60 KiB (117 MiB) without PUBREL leaves the gateway's
-/// memory within 40 MiB of where it was, while connected (it is cut off past
-/// `max_inflight`) and after.
+/// payloads: one 3.1.1 client sending 2 000 of 60 KiB (117 MiB) without PUBREL leaves the
+/// gateway's memory within 40 MiB of where it was, while connected and after (the edge ends
+/// QoS 2 itself and keeps only the packet ids).
 #[test]
 fn qos2_publishes_without_pubrel_do_not_pile_up_in_memory() {
     let port = free_port();

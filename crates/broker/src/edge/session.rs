@@ -11,9 +11,10 @@
 //! (and match PUBRELs in arrival order), so the edge keeps the packet ids itself: a QoS 2
 //! publish goes to the router as QoS 1, its PUBACK comes back to the client as PUBREC, and the
 //! client's PUBREL is answered with PUBCOMP here. A duplicate (same packet id before its
-//! PUBREL) is answered again, never routed twice. Unacknowledged QoS 1 and 2 publishes count
-//! against `max_inflight` (announced as Receive Maximum); one more ends the session (MQTT 5:
-//! DISCONNECT 0x93).
+//! PUBREL) is answered again, never routed twice. MQTT 5: unacknowledged QoS 1 and 2
+//! publishes count against `max_inflight` (announced as Receive Maximum); one more ends the
+//! session with DISCONNECT 0x93. 3.1.1 (no Receive Maximum to announce): the client is not
+//! read while `max_inflight` of its publishes wait for the router.
 //!
 //! **Writes never hold the session.** Each write to the client has `write_timeout` (and the
 //! keep-alive deadline, and shutdown) over it: a client that stops reading loses its
@@ -138,6 +139,8 @@ pub(crate) struct Session {
     qos1: HashSet<u16>,
     /// Inbound QoS 2 publishes not completed yet.
     qos2: HashMap<u16, Qos2>,
+    /// How many of `qos2` the router has not acknowledged yet.
+    qos2_routing: usize,
     /// SUBSCRIBEs sent to the router with some filters held back: the codes to put back.
     held_back: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     rate: RateLimit,
@@ -235,6 +238,7 @@ impl Session {
             ctx: admitted.ctx,
             _permit: admitted.permit,
             qos1: HashSet::new(),
+            qos2_routing: 0,
             qos2: HashMap::new(),
             held_back: HashMap::new(),
             rate,
@@ -347,7 +351,7 @@ impl Session {
         loop {
             let deadline = tokio::time::Instant::from_std(self.last_heard + self.keep_alive);
             tokio::select! {
-                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING && paused.is_none() => match read {
+                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING && paused.is_none() && !self.backlogged() => match read {
                     // What was read before goes on first (a DISCONNECT among it included).
                     Ok(0) => {
                         return self
@@ -496,6 +500,14 @@ impl Session {
         self.qos1.len() + self.qos2.len()
     }
 
+    /// A 3.1.1 client, which was told no Receive Maximum, is not read while `max_inflight` of
+    /// its publishes wait for the router: backpressure instead of a disconnect. (QoS 2 ones
+    /// waiting for the client's PUBREL hold only their packet id here, at most 65 536.)
+    fn backlogged(&self) -> bool {
+        self.codec == Codec::V4
+            && self.qos1.len() + self.qos2_routing >= usize::from(self.ctx.max_inflight)
+    }
+
     /// Handles every complete packet in `buf`: answers what the edge answers itself into
     /// `out`, and returns what is to be stored and then handed to the router.
     fn inbound(&mut self, buf: &mut BytesMut, out: &mut BytesMut) -> Result<Batch, String> {
@@ -538,7 +550,9 @@ impl Session {
                         }
                         continue;
                     }
-                    if qos > 0
+                    // MQTT 5 clients were told the Receive Maximum: one more is an error.
+                    if self.codec == Codec::V5
+                        && qos > 0
                         && !self.qos1.contains(&pkid)
                         && self.inflight() >= usize::from(self.ctx.max_inflight)
                     {
@@ -574,6 +588,7 @@ impl Session {
                         }
                         2 => {
                             self.qos2.insert(pkid, Qos2::Routing);
+                            self.qos2_routing += 1;
                             as_qos1(&publish, pkid)
                         }
                         _ => publish,
@@ -752,6 +767,7 @@ impl Session {
                                 _ => PubRecReason::UnspecifiedError,
                             };
                             self.qos2.insert(ack.pkid, Qos2::Received(reason));
+                            self.qos2_routing -= 1;
                             let rec = PubRec {
                                 pkid: ack.pkid,
                                 reason,
