@@ -220,7 +220,7 @@ impl Default for BrokerSettings {
             connect_timeout: default_connect_timeout(),
             max_message_rate: 1000,
             max_filters: 128,
-            max_filters_per_identity: 32,
+            max_filters_per_identity: 64,
             max_connect_size: 64 * 1024,
             max_unauthenticated: 128,
             max_unauthenticated_per_address: 32,
