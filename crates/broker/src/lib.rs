@@ -31,6 +31,8 @@ pub mod config;
 mod edge;
 
 pub use bus::BrokerBus;
+#[doc(hidden)]
+pub use edge::fuzz_frames;
 pub use edge::transport::SecurityError;
 
 /// Client ids of the gateway's own links to the router. The edge refuses them to clients: a

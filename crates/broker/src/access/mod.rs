@@ -47,7 +47,9 @@
 //!   whole level (`devices/%c/#`) or inside one (`users/%u-inbox`). A pattern with `%u` never
 //!   applies to an anonymous client. A name or client id that is empty or contains `/`, `+`,
 //!   `#` (or NUL) never fills a placeholder: the pattern then allows nothing for that client,
-//!   so nobody can reach another level by choosing a clever client id.
+//!   so nobody can reach another level by choosing a clever client id. The edge passes the
+//!   client id only where it bound it to the identity (an empty one otherwise): a client that
+//!   may choose any id gets no `%c` rights.
 //!
 //! # Example
 //!

@@ -30,6 +30,22 @@ pub struct BrokerFile {
     pub max_message_rate: Option<Spanned<i64>>,
     /// Most distinct subscription filters the broker keeps (each holds its own log).
     pub max_filters: Option<Spanned<i64>>,
+    /// Most new subscription filters one identity may add to `max_filters`.
+    pub max_filters_per_identity: Option<Spanned<i64>>,
+    /// Largest CONNECT packet accepted, in bytes (also capped by `max_packet_size`).
+    pub max_connect_size: Option<Spanned<i64>>,
+    /// Most connections not yet authenticated; the oldest gives way to a new one.
+    pub max_unauthenticated: Option<Spanned<i64>>,
+    /// Most connections not yet authenticated from one source address.
+    pub max_unauthenticated_per_address: Option<Spanned<i64>>,
+    /// How long a write to a client may stay blocked before the connection is dropped.
+    pub write_timeout: Option<Spanned<String>>,
+    /// Most MQTT 5 delayed wills kept for clients that went away.
+    pub max_delayed_wills: Option<Spanned<i64>>,
+    /// Most bytes of MQTT 5 delayed wills kept, topics and payloads together.
+    pub max_delayed_will_bytes: Option<Spanned<i64>>,
+    /// Longest will delay honoured; a longer one is shortened to it.
+    pub max_will_delay: Option<Spanned<String>>,
     /// `[[broker.listeners]]`.
     pub listeners: Option<Spanned<Vec<Spanned<ListenerFile>>>>,
     /// The credentials file (`name:<argon2 PHC string>[:groups]` lines, mode 0600).

@@ -52,6 +52,23 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 pub const DEFAULT_MAX_MESSAGE_RATE: u32 = 1000;
 /// Most distinct subscription filters (each holds its own log in the router).
 pub const DEFAULT_MAX_FILTERS: usize = 128;
+/// Most new filters one identity may add: half the pool, so no single client can use it up.
+pub const DEFAULT_MAX_FILTERS_PER_IDENTITY: usize = 64;
+/// Largest CONNECT accepted: what a connection may make the broker buffer before it has
+/// authenticated (a CONNECT with a will is rarely more than a few KiB).
+pub const DEFAULT_MAX_CONNECT_SIZE: usize = 64 * 1024;
+/// Most connections not yet authenticated at once.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 128;
+/// Most connections not yet authenticated from one source address.
+pub const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 32;
+/// How long a write to a client may stay blocked before its connection is dropped.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Most MQTT 5 delayed wills kept at once.
+pub const DEFAULT_MAX_DELAYED_WILLS: usize = 256;
+/// Most bytes of delayed wills kept at once.
+pub const DEFAULT_MAX_DELAYED_WILL_BYTES: usize = 1024 * 1024;
+/// Longest will delay honoured.
+pub const DEFAULT_MAX_WILL_DELAY: Duration = Duration::from_secs(3600);
 /// How long a TLS handshake may take before the connection is dropped.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TLS handshakes in progress at once per listener.
@@ -81,6 +98,27 @@ pub struct BrokerSettings {
     /// Most distinct subscription filters: the router keeps a log of up to
     /// `segment_size × segment_count` per filter, so this bounds its memory.
     pub max_filters: usize,
+    /// Most new filters one identity may add to `max_filters` (anonymous clients together
+    /// are one identity): no single client can use the pool up.
+    pub max_filters_per_identity: usize,
+    /// Largest CONNECT accepted (at most `max_packet_size`): what a connection may make the
+    /// broker buffer before it has authenticated.
+    pub max_connect_size: usize,
+    /// Most connections not yet authenticated (TLS handshake or CONNECT in progress); a new
+    /// one pushes out the oldest.
+    pub max_unauthenticated: usize,
+    /// Most connections not yet authenticated from one source address; past it, that
+    /// address's oldest gives way.
+    pub max_unauthenticated_per_address: usize,
+    /// How long a write to a client may stay blocked (a client that stops reading) before
+    /// its connection is dropped.
+    pub write_timeout: Duration,
+    /// Most MQTT 5 delayed wills kept at once; past it a will is published at once.
+    pub max_delayed_wills: usize,
+    /// Most bytes (topics and payloads) of delayed wills kept at once.
+    pub max_delayed_will_bytes: usize,
+    /// Longest will delay honoured.
+    pub max_will_delay: Duration,
     /// Who may connect, and what each client may publish and subscribe to.
     pub access: AccessSettings,
 }
@@ -97,6 +135,14 @@ impl Default for BrokerSettings {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_message_rate: DEFAULT_MAX_MESSAGE_RATE,
             max_filters: DEFAULT_MAX_FILTERS,
+            max_filters_per_identity: DEFAULT_MAX_FILTERS_PER_IDENTITY,
+            max_connect_size: DEFAULT_MAX_CONNECT_SIZE,
+            max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
+            max_unauthenticated_per_address: DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            max_delayed_wills: DEFAULT_MAX_DELAYED_WILLS,
+            max_delayed_will_bytes: DEFAULT_MAX_DELAYED_WILL_BYTES,
+            max_will_delay: DEFAULT_MAX_WILL_DELAY,
             access: AccessSettings::default(),
         }
     }

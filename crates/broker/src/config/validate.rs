@@ -10,9 +10,12 @@ use toml::Spanned;
 
 use super::file::{BrokerFile, ListenerFile};
 use super::{
-    BrokerSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_FILTERS,
-    DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_SEGMENT_COUNT,
-    DEFAULT_SEGMENT_SIZE, ListenerSettings,
+    BrokerSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_SIZE, DEFAULT_MAX_CONNECTIONS,
+    DEFAULT_MAX_DELAYED_WILL_BYTES, DEFAULT_MAX_DELAYED_WILLS, DEFAULT_MAX_FILTERS,
+    DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_MESSAGE_RATE,
+    DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
+    DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE, DEFAULT_WRITE_TIMEOUT,
+    ListenerSettings,
 };
 
 /// Validates `[broker]`, recording every mistake in `c`.
@@ -64,6 +67,62 @@ pub fn settings(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
         .unwrap_or(DEFAULT_MAX_MESSAGE_RATE),
         max_filters: int(c, "broker.max_filters", &file.max_filters, 1..=100_000)
             .unwrap_or(DEFAULT_MAX_FILTERS),
+        max_filters_per_identity: int(
+            c,
+            "broker.max_filters_per_identity",
+            &file.max_filters_per_identity,
+            1..=100_000,
+        )
+        .unwrap_or(DEFAULT_MAX_FILTERS_PER_IDENTITY),
+        max_connect_size: int(
+            c,
+            "broker.max_connect_size",
+            &file.max_connect_size,
+            128..=64 * MIB,
+        )
+        .unwrap_or(DEFAULT_MAX_CONNECT_SIZE),
+        max_unauthenticated: int(
+            c,
+            "broker.max_unauthenticated",
+            &file.max_unauthenticated,
+            1..=10_000,
+        )
+        .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED),
+        max_unauthenticated_per_address: int(
+            c,
+            "broker.max_unauthenticated_per_address",
+            &file.max_unauthenticated_per_address,
+            1..=10_000,
+        )
+        .unwrap_or(DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS),
+        write_timeout: duration(
+            c,
+            "broker.write_timeout",
+            &file.write_timeout,
+            Duration::from_millis(100)..=Duration::from_secs(3600),
+            DEFAULT_WRITE_TIMEOUT,
+        ),
+        max_delayed_wills: int(
+            c,
+            "broker.max_delayed_wills",
+            &file.max_delayed_wills,
+            0..=100_000,
+        )
+        .unwrap_or(DEFAULT_MAX_DELAYED_WILLS),
+        max_delayed_will_bytes: int(
+            c,
+            "broker.max_delayed_will_bytes",
+            &file.max_delayed_will_bytes,
+            0..=256 * MIB,
+        )
+        .unwrap_or(DEFAULT_MAX_DELAYED_WILL_BYTES),
+        max_will_delay: duration(
+            c,
+            "broker.max_will_delay",
+            &file.max_will_delay,
+            Duration::ZERO..=Duration::from_secs(7 * 24 * 3600),
+            DEFAULT_MAX_WILL_DELAY,
+        ),
         access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }

@@ -1,6 +1,9 @@
 //! MQTT framing for the edge: rumqttd's own codec (so packets go to the router as they are,
-//! without a conversion), plus the two peeks it does not offer: the protocol level of a
-//! CONNECT, and the QoS and packet id of a PUBLISH (rumqttd keeps those fields private).
+//! without a conversion), plus the peeks it does not offer: the length and protocol level of a
+//! CONNECT before it is complete, and the QoS and packet id of a PUBLISH (rumqttd keeps those
+//! fields private). Writing for a 3.1.1 client drops MQTT 5 properties (rumqttd's 3.1.1
+//! writer panics on them), so a v5 publisher's user properties reach 3.1.1 subscribers as a
+//! plain publish.
 
 use bytes::BytesMut;
 use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol, v4::V4, v5::V5};
@@ -28,6 +31,13 @@ pub(crate) enum FrameError {
 impl Codec {
     /// Reads one packet off the front of `buf`.
     pub(crate) fn read(self, buf: &mut BytesMut, max: usize) -> Result<Packet, FrameError> {
+        // Packets only a server sends: rumqttd's MQTT 5 reader panics on some of them
+        // (CONNACK, UNSUBACK with a body), and from a client each is a protocol error.
+        if let Some(kind @ (CONNACK | SUBACK | UNSUBACK | PINGRESP)) = buf.first().map(|b| b >> 4) {
+            return Err(FrameError::Malformed(format!(
+                "packet type {kind} comes only from a server"
+            )));
+        }
         let result = match self {
             Self::V4 => V4.read_mut(buf, max),
             Self::V5 => V5.read_mut(buf, max),
@@ -42,10 +52,70 @@ impl Codec {
     /// Appends `packet` to `out`.
     pub(crate) fn write(self, packet: Packet, out: &mut BytesMut) -> Result<(), String> {
         let result = match self {
-            Self::V4 => V4.write(packet, out),
+            Self::V4 => V4.write(without_properties(packet), out),
             Self::V5 => V5.write(packet, out),
         };
         result.map(drop).map_err(|e| format!("{e:?}"))
+    }
+}
+
+const CONNACK: u8 = 2;
+const SUBACK: u8 = 9;
+const UNSUBACK: u8 = 11;
+const PINGRESP: u8 = 13;
+
+/// `packet` with its MQTT 5 properties dropped: what a 3.1.1 client can be sent.
+fn without_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Connect(connect, _, will, _, login) => {
+            Packet::Connect(connect, None, will, None, login)
+        }
+        Packet::ConnAck(ack, _) => Packet::ConnAck(ack, None),
+        Packet::Publish(publish, _) => Packet::Publish(publish, None),
+        Packet::PubAck(ack, _) => Packet::PubAck(ack, None),
+        Packet::PubRec(rec, _) => Packet::PubRec(rec, None),
+        Packet::PubRel(rel, _) => Packet::PubRel(rel, None),
+        Packet::PubComp(comp, _) => Packet::PubComp(comp, None),
+        Packet::Subscribe(subscribe, _) => Packet::Subscribe(subscribe, None),
+        Packet::SubAck(ack, _) => Packet::SubAck(ack, None),
+        Packet::Unsubscribe(unsubscribe, _) => Packet::Unsubscribe(unsubscribe, None),
+        Packet::UnsubAck(ack, _) => Packet::UnsubAck(ack, None),
+        Packet::Disconnect(disconnect, _) => Packet::Disconnect(disconnect, None),
+        other => other,
+    }
+}
+
+/// What the bytes received so far say about a CONNECT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnectPeek {
+    /// Not enough bytes for the fixed header yet.
+    Incomplete,
+    /// The fixed header is complete: the whole frame's length, and the protocol level once
+    /// enough of the variable header is there.
+    Header { frame_len: usize, level: Option<u8> },
+    /// A remaining length longer than MQTT's four bytes.
+    Malformed,
+    /// The first packet is not a CONNECT.
+    NotConnect,
+}
+
+/// Peeks at the CONNECT at the start of `buf`, complete or not.
+pub(crate) fn peek_connect(buf: &[u8]) -> ConnectPeek {
+    let Some(first) = buf.first() else {
+        return ConnectPeek::Incomplete;
+    };
+    if first >> 4 != 1 {
+        return ConnectPeek::NotConnect;
+    }
+    let (header, remaining) = match fixed_header(buf) {
+        Some(found) => found,
+        // Four length bytes all saying "more follows": no valid frame.
+        None if buf.len() >= 5 => return ConnectPeek::Malformed,
+        None => return ConnectPeek::Incomplete,
+    };
+    ConnectPeek::Header {
+        frame_len: header + remaining,
+        level: connect_level(buf),
     }
 }
 
@@ -61,19 +131,23 @@ fn fixed_header(buf: &[u8]) -> Option<(usize, usize)> {
     None
 }
 
-/// The protocol level of a complete CONNECT at the start of `buf` (4: 3.1.1, 5: MQTT 5), or
-/// `None` if the frame is incomplete or not a CONNECT.
-pub(crate) fn connect_level(buf: &[u8]) -> Option<u8> {
+/// The protocol level of the CONNECT at the start of `buf` (4: 3.1.1, 5: MQTT 5), or `None`
+/// if not enough of it is there or it is not a CONNECT.
+fn connect_level(buf: &[u8]) -> Option<u8> {
     if buf.first()? >> 4 != 1 {
         return None;
     }
-    let (header, _) = fixed_header(buf)?;
+    let (header, remaining) = fixed_header(buf)?;
     // protocol name: 2-byte length, then the name, then the level byte
     let name_len = usize::from(u16::from_be_bytes([
         *buf.get(header)?,
         *buf.get(header + 1)?,
     ]));
-    buf.get(header + 2 + name_len).copied()
+    // A protocol name longer than the frame is not a level at all.
+    let at = header + 2 + name_len;
+    (at < header + remaining)
+        .then(|| buf.get(at).copied())
+        .flatten()
 }
 
 /// QoS and packet id of the PUBLISH at the start of `buf` (packet id 0 for QoS 0).
@@ -95,9 +169,60 @@ pub(crate) fn publish_qos_pkid(buf: &[u8]) -> Option<(u8, u16)> {
     Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
 }
 
+/// Runs the edge's framing over any bytes, as a client could send them: the CONNECT peek, the
+/// PUBLISH peek and both protocols' reads, a packet at a time, and every publish read written
+/// again for a 3.1.1 and an MQTT 5 client (as the router hands them on). For the fuzz target
+/// (`fuzz/fuzz_targets/edge_frames.rs`): nothing here may panic, whatever the bytes.
+#[doc(hidden)]
+pub fn fuzz_frames(data: &[u8]) {
+    let _ = peek_connect(data);
+    for codec in [Codec::V4, Codec::V5] {
+        let mut buf = BytesMut::from(data);
+        // Packets are at least two bytes: this many reads consume any input.
+        for _ in 0..=data.len() / 2 {
+            let _ = publish_qos_pkid(&buf);
+            let _ = peek_connect(&buf);
+            match codec.read(&mut buf, 64 * 1024) {
+                Ok(Packet::Publish(publish, properties)) => {
+                    for to in [Codec::V4, Codec::V5] {
+                        let packet = Packet::Publish(publish.clone(), properties.clone());
+                        let _ = to.write(packet, &mut BytesMut::new());
+                    }
+                }
+                Ok(_) => {}
+                Err(_) => break,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    proptest::proptest! {
+        /// The fuzz target's function on stable, for CI: any bytes, and bytes behind a
+        /// plausible fixed header (so the codecs get past their first checks).
+        #[test]
+        fn no_bytes_make_the_framing_panic(
+            first in 0u8..=255,
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..300),
+        ) {
+            fuzz_frames(&body);
+            let mut framed = vec![first];
+            let mut len = body.len();
+            loop {
+                let byte = (len % 128) as u8;
+                len /= 128;
+                framed.push(if len > 0 { byte | 0x80 } else { byte });
+                if len == 0 {
+                    break;
+                }
+            }
+            framed.extend_from_slice(&body);
+            fuzz_frames(&framed);
+        }
+    }
 
     #[test]
     fn peeks_read_connect_level_and_publish_ids() {
@@ -106,6 +231,27 @@ mod tests {
         assert_eq!(connect_level(&connect), Some(5));
         assert_eq!(connect_level(&connect[..5]), None, "incomplete");
         assert_eq!(connect_level(&[0x30, 0]), None, "not a CONNECT");
+        assert_eq!(
+            peek_connect(&connect[..5]),
+            ConnectPeek::Header {
+                frame_len: 14,
+                level: None
+            }
+        );
+        assert_eq!(peek_connect(&[0x10]), ConnectPeek::Incomplete);
+        assert_eq!(peek_connect(&[0x10, 0xff, 0xff]), ConnectPeek::Incomplete);
+        assert_eq!(
+            peek_connect(&[0x10, 0xff, 0xff, 0xff, 0xff]),
+            ConnectPeek::Malformed
+        );
+        assert_eq!(
+            peek_connect(&[0x10, 0xff, 0xff, 0xff, 0x7f]),
+            ConnectPeek::Header {
+                frame_len: 5 + 268_435_455,
+                level: None
+            }
+        );
+        assert_eq!(peek_connect(&[0x30, 0]), ConnectPeek::NotConnect);
         // PUBLISH QoS 1, topic "a/b", packet id 0x0102
         let publish = [0x32, 7, 0, 3, b'a', b'/', b'b', 1, 2];
         assert_eq!(publish_qos_pkid(&publish), Some((1, 0x0102)));

@@ -5,13 +5,26 @@
 //! - [`transport`]: plain TCP, TLS and mutual TLS (rustls, built by core's TLS policy; CRLs
 //!   reloaded when they change), TLS-PSK (openssl); a handshake timeout and a cap on
 //!   handshakes in progress, the oldest giving way, so idle sockets cannot starve real clients.
-//! - [`session`]: CONNECT checks (credentials, client id bound to the identity, the will's
-//!   ACL), then every packet between the client and the router, with the ACLs applied and
-//!   publishes made durable by ingress before the router (and so the PUBACK) sees them.
+//! - [`admission`]: every accepted socket is counted until it authenticates (a cap, the
+//!   oldest giving way, and a share per source address), and password checks wait in a
+//!   bounded line.
+//! - [`handshake`]: the CONNECT, read whole within its size cap and timeout, then its checks
+//!   (credentials, client id bound to the identity, the will's ACL): a [`session::Session`],
+//!   or a refusal in the client's own protocol version. The router knows each session by the
+//!   identity and the client id together, so identities never share a session.
+//! - [`session`]: every packet between the client and the router, with the ACLs applied,
+//!   publishes made durable by ingress before the router (and so the PUBACK) sees them,
+//!   inbound QoS 2 ended at the edge and writes under a timeout.
+//! - [`rate`]: the per-client message rate.
 
+mod admission;
 mod codec;
+pub(crate) mod handshake;
+mod rate;
 pub(crate) mod session;
 pub(crate) mod transport;
+
+pub use codec::fuzz_frames;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,12 +58,23 @@ pub(crate) struct EdgeContext {
     pub(crate) connect_timeout: Duration,
     pub(crate) max_message_rate: u32,
     pub(crate) max_inflight: u16,
-    /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good).
-    filters: std::sync::Mutex<std::collections::HashSet<String>>,
+    /// The largest CONNECT read (at most `max_packet_size`).
+    pub(crate) max_connect_size: usize,
+    pub(crate) write_timeout: Duration,
+    /// Connections not yet authenticated.
+    pub(crate) admission: Arc<admission::Admission>,
+    /// Password checks waiting or running.
+    pub(crate) logins: Arc<admission::Turns>,
+    /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good),
+    /// with the identity that added it, and how many each identity added.
+    filters: std::sync::Mutex<Filters>,
     max_filters: usize,
-    /// Delayed wills (MQTT 5), by client id: cancelled when the client comes back.
-    pending_wills:
-        std::sync::Mutex<std::collections::HashMap<String, tokio_util::sync::CancellationToken>>,
+    max_filters_per_identity: usize,
+    /// Delayed wills (MQTT 5), by session key: cancelled when the client comes back.
+    pending_wills: std::sync::Mutex<PendingWills>,
+    max_delayed_wills: usize,
+    max_delayed_will_bytes: usize,
+    max_will_delay: Duration,
     pub(crate) shutdown: Shutdown,
     auto_ids: AtomicU64,
 }
@@ -72,73 +96,114 @@ impl EdgeContext {
             connect_timeout: settings.connect_timeout,
             max_message_rate: settings.max_message_rate,
             max_inflight: settings.max_inflight,
+            max_connect_size: settings.max_connect_size.min(settings.max_packet_size),
+            write_timeout: settings.write_timeout,
+            admission: admission::Admission::new(
+                settings.max_unauthenticated,
+                settings.max_unauthenticated_per_address,
+            ),
+            logins: admission::Turns::new(LOGINS_PER_ADDRESS, LOGINS_WAITING),
             filters: std::sync::Mutex::default(),
             max_filters: settings.max_filters,
+            max_filters_per_identity: settings.max_filters_per_identity,
             pending_wills: std::sync::Mutex::default(),
+            max_delayed_wills: settings.max_delayed_wills,
+            max_delayed_will_bytes: settings.max_delayed_will_bytes,
+            max_will_delay: settings.max_will_delay,
             shutdown,
             auto_ids: AtomicU64::new(1),
         }
     }
 
-    /// Whether `filter` may be subscribed: a filter already known, or a new one within the
-    /// cap (then it is known from now on).
-    pub(crate) fn admit_filter(&self, filter: &str) -> bool {
+    /// Whether `filter` may be subscribed by a session of `identity`: a filter already known,
+    /// or a new one within the pool and the identity's share of it (then it is known from now
+    /// on, and counts against that identity).
+    pub(crate) fn admit_filter(&self, filter: &str, identity: &str) -> Result<(), FilterRefused> {
         let mut filters = self
             .filters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if filters.contains(filter) {
-            return true;
+        if filters.known.contains(filter) {
+            return Ok(());
         }
-        if filters.len() >= self.max_filters {
-            return false;
+        if filters.known.len() >= self.max_filters {
+            return Err(FilterRefused::Pool);
         }
-        filters.insert(filter.to_owned());
-        true
+        let added = filters.per_identity.entry(identity.to_owned()).or_default();
+        if *added >= self.max_filters_per_identity {
+            return Err(FilterRefused::Identity);
+        }
+        *added += 1;
+        filters.known.insert(filter.to_owned());
+        Ok(())
     }
 
     /// Publishes a lost client's will through ingress (routed like any publish, then to local
-    /// subscribers), at once or after `delay` unless the client reconnects first.
-    pub(crate) fn publish_will(
-        self: &Arc<Self>,
-        client_id: String,
-        will: Message,
-        delay: Duration,
-    ) {
+    /// subscribers), at once or after `delay` (at most `max_will_delay`) unless the client
+    /// reconnects first. Delayed wills are bounded in count and bytes: past either, the will
+    /// is published at once.
+    pub(crate) fn publish_will(self: &Arc<Self>, key: String, will: Message, delay: Duration) {
         let ctx = self.clone();
+        let delay = delay.min(self.max_will_delay);
+        let size = will.topic.as_str().len() + will.payload.len();
         let token = tokio_util::sync::CancellationToken::new();
-        if !delay.is_zero() {
-            self.lock_wills().insert(client_id.clone(), token.clone());
-        }
+        let delayed = !delay.is_zero()
+            && {
+                let mut wills = self.lock_wills();
+                if let Some((old, old_size)) = wills.by_key.remove(&key) {
+                    old.cancel();
+                    wills.bytes -= old_size;
+                }
+                let fits = wills.by_key.len() < self.max_delayed_wills
+                    && wills.bytes + size <= self.max_delayed_will_bytes;
+                if fits {
+                    wills.bytes += size;
+                    wills.by_key.insert(key.clone(), (token.clone(), size));
+                } else {
+                    metrics::counter!(metric::REFUSED_TOTAL, "reason" => "delayed_wills_full")
+                        .increment(1);
+                    tracing::warn!(
+                        "A delayed will is published at once: broker.max_delayed_wills or max_delayed_will_bytes reached"
+                    );
+                }
+                fits
+            };
         self.shutdown.spawn(async move {
-            if !delay.is_zero() {
+            if delayed {
                 tokio::select! {
                     () = tokio::time::sleep(delay) => {}
                     () = token.cancelled() => return,
                     // Stopping: a delayed will is not sent (the client may well come back).
                     () = ctx.shutdown.cancelled() => return,
                 }
-                ctx.lock_wills().remove(&client_id);
+                ctx.forget_will(&key, &token);
             }
             if let Err(e) = ctx.ingress.publish(vec![will]).await {
-                tracing::warn!(%client_id, error = %e, "The will could not be published");
+                tracing::warn!(error = %e, "The will could not be published");
             }
         });
     }
 
-    /// The client is back: a will it left behind with a delay is dropped.
-    pub(crate) fn returned(&self, client_id: &str) {
-        if let Some(token) = self.lock_wills().remove(client_id) {
+    /// The client (this session key) is back: a will it left behind with a delay is dropped.
+    pub(crate) fn returned(&self, key: &str) {
+        let mut wills = self.lock_wills();
+        if let Some((token, size)) = wills.by_key.remove(key) {
             token.cancel();
+            wills.bytes -= size;
         }
     }
 
-    fn lock_wills(
-        &self,
-    ) -> std::sync::MutexGuard<
-        '_,
-        std::collections::HashMap<String, tokio_util::sync::CancellationToken>,
-    > {
+    fn forget_will(&self, key: &str, token: &tokio_util::sync::CancellationToken) {
+        let mut wills = self.lock_wills();
+        // Only this will: a newer one for the same key may have replaced it.
+        if wills.by_key.get(key).is_some_and(|(t, _)| t == token)
+            && let Some((_, size)) = wills.by_key.remove(key)
+        {
+            wills.bytes -= size;
+        }
+    }
+
+    fn lock_wills(&self) -> std::sync::MutexGuard<'_, PendingWills> {
         self.pending_wills
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -148,6 +213,37 @@ impl EdgeContext {
     pub(crate) fn next_auto_id(&self) -> u64 {
         self.auto_ids.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// Password checks one source address may have waiting or running: a flood from one place
+/// cannot queue up in front of everyone else's logins.
+const LOGINS_PER_ADDRESS: usize = 2;
+/// Password checks waiting or running in all (two run at once, see
+/// `access::MAX_CONCURRENT_VERIFICATIONS`): past it a login is told the server is busy
+/// rather than kept waiting.
+const LOGINS_WAITING: usize = 16;
+
+/// The filters known to the router.
+#[derive(Default)]
+struct Filters {
+    known: std::collections::HashSet<String>,
+    per_identity: std::collections::HashMap<String, usize>,
+}
+
+/// Why a new subscription filter is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FilterRefused {
+    /// `max_filters_per_identity`: this identity added its share.
+    Identity,
+    /// `max_filters`: the pool is full.
+    Pool,
+}
+
+/// Delayed wills waiting, by session key, with their size; and their bytes in all.
+#[derive(Default)]
+struct PendingWills {
+    by_key: std::collections::HashMap<String, (tokio_util::sync::CancellationToken, usize)>,
+    bytes: usize,
 }
 
 /// Metric names of the edge.

@@ -1,36 +1,47 @@
-//! One client connection, from CONNECT to its end.
+//! One client connection, from CONNECT (see [`super::handshake`]) to its end.
 //!
 //! The edge reads and checks what the client sends, then hands it to rumqttd's router through
-//! an in-process link; what the router sends back goes to the client as it is. The checks:
-//! authentication and the client id's binding to the identity (CONNACK with the right code on
-//! refusal), the will's and every publish's topic against the ACLs, every subscription filter
-//! (denied ones answered in the SUBACK, allowed ones subscribed), the packet size and the
-//! message rate. A publish reaches the router, and so its PUBACK the client, only once ingress
-//! has made it durable when a route takes it.
+//! an in-process link; what the router sends back goes to the client. The checks: the will's
+//! and every publish's topic against the ACLs, every subscription filter (denied ones answered
+//! in the SUBACK, allowed ones subscribed within the identity's quota), the packet size, the
+//! message rate and the inbound flow control. A publish reaches the router, and so its PUBACK
+//! the client, only once ingress has made it durable when a route takes it.
+//!
+//! **Inbound QoS 2 ends at the edge.** rumqttd would keep every QoS 2 payload until its PUBREL
+//! (and match PUBRELs in arrival order), so the edge keeps the packet ids itself: a QoS 2
+//! publish goes to the router as QoS 1, its PUBACK comes back to the client as PUBREC, and the
+//! client's PUBREL is answered with PUBCOMP here. A duplicate (same packet id before its
+//! PUBREL) is answered again, never routed twice. MQTT 5: unacknowledged QoS 1 and 2
+//! publishes count against `max_inflight` (announced as Receive Maximum); one more ends the
+//! session with DISCONNECT 0x93. 3.1.1 (no Receive Maximum to announce): the client is not
+//! read while `max_inflight` of its publishes wait for the router.
+//!
+//! **Writes never hold the session.** Each write to the client has `write_timeout` (and the
+//! keep-alive deadline, and shutdown) over it: a client that stops reading loses its
+//! connection instead of holding its slot. The rate limit's pause only stops reading.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use bytes::{BufMut as _, BytesMut};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
-    ConnAck, ConnAckProperties, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec, PubRecReason, SubAck, Subscribe,
-    SubscribeReasonCode,
+    Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
+    PubRecReason, Publish, SubAck, Subscribe, SubscribeReasonCode,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
+use super::admission::Ticket;
 use super::codec::{self, Codec, FrameError};
-use super::{EdgeContext, Stream, metric};
-use crate::access::{Identity, PasswordCheck, SessionAcl};
-use crate::config::{ClientIdRule, ListenerSettings};
-
-/// How long a client that disabled keep-alive may stay silent.
-const IDLE_WITHOUT_KEEP_ALIVE: Duration = Duration::from_secs(600);
+use super::handshake;
+use super::rate::RateLimit;
+use super::{EdgeContext, FilterRefused, Stream, metric};
+use crate::access::SessionAcl;
+use crate::config::ListenerSettings;
 
 /// Who is at the other end, as far as the transport knows.
 pub(crate) struct Peer {
@@ -40,12 +51,26 @@ pub(crate) struct Peer {
     pub(crate) identity: Option<String>,
 }
 
-/// Serves one connection until it ends.
-pub(crate) async fn serve(mut io: Box<dyn Stream>, peer: Peer, ctx: Arc<EdgeContext>) {
-    let mut buf = BytesMut::with_capacity(4096);
-    let Some(session) = connect(&mut io, &mut buf, &peer, &ctx).await else {
-        return;
+/// Serves one connection until it ends. `ticket` counts it as unauthenticated until its
+/// CONNECT is accepted.
+pub(crate) async fn serve(
+    mut io: Box<dyn Stream>,
+    peer: Peer,
+    ctx: Arc<EdgeContext>,
+    ticket: Ticket,
+) {
+    let mut buf = BytesMut::with_capacity(1024);
+    let session = match handshake::connect(&mut io, &mut buf, &peer, &ctx).await {
+        Ok(session) => session,
+        Err(refusal) => {
+            refusal.send(&mut io).await;
+            return;
+        }
     };
+    // Authenticated, and holding a connection slot: no longer counted (nor pushed out) as
+    // unauthenticated.
+    ticket.release();
+    drop(ticket);
     let client_id = session.client_id.clone();
     tracing::debug!(listener = %peer.listener.name, %client_id, addr = %peer.addr, "Client connected");
     metrics::gauge!(metric::CONNECTIONS).increment(1.0);
@@ -70,9 +95,38 @@ enum End {
     RouterEnded(String),
 }
 
-struct Session {
+/// What the handshake hands over once a client is admitted.
+pub(crate) struct Admitted {
+    pub(crate) codec: Codec,
+    pub(crate) client_id: String,
+    /// The router's name for the session (identity and client id).
+    pub(crate) key: String,
+    /// Whose subscription quota this session uses.
+    pub(crate) identity_key: String,
+    pub(crate) acl: SessionAcl,
+    pub(crate) keep_alive: Duration,
+    pub(crate) will: Option<Message>,
+    pub(crate) will_delay: Duration,
+    pub(crate) link_tx: LinkTx,
+    pub(crate) link_rx: LinkRx,
+    pub(crate) ctx: Arc<EdgeContext>,
+    pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+/// Where an inbound QoS 2 publish stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Qos2 {
+    /// Handed to the router (as QoS 1): its PUBACK becomes our PUBREC.
+    Routing,
+    /// PUBREC sent: waiting for the client's PUBREL.
+    Received(PubRecReason),
+}
+
+pub(crate) struct Session {
     codec: Codec,
     client_id: String,
+    key: String,
+    identity_key: String,
     acl: SessionAcl,
     keep_alive: Duration,
     will: Option<Message>,
@@ -81,13 +135,35 @@ struct Session {
     link_rx: LinkRx,
     ctx: Arc<EdgeContext>,
     _permit: tokio::sync::OwnedSemaphorePermit,
-    /// QoS 2 publishes refused by the ACL: their PUBREL is answered here.
-    denied_qos2: HashSet<u16>,
+    /// Inbound QoS 1 publishes the router has not acknowledged yet.
+    qos1: HashSet<u16>,
+    /// Inbound QoS 2 publishes not completed yet.
+    qos2: HashMap<u16, Qos2>,
+    /// How many of `qos2` the router has not acknowledged yet.
+    qos2_routing: usize,
     /// SUBSCRIBEs sent to the router with some filters held back: the codes to put back.
     held_back: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     rate: RateLimit,
     /// Publishes written to the client since the metric was last updated.
     delivered: u64,
+    /// When the client was last heard from.
+    last_heard: Instant,
+}
+
+/// Reads into `buf`, at most until it holds `limit` bytes; never resolves while it is full
+/// (the caller waits on something else meanwhile).
+pub(crate) async fn read_bounded(
+    io: &mut Box<dyn Stream>,
+    buf: &mut BytesMut,
+    limit: usize,
+) -> std::io::Result<usize> {
+    let room = limit.saturating_sub(buf.len());
+    if room == 0 {
+        return std::future::pending().await;
+    }
+    let room = room.min(64 * 1024);
+    buf.reserve(room);
+    (&mut *io).take(room as u64).read_buf(buf).await
 }
 
 async fn read_more(io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> std::io::Result<usize> {
@@ -142,308 +218,35 @@ async fn durable(storing: &mut VecDeque<Storing>) -> Stored {
 /// slows it down).
 const MAX_BATCHES_STORING: usize = 16;
 
-/// Reads and checks CONNECT; answers a refusal itself. `None`: the connection is over.
-async fn connect(
-    io: &mut Box<dyn Stream>,
-    buf: &mut BytesMut,
-    peer: &Peer,
-    ctx: &Arc<EdgeContext>,
-) -> Option<Session> {
-    let read = async {
-        loop {
-            if let Some(level) = codec::connect_level(buf) {
-                return Some(level);
-            }
-            if buf.first().is_some_and(|b| b >> 4 != 1) {
-                return None;
-            }
-            match read_more(io, buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            }
-        }
-    };
-    let level = match tokio::time::timeout(ctx.connect_timeout, read).await {
-        Ok(Some(level)) => level,
-        Ok(None) => return refused_quietly("not an MQTT CONNECT"),
-        Err(_) => return refused_quietly("no CONNECT in time"),
-    };
-    let codec = match level {
-        4 => Codec::V4,
-        5 => Codec::V5,
-        _ => {
-            refuse(
-                io,
-                Codec::V4,
-                ConnectReturnCode::RefusedProtocolVersion,
-                "protocol",
-            )
-            .await;
-            return None;
-        }
-    };
-    if peer
-        .listener
-        .mqtt
-        .is_some_and(|v| (v == fieldlink_core::config::MqttVersion::V5) != (codec == Codec::V5))
-    {
-        let code = match codec {
-            Codec::V4 => ConnectReturnCode::RefusedProtocolVersion,
-            Codec::V5 => ConnectReturnCode::UnsupportedProtocolVersion,
-        };
-        refuse(io, codec, code, "protocol").await;
-        return None;
-    }
-    let packet = loop {
-        match codec.read(buf, ctx.max_packet_size) {
-            Ok(packet) => break packet,
-            Err(FrameError::Incomplete) => match read_more(io, buf).await {
-                Ok(0) | Err(_) => return None,
-                Ok(_) => {}
-            },
-            Err(FrameError::TooLarge) => {
-                refuse(io, codec, ConnectReturnCode::PacketTooLarge, "too_large").await;
-                return None;
-            }
-            Err(FrameError::Malformed(why)) => {
-                tracing::debug!(addr = %peer.addr, %why, "Malformed CONNECT");
-                refuse(io, codec, ConnectReturnCode::MalformedPacket, "malformed").await;
-                return None;
-            }
-        }
-    };
-    let Packet::Connect(connect, props, will, will_props, login) = packet else {
-        return refused_quietly("first packet not CONNECT");
-    };
-
-    // Who is it? (A changed credentials file is read again first: one stat.)
-    if let Err(e) = ctx.access.maybe_reload() {
-        tracing::warn!(error = %e, "The credentials file changed but cannot be used; the previous users stay");
-    }
-    let identity = match (&peer.identity, login) {
-        (Some(name), _) => ctx.access.identity_for(name),
-        (None, Some(login)) => {
-            match ctx
-                .access
-                .check_password(&login.username, login.password.as_bytes())
-                .await
-            {
-                PasswordCheck::Ok(identity) => identity,
-                PasswordCheck::UnknownUser | PasswordCheck::BadPassword => {
-                    tracing::info!(listener = %peer.listener.name, addr = %peer.addr, "Refused: wrong username or password");
-                    refuse(
-                        io,
-                        codec,
-                        ConnectReturnCode::BadUserNamePassword,
-                        "bad_credentials",
-                    )
-                    .await;
-                    return None;
-                }
-            }
-        }
-        (None, None) if peer.listener.anonymous => Identity::anonymous(),
-        (None, None) => {
-            tracing::info!(listener = %peer.listener.name, addr = %peer.addr, "Refused: no credentials");
-            refuse(io, codec, ConnectReturnCode::NotAuthorized, "anonymous").await;
-            return None;
-        }
-    };
-
-    // Which client id, and may this identity use it?
-    let client_id = if connect.client_id.is_empty() {
-        if !connect.clean_session {
-            refuse(
-                io,
-                codec,
-                ConnectReturnCode::ClientIdentifierNotValid,
-                "client_id",
-            )
-            .await;
-            return None;
-        }
-        if identity.anonymous {
-            format!("fieldlink-auto-{}", ctx.next_auto_id())
-        } else {
-            identity.name.clone()
-        }
-    } else {
-        connect.client_id.clone()
-    };
-    // MQTT 5: a client that sent no id is told the one it got.
-    let assigned = connect.client_id.is_empty().then(|| client_id.clone());
-    if client_id.starts_with(crate::INTERNAL_CLIENT_PREFIX) {
-        tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, %client_id, "Refused: a client id reserved for the gateway's own links");
-        refuse(
-            io,
-            codec,
-            ConnectReturnCode::ClientIdentifierNotValid,
-            "client_id",
-        )
-        .await;
-        return None;
-    }
-    if !identity.anonymous && !bound(&identity.name, &client_id, peer.listener.client_id) {
-        tracing::warn!(listener = %peer.listener.name, addr = %peer.addr, %client_id, "Refused: client id belongs to another identity");
-        refuse(
-            io,
-            codec,
-            ConnectReturnCode::ClientIdentifierNotValid,
-            "client_id",
-        )
-        .await;
-        return None;
-    }
-
-    // What this session may do, resolved once: identity and client id are fixed from here on.
-    let acl = ctx.access.for_session(&identity, &client_id);
-
-    // A will is a publish like any other: checked now, sent by us if the connection is lost.
-    let will = match will {
-        None => None,
-        Some(will) => match will_message(will) {
-            Some(message) if acl.may_publish(&message.topic) => Some(message),
-            _ => {
-                metrics::counter!(metric::ACL_DENIED_TOTAL, "action" => "will").increment(1);
-                refuse(io, codec, ConnectReturnCode::NotAuthorized, "will_acl").await;
-                return None;
-            }
-        },
-    };
-
-    // MQTT 5: the will waits for the smaller of its delay and the session expiry, and is
-    // dropped if the client comes back first.
-    let will_delay = Duration::from_secs(u64::from(
-        will_props
-            .and_then(|p| p.delay_interval)
-            .unwrap_or(0)
-            .min(props.and_then(|p| p.session_expiry_interval).unwrap_or(0)),
-    ));
-    ctx.returned(&client_id);
-
-    let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
-        let code = match codec {
-            Codec::V4 => ConnectReturnCode::ServiceUnavailable,
-            Codec::V5 => ConnectReturnCode::ServerBusy,
-        };
-        refuse(io, codec, code, "max_connections").await;
-        return None;
-    };
-
-    let links = ctx.links.clone();
-    let (id, clean) = (client_id.clone(), connect.clean_session);
-    let built = tokio::task::spawn_blocking(move || links(&id, clean)).await;
-    let (link_tx, link_rx, connack) = match built {
-        Ok(Ok(link)) => link,
-        _ => {
-            refuse(io, codec, ConnectReturnCode::ServiceUnavailable, "router").await;
-            return None;
-        }
-    };
-    let mut out = BytesMut::new();
-    let connack: Option<Packet> = connack.into();
-    let connack = connack.map(|packet| match (codec, packet) {
-        (Codec::V5, Packet::ConnAck(ack, props)) => {
-            Packet::ConnAck(ack, Some(announce(props, ctx, assigned)))
-        }
-        (_, packet) => packet,
-    });
-    if let Some(connack) = connack
-        && codec.write(connack, &mut out).is_ok()
-        && io.write_all(&out).await.is_ok()
-    {
-        // 1.5 × the keep-alive, as MQTT says; a client that asks for none (0) still goes
-        // after ten silent minutes, so an idle socket cannot hold a connection slot for ever.
-        let keep_alive = match connect.keep_alive {
-            0 => IDLE_WITHOUT_KEEP_ALIVE,
-            k => Duration::from_millis(u64::from(k) * 1500),
-        };
-        return Some(Session {
-            codec,
-            client_id,
-            acl,
-            keep_alive,
-            will,
-            will_delay,
-            link_tx,
-            link_rx,
-            ctx: ctx.clone(),
-            _permit: permit,
-            denied_qos2: HashSet::new(),
-            held_back: HashMap::new(),
-            rate: RateLimit::new(ctx.max_message_rate),
-            delivered: 0,
-        });
-    }
-    None
-}
-
-/// What an MQTT 5 CONNACK tells the client about this broker: the id it was given, the largest
-/// packet accepted, how many QoS 1/2 publishes it may have unacknowledged (flow control), and
-/// that it offers no topic aliases.
-fn announce(
-    props: Option<ConnAckProperties>,
-    ctx: &EdgeContext,
-    assigned: Option<String>,
-) -> ConnAckProperties {
-    let mut props = props.unwrap_or_default();
-    props.assigned_client_identifier = assigned;
-    props.max_packet_size = u32::try_from(ctx.max_packet_size).ok();
-    props.receive_max = Some(ctx.max_inflight);
-    props.topic_alias_max = Some(0);
-    props
-}
-
-fn refused_quietly<T>(why: &'static str) -> Option<T> {
-    metrics::counter!(metric::REFUSED_TOTAL, "reason" => why).increment(1);
-    None
-}
-
-/// Answers CONNECT with a refusal and counts it.
-async fn refuse(
-    io: &mut Box<dyn Stream>,
-    codec: Codec,
-    code: ConnectReturnCode,
-    why: &'static str,
-) {
-    metrics::counter!(metric::REFUSED_TOTAL, "reason" => why).increment(1);
-    let mut out = BytesMut::new();
-    let ack = ConnAck {
-        session_present: false,
-        code,
-    };
-    if codec.write(Packet::ConnAck(ack, None), &mut out).is_ok() {
-        let _ = io.write_all(&out).await;
-        let _ = io.flush().await;
-    }
-    let _ = io.shutdown().await;
-}
-
-/// Whether `identity` may use `client_id` under `rule`.
-fn bound(identity: &str, client_id: &str, rule: ClientIdRule) -> bool {
-    match rule {
-        ClientIdRule::Equal => client_id == identity,
-        ClientIdRule::Prefix => {
-            client_id == identity
-                || client_id
-                    .strip_prefix(identity)
-                    .is_some_and(|rest| rest.starts_with(':'))
-        }
-        ClientIdRule::Any => true,
-    }
-}
-
-fn will_message(will: LastWill) -> Option<Message> {
-    let topic = TopicName::new(std::str::from_utf8(&will.topic).ok()?).ok()?;
-    Some(Message {
-        topic,
-        payload: will.message.to_vec(),
-        qos: QoS::from_u8(will.qos as u8).unwrap_or(QoS::AtMostOnce),
-        retain: will.retain,
-    })
-}
+/// Most bytes gathered from the router for one write to the client.
+const MAX_WRITE_BATCH: usize = 256 * 1024;
 
 impl Session {
+    pub(crate) fn new(admitted: Admitted) -> Self {
+        let rate = RateLimit::new(admitted.ctx.max_message_rate);
+        Self {
+            codec: admitted.codec,
+            client_id: admitted.client_id,
+            key: admitted.key,
+            identity_key: admitted.identity_key,
+            acl: admitted.acl,
+            keep_alive: admitted.keep_alive,
+            will: admitted.will,
+            will_delay: admitted.will_delay,
+            link_tx: admitted.link_tx,
+            link_rx: admitted.link_rx,
+            ctx: admitted.ctx,
+            _permit: admitted.permit,
+            qos1: HashSet::new(),
+            qos2_routing: 0,
+            qos2: HashMap::new(),
+            held_back: HashMap::new(),
+            rate,
+            delivered: 0,
+            last_heard: Instant::now(),
+        }
+    }
+
     async fn run(mut self, mut io: Box<dyn Stream>, mut buf: BytesMut) -> End {
         let end = self.pump(&mut io, &mut buf).await;
         match &end {
@@ -457,7 +260,7 @@ impl Session {
             && let Some(will) = self.will.take()
         {
             self.ctx
-                .publish_will(self.client_id.clone(), will, self.will_delay);
+                .publish_will(self.key.clone(), will, self.will_delay);
         }
         if matches!(end, End::Lost(_) | End::Shutdown) {
             // The router learns of the end from a DISCONNECT; a lost session keeps its state
@@ -467,35 +270,88 @@ impl Session {
             };
             let _ = self.link_tx.send(Packet::Disconnect(bye, None)).await;
         }
-        if matches!(end, End::Shutdown) && self.codec == Codec::V5 {
-            let mut out = BytesMut::new();
-            let bye = Disconnect {
-                reason_code: DisconnectReasonCode::ServerShuttingDown,
-            };
-            if self
-                .codec
-                .write(Packet::Disconnect(bye, None), &mut out)
-                .is_ok()
-            {
-                let _ = io.write_all(&out).await;
+        // The last words are not waited for long: the client may be the reason we stop.
+        let _ = tokio::time::timeout(Duration::from_secs(1), async {
+            if matches!(end, End::Shutdown) && self.codec == Codec::V5 {
+                let mut out = BytesMut::new();
+                let bye = Disconnect {
+                    reason_code: DisconnectReasonCode::ServerShuttingDown,
+                };
+                if self
+                    .codec
+                    .write(Packet::Disconnect(bye, None), &mut out)
+                    .is_ok()
+                {
+                    let _ = io.write_all(&out).await;
+                }
+            }
+            let _ = io.shutdown().await;
+        })
+        .await;
+        end
+    }
+
+    /// Writes `out` to the client and clears it, within `write_timeout` and the keep-alive
+    /// deadline; shutdown interrupts it.
+    async fn send(&mut self, io: &mut Box<dyn Stream>, out: &mut BytesMut) -> Result<(), End> {
+        if out.is_empty() {
+            return Ok(());
+        }
+        let now = Instant::now();
+        let keep_alive = self.last_heard + self.keep_alive;
+        // A keep-alive deadline already past (the client was not read during a rate pause)
+        // is the loop's to judge once the write is done.
+        let deadline = match now + self.ctx.write_timeout {
+            write if keep_alive > now => write.min(keep_alive),
+            write => write,
+        };
+        let result = tokio::select! {
+            written = tokio::time::timeout_at(deadline.into(), io.write_all(out)) => written,
+            () = self.ctx.shutdown.cancelled() => return Err(End::Shutdown),
+        };
+        out.clear();
+        match result {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(End::Lost(e.to_string())),
+            Err(_) => {
+                metrics::counter!(metric::REFUSED_TOTAL, "reason" => "write_timeout").increment(1);
+                Err(End::Lost("the client does not read what it is sent".into()))
             }
         }
-        let _ = io.shutdown().await;
-        end
     }
 
     async fn pump(&mut self, io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> End {
         let mut out = BytesMut::with_capacity(4096);
-        let mut last_heard = Instant::now();
+        // Bytes that came with the CONNECT (a client need not wait for the CONNACK).
+        if !buf.is_empty() {
+            match self.inbound(buf, &mut out) {
+                Err(why) => {
+                    let _ = self.send(io, &mut out).await;
+                    return End::Lost(why);
+                }
+                Ok(batch) => {
+                    if let Err(end) = self.send(io, &mut out).await {
+                        return end;
+                    }
+                    let mut storing = VecDeque::new();
+                    self.queue(batch, &mut storing);
+                    if let Some(end) = self.finish(&mut storing, io, &mut out).await {
+                        return end;
+                    }
+                }
+            }
+        }
         // Batches whose routed publishes are being made durable, oldest first. Reading goes
         // on meanwhile (the queue commits every `commit_interval`: the batches read in the
         // meantime join the same commit), and what the router sends still goes out; each
         // batch reaches the router only after every batch before it, so order is kept.
         let mut storing: VecDeque<Storing> = VecDeque::new();
+        // Set while the client is over its message rate: reading waits, nothing else does.
+        let mut paused: Option<tokio::time::Instant> = None;
         loop {
-            let deadline = tokio::time::Instant::from_std(last_heard + self.keep_alive);
+            let deadline = tokio::time::Instant::from_std(self.last_heard + self.keep_alive);
             tokio::select! {
-                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING => match read {
+                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING && paused.is_none() && !self.backlogged() => match read {
                     // What was read before goes on first (a DISCONNECT among it included).
                     Ok(0) => {
                         return self
@@ -510,13 +366,10 @@ impl Session {
                             .unwrap_or(End::Lost(e.to_string()));
                     }
                     Ok(_) => {
-                        last_heard = Instant::now();
+                        self.last_heard = Instant::now();
                         let batch = self.inbound(buf, &mut out);
-                        if !out.is_empty() {
-                            if let Err(e) = io.write_all(&out).await {
-                                return End::Lost(e.to_string());
-                            }
-                            out.clear();
+                        if let Err(end) = self.send(io, &mut out).await {
+                            return end;
                         }
                         match batch {
                             Err(why) => return End::Lost(why),
@@ -525,34 +378,22 @@ impl Session {
                                     return end;
                                 }
                             }
-                            Ok(mut batch) => {
-                                let ingress = self.ctx.ingress.clone();
-                                let messages = std::mem::take(&mut batch.to_store);
-                                // Polled with the batches before it (see `durable`): its append
-                                // reaches the queue now and joins the coming commit.
-                                storing.push_back(Storing {
-                                    durable: Box::pin(async move {
-                                        if messages.is_empty() {
-                                            return Ok(());
-                                        }
-                                        ingress.store(messages).await
-                                    }),
-                                    done: None,
-                                    batch,
-                                });
-                            }
+                            Ok(batch) => self.queue(batch, &mut storing),
                         }
-                        if let Some(pause) = self.rate.pause() {
-                            tokio::time::sleep(pause).await;
-                        }
+                        paused = self.rate.pause().map(|pause| tokio::time::Instant::now() + pause);
                     }
                 },
+                () = async { tokio::time::sleep_until(paused.unwrap_or_else(tokio::time::Instant::now)).await }, if paused.is_some() => {
+                    paused = None;
+                    // The client was not read meanwhile: its silence is ours.
+                    self.last_heard = Instant::now();
+                }
                 stored = durable(&mut storing) => {
                     let Some(Storing { batch, .. }) = storing.pop_front() else { continue };
                     if let Err(e) = stored {
                         tracing::warn!(client_id = %self.client_id, error = %e, "Publishes not stored; the client will send them again");
                         self.disconnect_with(&mut out, DisconnectReasonCode::QuotaExceeded);
-                        let _ = io.write_all(&out).await;
+                        let _ = self.send(io, &mut out).await;
                         return End::Lost(format!("outbox refused: {e}"));
                     }
                     if let Some(end) = self.release(batch, io, &mut out).await {
@@ -562,13 +403,16 @@ impl Session {
                 notification = self.link_rx.next() => match notification {
                     Ok(Some(notification)) => {
                         if let Some(end) = self.outbound(notification, &mut out).await {
-                            let _ = io.write_all(&out).await;
+                            let _ = self.send(io, &mut out).await;
                             return end;
                         }
-                        // Everything else the router has ready goes in the same write.
-                        while let Some(Ok(Some(more))) = poll_once(self.link_rx.next()) {
+                        // Everything else the router has ready goes in the same write, up to
+                        // a bound.
+                        while out.len() < MAX_WRITE_BATCH
+                            && let Some(Ok(Some(more))) = poll_once(self.link_rx.next())
+                        {
                             if let Some(end) = self.outbound(more, &mut out).await {
-                                let _ = io.write_all(&out).await;
+                                let _ = self.send(io, &mut out).await;
                                 return end;
                             }
                         }
@@ -576,23 +420,40 @@ impl Session {
                             metrics::counter!(metric::MESSAGES_OUT_TOTAL)
                                 .increment(std::mem::take(&mut self.delivered));
                         }
-                        if let Err(e) = io.write_all(&out).await {
-                            return End::Lost(e.to_string());
+                        if let Err(end) = self.send(io, &mut out).await {
+                            return end;
                         }
-                        out.clear();
                     }
                     Ok(None) => {}
                     // The router drops a session's link when a new connection takes its client
                     // id over.
                     Err(e) => return End::RouterEnded(format!("router link closed: {e}")),
                 },
-                () = tokio::time::sleep_until(deadline) => return End::Lost("keep-alive timeout".into()),
+                () = tokio::time::sleep_until(deadline), if paused.is_none() => return End::Lost("keep-alive timeout".into()),
                 () = self.ctx.shutdown.cancelled() => {
                     // Sessions finish what they were storing before they close.
                     return self.finish(&mut storing, io, &mut out).await.unwrap_or(End::Shutdown);
                 }
             }
         }
+    }
+
+    /// Starts making a batch's publishes durable; it reaches the router once they are.
+    fn queue(&self, mut batch: Batch, storing: &mut VecDeque<Storing>) {
+        let ingress = self.ctx.ingress.clone();
+        let messages = std::mem::take(&mut batch.to_store);
+        // Polled with the batches before it (see `durable`): its append reaches the queue
+        // now and joins the coming commit.
+        storing.push_back(Storing {
+            durable: Box::pin(async move {
+                if messages.is_empty() {
+                    return Ok(());
+                }
+                ingress.store(messages).await
+            }),
+            done: None,
+            batch,
+        });
     }
 
     /// Stores and releases every batch still waiting, in order; `Some` when one of them ends
@@ -628,10 +489,23 @@ impl Session {
         out: &mut BytesMut,
     ) -> Option<End> {
         if let Err(why) = self.forward(batch.to_router).await {
-            let _ = io.write_all(out).await;
+            let _ = self.send(io, out).await;
             return Some(End::Lost(why));
         }
         (!batch.open).then_some(End::Graceful)
+    }
+
+    /// Unacknowledged inbound QoS 1 and 2 publishes.
+    fn inflight(&self) -> usize {
+        self.qos1.len() + self.qos2.len()
+    }
+
+    /// A 3.1.1 client, which was told no Receive Maximum, is not read while `max_inflight` of
+    /// its publishes wait for the router: backpressure instead of a disconnect. (QoS 2 ones
+    /// waiting for the client's PUBREL hold only their packet id here, at most 65 536.)
+    fn backlogged(&self) -> bool {
+        self.codec == Codec::V4
+            && self.qos1.len() + self.qos2_routing >= usize::from(self.ctx.max_inflight)
     }
 
     /// Handles every complete packet in `buf`: answers what the edge answers itself into
@@ -667,6 +541,26 @@ impl Session {
                         self.disconnect_with(out, DisconnectReasonCode::TopicAliasInvalid);
                         return Err("topic alias used, none offered".into());
                     }
+                    if qos == 2
+                        && let Some(state) = self.qos2.get(&pkid)
+                    {
+                        // Sent again before its PUBREL: answered, never routed twice.
+                        if let Qos2::Received(reason) = *state {
+                            self.write(Packet::PubRec(PubRec { pkid, reason }, None), out);
+                        }
+                        continue;
+                    }
+                    // MQTT 5 clients were told the Receive Maximum: one more is an error.
+                    if self.codec == Codec::V5
+                        && qos > 0
+                        && !self.qos1.contains(&pkid)
+                        && self.inflight() >= usize::from(self.ctx.max_inflight)
+                    {
+                        metrics::counter!(metric::REFUSED_TOTAL, "reason" => "receive_maximum")
+                            .increment(1);
+                        self.disconnect_with(out, DisconnectReasonCode::ReceiveMaximumExceeded);
+                        return Err("more unacknowledged publishes than max_inflight".into());
+                    }
                     let topic = std::str::from_utf8(&publish.topic)
                         .ok()
                         .and_then(|t| TopicName::new(t).ok())
@@ -687,12 +581,36 @@ impl Session {
                             retain: publish.retain,
                         });
                     }
+                    let publish = match qos {
+                        1 => {
+                            self.qos1.insert(pkid);
+                            publish
+                        }
+                        2 => {
+                            self.qos2.insert(pkid, Qos2::Routing);
+                            self.qos2_routing += 1;
+                            as_qos1(&publish, pkid)
+                        }
+                        _ => publish,
+                    };
                     to_router.push(Packet::Publish(publish, properties));
                 }
-                Packet::PubRel(rel, _) if self.denied_qos2.remove(&rel.pkid) => {
+                Packet::PubRel(rel, _) => {
+                    // QoS 2 ends here: the router never saw it as QoS 2.
+                    let reason = match self.qos2.get(&rel.pkid) {
+                        Some(Qos2::Received(_)) => {
+                            self.qos2.remove(&rel.pkid);
+                            PubCompReason::Success
+                        }
+                        // Before its PUBREC: the client is ahead of the protocol; the PUBREC
+                        // still comes.
+                        Some(Qos2::Routing) => continue,
+                        // Completed already (or in a session before this connection).
+                        None => PubCompReason::PacketIdentifierNotFound,
+                    };
                     let comp = PubComp {
                         pkid: rel.pkid,
-                        reason: PubCompReason::Success,
+                        reason,
                     };
                     self.write(Packet::PubComp(comp, None), out);
                 }
@@ -748,12 +666,9 @@ impl Session {
                 self.write(Packet::PubAck(ack, None), out);
             }
             2 => {
-                self.denied_qos2.insert(pkid);
-                let rec = PubRec {
-                    pkid,
-                    reason: PubRecReason::NotAuthorized,
-                };
-                self.write(Packet::PubRec(rec, None), out);
+                let reason = PubRecReason::NotAuthorized;
+                self.qos2.insert(pkid, Qos2::Received(reason));
+                self.write(Packet::PubRec(PubRec { pkid, reason }, None), out);
             }
             _ => {}
         }
@@ -778,13 +693,25 @@ impl Session {
                 metrics::counter!(metric::ACL_DENIED_TOTAL, "action" => "subscribe").increment(1);
                 tracing::debug!(client_id = %self.client_id, filter = %filter.path, "Subscription denied by ACL");
                 codes.push(Some(denied_code));
-            } else if !self.ctx.admit_filter(&filter.path) {
-                metrics::counter!(metric::REFUSED_TOTAL, "reason" => "max_filters").increment(1);
-                tracing::warn!(client_id = %self.client_id, filter = %filter.path, "Subscription refused: broker.max_filters reached");
-                codes.push(Some(quota_code));
-            } else {
-                codes.push(None);
-                allowed.push(filter);
+                continue;
+            }
+            match self.ctx.admit_filter(&filter.path, &self.identity_key) {
+                Ok(()) => {
+                    codes.push(None);
+                    allowed.push(filter);
+                }
+                Err(refused) => {
+                    let (reason, key) = match refused {
+                        FilterRefused::Pool => ("max_filters", "broker.max_filters"),
+                        FilterRefused::Identity => (
+                            "max_filters_per_identity",
+                            "broker.max_filters_per_identity",
+                        ),
+                    };
+                    metrics::counter!(metric::REFUSED_TOTAL, "reason" => reason).increment(1);
+                    tracing::warn!(client_id = %self.client_id, filter = %filter.path, "Subscription refused: {key} reached");
+                    codes.push(Some(quota_code));
+                }
             }
         }
         let pkid = subscribe.pkid;
@@ -832,6 +759,25 @@ impl Session {
                         }
                         self.write(Packet::SubAck(ack, properties), out);
                     }
+                    Some(Packet::PubAck(ack, properties)) => {
+                        // A QoS 2 publish the router took as QoS 1: now it is received.
+                        if self.qos2.get(&ack.pkid) == Some(&Qos2::Routing) {
+                            let reason = match ack.reason {
+                                PubAckReason::Success => PubRecReason::Success,
+                                _ => PubRecReason::UnspecifiedError,
+                            };
+                            self.qos2.insert(ack.pkid, Qos2::Received(reason));
+                            self.qos2_routing -= 1;
+                            let rec = PubRec {
+                                pkid: ack.pkid,
+                                reason,
+                            };
+                            self.write(Packet::PubRec(rec, None), out);
+                        } else {
+                            self.qos1.remove(&ack.pkid);
+                            self.write(Packet::PubAck(ack, properties), out);
+                        }
+                    }
                     Some(packet) => {
                         if matches!(packet, Packet::Publish(..)) {
                             self.delivered += 1;
@@ -858,6 +804,19 @@ impl Session {
     }
 }
 
+/// The same publish at QoS 1 with packet id `pkid` (rumqttd keeps QoS and packet id private:
+/// its own serialized form is the one way to set them).
+fn as_qos1(publish: &Publish, pkid: u16) -> Publish {
+    let mut raw = BytesMut::with_capacity(5 + publish.topic.len() + publish.payload.len());
+    raw.put_u8(0b0011_0010 | u8::from(publish.retain));
+    raw.put_u16(pkid);
+    // A topic read off the wire fits its two-byte length.
+    raw.put_u16(u16::try_from(publish.topic.len()).unwrap_or(u16::MAX));
+    raw.extend_from_slice(&publish.topic);
+    raw.extend_from_slice(&publish.payload);
+    Publish::deserialize(raw.freeze())
+}
+
 /// `$share/<group>/<filter>` → `<filter>`; any other filter as it is.
 fn shared_filter(path: &str) -> &str {
     path.strip_prefix("$share/")
@@ -876,53 +835,9 @@ fn poll_once<F: std::future::Future>(future: F) -> Option<F::Output> {
     }
 }
 
-/// A token bucket per client: `per_second` messages, bursts of one second's worth.
-struct RateLimit {
-    per_second: f64,
-    tokens: f64,
-    at: Instant,
-}
-
-impl RateLimit {
-    fn new(per_second: u32) -> Self {
-        Self {
-            per_second: f64::from(per_second),
-            tokens: f64::from(per_second),
-            at: Instant::now(),
-        }
-    }
-
-    fn count(&mut self, n: u32) {
-        let now = Instant::now();
-        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.per_second)
-            .min(self.per_second);
-        self.at = now;
-        self.tokens -= f64::from(n);
-    }
-
-    /// How long to stop reading so that the client keeps to its rate.
-    fn pause(&self) -> Option<Duration> {
-        (self.tokens < 0.0).then(|| Duration::from_secs_f64(-self.tokens / self.per_second))
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn client_ids_are_bound_to_identities() {
-        assert!(bound("dev-a", "dev-a", ClientIdRule::Equal));
-        assert!(!bound("dev-a", "dev-b", ClientIdRule::Equal));
-        assert!(!bound("dev-a", "dev-a:1", ClientIdRule::Equal));
-        assert!(bound("dev-a", "dev-a:1", ClientIdRule::Prefix));
-        assert!(bound("dev-a", "dev-a", ClientIdRule::Prefix));
-        assert!(
-            !bound("dev-a", "dev-ab", ClientIdRule::Prefix),
-            "a longer name is not a prefix"
-        );
-        assert!(bound("dev-a", "anything", ClientIdRule::Any));
-    }
 
     #[test]
     fn a_shared_subscription_is_checked_on_the_filter_it_shares() {
@@ -933,12 +848,14 @@ mod tests {
     }
 
     #[test]
-    fn the_rate_limit_pauses_only_past_the_rate() {
-        let mut rate = RateLimit::new(100);
-        rate.count(100);
-        assert!(rate.pause().is_none());
-        rate.count(50);
-        let pause = rate.pause().expect("over the rate");
-        assert!(pause > Duration::from_millis(400) && pause <= Duration::from_millis(500));
+    fn a_qos2_publish_becomes_qos1_with_its_packet_id() {
+        let publish = Publish::new("a/b", "payload", true);
+        let mut out = BytesMut::new();
+        Codec::V4
+            .write(Packet::Publish(as_qos1(&publish, 0x0102), None), &mut out)
+            .unwrap();
+        assert_eq!(codec::publish_qos_pkid(&out), Some((1, 0x0102)));
+        assert_eq!(out[0] & 1, 1, "retain kept");
+        assert!(out.ends_with(b"payload"));
     }
 }

@@ -19,6 +19,7 @@ use rustls::server::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 
+use super::admission::Ticket;
 use super::session::{self, Peer};
 use super::{EdgeContext, metric};
 use crate::config::{CertIdentity, ListenerSettings, ListenerTls};
@@ -412,7 +413,11 @@ pub(crate) async fn accept_loop(
     loop {
         let accepted = tokio::select! {
             accepted = tcp.accept() => accepted,
-            () = ctx.shutdown.cancelled() => break,
+            () = ctx.shutdown.cancelled() => {
+                // Connections still in their TLS handshake or CONNECT end with the listener.
+                ctx.admission.evict_all();
+                break;
+            }
         };
         let (stream, addr) = match accepted {
             Ok(accepted) => accepted,
@@ -423,6 +428,8 @@ pub(crate) async fn accept_loop(
                 continue;
             }
         };
+        // Counted from accept until authenticated.
+        let ticket = ctx.admission.admit(addr.ip());
         let _ = stream.set_nodelay(true);
         let peer = |identity| Peer {
             addr,
@@ -435,7 +442,9 @@ pub(crate) async fn accept_loop(
                 let peer = peer(None);
                 ctx.shutdown
                     .clone()
-                    .spawn(session::serve(Box::new(stream), peer, ctx));
+                    .spawn(until_evicted(ticket, move |ticket| {
+                        session::serve(Box::new(stream), peer, ctx, ticket)
+                    }));
             }
             Security::Rustls(server) => {
                 let Some(config) = server.config() else {
@@ -444,7 +453,7 @@ pub(crate) async fn accept_loop(
                 let slot = handshakes.admit();
                 let (ctx, server, listener) = (ctx.clone(), server.clone(), listener.clone());
                 let mut peer = peer(None);
-                ctx.shutdown.clone().spawn(async move {
+                ctx.shutdown.clone().spawn(until_evicted(ticket, move |ticket| async move {
                     let acceptor = tokio_rustls::TlsAcceptor::from(config);
                     let result = handshake(&slot, &listener, acceptor.accept(stream)).await;
                     drop(slot);
@@ -455,8 +464,8 @@ pub(crate) async fn accept_loop(
                         metrics::counter!(metric::REFUSED_TOTAL, "reason" => "no_identity").increment(1);
                         return;
                     }
-                    session::serve(Box::new(tls), peer, ctx).await;
-                });
+                    session::serve(Box::new(tls), peer, ctx, ticket).await;
+                }));
             }
             Security::Psk(server) => {
                 server.refresh();
@@ -473,25 +482,44 @@ pub(crate) async fn accept_loop(
                 let slot = handshakes.admit();
                 let (ctx, listener, server) = (ctx.clone(), listener.clone(), server.clone());
                 let mut peer = peer(None);
-                ctx.shutdown.clone().spawn(async move {
-                    let accepted = handshake(&slot, &listener, async {
-                        Pin::new(&mut tls)
-                            .accept()
-                            .await
-                            .map_err(std::io::Error::other)
-                    })
-                    .await;
-                    drop(slot);
-                    if accepted.is_none() {
-                        if let Some(name) = tls.ssl().ex_data(server.unknown) {
-                            tracing::info!(listener = %listener.name, %addr, identity = %name.escape_debug(), "Refused: unknown PSK identity (the client is told no more than for a wrong key)");
+                ctx.shutdown
+                    .clone()
+                    .spawn(until_evicted(ticket, move |ticket| async move {
+                        let accepted = handshake(&slot, &listener, async {
+                            Pin::new(&mut tls)
+                                .accept()
+                                .await
+                                .map_err(std::io::Error::other)
+                        })
+                        .await;
+                        drop(slot);
+                        if accepted.is_none() {
+                            if let Some(name) = tls.ssl().ex_data(server.unknown) {
+                                tracing::info!(listener = %listener.name, %addr, identity = %name.escape_debug(), "Refused: unknown PSK identity (the client is told no more than for a wrong key)");
+                            }
+                            return;
                         }
-                        return;
-                    }
-                    peer.identity = tls.ssl().ex_data(server.identity).cloned();
-                    session::serve(Box::new(tls), peer, ctx).await;
-                });
+                        peer.identity = tls.ssl().ex_data(server.identity).cloned();
+                        session::serve(Box::new(tls), peer, ctx, ticket).await;
+                    }));
             }
+        }
+    }
+}
+
+/// Runs a connection's task until it ends, or until a newer connection pushes it out while
+/// it is still unauthenticated (an authenticated session has released its ticket, which then
+/// never fires).
+async fn until_evicted<F>(ticket: Ticket, task: impl FnOnce(Ticket) -> F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    let evicted = ticket.eviction();
+    tokio::select! {
+        () = task(ticket) => {}
+        () = evicted.cancelled() => {
+            metrics::counter!(metric::REFUSED_TOTAL, "reason" => "unauthenticated_evicted")
+                .increment(1);
         }
     }
 }

@@ -2,6 +2,8 @@
 //! A broker with its edge on loopback, an ingress that records what it stores (and can be
 //! slow), and mosquitto's command-line clients as the real peers.
 
+pub mod raw;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::{Arc, Mutex};
