@@ -7,6 +7,7 @@
 pub mod cli;
 mod credentials_cli;
 mod ingress;
+pub mod service;
 pub mod status;
 mod systemd;
 
@@ -243,12 +244,20 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
 /// gateway started by hand, `/run/fieldlink/<instance>` as root or
 /// `$XDG_RUNTIME_DIR/fieldlink/<instance>` otherwise, where the instance is named after the
 /// data directory (so that `fieldlink status --config X` finds X's gateway and several gateways
-/// never share one); only without any of these, `run/` in the data directory.
+/// never share one), except that root's default data directory is the installed unit's, whose
+/// runtime directory is `/run/fieldlink`; only without any of these, `run/` in the data
+/// directory.
 pub fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
     if let Some(dir) = runtime_dir_from_env() {
         return dir;
     }
-    let base = if fieldlink_core::config::is_root() {
+    let root = fieldlink_core::config::is_root();
+    // Root with the unit's data directory: the unit's runtime directory, where the service
+    // writes its status (a gateway started by hand with it is the same instance).
+    if let Some(dir) = service::runtime_dir_of(data_dir).filter(|_| root) {
+        return dir;
+    }
+    let base = if root {
         Some(std::path::PathBuf::from("/run"))
     } else {
         std::env::var_os("XDG_RUNTIME_DIR")

@@ -61,11 +61,13 @@
 mod clock;
 mod disk;
 mod error;
+mod inspect;
 mod queue;
 mod store;
 
 pub use disk::{DiskSpace, StatvfsDisk};
 pub use error::QueueError;
+pub use inspect::QueueReader;
 pub use queue::{Leased, Queue, Stats, StreamStats};
 
 /// The database file's name inside the data directory.
