@@ -4,9 +4,14 @@
 //! corrupt one aside, saves the queue clock and starts the writer that expires old messages and
 //! checkpoints. None of that may happen from `fieldlink queue stats` next to a running gateway.
 //! [`QueueReader`] opens the file with SQLite's read-only flag, runs SELECTs only, and never
-//! creates, migrates, moves or expires anything. (SQLite may still have to create the WAL's
-//! `-shm`/`-wal` companions of a closed database to read it; as root it gives them the
-//! database file's owner and mode, so the service can open them afterwards.)
+//! creates, migrates, moves or expires anything.
+//!
+//! A read-only SQLite connection to a WAL database still creates the `-wal` and `-shm`
+//! companions when they are missing, and leaves them behind. They are missing exactly when no
+//! process has the database open (the last connection to close removes them), so then the
+//! file is read as `immutable`: no locks, no companions, nothing written. While the service
+//! runs they exist and are shared, and the read takes SQLite's ordinary read lock.
+//! (A service starting during such a read may make it fail; it never harms the service.)
 
 use std::path::{Path, PathBuf};
 use std::str::FromStr as _;
@@ -44,10 +49,16 @@ impl QueueReader {
             path: path.clone(),
             source,
         };
+        let in_use = ["-wal", "-shm"].iter().all(|suffix| {
+            let mut companion = path.clone().into_os_string();
+            companion.push(suffix);
+            Path::new(&companion).exists()
+        });
         let options = SqliteConnectOptions::from_str("sqlite://")
             .map_err(db)?
             .filename(&path)
             .read_only(true)
+            .immutable(!in_use)
             .create_if_missing(false)
             // The service may be committing: wait for it rather than fail.
             .busy_timeout(Duration::from_secs(5));
