@@ -52,6 +52,10 @@
 //! inspection), a fresh one is created, and an error is logged and reported in [`Stats`]; the
 //! gateway goes on instead of crash-looping.
 //!
+//! # Inspection
+//! [`QueueReader`] reads a queue that the service owns (`fieldlink queue stats`, `peek`):
+//! read-only, SELECTs only, no migration, clock save, expiry or checkpoint (`inspect.rs`).
+//!
 //! # Space
 //! The database uses incremental auto-vacuum: free pages are returned to the file system as the
 //! queue drains, and the WAL is truncated back to a small size after checkpoints. Before each
