@@ -69,7 +69,7 @@ pub fn credential_source(path: &Path) -> PathBuf {
         .iter()
         .filter_map(|unit| std::fs::read_to_string(unit).ok())
         .filter_map(|text| load_credential(&text, &name))
-        .last()
+        .next_back()
         .unwrap_or_else(|| Path::new("/etc/fieldlink").join(&name))
 }
 
@@ -80,7 +80,7 @@ fn load_credential(unit: &str, name: &str) -> Option<PathBuf> {
         .filter_map(|value| value.split_once(':'))
         .filter(|(n, _)| *n == name)
         .map(|(_, source)| PathBuf::from(source.trim()))
-        .last()
+        .next_back()
 }
 
 #[cfg(test)]
