@@ -1,4 +1,5 @@
-//! The command line: `fieldlink run`, `fieldlink check-config`, `fieldlink version`.
+//! The command line: `fieldlink run`, `check-config`, `status`, `queue`, `credentials`,
+//! `completions`, `version`.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,17 @@ enum Command {
     /// Add, change or remove a user of the local broker (broker.credentials_file).
     #[command(subcommand)]
     Credentials(crate::credentials_cli::CredentialsCommand),
+    /// Print a completion script for a shell (the Debian package installs them).
+    Completions {
+        /// bash, elvish, fish, powershell or zsh.
+        shell: clap_complete::Shell,
+    },
+    /// Write the man pages (fieldlink.1, and one per command) into a directory, for packaging.
+    #[command(hide = true)]
+    Man {
+        /// The directory (it must exist).
+        dir: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -110,10 +122,7 @@ pub fn main() -> ExitCode {
                         ExitCode::SUCCESS
                     }
                 }
-                Err(e) => {
-                    eprintln!("fieldlink: {e:#}");
-                    ExitCode::FAILURE
-                }
+                Err(e) => failed(&e),
             }
         }
         Command::Queue(command) => {
@@ -123,13 +132,28 @@ pub fn main() -> ExitCode {
             };
             match queue_command(settings, command) {
                 Ok(()) => ExitCode::SUCCESS,
+                Err(e) => failed(&e),
+            }
+        }
+        Command::Credentials(command) => crate::credentials_cli::main(&source, command),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "fieldlink", &mut std::io::stdout());
+            ExitCode::SUCCESS
+        }
+        Command::Man { dir } => {
+            let command = <Cli as clap::CommandFactory>::command();
+            match clap_mangen::generate_to(command, &dir) {
+                Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
-                    eprintln!("fieldlink: {e:#}");
+                    eprintln!(
+                        "fieldlink: cannot write the man pages into {}: {e}",
+                        dir.display()
+                    );
                     ExitCode::FAILURE
                 }
             }
         }
-        Command::Credentials(command) => crate::credentials_cli::main(&source, command),
         Command::Run => {
             fieldlink_core::logging::init();
             let (settings, origin) = match config::load(&source) {
@@ -198,14 +222,16 @@ fn queue_command(settings: Settings, command: QueueCommand) -> anyhow::Result<()
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
+    let data_dir = settings.gateway.resolved_data_dir();
     runtime.block_on(async {
-        let data_dir = settings.gateway.resolved_data_dir();
-        let queue = crate::open_queue(&settings, &data_dir).await?;
         let mut out = String::new();
         match command {
+            // Inspection opens the file read-only: no maintenance, no writes, next to a running
+            // service.
             QueueCommand::Stats => {
-                let stats = queue.stats().await?;
-                out += &format!("queue: {}\n", queue.path().display());
+                let mut reader = open_reader(&data_dir).await?;
+                let stats = reader.stats().await?;
+                out += &format!("queue: {}\n", reader.path().display());
                 out += &format!("messages: {}  bytes: {}\n", stats.messages, stats.bytes);
                 if let Some(age) = stats.oldest_age {
                     out += &format!("oldest: {}s ago\n", age.as_secs());
@@ -216,12 +242,11 @@ fn queue_command(settings: Settings, command: QueueCommand) -> anyhow::Result<()
                         s.messages, s.bytes
                     );
                 }
-                if let Some(moved) = &stats.corrupt_file_moved_to {
-                    out += &format!("a corrupt database was moved to {}\n", moved.display());
-                }
+                reader.close().await;
             }
             QueueCommand::Peek { limit } => {
-                for m in queue.peek(limit).await? {
+                let mut reader = open_reader(&data_dir).await?;
+                for m in reader.peek(limit).await? {
                     out += &format!(
                         "{} {} {:?} {} {} bytes\n",
                         m.id,
@@ -231,16 +256,35 @@ fn queue_command(settings: Settings, command: QueueCommand) -> anyhow::Result<()
                         m.message.payload.len()
                     );
                 }
+                reader.close().await;
             }
             QueueCommand::Purge { .. } => {
+                let queue = crate::open_queue(&settings, &data_dir).await?;
                 let n = queue.purge().await?;
+                queue.close().await;
                 out += &format!("purged {n} messages\n");
             }
         }
-        queue.close().await;
         print_out(&out);
         Ok(())
     })
+}
+
+/// The queue in `data_dir`, read-only.
+async fn open_reader(data_dir: &std::path::Path) -> anyhow::Result<fieldlink_queue::QueueReader> {
+    fieldlink_queue::QueueReader::open(data_dir)
+        .await
+        .with_context(|| format!("cannot read the queue in {}", data_dir.display()))
+}
+
+/// An inspection command failed: the error, and where the installed service's state is when
+/// the caller cannot read it.
+fn failed(e: &anyhow::Error) -> ExitCode {
+    eprintln!("fieldlink: {e:#}");
+    if let Some(hint) = crate::service::sudo_hint() {
+        eprintln!("{hint}");
+    }
+    ExitCode::FAILURE
 }
 
 /// SIGTERM and SIGINT, watched from the moment they are installed.

@@ -48,7 +48,18 @@ pub(crate) fn main(source: &ConfigSource, command: CredentialsCommand) -> ExitCo
         );
         return ExitCode::from(EXIT_BAD_CONFIG);
     };
-    match run(&path, command) {
+    // The service reads a copy made by systemd (LoadCredential=); its source is what to edit.
+    let source = crate::service::credential_source(&path);
+    let copy = (source != path).then_some(path);
+    match run(&source, command) {
+        Ok(message) if copy.is_some() => {
+            print_out(&message);
+            print_out(
+                "restart the service for it to take effect: systemctl restart fieldlink \
+                 (it reads a copy made at start)\n",
+            );
+            ExitCode::SUCCESS
+        }
         Ok(message) => {
             print_out(&message);
             ExitCode::SUCCESS

@@ -8,6 +8,7 @@ pub mod cli;
 pub mod config;
 mod credentials_cli;
 mod ingress;
+pub mod service;
 pub mod status;
 mod systemd;
 
@@ -251,7 +252,9 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
 /// gateway started by hand, `/run/fieldlink/<instance>` as root or
 /// `$XDG_RUNTIME_DIR/fieldlink/<instance>` otherwise, where the instance is named after the
 /// data directory (so that `fieldlink status --config X` finds X's gateway and several gateways
-/// never share one); only without any of these, `run/` in the data directory.
+/// never share one), except that root's default data directory is the installed unit's, whose
+/// runtime directory is `/run/fieldlink`; only without any of these, `run/` in the data
+/// directory.
 pub fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
     runtime_dir_from_env().unwrap_or_else(|| instance_runtime_dir(data_dir))
 }
@@ -259,7 +262,13 @@ pub fn runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
 /// [`runtime_dir`] without `$RUNTIME_DIRECTORY`: where the gateway of `data_dir` keeps its
 /// runtime files when it is not run by systemd.
 pub fn instance_runtime_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
-    let base = if config::is_root() {
+    let root = config::is_root();
+    // Root with the unit's data directory: the unit's runtime directory, where the service
+    // writes its status (a gateway started by hand with it is the same instance).
+    if let Some(dir) = service::runtime_dir_of(data_dir).filter(|_| root) {
+        return dir;
+    }
+    let base = if root {
         Some(std::path::PathBuf::from("/run"))
     } else {
         std::env::var_os("XDG_RUNTIME_DIR")

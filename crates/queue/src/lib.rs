@@ -52,6 +52,10 @@
 //! inspection), a fresh one is created, and an error is logged and reported in [`Stats`]; the
 //! gateway goes on instead of crash-looping.
 //!
+//! # Inspection
+//! [`QueueReader`] reads a queue that the service owns (`fieldlink queue stats`, `peek`):
+//! read-only, SELECTs only, no migration, clock save, expiry or checkpoint (`inspect.rs`).
+//!
 //! # Space
 //! The database uses incremental auto-vacuum: free pages are returned to the file system as the
 //! queue drains, and the WAL is truncated back to a small size after checkpoints. Before each
@@ -62,11 +66,13 @@ mod clock;
 pub mod config;
 mod disk;
 mod error;
+mod inspect;
 mod queue;
 mod store;
 
 pub use disk::{DiskSpace, StatvfsDisk};
 pub use error::{Full, QueueError};
+pub use inspect::QueueReader;
 pub use queue::{Leased, Queue, Stats, StreamStats};
 
 /// The database file's name inside the data directory.
