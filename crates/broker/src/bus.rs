@@ -80,7 +80,8 @@ impl LocalBus for BrokerBus {
             .map_err(|e| BusError::Refused(e.to_string()))?;
         let (tx, rx) = mpsc::channel(capacity);
         let shutdown = self.shutdown.clone();
-        tokio::spawn(async move {
+        // Tracked, not vital: it ends, normally, when its reader goes away.
+        self.shutdown.spawn(async move {
             // The link must stay alive as long as we read from it.
             let _link_tx = link_tx;
             loop {

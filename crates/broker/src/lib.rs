@@ -87,6 +87,7 @@ pub struct RunningBroker {
     listeners: Vec<(Arc<ListenerSettings>, TcpListener, Security)>,
     addrs: Vec<SocketAddr>,
     links: SessionLinks,
+    router_alive: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 impl RunningBroker {
@@ -115,6 +116,9 @@ impl RunningBroker {
             listeners.push((Arc::new(listener.clone()), tcp, security));
         }
         let router_tx = Router::new(0, router_config(settings)).spawn();
+        let router = router_tx.clone();
+        // The router's thread holds the receiving end: gone, the thread has ended.
+        let router_alive = Arc::new(move || !router.is_disconnected());
         let links: SessionLinks = Arc::new(move |client_id: &str, clean: bool| {
             LinkBuilder::new(client_id, router_tx.clone())
                 .clean_session(clean)
@@ -128,7 +132,13 @@ impl RunningBroker {
             listeners,
             addrs,
             links,
+            router_alive,
         })
+    }
+
+    /// Tells whether rumqttd's router thread still runs (it ends only by a panic).
+    pub fn router_liveness(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
+        self.router_alive.clone()
     }
 
     /// The address each listener is bound to, in configuration order.
@@ -170,12 +180,12 @@ impl RunningBroker {
             };
             let tcp = tokio::net::TcpListener::from_std(tcp).map_err(bind)?;
             tracing::info!(listener = %listener.name, addr = %tcp.local_addr().map_err(bind)?, tls = ?security, "Broker listening");
-            shutdown.spawn(edge::transport::accept_loop(
-                tcp,
-                listener,
-                security,
-                ctx.clone(),
-            ));
+            let task = format!("the accept loop of listener `{}`", listener.name);
+            shutdown.spawn_vital(
+                "broker",
+                task,
+                edge::transport::accept_loop(tcp, listener, security, ctx.clone()),
+            );
         }
         Ok(())
     }

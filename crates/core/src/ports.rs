@@ -271,10 +271,15 @@ pub struct StatusReporter {
 }
 
 impl StatusReporter {
-    /// Records the component's current health.
+    /// Records the component's current health, unless it is down: a component found dead by
+    /// the supervisor ([`StatusBoard::fail`]) stays down until the process restarts.
     pub fn set(&self, health: Health) {
-        self.tx.send_modify(|all| {
+        self.tx.send_if_modified(|all| {
+            if matches!(all.get(self.name), Some(Health::Down(_))) {
+                return false;
+            }
             all.insert(self.name, health);
+            true
         });
     }
 }
@@ -302,6 +307,13 @@ impl StatusBoard {
         };
         reporter.set(Health::Starting);
         reporter
+    }
+
+    /// Marks `name` down for good (a vital task died): the watchdog stops being fed.
+    pub fn fail(&self, name: &'static str, why: String) {
+        self.tx.send_modify(|all| {
+            all.insert(name, Health::Down(why));
+        });
     }
 
     /// The health of every component now.
@@ -351,6 +363,19 @@ mod tests {
         assert!(board.serving(), "degraded still serves");
         assert_eq!(board.snapshot()["b"], Health::Degraded("retrying".into()));
         b.set(Health::Down("broken".into()));
+        assert!(!board.serving());
+    }
+
+    #[test]
+    fn a_failed_component_stays_down() {
+        let board = StatusBoard::default();
+        let a = board.register("a");
+        board.fail("a", "its task panicked".into());
+        a.set(Health::Up);
+        assert_eq!(
+            board.snapshot()["a"],
+            Health::Down("its task panicked".into())
+        );
         assert!(!board.serving());
     }
 }

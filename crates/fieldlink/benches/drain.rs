@@ -175,9 +175,15 @@ async fn fieldlink_drain(n: u64) -> f64 {
         max_bytes: 1 << 40,
         ..QueueSettings::default()
     };
-    let queue = Queue::open(dir.path(), settings, HashMap::new(), Arc::new(StatvfsDisk))
-        .await
-        .unwrap();
+    let queue = Queue::open(
+        dir.path(),
+        settings,
+        HashMap::new(),
+        Arc::new(StatvfsDisk),
+        &fieldlink_core::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap();
     for batch in 0..n.div_ceil(1000) {
         let entries = (0..1000.min(n - batch * 1000))
             .map(|i| OutboxEntry {

@@ -7,9 +7,11 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use fieldlink_core::config::{ConfigErrors, ConfigSource, Origin};
+use fieldlink_core::shutdown::Shutdown;
 
 use crate::config::{self, Settings};
-use crate::{Gateway, VERSION, systemd};
+use crate::supervisor::Watchdog;
+use crate::{Ended, Gateway, VERSION, systemd};
 
 /// Exit code for a bad configuration (EX_USAGE); the systemd unit does not restart on it.
 pub const EXIT_BAD_CONFIG: u8 = 64;
@@ -185,32 +187,31 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         let signals = Signals::install()?;
         let gateway = Gateway::start(settings).await?;
         systemd::notify("READY=1");
-        let watchdog = systemd::watchdog_interval().map(|every| {
-            let status = gateway.status().clone();
-            tokio::spawn(async move {
-                let mut tick = tokio::time::interval(every);
-                loop {
-                    tick.tick().await;
-                    // Only a gateway whose components all run (if degraded, as in a cloud
-                    // outage) may keep the watchdog happy.
-                    if status.serving() {
-                        systemd::notify("WATCHDOG=1");
-                    }
-                }
-            })
+        let watchdog = systemd::watchdog_interval().map(|every| Watchdog {
+            every,
+            ping: Box::new(|| systemd::notify("WATCHDOG=1")),
         });
-        let signal = signals.wait().await;
-        tracing::info!(signal, "Shutting down");
-        systemd::notify("STOPPING=1");
-        if let Some(watchdog) = watchdog {
-            watchdog.abort();
+        let ended = gateway.run_until(signals.wait(), watchdog).await;
+        match &ended {
+            Ended::Asked(signal) => tracing::info!(signal, "Shutting down"),
+            Ended::Failed(failure) => tracing::error!(
+                component = failure.component,
+                "{failure}: the gateway stops, to be started again by its service manager"
+            ),
         }
+        systemd::notify("STOPPING=1");
         if gateway.stop().await {
             tracing::info!("Stopped cleanly");
         } else {
             tracing::warn!("The grace period ran out before everything stopped");
         }
-        Ok(())
+        match ended {
+            Ended::Asked(_) => Ok(()),
+            Ended::Failed(failure) => Err(anyhow::anyhow!(
+                "the {} component failed ({failure})",
+                failure.component
+            )),
+        }
     })
 }
 
@@ -259,7 +260,7 @@ fn queue_command(settings: Settings, command: QueueCommand) -> anyhow::Result<()
                 reader.close().await;
             }
             QueueCommand::Purge { .. } => {
-                let queue = crate::open_queue(&settings, &data_dir).await?;
+                let queue = crate::open_queue(&settings, &data_dir, &Shutdown::new()).await?;
                 let n = queue.purge().await?;
                 queue.close().await;
                 out += &format!("purged {n} messages\n");

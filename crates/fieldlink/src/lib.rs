@@ -1,8 +1,10 @@
 //! The fieldlink gateway, built and wired from its configuration.
 //!
-//! [`Gateway::start`] builds every component from [`Settings`] and starts it; [`Gateway::stop`]
-//! stops them in data-path order within the configured grace period. The CLI ([`cli`]) is a
-//! thin layer over this, so tests can run the whole gateway in-process.
+//! [`Gateway::start`] builds every component from [`Settings`] and starts it, each on the
+//! [`Shutdown`] phase it stops with, under the [`supervisor`]; [`Gateway::run_until`] serves
+//! until asked to stop or until a component fails; [`Gateway::stop`] stops them in data-path
+//! order within the configured grace period. The CLI ([`cli`]) is a thin layer over this, so
+//! tests can run the whole gateway in-process.
 
 pub mod cli;
 pub mod config;
@@ -10,6 +12,7 @@ mod credentials_cli;
 mod ingress;
 pub mod service;
 pub mod status;
+pub mod supervisor;
 mod systemd;
 
 use std::collections::HashMap;
@@ -20,7 +23,7 @@ use crate::config::Settings;
 use anyhow::Context as _;
 use fieldlink_broker::{BrokerBus, RunningBroker};
 use fieldlink_core::ports::{Health, Ingress, LocalBus, StatusBoard};
-use fieldlink_core::shutdown::Shutdown;
+use fieldlink_core::shutdown::{Shutdown, TaskFailure};
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_uplink::Uplink;
 
@@ -31,13 +34,35 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 #[derive(Debug)]
 pub struct Gateway {
     settings: Settings,
-    shutdown: Shutdown,
+    phases: Phases,
     status: StatusBoard,
     broker: RunningBroker,
     bus: Arc<BrokerBus>,
     ingress: Arc<ingress::RoutedIngress>,
     queue: Queue,
     uplink: Option<Uplink>,
+}
+
+/// The order in which the gateway stops, one [`Shutdown`] per step.
+#[derive(Debug)]
+struct Phases {
+    /// What takes messages in: the broker's listeners and sessions, the field-device bridge.
+    intake: Shutdown,
+    /// The uplink: stops publishing and writes the acknowledgements it has.
+    delivery: Shutdown,
+    /// The queue's writer: commits what intake and delivery handed it, then closes the file.
+    storage: Shutdown,
+    /// The supervisor's probes and the status file: signalled first, waited for last.
+    upkeep: Shutdown,
+}
+
+/// Why [`Gateway::run_until`] returned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ended {
+    /// Asked to stop (the signal's name).
+    Asked(&'static str),
+    /// A component failed: it is down, and the gateway must be started again.
+    Failed(TaskFailure),
 }
 
 impl Gateway {
@@ -54,17 +79,30 @@ impl Gateway {
         tracing::info!(runtime_dir = %runtime_dir.display(), "Runtime directory ready");
         create_private_dir(&runtime_dir).context("the runtime directory")?;
 
-        let shutdown = Shutdown::new();
+        let upkeep = Shutdown::new();
+        let phases = Phases {
+            intake: upkeep.phase(),
+            delivery: upkeep.phase(),
+            storage: upkeep.phase(),
+            upkeep,
+        };
         let queue_status = status.register("queue");
-        let queue = open_queue(&settings, &data_dir).await?;
+        let queue = open_queue(&settings, &data_dir, &phases.storage).await?;
         queue_status.set(Health::Up);
 
         let broker_status = status.register("broker");
         let mut broker =
             RunningBroker::start(&settings.broker).context("cannot start the local broker")?;
+        supervisor::start(
+            &phases.upkeep,
+            &status,
+            queue.clone(),
+            queue_status,
+            broker.router_liveness(),
+        );
         let bus = Arc::new(
             broker
-                .bus(shutdown.clone())
+                .bus(phases.intake.clone())
                 .context("cannot connect to the local broker")?,
         );
         let ingress = Arc::new(ingress::RoutedIngress {
@@ -77,7 +115,7 @@ impl Gateway {
                 .context("cannot read the local broker's credentials")?,
         );
         broker
-            .serve(ingress.clone(), access, shutdown.clone())
+            .serve(ingress.clone(), access, phases.intake.clone())
             .context("cannot start the local broker's listeners")?;
         broker_status.set(Health::Up);
 
@@ -90,7 +128,7 @@ impl Gateway {
                 ingress.clone(),
                 bus.clone(),
                 status.register("devices"),
-                shutdown.clone(),
+                phases.intake.clone(),
             )
             .context("cannot start the field-device bridge")?;
             tracing::info!(
@@ -110,10 +148,10 @@ impl Gateway {
                     Arc::new(queue.clone()),
                     bus.clone(),
                     &runtime_dir,
-                    shutdown.clone(),
+                    phases.delivery.clone(),
                 )
                 .context("cannot start the uplink")?;
-                shutdown.spawn(mirror_uplink_health(
+                phases.delivery.spawn(mirror_uplink_health(
                     uplink.watch(),
                     status.register("uplink"),
                 ));
@@ -121,17 +159,17 @@ impl Gateway {
             }
         };
 
-        shutdown.spawn(status::publish(
+        phases.upkeep.spawn(status::publish(
             runtime_dir,
             status.clone(),
             queue.clone(),
             uplink.as_ref().map(Uplink::watch),
-            shutdown.clone(),
+            phases.upkeep.clone(),
         ));
 
         Ok(Self {
             settings,
-            shutdown,
+            phases,
             status,
             broker,
             bus,
@@ -171,19 +209,83 @@ impl Gateway {
         &self.status
     }
 
-    /// Stops intake first, lets the rest drain within the grace period, then stops.
-    /// Returns `false` when the grace period ran out before everything finished.
+    /// Serves until `stop` resolves or a component fails, pinging `watchdog` meanwhile while
+    /// every component works (if degraded, as in a cloud outage); a component down stops the
+    /// pings at once, before anything else.
+    pub async fn run_until(
+        &self,
+        stop: impl std::future::Future<Output = &'static str>,
+        watchdog: Option<supervisor::Watchdog>,
+    ) -> Ended {
+        tokio::pin!(stop);
+        let failed = self.failed();
+        tokio::pin!(failed);
+        let mut watchdog = watchdog.map(|w| (tokio::time::interval(w.every), w.ping));
+        loop {
+            let tick = async {
+                match watchdog.as_mut() {
+                    Some((interval, _)) => drop(interval.tick().await),
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                signal = &mut stop => return Ended::Asked(signal),
+                failure = &mut failed => {
+                    // Shown down by the time the caller hears of it.
+                    self.status.fail(failure.component, failure.to_string());
+                    return Ended::Failed(failure);
+                }
+                () = tick => {
+                    if let Some((_, ping)) = watchdog.as_mut().filter(|_| self.status.serving()) {
+                        ping();
+                    }
+                }
+            }
+        }
+    }
+
+    /// Resolves with the first failure of a component: it is then down, and the gateway must
+    /// be stopped and started again.
+    pub async fn failed(&self) -> TaskFailure {
+        let mut failures = self.phases.upkeep.failures();
+        match failures.wait_for(|all| !all.is_empty()).await {
+            Ok(all) => all[0].clone(),
+            // The sender lives in `self`: never closed while `self` is borrowed.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Stops in data-path order within the grace period: intake (listeners, sessions, the
+    /// field bridge) first, each finishing what it was storing; then the uplink, which writes
+    /// the acknowledgements it has received; then the queue, which commits all of that and
+    /// closes its file; the status file last. Returns `false` when the grace period ran out
+    /// before everything finished.
     pub async fn stop(self) -> bool {
-        let grace = self.settings.gateway.shutdown_grace;
-        // The broker's listeners and sessions end on the signal, as every other task does;
-        // sessions finish what they were storing before they close.
-        let drained = self.shutdown.drain(grace).await;
+        let deadline = tokio::time::Instant::now() + self.settings.gateway.shutdown_grace;
+        let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
+        // Probes first: a queue closing on purpose is no failure.
+        self.phases.upkeep.trigger();
+        let intake = self.phases.intake.drain(left()).await;
+        let delivery = self.phases.delivery.drain(left()).await;
+        // The cloud's commands reach the broker until the uplink has stopped.
         drop(self.broker);
-        // Last, once ingress has handed over everything: fold the WAL in and close the file.
-        let queue_closed = tokio::time::timeout(grace, self.queue.close())
+        self.phases.storage.trigger();
+        let queue = tokio::time::timeout(left(), self.queue.close())
             .await
             .is_ok();
-        drained && queue_closed
+        let storage = self.phases.storage.drain(left()).await;
+        let upkeep = self.phases.upkeep.drain(left()).await;
+        for (phase, done) in [
+            ("intake", intake),
+            ("delivery", delivery),
+            ("queue", queue && storage),
+            ("status", upkeep),
+        ] {
+            if !done {
+                tracing::warn!(phase, "The grace period ran out before this part stopped");
+            }
+        }
+        intake && delivery && queue && storage && upkeep
     }
 }
 
@@ -215,8 +317,13 @@ async fn mirror_uplink_health(
     }
 }
 
-/// Opens the queue in the data directory, with each route's own limits.
-pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyhow::Result<Queue> {
+/// Opens the queue in the data directory, with each route's own limits; its writer runs on
+/// `tasks`.
+pub async fn open_queue(
+    settings: &Settings,
+    data_dir: &std::path::Path,
+    tasks: &Shutdown,
+) -> anyhow::Result<Queue> {
     let streams: HashMap<String, _> = settings
         .routes
         .iter()
@@ -227,6 +334,7 @@ pub async fn open_queue(settings: &Settings, data_dir: &std::path::Path) -> anyh
         settings.queue.clone(),
         streams,
         Arc::new(StatvfsDisk),
+        tasks,
     )
     .await
     .context("cannot open the store-and-forward queue")?;

@@ -266,9 +266,12 @@ pub(crate) async fn publish(
     let path = dir.join(STATUS_FILE);
     let mut tick = tokio::time::interval(STATUS_EVERY);
     let mut wear = WearMeter::default();
+    // A component going down is shown at once, not at the next tick (the file is on tmpfs).
+    let mut health = board.watch();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
+            changed = health.changed() => if changed.is_err() { break },
             () = shutdown.cancelled() => break,
         }
         let uplink_status = uplink.as_ref().map(|rx| rx.borrow().clone());

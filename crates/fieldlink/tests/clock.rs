@@ -171,6 +171,7 @@ impl Board {
                 fieldlink_queue::config::QueueSettings::default(),
                 Default::default(),
                 std::sync::Arc::new(fieldlink_queue::StatvfsDisk),
+                &fieldlink_core::shutdown::Shutdown::new(),
             )
             .await
             .unwrap();

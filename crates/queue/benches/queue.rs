@@ -86,9 +86,15 @@ async fn open(dir: &Path, commit_interval: Duration) -> Queue {
         max_bytes: 1 << 40,
         ..QueueSettings::default()
     };
-    Queue::open(dir, settings, HashMap::new(), Arc::new(StatvfsDisk))
-        .await
-        .unwrap()
+    Queue::open(
+        dir,
+        settings,
+        HashMap::new(),
+        Arc::new(StatvfsDisk),
+        &fieldlink_core::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap()
 }
 
 /// Each producer appends one message at a time, waiting for durability each time.

@@ -65,9 +65,15 @@ async fn open(path: &Path, when_full: FullPolicy) -> Queue {
         commit_interval: Duration::ZERO,
         ..QueueSettings::default()
     };
-    Queue::open(path, settings, HashMap::new(), Arc::new(StatvfsDisk))
-        .await
-        .unwrap()
+    Queue::open(
+        path,
+        settings,
+        HashMap::new(),
+        Arc::new(StatvfsDisk),
+        &fieldlink_core::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap()
 }
 
 fn disk_alarm(path: &Path) -> Option<String> {

@@ -21,9 +21,15 @@ async fn open_with(
     settings: QueueSettings,
     streams: HashMap<String, StreamLimits>,
 ) -> Queue {
-    Queue::open(dir, settings, streams, Arc::new(StatvfsDisk))
-        .await
-        .unwrap()
+    Queue::open(
+        dir,
+        settings,
+        streams,
+        Arc::new(StatvfsDisk),
+        &fieldlink_core::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap()
 }
 
 fn payloads(leased: &[fieldlink_queue::Leased]) -> Vec<String> {
@@ -269,6 +275,7 @@ async fn intake_stops_at_the_disk_reserve_and_resumes_when_space_returns() {
         },
         HashMap::new(),
         disk.clone(),
+        &fieldlink_core::shutdown::Shutdown::new(),
     )
     .await
     .unwrap();

@@ -128,8 +128,9 @@ impl Bridge {
         let mut index: HashMap<String, usize> = HashMap::new();
         for device in devices {
             if let Protocol::Lines(_) = device.protocol {
+                let task = format!("the reader of line device {:?}", device.name);
                 let d = Device::new(device, shared.clone());
-                shutdown.spawn(line_device::run(d, shutdown.clone()));
+                shutdown.spawn_vital("devices", task, line_device::run(d, shutdown.clone()));
                 continue;
             }
             let key = match &device.link {
@@ -155,7 +156,12 @@ impl Bridge {
                 .into_iter()
                 .map(|d| Device::new(d, shared.clone()))
                 .collect();
-            shutdown.spawn(modbus::run(link, devices, rx, shutdown.clone()));
+            let task = format!("the poller of link {}", describe(&link));
+            shutdown.spawn_vital(
+                "devices",
+                task,
+                modbus::run(link, devices, rx, shutdown.clone()),
+            );
         }
         let s = shutdown.clone();
         shutdown.spawn(async move {
@@ -163,6 +169,14 @@ impl Bridge {
             board.stopped();
         });
         Ok(())
+    }
+}
+
+/// A link as the logs name it.
+fn describe(link: &Link) -> String {
+    match link {
+        Link::Serial(s) => s.path.display().to_string(),
+        Link::Tcp(addr) => format!("tcp:{addr}"),
     }
 }
 

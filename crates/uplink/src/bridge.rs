@@ -31,6 +31,8 @@ use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::{TcpStream, UnixListener, UnixStream};
 use tokio::sync::Notify;
 
+use fieldlink_core::shutdown::Shutdown;
+
 use crate::UplinkError;
 use crate::dial::{Resolve, SocketTuning, dial};
 
@@ -157,7 +159,13 @@ impl std::fmt::Debug for Bridge {
 
 impl Bridge {
     /// Listens on a Unix socket in a new 0700 directory under `runtime_dir`.
-    pub(crate) fn start(runtime_dir: &Path, target: Target) -> Result<Self, UplinkError> {
+    /// Listens on a private socket in `runtime_dir`; its tasks run on `tasks` and end when the
+    /// bridge is dropped.
+    pub(crate) fn start(
+        runtime_dir: &Path,
+        target: Target,
+        tasks: &Shutdown,
+    ) -> Result<Self, UplinkError> {
         let dir = runtime_dir.join(format!("uplink-{}", std::process::id()));
         let io = |e: std::io::Error| UplinkError::Io {
             path: dir.clone(),
@@ -175,7 +183,7 @@ impl Bridge {
         let listener = UnixListener::bind(&socket).map_err(io)?;
         let shared = Arc::new(Shared::default());
         let target = Arc::new(target);
-        let task = tokio::spawn(accept_loop(listener, target, shared.clone()));
+        let task = tasks.spawn(accept_loop(listener, target, shared.clone(), tasks.clone()));
         Ok(Self {
             dir,
             socket,
@@ -233,8 +241,22 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-async fn accept_loop(listener: UnixListener, target: Arc<Target>, shared: Arc<Shared>) {
-    while let Ok((local, _)) = listener.accept().await {
+async fn accept_loop(
+    listener: UnixListener,
+    target: Arc<Target>,
+    shared: Arc<Shared>,
+    tasks: Shutdown,
+) {
+    loop {
+        let local = match listener.accept().await {
+            Ok((local, _)) => local,
+            // Out of file descriptors, most likely: the uplink must not stay cut off for good.
+            Err(e) => {
+                tracing::warn!(error = %e, "The uplink's private socket cannot accept; retrying");
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                continue;
+            }
+        };
         let Some(tunnel) = lock(&shared.tunnel).clone() else {
             continue;
         };
@@ -244,7 +266,7 @@ async fn accept_loop(listener: UnixListener, target: Arc<Target>, shared: Arc<Sh
             old.close();
         }
         let (target, shared) = (target.clone(), shared.clone());
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let outcome = tokio::select! {
                 made = connect(&target, &tunnel, &link, &shared) => made,
                 () = link.close.notified() => return,

@@ -12,6 +12,8 @@ use rumqttc::Transport;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
 
+use fieldlink_core::shutdown::Shutdown;
+
 use crate::bridge::{Bridge, Target, Tunnel};
 use crate::config::{UplinkSettings, UplinkTls};
 pub use crate::dial::Resolve;
@@ -42,6 +44,7 @@ impl Connector {
         settings: &UplinkSettings,
         runtime_dir: &Path,
         resolver: Arc<dyn Resolve>,
+        tasks: &Shutdown,
     ) -> Result<Self, UplinkError> {
         let policy = TlsPolicy {
             min_version: settings.min_tls_version,
@@ -63,6 +66,7 @@ impl Connector {
                     keepalive_idle: settings.keep_alive + settings.stall_timeout,
                 },
             },
+            tasks,
         )?;
         if let UplinkTls::Psk { psk_file } = &settings.tls {
             let connector = psk::connector(Psk::read(psk_file)?, settings.min_tls_version)

@@ -115,10 +115,14 @@ impl Uplink {
         shutdown: Shutdown,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, UplinkError> {
-        let connector = Connector::new(&settings, runtime_dir, resolver)?;
+        let connector = Connector::new(&settings, runtime_dir, resolver, &shutdown)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
         let drain = Drain::new(settings, backlog, bus, connector, status_tx);
-        let task = shutdown.spawn(drain.run(shutdown.clone()));
+        let task = shutdown.spawn_vital(
+            "uplink",
+            "the uplink's drain loop",
+            drain.run(shutdown.clone()),
+        );
         Ok(Self { status, task })
     }
 

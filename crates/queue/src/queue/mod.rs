@@ -15,6 +15,7 @@ use fieldlink_core::ports::{
     Backlog, BacklogError, BoxFuture, Outbox, OutboxEntry, OutboxError, StorageCause,
     StorageFailure, StoredMessage,
 };
+use fieldlink_core::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::config::{QueueSettings, StreamLimits};
@@ -89,16 +90,23 @@ enum Op {
     Peek(usize, oneshot::Sender<Result<Vec<Leased>, QueueError>>),
     Stats(oneshot::Sender<Result<Stats, QueueError>>),
     Purge(oneshot::Sender<Result<u64, QueueError>>),
+    /// Answered between two commits: the writer is alive.
+    Ping(oneshot::Sender<()>),
+    /// Makes the writer panic, for the supervision tests.
+    #[cfg(feature = "fault-injection")]
+    Crash,
     Close(oneshot::Sender<()>),
 }
 
 impl Queue {
     /// Opens (or creates) the queue in `dir`, with the queue's limits and each stream's own.
+    /// The writer runs as a vital task of `tasks` (component `queue`) until [`Queue::close`].
     pub async fn open(
         dir: &Path,
         settings: QueueSettings,
         streams: HashMap<String, StreamLimits>,
         disk: Arc<dyn DiskSpace>,
+        tasks: &Shutdown,
     ) -> Result<Self, QueueError> {
         let path = dir.join(DB_FILE);
         store::make_private(dir, &path)?;
@@ -147,7 +155,7 @@ impl Queue {
             last_write: None,
             exported: Exported::default(),
         };
-        tokio::spawn(writer.run(rx));
+        tasks.spawn_vital("queue", "the queue writer", writer.run(rx));
         Ok(Self {
             tx,
             path: Arc::new(path),
@@ -195,6 +203,18 @@ impl Queue {
     /// Deletes every message; returns how many there were.
     pub async fn purge(&self) -> Result<u64, QueueError> {
         self.call(Op::Purge).await?
+    }
+
+    /// Resolves once the writer has finished what was asked before: it is alive and not stuck
+    /// in a commit.
+    pub async fn ping(&self) -> Result<(), QueueError> {
+        self.call(Op::Ping).await
+    }
+
+    /// Makes the writer task panic (a fault for the supervision tests).
+    #[cfg(feature = "fault-injection")]
+    pub async fn crash_writer(&self) {
+        let _ = self.tx.send(Op::Crash).await;
     }
 
     /// Finishes what was asked before, folds the WAL into the database file and closes it.

@@ -161,6 +161,11 @@ impl Writer {
                     self.commit(pending).await;
                     self.read(op).await;
                 }
+                Op::Ping(reply) => {
+                    let _ = reply.send(());
+                }
+                #[cfg(feature = "fault-injection")]
+                Op::Crash => panic!("fault injected into the queue writer"),
                 Op::Close(reply) => {
                     let mut closers = vec![reply];
                     closers.extend(round.filter_map(|op| match op {
@@ -424,9 +429,11 @@ impl Writer {
                 let result = self.purge().await;
                 let _ = reply.send(result);
             }
-            Op::Append(..) | Op::Ack(..) | Op::Nack(..) | Op::Close(_) => {
+            Op::Append(..) | Op::Ack(..) | Op::Nack(..) | Op::Close(_) | Op::Ping(_) => {
                 unreachable!("writes are sorted out by take()")
             }
+            #[cfg(feature = "fault-injection")]
+            Op::Crash => unreachable!("sorted out by take()"),
         }
     }
 

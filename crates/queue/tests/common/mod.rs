@@ -39,7 +39,13 @@ pub fn settings() -> QueueSettings {
 
 /// Opens a queue in `dir` on the real file system.
 pub async fn open(dir: &Path, settings: QueueSettings) -> Queue {
-    Queue::open(dir, settings, HashMap::new(), Arc::new(StatvfsDisk))
-        .await
-        .unwrap()
+    Queue::open(
+        dir,
+        settings,
+        HashMap::new(),
+        Arc::new(StatvfsDisk),
+        &fieldlink_core::shutdown::Shutdown::new(),
+    )
+    .await
+    .unwrap()
 }

@@ -28,6 +28,14 @@ use crate::{MIN_PLAUSIBLE_UNIX_TIME, backoff, bridge, diagnose};
 /// How often the drain loop looks at timers (rejected retries, CRL changes, rates).
 const TICK: Duration = Duration::from_secs(1);
 
+/// How long a stopping uplink waits for the PUBACKs of what it has sent (within the
+/// gateway's shutdown grace).
+const SETTLE_AT_STOP: Duration = Duration::from_secs(1);
+
+/// Acknowledged ids waiting for the ack writer: past this, the drain stops reading the
+/// cloud's answers until the queue has caught up (memory stays bounded whatever the rate).
+const ACKS_WAITING: usize = 8192;
+
 pub(crate) struct Drain {
     settings: UplinkSettings,
     backlog: Arc<dyn Backlog>,
@@ -43,8 +51,8 @@ pub(crate) struct Drain {
     by_pkid: HashMap<u16, i64>,
     /// Refused by the cloud, to be retried after a delay.
     parked: Vec<(Instant, i64)>,
-    acks: mpsc::UnboundedSender<i64>,
-    acks_rx: Option<mpsc::UnboundedReceiver<i64>>,
+    acks: mpsc::Sender<i64>,
+    acks_rx: Option<mpsc::Receiver<i64>>,
     warned: HashMap<String, u64>,
     acked_in_tick: u64,
     /// A keep-alive ping awaits its answer.
@@ -67,7 +75,7 @@ impl Drain {
         connector: Connector,
         status: watch::Sender<UplinkStatus>,
     ) -> Self {
-        let (acks, acks_rx) = mpsc::unbounded_channel();
+        let (acks, acks_rx) = mpsc::channel(ACKS_WAITING);
         Self {
             backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
             settings,
@@ -90,12 +98,24 @@ impl Drain {
         }
     }
 
+    /// Runs until `shutdown`, then writes the last acknowledgements before it returns.
     pub(crate) async fn run(mut self, shutdown: Shutdown) {
-        // Acks go to the backlog from their own task, batched, so the session keeps flowing
-        // while SQLite commits.
-        if let Some(rx) = self.acks_rx.take() {
-            tokio::spawn(ack_writer(rx, self.backlog.clone()));
+        // Acks go to the backlog beside the session, batched, so the session keeps flowing
+        // while SQLite commits. The writer ends once the drain loop (the sender) has.
+        let acks = self
+            .acks_rx
+            .take()
+            .map(|rx| ack_writer(rx, self.backlog.clone()));
+        let drain = self.connect_until(shutdown);
+        match acks {
+            Some(acks) => {
+                tokio::join!(drain, acks);
+            }
+            None => drain.await,
         }
+    }
+
+    async fn connect_until(mut self, shutdown: Shutdown) {
         while !shutdown.is_triggered() {
             self.attempt(&shutdown).await;
             self.return_inflight().await;
@@ -222,7 +242,7 @@ impl Drain {
                     }
                     Ok(SessionEvent::Acked { pkid, refused }) => {
                         self.last_packet = Some(Instant::now());
-                        self.acked(pkid, refused);
+                        self.acked(pkid, refused).await;
                         if self.inflight() <= usize::from(self.settings.inflight) / 2 {
                             self.refill(&mut session).await;
                         }
@@ -286,6 +306,7 @@ impl Drain {
                     // Only a live session says goodbye: driving one that is still connecting
                     // would dial again.
                     if connected_at.is_some() {
+                        self.settle(&mut session).await;
                         session.disconnect().await;
                     }
                     return;
@@ -401,13 +422,13 @@ impl Drain {
             .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
     }
 
-    fn acked(&mut self, pkid: u16, refused: Option<String>) {
+    async fn acked(&mut self, pkid: u16, refused: Option<String>) {
         let Some(id) = self.by_pkid.remove(&pkid) else {
             return;
         };
         match refused {
             None => {
-                let _ = self.acks.send(id);
+                let _ = self.acks.send(id).await;
                 self.acked_in_tick += 1;
                 let now = SystemTime::now();
                 self.status.send_modify(|s| {
@@ -432,7 +453,7 @@ impl Drain {
                     }
                     OnRejected::Drop => {
                         tracing::error!(id, %reason, "The cloud refused a message; dropped as uplink.on_rejected = \"drop\" says");
-                        let _ = self.acks.send(id);
+                        let _ = self.acks.send(id).await;
                     }
                 }
             }
@@ -461,6 +482,29 @@ impl Drain {
         let acked = std::mem::take(&mut self.acked_in_tick) as f64 / TICK.as_secs_f64();
         self.status
             .send_modify(|s| s.drain_rate = 0.7 * s.drain_rate + 0.3 * acked);
+    }
+
+    /// At shutdown: what the cloud has in hand gets its PUBACK, for up to [`SETTLE_AT_STOP`],
+    /// so that it is deleted now rather than sent again after the restart. Nothing new is
+    /// published.
+    async fn settle(&mut self, session: &mut Session) {
+        let deadline = tokio::time::Instant::now() + SETTLE_AT_STOP;
+        while self.inflight() > 0 {
+            let event = tokio::select! {
+                event = session.poll() => event,
+                () = tokio::time::sleep_until(deadline) => return,
+            };
+            match event {
+                Ok(SessionEvent::Sent(pkid)) if pkid != 0 => {
+                    if let Some(Some(id)) = self.unsent.pop_front() {
+                        self.by_pkid.insert(pkid, id);
+                    }
+                }
+                Ok(SessionEvent::Acked { pkid, refused }) => self.acked(pkid, refused).await,
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// Everything leased and not acknowledged goes back to the backlog, to be sent again in
@@ -534,7 +578,7 @@ fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
         )
 }
 
-async fn ack_writer(mut rx: mpsc::UnboundedReceiver<i64>, backlog: Arc<dyn Backlog>) {
+async fn ack_writer(mut rx: mpsc::Receiver<i64>, backlog: Arc<dyn Backlog>) {
     let mut batch = Vec::new();
     while let Some(first) = rx.recv().await {
         batch.push(first);
