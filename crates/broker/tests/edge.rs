@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use fieldlink_test_support::certs::{Leaf, write};
-use fieldlink_test_support::free_port;
+use fieldlink_test_support::{Subscriber, free_port};
 
 const PSK_HEX: &str = "00112233445566778899aabbccddeeff";
 
@@ -31,9 +31,10 @@ async fn round_trip(common: Vec<String>, sub_id: &str, pub_id: &str, topic: &str
     publ.extend(["-i", pub_id, "-t", topic, "-m", "hello", "-q", "1"].map(String::from));
     let subscriber = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = sub.iter().map(String::as_str).collect();
-        mosquitto("mosquitto_sub", &args)
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        Subscriber::start(&args)
+    })
+    .await
+    .unwrap();
     let published = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = publ.iter().map(String::as_str).collect();
         mosquitto("mosquitto_pub", &args)
@@ -45,7 +46,10 @@ async fn round_trip(common: Vec<String>, sub_id: &str, pub_id: &str, topic: &str
         "publish to {topic} failed: {}",
         text(&published)
     );
-    text(&subscriber.await.unwrap())
+    let finished = tokio::task::spawn_blocking(|| subscriber.finish())
+        .await
+        .unwrap();
+    format!("{}{}", finished.stdout, finished.stderr)
 }
 
 fn strings(args: &[&str]) -> Vec<String> {
@@ -414,9 +418,10 @@ async fn a_replaced_crl_refuses_the_revoked_device_and_keeps_the_others() {
     b_sub.extend(strings(&["-t", "site/after", "-C", "1", "-W", "20", "-v"]));
     let b = tokio::task::spawn_blocking(move || {
         let args: Vec<&str> = b_sub.iter().map(String::as_str).collect();
-        text(&mosquitto("mosquitto_sub", &args))
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        Subscriber::start(&args)
+    })
+    .await
+    .unwrap();
 
     let a_args = args(&a_cert, &a_key, "device-a");
     let before = tokio::task::spawn_blocking({
@@ -451,7 +456,9 @@ async fn a_replaced_crl_refuses_the_revoked_device_and_keeps_the_others() {
     .await
     .unwrap();
     assert!(published.status.success(), "{}", text(&published));
-    let got = b.await.unwrap();
+    let got = tokio::task::spawn_blocking(|| b.finish().stdout)
+        .await
+        .unwrap();
     assert!(got.contains("site/after still here"), "B's session: {got}");
     edge.stop().await;
 }
@@ -500,16 +507,12 @@ async fn connection_packet_size_and_rate_limits_hold() {
     .await;
     let p = port.to_string();
     // Two clients hold the two places.
-    let holders: Vec<std::process::Child> = ["holder-1", "holder-2"]
+    let holders: Vec<Subscriber> = ["holder-1", "holder-2"]
         .iter()
         .map(|id| {
-            Command::new("mosquitto_sub")
-                .args(["-h", "127.0.0.1", "-p", &p, "-i", id, "-t", "x", "-W", "20"])
-                .spawn()
-                .unwrap()
+            Subscriber::start(&["-h", "127.0.0.1", "-p", &p, "-i", id, "-t", "x", "-W", "20"])
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(500)).await;
     let (busy_311, busy_5) = tokio::task::spawn_blocking({
         let p = p.clone();
         move || {
@@ -529,10 +532,7 @@ async fn connection_packet_size_and_rate_limits_hold() {
         busy_5.contains("received CONNACK (137)"),
         "server busy: {busy_5}"
     );
-    for mut h in holders {
-        let _ = h.kill();
-        let _ = h.wait();
-    }
+    drop(holders);
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // A packet over the limit ends the connection (MQTT 5: DISCONNECT 0x95) and is not stored.
@@ -750,31 +750,31 @@ async fn wills_retained_messages_and_persistent_sessions_work_through_the_edge()
 
     // A will is published when the connection is lost (killed), not after a DISCONNECT.
     let p = port.to_string();
-    let watcher = std::thread::spawn({
-        let p = p.clone();
-        move || {
-            text(&mosquitto(
-                "mosquitto_sub",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &p,
-                    "-t",
-                    "site/will/#",
-                    "-v",
-                    "-W",
-                    "4",
-                ],
-            ))
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let mut dying = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &p, "-t", "x", "-i", "dying"])
-        .args(["--will-topic", "site/will/dying", "--will-payload", "gone"])
-        .spawn()
-        .unwrap();
+    let watcher = Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "site/will/#",
+        "-v",
+        "-W",
+        "4",
+    ]);
+    let dying = Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "x",
+        "-i",
+        "dying",
+        "--will-topic",
+        "site/will/dying",
+        "--will-payload",
+        "gone",
+    ]);
     let polite = Command::new("mosquitto_pub")
         .args([
             "-h",
@@ -797,10 +797,9 @@ async fn wills_retained_messages_and_persistent_sessions_work_through_the_edge()
         .status()
         .unwrap();
     assert!(polite.success());
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    dying.kill().unwrap();
-    let _ = dying.wait();
-    let seen = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+    // Killed: the connection is lost without a DISCONNECT.
+    drop(dying);
+    let seen = tokio::task::spawn_blocking(move || watcher.finish().stdout)
         .await
         .unwrap();
     assert!(seen.contains("site/will/dying gone"), "{seen}");
@@ -825,64 +824,52 @@ async fn an_mqtt5_will_waits_for_its_delay_and_is_dropped_when_the_client_return
     let port = free_port();
     let edge = Edge::start(&format!("[[broker.listeners]]\nport = {port}\n")).await;
     let p = port.to_string();
-    let watcher = std::thread::spawn({
-        let p = p.clone();
-        move || {
-            let started = Instant::now();
-            let out = text(&mosquitto(
-                "mosquitto_sub",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &p,
-                    "-t",
-                    "site/will/#",
-                    "-v",
-                    "-C",
-                    "1",
-                    "-W",
-                    "8",
-                ],
-            ));
-            (out, started.elapsed())
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let watcher = Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &p,
+        "-t",
+        "site/will/#",
+        "-v",
+        "-C",
+        "1",
+        "-W",
+        "8",
+    ]);
+    // Returns once connected (its will registered) and subscribed.
     let dying = |id: &str, topic: &str| {
-        Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &p,
-                "-V",
-                "5",
-                "-t",
-                "x",
-                "-i",
-                id,
-                "-x",
-                "60",
-            ])
-            .args(["--will-topic", topic, "--will-payload", "gone"])
-            .args(["-D", "will", "will-delay-interval", "2"])
-            .spawn()
-            .unwrap()
+        Subscriber::start(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &p,
+            "-V",
+            "5",
+            "-t",
+            "x",
+            "-i",
+            id,
+            "-x",
+            "60",
+            "--will-topic",
+            topic,
+            "--will-payload",
+            "gone",
+            "-D",
+            "will",
+            "will-delay-interval",
+            "2",
+        ])
     };
     // This one comes back within the delay: its will is never sent.
-    let mut back = dying("returns", "site/will/returns");
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    back.kill().unwrap();
-    let _ = back.wait();
-    let mut again = dying("returns", "site/will/returns");
+    drop(dying("returns", "site/will/returns"));
+    let again = dying("returns", "site/will/returns");
     // This one does not.
-    let mut gone = dying("gone-for-good", "site/will/gone");
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let gone = dying("gone-for-good", "site/will/gone");
     let killed_at = Instant::now();
-    gone.kill().unwrap();
-    let _ = gone.wait();
-    let (seen, _) = tokio::task::spawn_blocking(move || watcher.join().unwrap())
+    drop(gone);
+    let seen = tokio::task::spawn_blocking(move || watcher.finish().stdout)
         .await
         .unwrap();
     let waited = killed_at.elapsed();
@@ -891,8 +878,7 @@ async fn an_mqtt5_will_waits_for_its_delay_and_is_dropped_when_the_client_return
         waited >= Duration::from_millis(1800),
         "the will waited its 2 s: {waited:?}"
     );
-    let _ = again.kill();
-    let _ = again.wait();
+    drop(again);
     assert!(
         !edge
             .ingress

@@ -375,17 +375,18 @@ fn the_uplink_waits_for_time_sync_instead_of_blaming_the_certificate() {
     board.set_clock("-8d", false);
     board.start();
     board.publish(0, 10);
-    let status = board.status_until("the clock named", |s| {
-        s["uplink"]["last_error"]
-            .as_str()
-            .is_some_and(|e| e.contains("clock is not synchronized"))
+    // The status file is a snapshot: wait for one taken after the ten were stored.
+    let status = board.status_until("the clock named, ten queued", |s| {
+        messages(s) == 10
+            && s["uplink"]["last_error"]
+                .as_str()
+                .is_some_and(|e| e.contains("clock is not synchronized"))
     });
     assert_eq!(status["uplink"]["connected"], false, "{status:#}");
     assert_eq!(
         status["uplink"]["state"], "clock_unsynchronized",
         "{status:#}"
     );
-    assert_eq!(messages(&status), 10);
     assert!(
         !board.log().contains("Uplink connection failed"),
         "a wrong clock is not reported as a failed certificate:\n{}",

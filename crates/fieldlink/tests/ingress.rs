@@ -2,7 +2,7 @@
 //! an in-process producer's message is stored once (not again when the broker echoes it),
 //! reaches local subscribers, and a bus publish is never routed to the cloud.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
 use fieldlink::Gateway;
@@ -10,7 +10,7 @@ use fieldlink::config::parse;
 use fieldlink_core::config::Origin;
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::{TopicFilter, TopicName};
-use fieldlink_test_support::{free_port, within};
+use fieldlink_test_support::{Subscriber, free_port, within};
 
 async fn gateway(dir: &std::path::Path, port: u16) -> Gateway {
     let text = format!(
@@ -23,17 +23,22 @@ async fn gateway(dir: &std::path::Path, port: u16) -> Gateway {
     Gateway::start(settings).await.expect("gateway starts")
 }
 
-fn subscriber(port: u16, filter: &str, count: usize) -> Child {
-    let child = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", filter])
-        .args(["-C", &count.to_string(), "-v", "-W", "10"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("mosquitto_sub runs");
-    // Let it subscribe before anything is published.
-    std::thread::sleep(Duration::from_millis(300));
-    child
+/// Returns once subscribed.
+fn subscriber(port: u16, filter: &str, count: usize) -> Subscriber {
+    let (port, count) = (port.to_string(), count.to_string());
+    Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-t",
+        filter,
+        "-C",
+        &count,
+        "-v",
+        "-W",
+        "10",
+    ])
 }
 
 fn message(topic: &str, payload: &str) -> Message {
@@ -67,10 +72,10 @@ async fn ingress_stores_once_then_publishes_locally() {
     // Durable before publish returns: the routed one is in the queue now.
     assert_eq!(depth(&gateway).await, 1);
 
-    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+    let out = tokio::task::spawn_blocking(move || sub.finish())
         .await
         .unwrap();
-    let out = String::from_utf8(out.stdout).unwrap();
+    let out = out.stdout;
     assert!(out.contains("site/boiler/temp 21.5"), "{out}");
     assert!(out.contains("local/only x"), "{out}");
 
@@ -104,10 +109,10 @@ async fn network_publishes_are_routed_but_bus_publishes_are_not() {
         .unwrap();
     assert!(status.success());
 
-    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+    let out = tokio::task::spawn_blocking(move || sub.finish())
         .await
         .unwrap();
-    let out = String::from_utf8(out.stdout).unwrap();
+    let out = out.stdout;
     assert!(out.contains("site/cmd/valve open"), "{out}");
     assert!(out.contains("site/meter/kwh 7"), "{out}");
 
@@ -211,10 +216,10 @@ async fn a_client_cannot_take_over_the_gateways_own_links() {
         .publish(message("local/after", "still"))
         .await
         .unwrap();
-    let out = tokio::task::spawn_blocking(move || sub.wait_with_output().unwrap())
+    let out = tokio::task::spawn_blocking(move || sub.finish())
         .await
         .unwrap();
-    let out = String::from_utf8(out.stdout).unwrap();
+    let out = out.stdout;
     assert!(out.contains("local/after still"), "{out}");
     assert!(gateway.stop().await);
 }

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldlink_test_support::certs::{TestCa, write};
-use fieldlink_test_support::{Mosquitto, Proxy, free_port, wait_for_port};
+use fieldlink_test_support::{Mosquitto, Proxy, Subscriber, free_port, wait_for_port};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 
@@ -16,8 +16,7 @@ struct Site {
     cloud: Mosquitto,
     dir: tempfile::TempDir,
     local: u16,
-    observed: std::path::PathBuf,
-    observer: Child,
+    observer: Subscriber,
 }
 
 impl Site {
@@ -44,23 +43,16 @@ impl Site {
             key.display()
         ));
         wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(10));
-        let observed = dir.path().join("observed.txt");
-        let observer = Command::new("mosquitto_sub")
-            .args([
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &cloud.addr().port().to_string(),
-                "-t",
-                "cloud/#",
-                "-q",
-                "1",
-            ])
-            .stdout(std::fs::File::create(&observed).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        std::thread::sleep(Duration::from_millis(500));
+        let observer = Subscriber::start(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &cloud.addr().port().to_string(),
+            "-t",
+            "cloud/#",
+            "-q",
+            "1",
+        ]);
         let local = free_port();
         let uplink_port = via(tls);
         let config = format!(
@@ -79,7 +71,6 @@ impl Site {
             cloud,
             dir,
             local,
-            observed,
             observer,
         }
     }
@@ -103,11 +94,7 @@ impl Site {
     }
 
     fn observed(&self) -> Vec<String> {
-        std::fs::read_to_string(&self.observed)
-            .unwrap_or_default()
-            .lines()
-            .map(str::to_owned)
-            .collect()
+        self.observer.received()
     }
 
     fn status_cli(&self, args: &[&str]) -> std::process::Output {
@@ -154,13 +141,6 @@ impl Site {
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-    }
-}
-
-impl Drop for Site {
-    fn drop(&mut self) {
-        let _ = self.observer.kill();
-        let _ = self.observer.wait();
     }
 }
 
