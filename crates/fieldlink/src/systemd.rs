@@ -18,6 +18,24 @@ pub(crate) fn notify(state: &str) {
 
 /// How often to ping the watchdog: half the period systemd asked for, if it asked.
 pub(crate) fn watchdog_interval() -> Option<Duration> {
-    let usec: u64 = std::env::var("WATCHDOG_USEC").ok()?.parse().ok()?;
+    ping_every(std::env::var("WATCHDOG_USEC").ok().as_deref())
+}
+
+/// Half of `WATCHDOG_USEC`, as sd_watchdog_enabled(3) advises, so that one late ping is not fatal.
+fn ping_every(watchdog_usec: Option<&str>) -> Option<Duration> {
+    let usec: u64 = watchdog_usec?.parse().ok()?;
     (usec > 0).then(|| Duration::from_micros(usec / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watchdog_is_pinged_at_half_its_period() {
+        assert_eq!(ping_every(Some("200000")), Some(Duration::from_millis(100)));
+        assert_eq!(ping_every(Some("0")), None, "0 turns it off");
+        assert_eq!(ping_every(Some("soon")), None);
+        assert_eq!(ping_every(None), None);
+    }
 }
