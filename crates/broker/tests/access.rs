@@ -4,11 +4,10 @@
 
 mod common;
 
-use std::time::Duration;
 
 use common::*;
 use fieldlink_broker::access::set_user;
-use fieldlink_test_support::free_port;
+use fieldlink_test_support::{Subscriber, free_port};
 
 struct Site {
     edge: Edge,
@@ -99,28 +98,26 @@ async fn the_acl_matrix_holds_and_denied_publishes_reach_no_one() {
     // A monitor sees everything that gets through.
     let port = site.port.clone();
     let monitor = tokio::task::spawn_blocking(move || {
-        text(&mosquitto(
-            "mosquitto_sub",
-            &[
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port,
-                "-u",
-                "mon",
-                "-P",
-                "mon-pw",
-                "-i",
-                "mon:sub",
-                "-t",
-                "#",
-                "-v",
-                "-W",
-                "4",
-            ],
-        ))
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+        Subscriber::start(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-u",
+            "mon",
+            "-P",
+            "mon-pw",
+            "-i",
+            "mon:sub",
+            "-t",
+            "#",
+            "-v",
+            "-W",
+            "4",
+        ])
+    })
+    .await
+    .unwrap();
 
     // Publish: alice under site/alice (%u) yes, under site/bob no; bob (operators) on cmd/.
     for version in ["311", "5"] {
@@ -258,7 +255,10 @@ async fn the_acl_matrix_holds_and_denied_publishes_reach_no_one() {
         "bob may not subscribe: {subscribed}"
     );
 
-    let seen = monitor.await.unwrap();
+    let seen = tokio::task::spawn_blocking(move || monitor.finish())
+        .await
+        .unwrap();
+    let seen = format!("{}{}", seen.stdout, seen.stderr);
     assert!(seen.contains("site/alice/temp ok-own"), "{seen}");
     assert!(seen.contains("cmd/pump ok-cmd"), "{seen}");
     assert!(

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::*;
 use fieldlink_core::metrics as m;
-use fieldlink_test_support::free_port;
 use fieldlink_test_support::metrics::metric_values;
+use fieldlink_test_support::{Subscriber, free_port};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -26,27 +26,18 @@ async fn connections_refusals_messages_and_denials_are_counted() {
     ))
     .await;
     let (o, c) = (open.to_string(), closed.to_string());
-    let sub = std::thread::spawn({
-        let o = o.clone();
-        move || {
-            mosquitto(
-                "mosquitto_sub",
-                &[
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &o,
-                    "-t",
-                    "site/#",
-                    "-C",
-                    "1",
-                    "-W",
-                    "10",
-                ],
-            )
-        }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let sub = Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &o,
+        "-t",
+        "site/#",
+        "-C",
+        "1",
+        "-W",
+        "10",
+    ]);
     tokio::task::spawn_blocking(move || {
         mosquitto(
             "mosquitto_pub",
@@ -63,7 +54,9 @@ async fn connections_refusals_messages_and_denials_are_counted() {
     })
     .await
     .unwrap();
-    sub.join().unwrap();
+    tokio::task::spawn_blocking(move || sub.finish())
+        .await
+        .unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     let values = metric_values(&snapshotter);

@@ -5,11 +5,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::*;
 use fieldlink_core::config::MqttVersion;
+use fieldlink_test_support::Subscriber;
 use fieldlink_test_support::certs::TestCa;
 use fieldlink_uplink::config::UplinkTls;
 
@@ -19,13 +19,24 @@ async fn each_message_carries_its_queue_id_in_a_user_property() {
     let cloud = Cloud::start(&ca, &ca.issue("cloud", &["localhost"]), "");
     let port = cloud.broker.addr().port().to_string();
     // mosquitto_sub speaking MQTT 5, printing topic, user properties and payload.
-    let subscriber = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &port, "-V", "5", "-q", "1"])
-        .args(["-t", "cloud/#", "-C", "40", "-W", "30", "-F", "%t|%P|%p"])
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let subscriber = Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "5",
+        "-q",
+        "1",
+        "-t",
+        "cloud/#",
+        "-C",
+        "40",
+        "-W",
+        "30",
+        "-F",
+        "%t|%P|%p",
+    ]);
 
     let dir = tempfile::tempdir().unwrap();
     let queue = queue(dir.path()).await;
@@ -40,12 +51,12 @@ async fn each_message_carries_its_queue_id_in_a_user_property() {
     settings.mqtt = MqttVersion::V5;
     settings.message_id_property = Some("fieldlink-id".into());
     let (_uplink, shutdown) = start_uplink(settings, &queue, dir.path());
-    let output = tokio::task::spawn_blocking(move || subscriber.wait_with_output().unwrap())
+    let output = tokio::task::spawn_blocking(move || subscriber.finish())
         .await
         .unwrap();
     shutdown.drain(Duration::from_secs(5)).await;
 
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    let text = output.stdout;
     let mut ids: HashMap<String, Vec<(i64, String)>> = HashMap::new();
     for line in text.lines() {
         let mut fields = line.splitn(3, '|');
