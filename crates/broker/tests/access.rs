@@ -4,7 +4,6 @@
 
 mod common;
 
-
 use common::*;
 use fieldlink_broker::access::set_user;
 use fieldlink_test_support::{Subscriber, free_port};

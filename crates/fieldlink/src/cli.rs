@@ -16,6 +16,10 @@ use crate::{Ended, Gateway, VERSION, systemd};
 /// Exit code for a bad configuration (EX_USAGE); the systemd unit does not restart on it.
 pub const EXIT_BAD_CONFIG: u8 = 64;
 
+/// Exit code for a queue written by a newer release that this one cannot read (EX_DATAERR):
+/// the file is left untouched; restarting cannot help, so the unit does not restart on it.
+pub const EXIT_QUEUE_TOO_NEW: u8 = 65;
+
 /// fieldlink: an edge gateway that never loses a reading.
 #[derive(Debug, Parser)]
 #[command(name = "fieldlink", version = VERSION)]
@@ -167,7 +171,17 @@ pub fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    ExitCode::FAILURE
+                    let too_new = e.chain().any(|cause| {
+                        matches!(
+                            cause.downcast_ref::<fieldlink_queue::QueueError>(),
+                            Some(fieldlink_queue::QueueError::TooNew { .. })
+                        )
+                    });
+                    if too_new {
+                        ExitCode::from(EXIT_QUEUE_TOO_NEW)
+                    } else {
+                        ExitCode::FAILURE
+                    }
                 }
             }
         }

@@ -361,6 +361,62 @@ fn a_port_already_in_use_is_a_clear_error_not_a_hang() {
 }
 
 #[test]
+fn a_queue_from_a_newer_release_stops_the_start_with_exit_65_and_is_left_as_it_is() {
+    let port = free_port();
+    let mut first = Gateway::start(&listeners(&[(port, "3.1.1")]), &[]);
+    wait_for_port(addr(port), Duration::from_secs(20));
+    first.signal(Signal::SIGTERM);
+    assert_eq!(
+        first.wait(Duration::from_secs(10)).and_then(|s| s.code()),
+        Some(0)
+    );
+    let data = first.dir.path().join("data");
+    let db = data.join("queue.db");
+    // What a newer release that changed the format in a way this one cannot read leaves.
+    let python = std::env::var("FIELDLINK_PYTHON").unwrap_or_else(|_| "python3".into());
+    let edited = Command::new(python)
+        .arg("-c")
+        .arg(
+            "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); \
+              c.execute('UPDATE format SET version=99, readable_from=99'); c.commit(); c.close()",
+        )
+        .arg(&db)
+        .status()
+        .unwrap();
+    assert!(edited.success());
+    let before = std::fs::read(&db).unwrap();
+
+    let mut second = Gateway {
+        child: Command::new(BIN)
+            .arg("--config")
+            .arg(first.config())
+            .arg("run")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(first.dir.path().join("second.log")).unwrap())
+            .spawn()
+            .unwrap(),
+        dir: tempfile::tempdir().unwrap(),
+    };
+    let status = second
+        .wait(Duration::from_secs(20))
+        .expect("it stops by itself");
+    let log = std::fs::read_to_string(first.dir.path().join("second.log")).unwrap();
+    assert_eq!(status.code(), Some(65), "{log}");
+    assert!(
+        log.contains("written by a newer fieldlink (queue format 99)"),
+        "{log}"
+    );
+    assert_eq!(std::fs::read(&db).unwrap(), before, "the file is untouched");
+    let aside: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("corrupt"))
+        .collect();
+    assert!(aside.is_empty(), "not moved aside: {aside:?}");
+}
+
+#[test]
 fn version_prints_the_version() {
     let out = fieldlink(&["version"]);
     assert!(out.status.success());

@@ -38,6 +38,24 @@ pub enum QueueError {
         /// What the OS said.
         source: std::io::Error,
     },
+    /// The file was written by a newer release whose format this one cannot read: it is left
+    /// as it is, every message in it kept.
+    #[error(
+        "queue database {path:?} was written by a newer fieldlink (queue format {version}) that \
+         releases before queue format {readable_from} cannot read; this release reads format \
+         {ours}. The file is left untouched with every message in it: start the release that \
+         wrote it (or a later one)"
+    )]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// The format of the newest release that wrote it.
+        version: i64,
+        /// The oldest format that can read it.
+        readable_from: i64,
+        /// This release's format.
+        ours: i64,
+    },
     /// The queue's directory or files could not be made private (0700 / 0600).
     #[error("queue files: {0}")]
     NotPrivate(#[from] fieldlink_core::private_fs::PrivateError),
@@ -54,6 +72,7 @@ impl QueueError {
             Self::Full(_)
             | Self::Database { .. }
             | Self::Migration { .. }
+            | Self::TooNew { .. }
             | Self::Io { .. }
             | Self::Closed => Fault::Environment,
             Self::NotPrivate(e) => e.fault(),
@@ -65,7 +84,7 @@ impl QueueError {
     pub fn storage_failure(&self) -> Option<StorageFailure> {
         let cause = match self {
             Self::Database { .. } => StorageCause::Database,
-            Self::Migration { .. } => StorageCause::Schema,
+            Self::Migration { .. } | Self::TooNew { .. } => StorageCause::Schema,
             Self::Io { .. } | Self::NotPrivate(_) => StorageCause::Io,
             Self::Full(_) | Self::Closed => return None,
         };

@@ -62,7 +62,17 @@ impl QueueReader {
             .create_if_missing(false)
             // The service may be committing: wait for it rather than fail.
             .busy_timeout(Duration::from_secs(5));
-        let conn = SqliteConnection::connect_with(&options).await.map_err(db)?;
+        let mut conn = SqliteConnection::connect_with(&options).await.map_err(db)?;
+        if let Some(found) = crate::format::recorded(&mut conn).await.map_err(db)?
+            && found.readable_from > crate::format::FORMAT
+        {
+            return Err(QueueError::TooNew {
+                path,
+                version: found.version,
+                readable_from: found.readable_from,
+                ours: crate::format::FORMAT,
+            });
+        }
         Ok(Self { conn, path })
     }
 

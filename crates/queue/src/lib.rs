@@ -66,6 +66,7 @@ mod clock;
 pub mod config;
 mod disk;
 mod error;
+pub mod format;
 mod inspect;
 mod queue;
 mod store;

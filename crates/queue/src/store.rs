@@ -158,7 +158,26 @@ async fn open_checked(
         Err(e) if is_corruption(&e) => return Err(Opened::Corrupt(e.to_string())),
         Err(e) => return Err(db_err(e)),
     };
-    match sqlx::migrate!("./migrations").run(&mut conn).await {
+    // A newer release's file that this one cannot read is refused before anything is written.
+    match crate::format::recorded(&mut conn).await {
+        Ok(Some(found)) if found.readable_from > crate::format::FORMAT => {
+            // Closed cleanly: SQLite removes the -wal and -shm files it made for this look.
+            let _ = sqlx::Connection::close(conn).await;
+            return Err(Opened::Failed(QueueError::TooNew {
+                path: path.to_owned(),
+                version: found.version,
+                readable_from: found.readable_from,
+                ours: crate::format::FORMAT,
+            }));
+        }
+        Ok(_) => {}
+        Err(e) if is_corruption(&e) => return Err(Opened::Corrupt(e.to_string())),
+        Err(e) => return Err(db_err(e)),
+    }
+    let mut migrator = sqlx::migrate!("./migrations");
+    // Migrations of a newer release that keeps this one able to read (additive) are ignored.
+    migrator.set_ignore_missing(true);
+    match migrator.run(&mut conn).await {
         Ok(()) => {}
         Err(sqlx::migrate::MigrateError::Execute(e)) if is_corruption(&e) => {
             return Err(Opened::Corrupt(e.to_string()));
@@ -169,6 +188,11 @@ async fn open_checked(
                 source,
             }));
         }
+    }
+    match crate::format::record(&mut conn).await {
+        Ok(()) => {}
+        Err(e) if is_corruption(&e) => return Err(Opened::Corrupt(e.to_string())),
+        Err(e) => return Err(db_err(e)),
     }
     let clean_depth = match take_clean_close(&mut conn).await {
         Ok(depth) => depth,
