@@ -51,6 +51,7 @@ mod backoff;
 mod bridge;
 pub mod config;
 mod connector;
+mod credentials;
 mod diagnose;
 mod dial;
 mod drain;
@@ -73,7 +74,7 @@ use crate::connector::Connector;
 pub use crate::dial::{Resolve, STAGGER, SystemResolver};
 use crate::drain::Drain;
 pub use crate::error::UplinkError;
-pub use crate::status::UplinkStatus;
+pub use crate::status::{CredentialStatus, UplinkStatus};
 
 /// No correct clock reads earlier than this (2026-11-01T00:00:00Z, before this release).
 pub const MIN_PLAUSIBLE_UNIX_TIME: u64 = 1_793_491_200;
@@ -115,9 +116,10 @@ impl Uplink {
         shutdown: Shutdown,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, UplinkError> {
+        let credentials = credentials::Credentials::load(&settings)?;
         let connector = Connector::new(&settings, runtime_dir, resolver)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
-        let drain = Drain::new(settings, backlog, bus, connector, status_tx);
+        let drain = Drain::new(settings, backlog, bus, connector, credentials, status_tx);
         let task = shutdown.spawn(drain.run(shutdown.clone()));
         Ok(Self { status, task })
     }
