@@ -60,6 +60,7 @@ pub mod expiry;
 mod psk;
 mod session;
 mod status;
+pub mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -45,7 +45,7 @@ impl SasMaker {
         Ok(Self {
             key,
             resource: format!("{host}/devices/{device_id}"),
-            username: format!("{host}/{device_id}/?api-version={API_VERSION}"),
+            username: username(host, device_id),
             lifetime,
         })
     }
@@ -59,10 +59,20 @@ impl SasMaker {
         let expiry = unix_seconds(now) + self.lifetime.as_secs();
         Login {
             username: self.username.clone(),
-            password: token(&self.key, &self.resource, expiry),
+            password: self.token_at(expiry),
             validity: Some((now, from_unix(expiry))),
         }
     }
+
+    /// The token expiring at `expiry` (Unix seconds).
+    pub(crate) fn token_at(&self, expiry: u64) -> Zeroizing<String> {
+        token(&self.key, &self.resource, expiry)
+    }
+}
+
+/// `{host}/{device}/?api-version=...`: neither part URL-encoded, as Azure wants it.
+pub(crate) fn username(host: &str, device_id: &str) -> String {
+    format!("{host}/{device_id}/?api-version={API_VERSION}")
 }
 
 /// The SAS token for `resource` expiring at `expiry` (Unix seconds), signed with `key`.
