@@ -10,6 +10,10 @@ use std::time::Duration;
 use fieldlink_uplink::config::JwtSettings;
 use fieldlink_uplink::tokens;
 
+use common::{P256, key_pair};
+
+mod common;
+
 fn python() -> PathBuf {
     let path = std::env::var_os("FIELDLINK_PYTHON").map_or_else(
         || Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python"),
@@ -39,31 +43,6 @@ fn peer(script: &str, args: &[&str]) -> (bool, String) {
     )
 }
 
-/// A private key made by openssl (`genpkey` arguments), mode 0600, and its public key.
-pub fn key_pair(dir: &Path, name: &str, genpkey: &[&str]) -> (PathBuf, PathBuf) {
-    let key = dir.join(format!("{name}.key"));
-    let public = dir.join(format!("{name}.pub.pem"));
-    let ok = Command::new("openssl")
-        .arg("genpkey")
-        .args(genpkey)
-        .arg("-out")
-        .arg(&key)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    let ok = Command::new("openssl")
-        .args(["pkey", "-pubout", "-in"])
-        .arg(&key)
-        .arg("-out")
-        .arg(&public)
-        .status()
-        .unwrap();
-    assert!(ok.success());
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
-    (key, public)
-}
-
-const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
 const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
 
 fn jwt_settings(key_file: PathBuf) -> JwtSettings {

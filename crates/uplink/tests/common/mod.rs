@@ -287,3 +287,31 @@ impl Drop for Subscriber {
         self.task.abort();
     }
 }
+
+/// A private key made by openssl (`genpkey` arguments), mode 0600, and its public key (PEM).
+pub fn key_pair(dir: &Path, name: &str, genpkey: &[&str]) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let ok = std::process::Command::new("openssl")
+        .arg("genpkey")
+        .args(genpkey)
+        .arg("-out")
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, public)
+}
+
+/// `openssl genpkey` arguments for a P-256 key.
+pub const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
