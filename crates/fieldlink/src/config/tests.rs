@@ -734,3 +734,29 @@ fn the_commented_uplink_timings_in_the_shipped_config_are_the_defaults() {
         )
     );
 }
+
+#[test]
+fn the_commented_uplink_logins_in_the_shipped_config_are_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    // Each example: from its first line to the next line that is only "#".
+    let example = |first: &str| -> String {
+        text.lines()
+            .skip_while(|l| !l.starts_with(first))
+            .take_while(|l| *l != "#")
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let uplink = "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n";
+    for login in [
+        example("# username ="),
+        example("# [uplink.jwt]"),
+        example("# [uplink.azure_sas]"),
+    ] {
+        assert!(!login.is_empty());
+        let settings =
+            parse(&format!("{uplink}{login}"), origin()).unwrap_or_else(|e| panic!("{login}: {e}"));
+        assert!(settings.uplink.unwrap().credentials.is_some(), "{login}");
+    }
+}
