@@ -48,6 +48,9 @@ pub enum UplinkState {
         /// Time since the last byte from the cloud (or since we started waiting, if later).
         silent_for: Duration,
     },
+    /// A token (JWT, SAS) is near its expiry: what is in flight is acknowledged, then the
+    /// session ends cleanly and starts again with a fresh token. Not an outage.
+    RenewingCredentials,
     /// The wall clock is not synchronized and the cloud's certificate reads as expired or not
     /// yet valid by it (or the clock is before this release): the certificate cannot be judged
     /// until time sync. Retried calmly; not the cloud's fault, nor the certificate's.
@@ -59,7 +62,7 @@ pub enum UplinkState {
 
 impl UplinkState {
     /// A stable word for machines: `connected`, `connecting`, `disconnected`, `refused`,
-    /// `stalled`, `clock_unsynchronized`.
+    /// `stalled`, `clock_unsynchronized`, `renewing_credentials`.
     pub fn name(&self) -> &'static str {
         self.describe().0
     }
@@ -76,6 +79,10 @@ impl UplinkState {
             Self::Connecting => ("connecting", None),
             Self::Disconnected { reason } => ("disconnected", Some(reason.clone())),
             Self::Refused { reason } => ("refused", Some(reason.clone())),
+            Self::RenewingCredentials => (
+                "renewing_credentials",
+                Some("renewing credentials (a fresh token before this one expires)".into()),
+            ),
             Self::ClockUnsynchronized { reason } => ("clock_unsynchronized", Some(reason.clone())),
             Self::Stalled { silent_for } => (
                 "stalled",
@@ -119,6 +126,11 @@ mod tests {
                 },
                 "refused",
                 "refused: bad user name or password",
+            ),
+            (
+                UplinkState::RenewingCredentials,
+                "renewing_credentials",
+                "renewing_credentials: renewing credentials (a fresh token before this one expires)",
             ),
             (
                 UplinkState::ClockUnsynchronized {

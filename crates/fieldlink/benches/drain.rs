@@ -226,6 +226,7 @@ async fn fieldlink_drain(n: u64) -> f64 {
         on_rejected: OnRejected::Retry,
         alarm_topic: None,
         message_id_property: None,
+        credentials: None,
     };
     let shutdown = Shutdown::new();
     let _uplink = Uplink::start(

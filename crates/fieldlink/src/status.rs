@@ -159,6 +159,23 @@ pub struct UplinkView {
     pub refused_subscriptions: Vec<String>,
     /// Commands from the cloud published locally since start.
     pub commands_total: u64,
+    /// How the uplink logs in inside MQTT (never the secret).
+    #[serde(default)]
+    pub login: Option<LoginView>,
+    /// Sessions ended cleanly to renew a token since start.
+    #[serde(default)]
+    pub renewals: u64,
+}
+
+/// The uplink's MQTT login, as the status shows it: its kind, user name and the token's expiry.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LoginView {
+    /// `password`, `jwt ES256`, `jwt RS256` or `azure-sas`.
+    pub kind: String,
+    /// The MQTT user name.
+    pub username: String,
+    /// When the token in use expires, in Unix milliseconds (`None` for a password).
+    pub expires_ms: Option<u64>,
 }
 
 impl UplinkView {
@@ -184,6 +201,12 @@ impl UplinkView {
                 .collect(),
             refused_subscriptions: s.refused_subscriptions.clone(),
             commands_total: s.commands_total,
+            login: s.credentials.as_ref().map(|c| LoginView {
+                kind: c.kind.clone(),
+                username: c.username.clone(),
+                expires_ms: c.expires.map(unix_ms),
+            }),
+            renewals: s.renewals,
         }
     }
 }
@@ -406,6 +429,17 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
             );
             if let Some(e) = &u.last_error {
                 out += &format!("         last error: {e}\n");
+            }
+            if let Some(login) = &u.login {
+                out += &format!("         login: {} as {}", login.kind, login.username);
+                if let Some(expires) = login.expires_ms {
+                    let left = expires.saturating_sub(status.written_ms) / 1000;
+                    out += &format!(
+                        "; token expires in {left}s (renewed at 80 %, {} renewals)",
+                        u.renewals
+                    );
+                }
+                out += "\n";
             }
             for (name, days) in &u.certificates {
                 let warn = if *days < 30 && status.clock_synchronized {

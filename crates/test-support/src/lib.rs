@@ -3,6 +3,7 @@
 //! - [`free_port`]: a loopback port nobody holds;
 //! - [`Mosquitto`]: a real mosquitto on loopback, configured per test, killed on drop;
 //! - [`Subscriber`]: a real mosquitto_sub, returned once its subscription is acknowledged;
+//! - [`RabbitMq`]: a real RabbitMQ (MQTT plugin, OAuth 2.0 backend) as a second cloud broker;
 //! - [`certs`]: a CA and certificates made at test time (no key is ever committed);
 //! - [`within`]: an await that fails the test instead of hanging it;
 //! - [`RecordingBus`]: a local bus that records what is published;
@@ -17,6 +18,7 @@ pub mod certs;
 pub mod metrics;
 mod mosquitto;
 mod proxy;
+mod rabbitmq;
 mod subscriber;
 
 use std::future::Future;
@@ -27,6 +29,7 @@ pub use backlog::{BacklogStats, MemoryBacklog};
 pub use bus::RecordingBus;
 pub use mosquitto::Mosquitto;
 pub use proxy::{Proxy, SilentAddress};
+pub use rabbitmq::RabbitMq;
 pub use subscriber::{Finished, Subscriber};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).

@@ -86,6 +86,38 @@ pub(crate) fn is_refusal(error: &(dyn StdError + 'static)) -> bool {
     false
 }
 
+/// The CONNACK code, when the cloud refused the connection for its credentials: MQTT 3.1.1's
+/// `BadUserNamePassword` (4) and `NotAuthorized` (5), MQTT 5's 0x86, 0x87 and
+/// `BadAuthenticationMethod` (0x8C). A refused login is not a network blip: it is retried slowly.
+pub(crate) fn credentials_refused(error: &(dyn StdError + 'static)) -> Option<&'static str> {
+    use rumqttc::ConnectReturnCode as V4;
+    use rumqttc::v5::mqttbytes::v5::ConnectReturnCode as V5;
+    let mut source: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(e) = source {
+        if let Some(rumqttc::ConnectionError::ConnectionRefused(code)) =
+            e.downcast_ref::<rumqttc::ConnectionError>()
+        {
+            return match code {
+                V4::BadUserNamePassword => Some("bad user name or password"),
+                V4::NotAuthorized => Some("not authorized"),
+                _ => None,
+            };
+        }
+        if let Some(rumqttc::v5::ConnectionError::ConnectionRefused(code)) =
+            e.downcast_ref::<rumqttc::v5::ConnectionError>()
+        {
+            return match code {
+                V5::BadUserNamePassword => Some("bad user name or password"),
+                V5::NotAuthorized => Some("not authorized"),
+                V5::BadAuthenticationMethod => Some("bad authentication method"),
+                _ => None,
+            };
+        }
+        source = e.source();
+    }
+    None
+}
+
 /// Whether rumqttc gave up because a keep-alive ping went unanswered: a stall it saw first
 /// (when `stall_timeout` is not shorter than the keep-alive).
 pub(crate) fn is_unanswered_ping(error: &(dyn StdError + 'static)) -> bool {

@@ -51,6 +51,7 @@ mod backoff;
 mod bridge;
 pub mod config;
 mod connector;
+mod credentials;
 mod diagnose;
 mod dial;
 mod drain;
@@ -59,6 +60,7 @@ pub mod expiry;
 mod psk;
 mod session;
 mod status;
+pub mod tokens;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -73,7 +75,7 @@ use crate::connector::Connector;
 pub use crate::dial::{Resolve, STAGGER, SystemResolver};
 use crate::drain::Drain;
 pub use crate::error::UplinkError;
-pub use crate::status::UplinkStatus;
+pub use crate::status::{CredentialStatus, UplinkStatus};
 
 /// No correct clock reads earlier than this (2026-11-01T00:00:00Z, before this release).
 pub const MIN_PLAUSIBLE_UNIX_TIME: u64 = 1_793_491_200;
@@ -115,9 +117,10 @@ impl Uplink {
         shutdown: Shutdown,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, UplinkError> {
+        let credentials = credentials::Credentials::load(&settings)?;
         let connector = Connector::new(&settings, runtime_dir, resolver, &shutdown)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
-        let drain = Drain::new(settings, backlog, bus, connector, status_tx);
+        let drain = Drain::new(settings, backlog, bus, connector, credentials, status_tx);
         let task = shutdown.spawn_vital(
             "uplink",
             "the uplink's drain loop",

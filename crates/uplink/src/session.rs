@@ -9,6 +9,7 @@ use rumqttc::v5::mqttbytes::v5::{Packet as Packet5, PubAckReason, SubscribeReaso
 use rumqttc::{Event, Incoming, Outgoing, Transport};
 
 use crate::config::UplinkSettings;
+use crate::credentials::Login;
 
 /// What happened on the session.
 #[derive(Debug)]
@@ -47,7 +48,8 @@ pub(crate) enum Session {
 }
 
 impl Session {
-    /// A session to `host:port` over `transport`; nothing is sent until the first poll.
+    /// A session to `host:port` over `transport`, logging in with `login` when given; nothing
+    /// is sent until the first poll.
     /// `connect_limit` bounds everything up to the CONNACK (and each flush): the bridge's own
     /// steps have their own, shorter timeouts, this is the backstop.
     pub(crate) fn new(
@@ -56,6 +58,7 @@ impl Session {
         port: u16,
         transport: Transport,
         connect_limit: Duration,
+        login: Option<&Login>,
     ) -> Self {
         let mut network = rumqttc::NetworkOptions::new();
         network.set_connection_timeout(connect_limit.as_secs().max(1));
@@ -70,6 +73,9 @@ impl Session {
                     .set_keep_alive(settings.keep_alive)
                     .set_clean_session(settings.clean_session)
                     .set_inflight(settings.inflight);
+                if let Some(login) = login {
+                    options.set_credentials(login.username.as_str(), login.password.as_str());
+                }
                 let (client, mut events) = rumqttc::AsyncClient::new(options, capacity);
                 events.set_network_options(network);
                 Self::V4 {
@@ -85,6 +91,9 @@ impl Session {
                     .set_clean_start(settings.clean_session)
                     .set_outgoing_inflight_upper_limit(settings.inflight)
                     .set_network_options(network);
+                if let Some(login) = login {
+                    options.set_credentials(login.username.as_str(), login.password.as_str());
+                }
                 let (client, events) = rumqttc::v5::AsyncClient::new(options, capacity);
                 Self::V5 {
                     client,

@@ -38,4 +38,19 @@ pub struct UplinkStatus {
     pub refused_subscriptions: Vec<String>,
     /// Commands from the cloud published on the local broker.
     pub commands_total: u64,
+    /// How the uplink logs in inside MQTT (never the secret itself).
+    pub credentials: Option<CredentialStatus>,
+    /// Sessions ended cleanly to renew a token (not counted as reconnects).
+    pub renewals: u64,
+}
+
+/// The MQTT login, as the status may show it: no password, no token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CredentialStatus {
+    /// `password`, `jwt ES256`, `jwt RS256` or `azure-sas`.
+    pub kind: String,
+    /// The user name the cloud sees.
+    pub username: String,
+    /// When the token in use expires; `None` for a password.
+    pub expires: Option<SystemTime>,
 }

@@ -7,7 +7,7 @@ use fieldlink_core::message::Priority;
 use fieldlink_core::tls::MinTlsVersion;
 use fieldlink_core::topic::TopicName;
 use fieldlink_queue::config::FullPolicy;
-use fieldlink_uplink::config::{OnRejected, UplinkTls};
+use fieldlink_uplink::config::{JwtSettings, OnRejected, UplinkCredentials, UplinkTls};
 
 use super::*;
 
@@ -149,6 +149,45 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             key: "uplink.stale_crl",
             line: 4,
             words: &["unknown stale CRL policy", "\"refuse\"", "\"warn\""],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nusername = \"u\"\n",
+            key: "uplink.username",
+            line: 4,
+            words: &["a user name without a password", "password_file"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\npassword_file = \"/p\"\n",
+            key: "uplink.username",
+            line: 1,
+            words: &["missing", "user name"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nusername = \"u\"\npassword_file = \"/p\"\n\
+                   [uplink.jwt]\nkey_file = \"/k\"\naudience = \"a\"\n",
+            key: "uplink.jwt",
+            line: 6,
+            words: &["only one way to log in", "uplink.password_file"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n[uplink.jwt]\naudience = \"a\"\n",
+            key: "uplink.jwt.key_file",
+            line: 4,
+            words: &["missing", "P-256 or RSA"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n[uplink.jwt]\nkey_file = \"/k\"\n\
+                   audience = \"a\"\nclaims = { exp = 5 }\n",
+            key: "uplink.jwt.claims",
+            line: 7,
+            words: &["`exp` is set by the gateway", "lifetime"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n[uplink.azure_sas]\nkey_file = \"/k\"\n\
+                   lifetime = \"2s\"\n",
+            key: "uplink.azure_sas.lifetime",
+            line: 6,
+            words: &["out of range"],
         },
         Case {
             text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\nmin_tls_version = \"1.1\"\n",
@@ -359,6 +398,12 @@ fn secret_values_are_never_echoed() {
     assert!(shown.contains("admin_password"), "{shown}");
     assert!(shown.contains("<redacted>"), "{shown}");
     assert!(!shown.contains("hunter2"), "{shown}");
+    // A password written into the file instead of a password file: refused, never shown.
+    let errors = errors_of("[uplink]\nhost = \"h\"\nclient_id = \"c\"\npassword = \"hunter2\"\n");
+    let shown = ConfigErrors(errors).to_string();
+    assert!(shown.contains("uplink.password"), "{shown}");
+    assert!(shown.contains("password_file"), "{shown}");
+    assert!(!shown.contains("hunter2"), "{shown}");
 }
 
 #[test]
@@ -457,6 +502,50 @@ fn a_mutual_tls_listener_is_read_into_settings() {
     assert_eq!(l.min_tls_version, MinTlsVersion::Tls13);
     assert!(!l.anonymous);
     assert_eq!(l.mqtt, None, "both versions unless told");
+}
+
+#[test]
+fn uplink_logins_are_read_into_settings() {
+    let uplink = |text: &str| {
+        parse(
+            &format!("[uplink]\nhost = \"hub.azure-devices.net\"\nclient_id = \"gw-7\"\n{text}"),
+            origin(),
+        )
+        .unwrap()
+        .uplink
+        .unwrap()
+        .credentials
+    };
+    assert_eq!(uplink(""), None);
+    assert_eq!(
+        uplink("username = \"u\"\npassword_file = \"/run/credentials/fieldlink.service/uplink\"\n"),
+        Some(UplinkCredentials::Password {
+            username: "u".into(),
+            password_file: PathBuf::from("/run/credentials/fieldlink.service/uplink"),
+        })
+    );
+    assert_eq!(
+        uplink(
+            "device_id = \"site-7\"\n[uplink.jwt]\nkey_file = \"/k\"\naudience = \"fieldlink\"\n\
+             claims = { scope = [\"fieldlink.write:*/*/*\"] }\n"
+        ),
+        Some(UplinkCredentials::Jwt(JwtSettings {
+            username: "gw-7".into(),
+            key_file: PathBuf::from("/k"),
+            audience: "fieldlink".into(),
+            subject: "site-7".into(),
+            lifetime: Duration::from_secs(3600),
+            key_id: None,
+            claims: r#"{"scope":["fieldlink.write:*/*/*"]}"#.into(),
+        }))
+    );
+    assert_eq!(
+        uplink("[uplink.azure_sas]\nkey_file = \"/k\"\nlifetime = \"30m\"\n"),
+        Some(UplinkCredentials::AzureSas {
+            key_file: PathBuf::from("/k"),
+            lifetime: Duration::from_secs(1800),
+        })
+    );
 }
 
 #[test]
@@ -644,4 +733,30 @@ fn the_commented_uplink_timings_in_the_shipped_config_are_the_defaults() {
             fieldlink_uplink::config::DEFAULT_CONNECT_TIMEOUT
         )
     );
+}
+
+#[test]
+fn the_commented_uplink_logins_in_the_shipped_config_are_valid() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    // Each example: from its first line to the next line that is only "#".
+    let example = |first: &str| -> String {
+        text.lines()
+            .skip_while(|l| !l.starts_with(first))
+            .take_while(|l| *l != "#")
+            .filter_map(|l| l.strip_prefix("# "))
+            .map(|l| format!("{l}\n"))
+            .collect()
+    };
+    let uplink = "[uplink]\nhost = \"h\"\nclient_id = \"c\"\n";
+    for login in [
+        example("# username ="),
+        example("# [uplink.jwt]"),
+        example("# [uplink.azure_sas]"),
+    ] {
+        assert!(!login.is_empty());
+        let settings =
+            parse(&format!("{uplink}{login}"), origin()).unwrap_or_else(|e| panic!("{login}: {e}"));
+        assert!(settings.uplink.unwrap().credentials.is_some(), "{login}");
+    }
 }

@@ -77,4 +77,40 @@ pub struct UplinkFile {
     pub alarm_topic: Option<Spanned<String>>,
     /// MQTT 5: the user property that carries each message's queue id ("" for none).
     pub message_id_property: Option<Spanned<String>>,
+    /// The MQTT user name (with `password_file` or `[uplink.jwt]`).
+    pub username: Option<Spanned<String>>,
+    /// A file (mode 0600, or a systemd credential) holding the MQTT password on its first line.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// `[uplink.jwt]`: a JWT signed by a token key of our own as the MQTT password.
+    pub jwt: Option<Spanned<JwtFile>>,
+    /// `[uplink.azure_sas]`: an Azure IoT Hub SAS token as the MQTT password.
+    pub azure_sas: Option<Spanned<AzureSasFile>>,
+}
+
+/// `[uplink.jwt]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtFile {
+    /// PEM private key (P-256: ES256; RSA: RS256), mode 0600.
+    pub key_file: Option<Spanned<PathBuf>>,
+    /// The `aud` claim.
+    pub audience: Option<Spanned<String>>,
+    /// The `sub` claim; the device id when absent.
+    pub subject: Option<Spanned<String>>,
+    /// How long each token is valid, e.g. `"1h"`.
+    pub lifetime: Option<Spanned<String>>,
+    /// The `kid` header, when the cloud picks the key by it.
+    pub key_id: Option<Spanned<String>>,
+    /// More claims, e.g. `{ scope = ["fieldlink.write:*/*/*"] }`.
+    pub claims: Option<Spanned<toml::Table>>,
+}
+
+/// `[uplink.azure_sas]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AzureSasFile {
+    /// The device's symmetric key (base64, as the Azure portal shows it), mode 0600.
+    pub key_file: Option<Spanned<PathBuf>>,
+    /// How long each token is valid, e.g. `"1h"`.
+    pub lifetime: Option<Spanned<String>>,
 }

@@ -38,6 +38,9 @@ pub const DEFAULT_INFLIGHT: u16 = 100;
 pub const DEFAULT_RECONNECT_MIN: Duration = Duration::from_secs(1);
 /// Largest reconnect delay: an outage is noticed within two minutes of its end.
 pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(120);
+/// A token is valid this long unless `lifetime` says otherwise: short enough that a leaked
+/// token soon stops working, long enough that renewing it (one reconnect) is rare.
+pub const DEFAULT_TOKEN_LIFETIME: Duration = Duration::from_secs(3600);
 /// The MQTT 5 user property that carries each message's queue id to the cloud.
 pub const DEFAULT_MESSAGE_ID_PROPERTY: &str = "fieldlink-id";
 
@@ -94,6 +97,48 @@ pub struct UplinkSettings {
     /// increasing per stream, the same on a resend), so the cloud side can drop duplicates;
     /// `None` with MQTT 3.1.1, which has no properties, or when turned off.
     pub message_id_property: Option<String>,
+    /// How the uplink logs in inside MQTT (beside the TLS mode); `None`: no user name.
+    pub credentials: Option<UplinkCredentials>,
+}
+
+/// How the uplink logs in inside MQTT. Secrets are referenced by path, never held here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UplinkCredentials {
+    /// An Azure IoT Hub SAS token: the user name Azure expects, the client id as device id.
+    AzureSas {
+        /// The device's symmetric key (base64), mode 0600.
+        key_file: PathBuf,
+        /// How long each token is valid.
+        lifetime: Duration,
+    },
+    /// A JWT signed with our token key as the password.
+    Jwt(JwtSettings),
+    /// A user name and the password on the first line of a file.
+    Password {
+        /// The MQTT user name.
+        username: String,
+        /// Mode 0600 (or a systemd credential); re-read at each connection.
+        password_file: PathBuf,
+    },
+}
+
+/// `[uplink.jwt]`, checked.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    /// The MQTT user name sent with the token (the client id unless `uplink.username` is set).
+    pub username: String,
+    /// The token key: P-256 (ES256) or RSA (RS256), PEM.
+    pub key_file: PathBuf,
+    /// `aud`.
+    pub audience: String,
+    /// `sub`.
+    pub subject: String,
+    /// `exp - iat`.
+    pub lifetime: Duration,
+    /// The `kid` header.
+    pub key_id: Option<String>,
+    /// More claims: a JSON object (`{}` for none), merged over the standard ones.
+    pub claims: String,
 }
 
 /// How the uplink is secured. There is no plaintext mode.

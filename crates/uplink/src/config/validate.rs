@@ -15,7 +15,8 @@ use super::file::{TopicRuleFile, UplinkFile};
 use super::{
     DEFAULT_CLEAN_SESSION, DEFAULT_CONNECT_TIMEOUT, DEFAULT_INFLIGHT, DEFAULT_KEEP_ALIVE,
     DEFAULT_MESSAGE_ID_PROPERTY, DEFAULT_PORT, DEFAULT_RECONNECT_MAX, DEFAULT_RECONNECT_MIN,
-    DEFAULT_STALL_TIMEOUT, OnRejected, UplinkSettings, UplinkTls,
+    DEFAULT_STALL_TIMEOUT, DEFAULT_TOKEN_LIFETIME, JwtSettings, OnRejected, UplinkCredentials,
+    UplinkSettings, UplinkTls,
 };
 
 /// Validates `[uplink]`, recording every mistake in `c`; `None` when it has any.
@@ -111,6 +112,7 @@ pub fn settings(entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) -> Option<Up
             "make reconnect_max at least reconnect_min",
         );
     }
+    let credentials = credentials(file, entry, client_id.as_deref(), &device_id, c);
     let settings = UplinkSettings {
         host: host.unwrap_or_default(),
         port: port(c, "uplink.port", &file.port).unwrap_or(DEFAULT_PORT),
@@ -158,6 +160,7 @@ pub fn settings(entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) -> Option<Up
         on_rejected,
         alarm_topic,
         message_id_property: message_id_property(file, mqtt, c),
+        credentials,
     };
     (c.len() == errors_before).then_some(settings)
 }
@@ -279,11 +282,11 @@ fn rule_side<'a>(
     value.as_ref()
 }
 
-fn required_text(
+fn required_text<T>(
     c: &mut Collector<'_>,
     key: &str,
     value: &Option<Spanned<String>>,
-    entry: &Spanned<UplinkFile>,
+    entry: &Spanned<T>,
     hint: &str,
 ) -> Option<String> {
     match value {
@@ -355,6 +358,187 @@ fn tls(file: &UplinkFile, entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) ->
                 "unknown TLS mode",
                 "write \"server-auth\", \"mutual\" or \"psk\" (plaintext is not offered)",
             );
+            None
+        }
+    }
+}
+
+/// Tokens live at least a minute (renewed at 80 %: a reconnect every 48 s at most) and at most
+/// a day.
+const TOKEN_LIFETIMES: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(10)..=Duration::from_secs(86_400);
+
+/// `uplink.username` with `password_file`, `[uplink.jwt]` or `[uplink.azure_sas]`: one way to
+/// log in at most.
+fn credentials(
+    file: &UplinkFile,
+    entry: &Spanned<UplinkFile>,
+    client_id: Option<&str>,
+    device_id: &str,
+    c: &mut Collector<'_>,
+) -> Option<UplinkCredentials> {
+    let username = file.username.as_ref().map(|u| {
+        if u.get_ref().is_empty() {
+            c.at(
+                "uplink.username",
+                Some(u.span()),
+                "must not be empty",
+                "give the MQTT user name the cloud expects, or remove the key",
+            );
+        }
+        u.get_ref().clone()
+    });
+    let ways = [
+        file.password_file
+            .as_ref()
+            .map(|p| ("uplink.password_file", p.span())),
+        file.jwt.as_ref().map(|j| ("uplink.jwt", j.span())),
+        file.azure_sas
+            .as_ref()
+            .map(|s| ("uplink.azure_sas", s.span())),
+    ];
+    let given: Vec<_> = ways.into_iter().flatten().collect();
+    if let [_, (key, span), ..] = given.as_slice() {
+        c.at(
+            key,
+            Some(span.clone()),
+            format!("only one way to log in: {} is set too", given[0].0),
+            "keep one of password_file, [uplink.jwt] and [uplink.azure_sas]",
+        );
+        return None;
+    }
+    if let Some(password_file) = &file.password_file {
+        let Some(username) = username else {
+            c.missing(
+                "uplink.username",
+                entry.span(),
+                "a password goes with a user name: username = \"site-7-gateway\"",
+            );
+            return None;
+        };
+        return Some(UplinkCredentials::Password {
+            username,
+            password_file: password_file.get_ref().clone(),
+        });
+    }
+    if let Some(jwt) = &file.jwt {
+        return jwt_settings(jwt, username.or(client_id.map(str::to_owned)), device_id, c)
+            .map(UplinkCredentials::Jwt);
+    }
+    if let Some(sas) = &file.azure_sas {
+        if let Some(u) = &file.username {
+            c.at(
+                "uplink.username",
+                Some(u.span()),
+                "Azure IoT Hub sets the user name itself ({host}/{device}/?api-version=...)",
+                "remove uplink.username",
+            );
+        }
+        let key_file = required_path(
+            c,
+            "uplink.azure_sas.key_file",
+            &sas.get_ref().key_file,
+            sas.span(),
+            "the device's symmetric key (base64) in a 0600 file: key_file = \"/etc/fieldlink/sas.key\"",
+        )?;
+        let lifetime = duration(
+            c,
+            "uplink.azure_sas.lifetime",
+            &sas.get_ref().lifetime,
+            TOKEN_LIFETIMES,
+            DEFAULT_TOKEN_LIFETIME,
+        );
+        return Some(UplinkCredentials::AzureSas { key_file, lifetime });
+    }
+    if let Some(u) = &file.username {
+        c.at(
+            "uplink.username",
+            Some(u.span()),
+            "a user name without a password",
+            "add password_file = \"/etc/fieldlink/uplink.password\" (a 0600 file), or an [uplink.jwt] section",
+        );
+    }
+    None
+}
+
+fn jwt_settings(
+    jwt: &Spanned<super::file::JwtFile>,
+    username: Option<String>,
+    device_id: &str,
+    c: &mut Collector<'_>,
+) -> Option<JwtSettings> {
+    let file = jwt.get_ref();
+    let key_file = required_path(
+        c,
+        "uplink.jwt.key_file",
+        &file.key_file,
+        jwt.span(),
+        "the token key (P-256 or RSA, PEM, mode 0600): key_file = \"/etc/fieldlink/token.key\"",
+    );
+    let audience = required_text(
+        c,
+        "uplink.jwt.audience",
+        &file.audience,
+        jwt,
+        "the `aud` the cloud checks, e.g. audience = \"fieldlink\"",
+    );
+    let lifetime = duration(
+        c,
+        "uplink.jwt.lifetime",
+        &file.lifetime,
+        TOKEN_LIFETIMES,
+        DEFAULT_TOKEN_LIFETIME,
+    );
+    let claims = match &file.claims {
+        None => serde_json::Map::new(),
+        Some(table) => match serde_json::to_value(table.get_ref()) {
+            Ok(serde_json::Value::Object(map)) => {
+                for reserved in ["iat", "exp"] {
+                    if map.contains_key(reserved) {
+                        c.at(
+                            "uplink.jwt.claims",
+                            Some(table.span()),
+                            format!("`{reserved}` is set by the gateway"),
+                            "set uplink.jwt.lifetime instead",
+                        );
+                    }
+                }
+                map
+            }
+            _ => {
+                c.at(
+                    "uplink.jwt.claims",
+                    Some(table.span()),
+                    "not expressible as JSON",
+                    "use strings, numbers, booleans, arrays and tables",
+                );
+                serde_json::Map::new()
+            }
+        },
+    };
+    let text = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
+    Some(JwtSettings {
+        username: username.unwrap_or_default(),
+        key_file: key_file?,
+        audience: audience?,
+        subject: text(&file.subject).unwrap_or_else(|| device_id.to_owned()),
+        lifetime,
+        key_id: text(&file.key_id),
+        claims: serde_json::Value::Object(claims).to_string(),
+    })
+}
+
+fn required_path(
+    c: &mut Collector<'_>,
+    key: &str,
+    value: &Option<Spanned<std::path::PathBuf>>,
+    table: std::ops::Range<usize>,
+    hint: &str,
+) -> Option<std::path::PathBuf> {
+    match value {
+        Some(p) => Some(p.get_ref().clone()),
+        None => {
+            c.missing(key, table, hint);
             None
         }
     }

@@ -20,9 +20,10 @@ use tokio::sync::{mpsc, watch};
 use crate::backoff::Backoff;
 use crate::config::{OnRejected, UplinkSettings};
 use crate::connector::Connector;
+use crate::credentials::{Credentials, Login};
 pub use crate::dial::STAGGER;
 use crate::session::{Session, SessionEvent};
-use crate::status::UplinkStatus;
+use crate::status::{CredentialStatus, UplinkStatus};
 use crate::{MIN_PLAUSIBLE_UNIX_TIME, backoff, bridge, diagnose};
 
 /// How often the drain loop looks at timers (rejected retries, CRL changes, rates).
@@ -65,6 +66,17 @@ pub(crate) struct Drain {
     silent_since: Option<Instant>,
     /// Whether the wall clock was synchronized at the last look.
     clock_synchronized: bool,
+    /// What the uplink logs in with, if anything.
+    credentials: Option<Credentials>,
+    /// When the current session's token is due for renewal.
+    renew_at: Option<SystemTime>,
+    /// Since when a renewal waits for what is in flight to be acknowledged (nothing new is
+    /// sent meanwhile).
+    renewing_since: Option<Instant>,
+    /// The last session ended to renew its token: reconnect at once.
+    renewed: bool,
+    /// The last attempt's credentials were refused: wait `reconnect_max` before the next.
+    login_refused: bool,
 }
 
 impl Drain {
@@ -73,6 +85,7 @@ impl Drain {
         backlog: Arc<dyn Backlog>,
         bus: Arc<dyn LocalBus>,
         connector: Connector,
+        credentials: Option<Credentials>,
         status: watch::Sender<UplinkStatus>,
     ) -> Self {
         let (acks, acks_rx) = mpsc::channel(ACKS_WAITING);
@@ -95,6 +108,11 @@ impl Drain {
             last_packet: None,
             silent_since: None,
             clock_synchronized: fieldlink_core::clock::synchronized(),
+            credentials,
+            renew_at: None,
+            renewing_since: None,
+            renewed: false,
+            login_refused: false,
         }
     }
 
@@ -122,7 +140,18 @@ impl Drain {
             if shutdown.is_triggered() {
                 break;
             }
-            let delay = self.backoff.next_delay();
+            if std::mem::take(&mut self.renewed) {
+                // A renewal is not an outage: no delay, no reconnect counted.
+                self.status.send_modify(|s| s.renewals += 1);
+                continue;
+            }
+            // A refused login waits the longest delay: retrying it soon changes nothing, and
+            // a cloud that sees a burst of bad logins may ban the device.
+            let delay = if std::mem::take(&mut self.login_refused) {
+                self.settings.reconnect_max
+            } else {
+                self.backoff.next_delay()
+            };
             self.status.send_modify(|s| s.reconnects += 1);
             tracing::debug!(?delay, "Uplink reconnect delay");
             let wake = tokio::time::Instant::now() + delay;
@@ -195,18 +224,30 @@ impl Drain {
         self.ping_outstanding = false;
         self.awaiting_since = None;
         self.last_packet = None;
+        self.renewing_since = None;
+        let login = match self.login() {
+            Ok(login) => login,
+            Err(why) => {
+                self.fail(why);
+                return;
+            }
+        };
         let mut session = Session::new(
             &self.settings,
             &host,
             port,
             transport,
             connect_limit(&self.settings),
+            login.as_ref(),
         );
+        // The password's buffer is wiped now (rumqttc keeps its own copy for the CONNECT).
+        drop(login);
         let mut connected_at: Option<Instant> = None;
         let mut tick = tokio::time::interval(TICK);
         loop {
-            let window_open =
-                connected_at.is_some() && self.inflight() < usize::from(self.settings.inflight);
+            let window_open = connected_at.is_some()
+                && self.renewing_since.is_none()
+                && self.inflight() < usize::from(self.settings.inflight);
             tokio::select! {
                 event = session.poll() => match event {
                     Ok(SessionEvent::Connected) => {
@@ -248,6 +289,11 @@ impl Drain {
                         }
                     }
                     Ok(_) => {}
+                    Err(e) if diagnose::credentials_refused(e.as_ref()).is_some() => {
+                        self.login_refused(diagnose::credentials_refused(e.as_ref()).unwrap_or_default());
+                        self.connector.bridge.close_link();
+                        return;
+                    }
                     Err(e) if diagnose::is_unanswered_ping(e.as_ref()) => {
                         let silent_for = self
                             .last_heard()
@@ -293,6 +339,7 @@ impl Drain {
                         self.refill(&mut session).await;
                     }
                     self.connector.review_crls_when_due();
+                    self.start_renewal_when_due();
                     if self.connector.crls_changed() {
                         tracing::info!("A CRL file changed: reconnecting to check the server against it");
                         session.disconnect().await;
@@ -313,7 +360,66 @@ impl Drain {
                 }
             }
             self.update_awaiting();
+            if self.renewal_ready() {
+                tracing::info!(host = %self.settings.host, "Renewing the uplink's token: reconnecting with a fresh one");
+                session.disconnect().await;
+                self.renewed = true;
+                return;
+            }
         }
+    }
+
+    /// A fresh login for the next connection (a token signed now, a password file read
+    /// again), shown in the status without its secret.
+    fn login(&mut self) -> Result<Option<Login>, String> {
+        let Some(credentials) = &self.credentials else {
+            return Ok(None);
+        };
+        let login = credentials
+            .login(SystemTime::now())
+            .map_err(|e| format!("cannot make the uplink's credentials: {e}"))?;
+        self.renew_at = login.renew_at();
+        let shown = CredentialStatus {
+            kind: credentials.kind(),
+            username: login.username.clone(),
+            expires: login.validity.map(|(_, expires)| expires),
+        };
+        self.status.send_modify(|s| s.credentials = Some(shown));
+        Ok(Some(login))
+    }
+
+    /// The cloud refused our credentials (or their absence): said as such, retried slowly.
+    fn login_refused(&mut self, code: &str) {
+        let why = match &self.credentials {
+            Some(c) => format!(
+                "the cloud refused the credentials for {} ({code})",
+                c.username()
+            ),
+            None => format!(
+                "the cloud refused a connection without credentials ({code}): set \
+                 uplink.username and password_file, or a token"
+            ),
+        };
+        self.login_refused = true;
+        self.fail_with(why, true);
+    }
+
+    /// At 80 % of the token's life, stop sending and let what is in flight be acknowledged.
+    fn start_renewal_when_due(&mut self) {
+        if self.renewing_since.is_some() || self.renew_at.is_none_or(|at| SystemTime::now() < at) {
+            return;
+        }
+        self.renewing_since = Some(Instant::now());
+        self.set_state(UplinkState::RenewingCredentials);
+    }
+
+    /// Whether the renewal may end the session: nothing in flight, or the cloud took longer
+    /// than `stall_timeout` to answer (then what is left goes back to the queue and is sent
+    /// again on the new session).
+    fn renewal_ready(&self) -> bool {
+        self.renewing_since.is_some_and(|since| {
+            self.inflight() == 0 || since.elapsed() >= self.settings.stall_timeout
+        })
     }
 
     /// Starts or ends the wait for the cloud's answer.
@@ -389,6 +495,10 @@ impl Drain {
 
     /// Leases what fits in the window and publishes it.
     async fn refill(&mut self, session: &mut Session) {
+        if self.renewing_since.is_some() {
+            // Renewing: what is in flight is acknowledged first, nothing new is sent.
+            return;
+        }
         self.unpark().await;
         let room = usize::from(self.settings.inflight).saturating_sub(self.inflight());
         if room == 0 {

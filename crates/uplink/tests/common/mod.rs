@@ -114,6 +114,7 @@ pub fn settings(port: u16, tls: UplinkTls) -> UplinkSettings {
         on_rejected: OnRejected::Retry,
         alarm_topic: None,
         message_id_property: None,
+        credentials: None,
     }
 }
 
@@ -204,10 +205,24 @@ impl Subscriber {
     /// Subscribed (SUBACK received) when this returns. A persistent session survives a broker
     /// restart when the broker persists.
     pub async fn start(port: u16, filter: &str, client_id: &str, persistent: bool) -> Self {
+        Self::start_as(port, filter, client_id, persistent, None).await
+    }
+
+    /// [`Subscriber::start`], logging in with `login` (user name, password).
+    pub async fn start_as(
+        port: u16,
+        filter: &str,
+        client_id: &str,
+        persistent: bool,
+        login: Option<(&str, &str)>,
+    ) -> Self {
         let mut options = MqttOptions::new(client_id, "127.0.0.1", port);
         options
             .set_clean_session(!persistent)
             .set_keep_alive(Duration::from_secs(5));
+        if let Some((user, password)) = login {
+            options.set_credentials(user, password);
+        }
         let (client, mut events) = AsyncClient::new(options, 64);
         client
             .subscribe(filter, rumqttc::QoS::AtLeastOnce)
@@ -272,3 +287,31 @@ impl Drop for Subscriber {
         self.task.abort();
     }
 }
+
+/// A private key made by openssl (`genpkey` arguments), mode 0600, and its public key (PEM).
+pub fn key_pair(dir: &Path, name: &str, genpkey: &[&str]) -> (PathBuf, PathBuf) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let key = dir.join(format!("{name}.key"));
+    let public = dir.join(format!("{name}.pub.pem"));
+    let ok = std::process::Command::new("openssl")
+        .arg("genpkey")
+        .args(genpkey)
+        .arg("-out")
+        .arg(&key)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let ok = std::process::Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key)
+        .arg("-out")
+        .arg(&public)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600)).unwrap();
+    (key, public)
+}
+
+/// `openssl genpkey` arguments for a P-256 key.
+pub const P256: &[&str] = &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
