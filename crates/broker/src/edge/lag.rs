@@ -485,7 +485,7 @@ impl LagTracker {
             .filter(|l| l.messages > 0)
             .collect();
         drop(subscribers);
-        all.sort_by(|a, b| b.messages.cmp(&a.messages));
+        all.sort_by_key(|l| std::cmp::Reverse(l.messages));
         all.truncate(n);
         all
     }
