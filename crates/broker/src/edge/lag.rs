@@ -50,29 +50,44 @@ pub(crate) const TOP_LAGGING: usize = 5;
 #[derive(Debug, Default)]
 pub(crate) struct Demand {
     topics: Vec<(TopicName, u64, u64)>,
+    total: u64,
 }
 
 impl Demand {
     /// What one publish takes in a log.
-    pub(crate) fn bytes(topic: &TopicName, payload_len: usize) -> u64 {
-        (4 + topic.as_str().len() + payload_len) as u64
+    pub(crate) fn bytes(topic: &[u8], payload_len: usize) -> u64 {
+        (4 + topic.len() + payload_len) as u64
     }
 
     /// Bytes in all.
     pub(crate) fn total(&self) -> u64 {
-        self.topics.iter().map(|(_, b, _)| b).sum()
+        self.total
     }
 
-    /// Adds one publish.
-    pub(crate) fn add(&mut self, topic: TopicName, payload_len: usize) {
-        let bytes = Self::bytes(&topic, payload_len);
-        match self.topics.iter_mut().find(|(t, ..)| *t == topic) {
+    /// Adds one publish on `topic` (a valid topic name: the session checked it).
+    pub(crate) fn add(&mut self, topic: &[u8], payload_len: usize) {
+        let bytes = Self::bytes(topic, payload_len);
+        // A batch mostly repeats a few topics: parsed once each.
+        match self
+            .topics
+            .iter_mut()
+            .find(|(t, ..)| t.as_str().as_bytes() == topic)
+        {
             Some((_, b, m)) => {
                 *b += bytes;
                 *m += 1;
             }
-            None => self.topics.push((topic, bytes, 1)),
+            None => {
+                let Some(name) = std::str::from_utf8(topic)
+                    .ok()
+                    .and_then(|t| TopicName::new(t).ok())
+                else {
+                    return;
+                };
+                self.topics.push((name, bytes, 1));
+            }
         }
+        self.total += bytes;
     }
 
     pub(crate) fn is_empty(&self) -> bool {
@@ -234,7 +249,7 @@ impl LagTracker {
         if let Some(sub) = subscribers.get_mut(key)
             && sub.conn == conn
         {
-            if sub.persistent {
+            if sub.persistent && !sub.tracks.is_empty() {
                 sub.connected = false;
                 sub.holding_since = None;
                 // What was in flight is sent again from the first unacknowledged message of
@@ -417,18 +432,23 @@ impl LagTracker {
             return;
         };
         let mut dropped_by_qos = [0u64; 3];
+        // Forwards mostly repeat a topic: parsed once each time it changes.
+        let mut last: Option<(&bytes::Bytes, TopicName)> = None;
         for forward in forwards {
             let Some((_, offset)) = forward.cursor else {
                 // A retained message: it was never counted.
                 continue;
             };
-            let Some(topic) = std::str::from_utf8(&forward.topic)
-                .ok()
-                .and_then(|t| TopicName::new(t).ok())
-            else {
+            if last.as_ref().is_none_or(|(t, _)| **t != forward.topic) {
+                last = std::str::from_utf8(&forward.topic)
+                    .ok()
+                    .and_then(|t| TopicName::new(t).ok())
+                    .map(|name| (&forward.topic, name));
+            }
+            let Some((_, topic)) = &last else {
                 continue;
             };
-            let Some(track) = attribute(&mut sub.tracks, &topic, offset) else {
+            let Some(track) = attribute(&mut sub.tracks, topic, offset) else {
                 continue;
             };
             if let Some(pkid) = forward.pkid {
@@ -544,7 +564,7 @@ mod tests {
     fn demand(topic: &str, messages: usize, payload: usize) -> Demand {
         let mut d = Demand::default();
         for _ in 0..messages {
-            d.add(TopicName::new(topic).unwrap(), payload);
+            d.add(topic.as_bytes(), payload);
         }
         d
     }

@@ -193,16 +193,12 @@ fn parts(packets: Vec<Packet>, max: u64) -> VecDeque<(Vec<Packet>, Demand)> {
     let mut part = Vec::new();
     let mut demand = Demand::default();
     for packet in packets {
-        if let Packet::Publish(publish, _) = &packet
-            && let Some(topic) = std::str::from_utf8(&publish.topic)
-                .ok()
-                .and_then(|t| TopicName::new(t).ok())
-        {
-            let bytes = Demand::bytes(&topic, publish.payload.len());
+        if let Packet::Publish(publish, _) = &packet {
+            let bytes = Demand::bytes(&publish.topic, publish.payload.len());
             if !part.is_empty() && demand.total() + bytes > max {
                 parts.push_back((std::mem::take(&mut part), std::mem::take(&mut demand)));
             }
-            demand.add(topic, publish.payload.len());
+            demand.add(&publish.topic, publish.payload.len());
         }
         part.push(packet);
     }
