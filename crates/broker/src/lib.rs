@@ -12,6 +12,8 @@
 //! - **Lifecycle.** The router runs on its own thread (rumqttd has no stop for it; it idles
 //!   once every link is gone). Listeners and sessions run on the gateway's runtime and end
 //!   with its shutdown token.
+//! - **Slow subscribers** cost no acknowledged message: the edge measures each one's lag
+//!   against that log and holds back the publishers that would overrun it (`edge::lag`).
 //! - **Bind and file errors** are reported at start, before anything is served.
 //!
 //! rumqttd types stay inside this crate.
@@ -165,13 +167,16 @@ impl RunningBroker {
                 tracing::warn!(listener = %listener.name, "No [[broker.acl]] rules: every client of this network listener may publish and subscribe everywhere");
             }
         }
+        let lag = Arc::new(edge::lag::LagTracker::new(&self.settings));
         let ctx = Arc::new(edge::EdgeContext::new(
             self.links.clone(),
             ingress,
             access,
             &self.settings,
             shutdown.clone(),
+            lag.clone(),
         ));
+        shutdown.spawn(publish_lag(lag, shutdown.clone()));
         for (listener, tcp, security) in self.listeners.drain(..) {
             let bind = |source| BrokerError::Bind {
                 name: listener.name.clone(),
@@ -196,6 +201,17 @@ impl std::fmt::Debug for RunningBroker {
         f.debug_struct("RunningBroker")
             .field("listeners", &self.addrs)
             .finish_non_exhaustive()
+    }
+}
+
+/// Keeps the subscriber lag gauges current.
+async fn publish_lag(lag: Arc<edge::lag::LagTracker>, shutdown: Shutdown) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    loop {
+        tokio::select! {
+            _ = every.tick() => lag.publish_metrics(),
+            () = shutdown.cancelled() => return,
+        }
     }
 }
 

@@ -37,6 +37,13 @@ pub const BROKER_MESSAGES_IN_TOTAL: &str = "fieldlink_broker_messages_in_total";
 pub const BROKER_MESSAGES_OUT_TOTAL: &str = "fieldlink_broker_messages_out_total";
 /// Counter: actions the ACLs denied; label `action`: `publish`, `subscribe`, `will`.
 pub const BROKER_ACL_DENIED_TOTAL: &str = "fieldlink_broker_acl_denied_total";
+/// Gauge: messages a subscriber has not been sent yet, for the few subscribers lagging most;
+/// label `client_id` (set back to 0 when the client leaves the top).
+pub const BROKER_SUBSCRIBER_LAG_MESSAGES: &str = "fieldlink_broker_subscriber_lag_messages";
+/// Counter: messages the router skipped for subscribers that lagged too far behind (QoS 0
+/// subscriptions, offline persistent sessions, disconnected slow subscribers); label `qos`
+/// (the subscription's).
+pub const BROKER_DROPPED_FOR_LAG_TOTAL: &str = "fieldlink_broker_dropped_for_lag_total";
 /// Counter: Modbus polls (one per poll group run); labels `device`, `result` (`ok`, `failed`).
 pub const SERIAL_POLLS_TOTAL: &str = "fieldlink_serial_polls_total";
 /// Counter: Modbus requests sent (coalesced reads and writes); label `device`.

@@ -10,6 +10,9 @@
 //! - latency p50/p99/p99.9 at a fixed 1 000 msgs/s.
 //!
 //! 64-byte payloads; the first 8 bytes carry the send time.
+//!
+//! `BENCH_CASES=<text>` runs only the cases whose name contains it (e.g.
+//! `BENCH_CASES="QoS 1 10→1"`).
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -320,6 +323,7 @@ async fn bench() {
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
+    let only = std::env::var("BENCH_CASES").unwrap_or_default();
     for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
         for publishers in [1, 10] {
             for tls in [false, true] {
@@ -328,6 +332,9 @@ async fn bench() {
                     publishers,
                     tls,
                 };
+                if !case.name().contains(&only) {
+                    continue;
+                }
                 let mut summaries = [Summary::default(), Summary::default()];
                 for _ in 0..RUNS {
                     for (b, broker) in brokers.iter().enumerate() {

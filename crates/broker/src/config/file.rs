@@ -40,6 +40,8 @@ pub struct BrokerFile {
     pub max_unauthenticated_per_address: Option<Spanned<i64>>,
     /// How long a write to a client may stay blocked before the connection is dropped.
     pub write_timeout: Option<Spanned<String>>,
+    /// How long a lagging subscriber may hold publishers back before it is disconnected.
+    pub slow_subscriber_timeout: Option<Spanned<String>>,
     /// Most MQTT 5 delayed wills kept for clients that went away.
     pub max_delayed_wills: Option<Spanned<i64>>,
     /// Most bytes of MQTT 5 delayed wills kept, topics and payloads together.

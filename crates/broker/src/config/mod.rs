@@ -63,6 +63,8 @@ pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 128;
 pub const DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS: usize = 32;
 /// How long a write to a client may stay blocked before its connection is dropped.
 pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a subscriber may hold publishers back (see `slow_subscriber_timeout`).
+pub const DEFAULT_SLOW_SUBSCRIBER_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most MQTT 5 delayed wills kept at once.
 pub const DEFAULT_MAX_DELAYED_WILLS: usize = 256;
 /// Most bytes of delayed wills kept at once.
@@ -113,6 +115,9 @@ pub struct BrokerSettings {
     /// How long a write to a client may stay blocked (a client that stops reading) before
     /// its connection is dropped.
     pub write_timeout: Duration,
+    /// How long a subscriber that lags too far behind may hold back the publishers of what it
+    /// subscribed to before it is disconnected.
+    pub slow_subscriber_timeout: Duration,
     /// Most MQTT 5 delayed wills kept at once; past it a will is published at once.
     pub max_delayed_wills: usize,
     /// Most bytes (topics and payloads) of delayed wills kept at once.
@@ -140,6 +145,7 @@ impl Default for BrokerSettings {
             max_unauthenticated: DEFAULT_MAX_UNAUTHENTICATED,
             max_unauthenticated_per_address: DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
+            slow_subscriber_timeout: DEFAULT_SLOW_SUBSCRIBER_TIMEOUT,
             max_delayed_wills: DEFAULT_MAX_DELAYED_WILLS,
             max_delayed_will_bytes: DEFAULT_MAX_DELAYED_WILL_BYTES,
             max_will_delay: DEFAULT_MAX_WILL_DELAY,

@@ -14,8 +14,8 @@ use super::{
     DEFAULT_MAX_DELAYED_WILL_BYTES, DEFAULT_MAX_DELAYED_WILLS, DEFAULT_MAX_FILTERS,
     DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_MESSAGE_RATE,
     DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
-    DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE, DEFAULT_WRITE_TIMEOUT,
-    ListenerSettings,
+    DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE,
+    DEFAULT_SLOW_SUBSCRIBER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, ListenerSettings,
 };
 
 /// Validates `[broker]`, recording every mistake in `c`.
@@ -48,7 +48,7 @@ pub fn settings(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             1024..=256 * MIB,
         )
         .unwrap_or(DEFAULT_SEGMENT_SIZE),
-        segment_count: int(c, "broker.segment_count", &file.segment_count, 1..=1000)
+        segment_count: int(c, "broker.segment_count", &file.segment_count, 2..=1000)
             .unwrap_or(DEFAULT_SEGMENT_COUNT),
         // rumqttd holds it in a u16 of milliseconds.
         connect_timeout: duration(
@@ -101,6 +101,13 @@ pub fn settings(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             &file.write_timeout,
             Duration::from_millis(100)..=Duration::from_secs(3600),
             DEFAULT_WRITE_TIMEOUT,
+        ),
+        slow_subscriber_timeout: duration(
+            c,
+            "broker.slow_subscriber_timeout",
+            &file.slow_subscriber_timeout,
+            Duration::from_millis(100)..=Duration::from_secs(3600),
+            DEFAULT_SLOW_SUBSCRIBER_TIMEOUT,
         ),
         max_delayed_wills: int(
             c,

@@ -240,6 +240,7 @@ pub(crate) async fn connect(
     };
     let mut out = BytesMut::new();
     let connack: Option<Packet> = connack.into();
+    let session_present = matches!(&connack, Some(Packet::ConnAck(ack, _)) if ack.session_present);
     let connack = connack.map(|packet| match (codec, packet) {
         (Codec::V5, Packet::ConnAck(ack, props)) => {
             Packet::ConnAck(ack, Some(announce(props, ctx, assigned)))
@@ -277,6 +278,8 @@ pub(crate) async fn connect(
         link_rx,
         ctx: ctx.clone(),
         permit,
+        persistent: !clean,
+        session_present,
     }))
 }
 

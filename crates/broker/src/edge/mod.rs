@@ -16,10 +16,14 @@
 //!   publishes made durable by ingress before the router (and so the PUBACK) sees them,
 //!   inbound QoS 2 ended at the edge and writes under a timeout.
 //! - [`rate`]: the per-client message rate.
+//! - [`lag`]: each subscriber's lag; publishes that would overrun a lagging QoS 1/2
+//!   subscriber wait instead of being dropped by the router, and a stuck subscriber is
+//!   disconnected.
 
 mod admission;
 mod codec;
 pub(crate) mod handshake;
+pub(crate) mod lag;
 mod rate;
 pub(crate) mod session;
 pub(crate) mod transport;
@@ -77,6 +81,10 @@ pub(crate) struct EdgeContext {
     max_will_delay: Duration,
     pub(crate) shutdown: Shutdown,
     auto_ids: AtomicU64,
+    /// Every subscriber's lag: publishes wait for room in it.
+    pub(crate) lag: Arc<lag::LagTracker>,
+    /// Numbers the connections (a session taken over keeps its key, not its number).
+    connection_ids: AtomicU64,
 }
 
 impl EdgeContext {
@@ -86,6 +94,7 @@ impl EdgeContext {
         access: Arc<Access>,
         settings: &crate::config::BrokerSettings,
         shutdown: Shutdown,
+        lag: Arc<lag::LagTracker>,
     ) -> Self {
         Self {
             links,
@@ -112,6 +121,8 @@ impl EdgeContext {
             max_will_delay: settings.max_will_delay,
             shutdown,
             auto_ids: AtomicU64::new(1),
+            lag,
+            connection_ids: AtomicU64::new(1),
         }
     }
 
@@ -209,6 +220,11 @@ impl EdgeContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// A number for this connection.
+    pub(crate) fn next_connection_id(&self) -> u64 {
+        self.connection_ids.fetch_add(1, Ordering::Relaxed)
+    }
+
     /// A number for a client id the broker assigns.
     pub(crate) fn next_auto_id(&self) -> u64 {
         self.auto_ids.fetch_add(1, Ordering::Relaxed)
@@ -251,7 +267,9 @@ pub(crate) mod metric {
     pub(crate) use fieldlink_core::metrics::{
         BROKER_ACL_DENIED_TOTAL as ACL_DENIED_TOTAL, BROKER_CONNECTIONS as CONNECTIONS,
         BROKER_CONNECTIONS_TOTAL as CONNECTIONS_TOTAL,
+        BROKER_DROPPED_FOR_LAG_TOTAL as DROPPED_FOR_LAG_TOTAL,
         BROKER_MESSAGES_IN_TOTAL as MESSAGES_IN_TOTAL,
         BROKER_MESSAGES_OUT_TOTAL as MESSAGES_OUT_TOTAL, BROKER_REFUSED_TOTAL as REFUSED_TOTAL,
+        BROKER_SUBSCRIBER_LAG_MESSAGES as SUBSCRIBER_LAG_MESSAGES,
     };
 }

@@ -19,6 +19,10 @@
 //! **Writes never hold the session.** Each write to the client has `write_timeout` (and the
 //! keep-alive deadline, and shutdown) over it: a client that stops reading loses its
 //! connection instead of holding its slot. The rate limit's pause only stops reading.
+//!
+//! **Slow subscribers cost no acknowledged message.** A batch whose publishes would overrun a
+//! lagging QoS 1/2 subscriber (see [`super::lag`]) waits before the router: the session stops
+//! reading meanwhile (its PUBACKs wait too), and still delivers to its client.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -38,6 +42,7 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use super::admission::Ticket;
 use super::codec::{self, Codec, FrameError};
 use super::handshake;
+use super::lag::{Admission, Demand, Forwarded};
 use super::rate::RateLimit;
 use super::{EdgeContext, FilterRefused, Stream, metric};
 use crate::access::SessionAcl;
@@ -111,6 +116,10 @@ pub(crate) struct Admitted {
     pub(crate) link_rx: LinkRx,
     pub(crate) ctx: Arc<EdgeContext>,
     pub(crate) permit: tokio::sync::OwnedSemaphorePermit,
+    /// The client asked for a session that outlives the connection.
+    pub(crate) persistent: bool,
+    /// The router kept the session from an earlier connection.
+    pub(crate) session_present: bool,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -148,6 +157,55 @@ pub(crate) struct Session {
     delivered: u64,
     /// When the client was last heard from.
     last_heard: Instant,
+    /// This connection's number (the lag tracker's, see [`super::lag`]).
+    conn: u64,
+    /// Cancelled when this client, as a subscriber, is stuck too long.
+    kick: tokio_util::sync::CancellationToken,
+    /// Filters of SUBSCRIBEs sent to the router, by packet id, with their QoS: measured once
+    /// granted.
+    subscribing: HashMap<u16, Vec<(String, u8)>>,
+    /// Forwards received since the lag tracker was last told.
+    forwarded: Vec<Forwarded>,
+    /// Forwards the client acknowledged since the lag tracker was last told.
+    acked: Vec<u16>,
+}
+
+/// A batch whose publishes are durable, going to the router a part at a time as lagging
+/// subscribers' logs have room; the front part waits.
+struct Held {
+    parts: VecDeque<(Vec<Packet>, Demand)>,
+    /// `false` when the batch ended with the client's DISCONNECT.
+    open: bool,
+}
+
+impl Held {
+    /// What the front part waits for.
+    fn waiting(&self) -> Option<&Demand> {
+        self.parts.front().map(|(_, demand)| demand)
+    }
+}
+
+/// A batch cut into parts of at most `max` bytes of publishes (as the router's log counts
+/// them) each, in order, with what each adds to the logs: one part never needs more room
+/// than a lagging subscriber can be given.
+fn parts(packets: Vec<Packet>, max: u64) -> VecDeque<(Vec<Packet>, Demand)> {
+    let mut parts = VecDeque::new();
+    let mut part = Vec::new();
+    let mut demand = Demand::default();
+    for packet in packets {
+        if let Packet::Publish(publish, _) = &packet {
+            let bytes = Demand::bytes(&publish.topic, publish.payload.len());
+            if !part.is_empty() && demand.total() + bytes > max {
+                parts.push_back((std::mem::take(&mut part), std::mem::take(&mut demand)));
+            }
+            demand.add(&publish.topic, publish.payload.len());
+        }
+        part.push(packet);
+    }
+    if !part.is_empty() {
+        parts.push_back((part, demand));
+    }
+    parts
 }
 
 /// Reads into `buf`, at most until it holds `limit` bytes; never resolves while it is full
@@ -224,6 +282,14 @@ const MAX_WRITE_BATCH: usize = 256 * 1024;
 impl Session {
     pub(crate) fn new(admitted: Admitted) -> Self {
         let rate = RateLimit::new(admitted.ctx.max_message_rate);
+        let conn = admitted.ctx.next_connection_id();
+        let kick = admitted.ctx.lag.connected(
+            &admitted.key,
+            &admitted.client_id,
+            conn,
+            admitted.persistent,
+            admitted.session_present,
+        );
         Self {
             codec: admitted.codec,
             client_id: admitted.client_id,
@@ -244,11 +310,18 @@ impl Session {
             rate,
             delivered: 0,
             last_heard: Instant::now(),
+            conn,
+            kick,
+            subscribing: HashMap::new(),
+            forwarded: Vec::new(),
+            acked: Vec::new(),
         }
     }
 
     async fn run(mut self, mut io: Box<dyn Stream>, mut buf: BytesMut) -> End {
         let end = self.pump(&mut io, &mut buf).await;
+        // Gone: holds nobody back any more.
+        self.ctx.lag.disconnected(&self.key, self.conn);
         match &end {
             End::Lost(why) => tracing::debug!(client_id = %self.client_id, %why, "Connection lost"),
             End::RouterEnded(why) => {
@@ -308,6 +381,7 @@ impl Session {
         let result = tokio::select! {
             written = tokio::time::timeout_at(deadline.into(), io.write_all(out)) => written,
             () = self.ctx.shutdown.cancelled() => return Err(End::Shutdown),
+            () = self.kick.cancelled() => return Err(End::Lost(TOO_SLOW.into())),
         };
         out.clear();
         match result {
@@ -335,7 +409,7 @@ impl Session {
                     }
                     let mut storing = VecDeque::new();
                     self.queue(batch, &mut storing);
-                    if let Some(end) = self.finish(&mut storing, io, &mut out).await {
+                    if let Some(end) = self.finish(&mut None, &mut storing, io, &mut out).await {
                         return end;
                     }
                 }
@@ -348,33 +422,42 @@ impl Session {
         let mut storing: VecDeque<Storing> = VecDeque::new();
         // Set while the client is over its message rate: reading waits, nothing else does.
         let mut paused: Option<tokio::time::Instant> = None;
+        // A durable batch waiting for room in a lagging subscriber's log: nothing is read, and
+        // no later batch goes to the router, until it has gone.
+        let mut held: Option<Held> = None;
+        let lag = self.ctx.lag.clone();
         loop {
             let deadline = tokio::time::Instant::from_std(self.last_heard + self.keep_alive);
+            let waiting = held.as_ref().and_then(Held::waiting);
             tokio::select! {
-                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING && paused.is_none() && !self.backlogged() => match read {
+                read = read_more(io, buf), if storing.len() < MAX_BATCHES_STORING && paused.is_none() && waiting.is_none() && !self.backlogged() => match read {
                     // What was read before goes on first (a DISCONNECT among it included).
                     Ok(0) => {
                         return self
-                            .finish(&mut storing, io, &mut out)
+                            .finish(&mut held, &mut storing, io, &mut out)
                             .await
                             .unwrap_or(End::Lost("closed by the client".into()));
                     }
                     Err(e) => {
                         return self
-                            .finish(&mut storing, io, &mut out)
+                            .finish(&mut held, &mut storing, io, &mut out)
                             .await
                             .unwrap_or(End::Lost(e.to_string()));
                     }
                     Ok(_) => {
                         self.last_heard = Instant::now();
                         let batch = self.inbound(buf, &mut out);
+                        if !self.acked.is_empty() {
+                            lag.acked(&self.key, self.conn, &self.acked);
+                            self.acked.clear();
+                        }
                         if let Err(end) = self.send(io, &mut out).await {
                             return end;
                         }
                         match batch {
                             Err(why) => return End::Lost(why),
                             Ok(batch) if batch.to_store.is_empty() && storing.is_empty() => {
-                                if let Some(end) = self.release(batch, io, &mut out).await {
+                                if let Some(end) = self.release(batch, &mut held, io, &mut out).await {
                                     return end;
                                 }
                             }
@@ -388,7 +471,27 @@ impl Session {
                     // The client was not read meanwhile: its silence is ours.
                     self.last_heard = Instant::now();
                 }
-                stored = durable(&mut storing) => {
+                () = async {
+                    match waiting {
+                        Some(demand) => lag.admit(demand).await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    // The front part is admitted: its bytes count against the subscribers it
+                    // matches.
+                    let Some(Held { mut parts, open }) = held.take() else { continue };
+                    // The client was not read meanwhile: its silence is ours.
+                    self.last_heard = Instant::now();
+                    let Some((packets, _)) = parts.pop_front() else { continue };
+                    if let Err(why) = self.forward(packets).await {
+                        let _ = self.send(io, &mut out).await;
+                        return End::Lost(why);
+                    }
+                    if let Some(end) = self.release_parts(parts, open, &mut held, io, &mut out).await {
+                        return end;
+                    }
+                }
+                stored = durable(&mut storing), if waiting.is_none() => {
                     let Some(Storing { batch, .. }) = storing.pop_front() else { continue };
                     if let Err(e) = stored {
                         tracing::warn!(client_id = %self.client_id, error = %e, "Publishes not stored; the client will send them again");
@@ -396,7 +499,7 @@ impl Session {
                         let _ = self.send(io, &mut out).await;
                         return End::Lost(format!("outbox refused: {e}"));
                     }
-                    if let Some(end) = self.release(batch, io, &mut out).await {
+                    if let Some(end) = self.release(batch, &mut held, io, &mut out).await {
                         return end;
                     }
                 }
@@ -420,6 +523,11 @@ impl Session {
                             metrics::counter!(metric::MESSAGES_OUT_TOTAL)
                                 .increment(std::mem::take(&mut self.delivered));
                         }
+                        // Out of the router's log: room for the publishers it held back.
+                        if !self.forwarded.is_empty() {
+                            lag.forwarded(&self.key, self.conn, &self.forwarded);
+                            self.forwarded.clear();
+                        }
                         if let Err(end) = self.send(io, &mut out).await {
                             return end;
                         }
@@ -429,10 +537,11 @@ impl Session {
                     // id over.
                     Err(e) => return End::RouterEnded(format!("router link closed: {e}")),
                 },
-                () = tokio::time::sleep_until(deadline), if paused.is_none() => return End::Lost("keep-alive timeout".into()),
+                () = tokio::time::sleep_until(deadline), if paused.is_none() && waiting.is_none() => return End::Lost("keep-alive timeout".into()),
+                () = self.kick.cancelled() => return End::Lost(TOO_SLOW.into()),
                 () = self.ctx.shutdown.cancelled() => {
                     // Sessions finish what they were storing before they close.
-                    return self.finish(&mut storing, io, &mut out).await.unwrap_or(End::Shutdown);
+                    return self.finish(&mut held, &mut storing, io, &mut out).await.unwrap_or(End::Shutdown);
                 }
             }
         }
@@ -460,10 +569,16 @@ impl Session {
     /// the session (a DISCONNECT, a refusal).
     async fn finish(
         &mut self,
+        held: &mut Option<Held>,
         storing: &mut VecDeque<Storing>,
         io: &mut Box<dyn Stream>,
         out: &mut BytesMut,
     ) -> Option<End> {
+        if let Some(Held { parts, open }) = held.take()
+            && let Some(end) = self.hand_over(parts, open, io, out).await
+        {
+            return Some(end);
+        }
         while !storing.is_empty() {
             let stored = durable(storing).await;
             let Some(Storing { batch, .. }) = storing.pop_front() else {
@@ -473,26 +588,70 @@ impl Session {
                 tracing::warn!(client_id = %self.client_id, error = %e, "Publishes not stored; the client will send them again");
                 return Some(End::Lost(format!("outbox refused: {e}")));
             }
-            if let Some(end) = self.release(batch, io, out).await {
+            let parts = parts(batch.to_router, self.ctx.lag.part_bytes());
+            if let Some(end) = self.hand_over(parts, batch.open, io, out).await {
                 return Some(end);
             }
         }
         None
     }
 
-    /// Hands a batch whose publishes are durable to the router; `Some` when the session ends
-    /// (the client said goodbye, or the router link failed).
+    /// Hands a batch whose publishes are durable to the router if the subscribers it matches
+    /// have room for it, else holds it in `held`; `Some` when the session ends.
     async fn release(
         &mut self,
         batch: Batch,
+        held: &mut Option<Held>,
         io: &mut Box<dyn Stream>,
         out: &mut BytesMut,
     ) -> Option<End> {
-        if let Err(why) = self.forward(batch.to_router).await {
-            let _ = self.send(io, out).await;
-            return Some(End::Lost(why));
+        let parts = parts(batch.to_router, self.ctx.lag.part_bytes());
+        self.release_parts(parts, batch.open, held, io, out).await
+    }
+
+    /// Hands parts to the router while they are admitted; the first that is not waits in
+    /// `held` with the rest.
+    async fn release_parts(
+        &mut self,
+        mut parts: VecDeque<(Vec<Packet>, Demand)>,
+        open: bool,
+        held: &mut Option<Held>,
+        io: &mut Box<dyn Stream>,
+        out: &mut BytesMut,
+    ) -> Option<End> {
+        while let Some((_, demand)) = parts.front() {
+            if let Admission::Held { .. } = self.ctx.lag.try_admit(demand) {
+                *held = Some(Held { parts, open });
+                return None;
+            }
+            let Some((packets, _)) = parts.pop_front() else {
+                break;
+            };
+            if let Err(why) = self.forward(packets).await {
+                let _ = self.send(io, out).await;
+                return Some(End::Lost(why));
+            }
         }
-        (!batch.open).then_some(End::Graceful)
+        (!open).then_some(End::Graceful)
+    }
+
+    /// Hands parts to the router, each once admitted (waiting as long as it takes); `Some`
+    /// when the session ends (the client said goodbye, or the router link failed).
+    async fn hand_over(
+        &mut self,
+        parts: VecDeque<(Vec<Packet>, Demand)>,
+        open: bool,
+        io: &mut Box<dyn Stream>,
+        out: &mut BytesMut,
+    ) -> Option<End> {
+        for (packets, demand) in parts {
+            self.ctx.lag.admit(&demand).await;
+            if let Err(why) = self.forward(packets).await {
+                let _ = self.send(io, out).await;
+                return Some(End::Lost(why));
+            }
+        }
+        (!open).then_some(End::Graceful)
     }
 
     /// Unacknowledged inbound QoS 1 and 2 publishes.
@@ -627,6 +786,20 @@ impl Session {
                     break;
                 }
                 Packet::Connect(..) => return Err("second CONNECT".into()),
+                Packet::PubAck(ref ack, _) => {
+                    self.acked.push(ack.pkid);
+                    to_router.push(packet);
+                }
+                Packet::PubRec(ref rec, _) => {
+                    self.acked.push(rec.pkid);
+                    to_router.push(packet);
+                }
+                Packet::Unsubscribe(ref unsubscribe, _) => {
+                    for filter in &unsubscribe.filters {
+                        self.ctx.lag.unsubscribed(&self.key, self.conn, filter);
+                    }
+                    to_router.push(packet);
+                }
                 other => to_router.push(other),
             }
         }
@@ -726,6 +899,13 @@ impl Session {
         if codes.iter().any(Option::is_some) {
             self.held_back.insert(pkid, codes);
         }
+        self.subscribing.insert(
+            pkid,
+            allowed
+                .iter()
+                .map(|f| (f.path.clone(), f.qos as u8))
+                .collect(),
+        );
         Some(Subscribe {
             pkid,
             filters: allowed,
@@ -747,9 +927,30 @@ impl Session {
                 Some(End::RouterEnded("disconnected by the router".into()))
             }
             other => {
+                let forwarded = match &other {
+                    Notification::Forward(forward) => {
+                        let publish = &forward.publish;
+                        Some(Forwarded {
+                            topic: publish.topic.clone(),
+                            cursor: forward.cursor,
+                            bytes: (4 + publish.topic.len() + publish.payload.len()) as u64,
+                            pkid: None,
+                        })
+                    }
+                    _ => None,
+                };
+                let start = out.len();
                 let packet: Option<Packet> = other.into();
                 match packet {
                     Some(Packet::SubAck(mut ack, properties)) => {
+                        // What the router granted is measured from now on.
+                        if let Some(filters) = self.subscribing.remove(&ack.pkid) {
+                            for ((filter, _), code) in filters.iter().zip(&ack.return_codes) {
+                                if let Some(qos) = granted_qos(code) {
+                                    self.ctx.lag.subscribed(&self.key, self.conn, filter, qos);
+                                }
+                            }
+                        }
                         if let Some(codes) = self.held_back.remove(&ack.pkid) {
                             let mut granted = ack.return_codes.into_iter();
                             ack.return_codes = codes
@@ -783,6 +984,13 @@ impl Session {
                             self.delivered += 1;
                         }
                         self.write(packet, out);
+                        if let Some(mut forwarded) = forwarded {
+                            // rumqttd keeps a forward's packet id private: read it back from
+                            // the bytes.
+                            forwarded.pkid = codec::publish_qos_pkid(&out[start..])
+                                .and_then(|(qos, pkid)| (qos > 0).then_some(pkid));
+                            self.forwarded.push(forwarded);
+                        }
                     }
                     None => {}
                 }
@@ -801,6 +1009,20 @@ impl Session {
         if self.codec == Codec::V5 {
             self.write(Packet::Disconnect(Disconnect { reason_code }, None), out);
         }
+    }
+}
+
+/// Why a stuck subscriber's connection ends.
+const TOO_SLOW: &str = "lagged behind for longer than broker.slow_subscriber_timeout: disconnected";
+
+/// The QoS a SUBACK code grants, if it grants one.
+fn granted_qos(code: &SubscribeReasonCode) -> Option<u8> {
+    match code {
+        SubscribeReasonCode::QoS0 => Some(0),
+        SubscribeReasonCode::QoS1 => Some(1),
+        SubscribeReasonCode::QoS2 => Some(2),
+        SubscribeReasonCode::Success(qos) => Some(*qos as u8),
+        _ => None,
     }
 }
 
