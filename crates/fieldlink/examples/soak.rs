@@ -204,7 +204,7 @@ fn modbus_peer(port: u16) -> Child {
     let python =
         std::env::var("FIELDLINK_PYTHON").unwrap_or_else(|_| "target/pyenv/bin/python".to_owned());
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../serial/tests/peers/modbus_peer.py");
-    let mut child = Command::new(python)
+    let child = Command::new(python)
         .arg(script)
         .args(["tcp", &port.to_string()])
         .stdin(Stdio::piped())
@@ -212,8 +212,8 @@ fn modbus_peer(port: u16) -> Child {
         .stderr(Stdio::null())
         .spawn()
         .expect("the Python venv with pymodbus (scripts/test makes it)");
+    // Its stdin stays open with the child: at EOF the peer quits.
     wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20));
-    let _ = child.stdin.take();
     child
 }
 
