@@ -65,6 +65,7 @@ use std::sync::Arc;
 
 use fieldlink_core::ports::{Backlog, LocalBus};
 use fieldlink_core::shutdown::Shutdown;
+use fieldlink_core::tls::{FileKeys, KeyResolver};
 pub use fieldlink_core::uplink_state::UplinkState;
 use tokio::sync::watch;
 
@@ -115,7 +116,32 @@ impl Uplink {
         shutdown: Shutdown,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, UplinkError> {
-        let connector = Connector::new(&settings, runtime_dir, resolver)?;
+        Self::start_with_keys(
+            settings,
+            backlog,
+            bus,
+            runtime_dir,
+            shutdown,
+            resolver,
+            Arc::new(FileKeys),
+        )
+    }
+
+    /// [`Uplink::start_with_resolver`], with the mutual-TLS key (`uplink.key_file` or
+    /// `uplink.key_uri`) resolved by `keys`: the binary passes one that reaches PKCS#11 tokens.
+    /// The key is resolved again for each connection attempt, so a token that goes away makes
+    /// attempts fail ("hardware key unavailable: …", retried with the usual backoff) until it
+    /// is back.
+    pub fn start_with_keys(
+        settings: UplinkSettings,
+        backlog: Arc<dyn Backlog>,
+        bus: Arc<dyn LocalBus>,
+        runtime_dir: &Path,
+        shutdown: Shutdown,
+        resolver: Arc<dyn Resolve>,
+        keys: Arc<dyn KeyResolver>,
+    ) -> Result<Self, UplinkError> {
+        let connector = Connector::new(&settings, runtime_dir, resolver, keys)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
         let drain = Drain::new(settings, backlog, bus, connector, status_tx);
         let task = shutdown.spawn(drain.run(shutdown.clone()));

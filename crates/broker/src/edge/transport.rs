@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use fieldlink_core::fault::Fault;
-use fieldlink_core::tls::{FileKey, TlsError, TlsPolicy, read_certs, read_crls, read_psk_file};
+use fieldlink_core::tls::{KeyResolver, TlsError, TlsPolicy, read_certs, read_crls, read_psk_file};
 use rustls::RootCertStore;
 use rustls::server::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -71,7 +71,11 @@ type SetupError = SecurityError;
 
 impl Security {
     /// Loads every file the listener needs, so that a mistake is an error at start.
-    pub(crate) fn prepare(listener: &ListenerSettings) -> Result<Self, SetupError> {
+    /// Keys are resolved by `keys` (a file, or a token through `fieldlink-keys`).
+    pub(crate) fn prepare(
+        listener: &ListenerSettings,
+        keys: Arc<dyn KeyResolver>,
+    ) -> Result<Self, SetupError> {
         let policy = TlsPolicy {
             min_version: listener.min_tls_version,
             stale_crl: match &listener.tls {
@@ -85,6 +89,7 @@ impl Security {
                 let server = RustlsServer {
                     policy,
                     tls: listener.tls.clone(),
+                    keys,
                     current: RwLock::new(None),
                 };
                 server.reload()?;
@@ -106,6 +111,7 @@ impl Security {
 pub(crate) struct RustlsServer {
     policy: TlsPolicy,
     tls: ListenerTls,
+    keys: Arc<dyn KeyResolver>,
     current: RwLock<Option<Loaded>>,
 }
 
@@ -133,16 +139,9 @@ impl RustlsServer {
 
     fn reload(&self) -> Result<(), SetupError> {
         let stamps = stamps(self.crl_files());
-        let (cert_file, key_file) = match &self.tls {
-            ListenerTls::ServerAuth {
-                cert_file,
-                key_file,
-            }
-            | ListenerTls::Mutual {
-                cert_file,
-                key_file,
-                ..
-            } => (cert_file, key_file),
+        let (cert_file, key) = match &self.tls {
+            ListenerTls::ServerAuth { cert_file, key }
+            | ListenerTls::Mutual { cert_file, key, .. } => (cert_file, key),
             _ => return Err(SecurityError::NotRustls),
         };
         let chain = read_certs(cert_file)?;
@@ -180,9 +179,9 @@ impl RustlsServer {
             }
             _ => None,
         };
-        let config = self
-            .policy
-            .listener_config(chain, &FileKey(key_file.clone()), clients)?;
+        let config =
+            self.policy
+                .listener_config(chain, self.keys.resolve(key)?.as_ref(), clients)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Loaded {
             config: Arc::new(config),
             stamps,

@@ -446,7 +446,7 @@ fn a_mutual_tls_listener_is_read_into_settings() {
         l.tls,
         ListenerTls::Mutual {
             cert_file: "/b.pem".into(),
-            key_file: "/b.key".into(),
+            key: fieldlink_core::tls::KeyRef::File("/b.key".into()),
             ca_file: "/ca.pem".into(),
             crl_files: vec!["/ca.crl".into()],
             stale_crl: fieldlink_core::crl::StaleCrl::Warn,
@@ -482,7 +482,7 @@ fn an_uplink_section_is_read_into_settings() {
         UplinkTls::Mutual {
             ca_file: Some(PathBuf::from("/etc/fl/ca.pem")),
             cert_file: PathBuf::from("/etc/fl/c.pem"),
-            key_file: PathBuf::from("/etc/fl/c.key"),
+            key: fieldlink_core::tls::KeyRef::File(PathBuf::from("/etc/fl/c.key")),
         }
     );
     assert_eq!(uplink.min_tls_version, MinTlsVersion::Tls13);
