@@ -82,8 +82,12 @@ impl Tokens {
             problem: e.to_string(),
         };
         let mut out = Vec::new();
-        for slot in context.get_slots_with_token().map_err(module_error)? {
-            // A slot emptied between the two calls is simply not listed.
+        for slot in context
+            .get_slots_with_initialized_token()
+            .map_err(module_error)?
+        {
+            // Uninitialised tokens (SoftHSM2 always offers one more) hold no keys: not listed. A
+            // slot emptied between the two calls is simply not listed either.
             if let Ok(info) = context.get_token_info(slot) {
                 out.push((
                     slot,

@@ -8,7 +8,8 @@
 //! - [`MemoryBacklog`]: the queue's backlog contract in memory (for the uplink's tests);
 //! - [`metrics::metric_values`]: what a metrics recorder saw;
 //! - [`Proxy`]: a TCP proxy that black-holes or throttles, and [`SilentAddress`], an address
-//!   whose connection attempts hang.
+//!   whose connection attempts hang;
+//! - [`SoftHsm`]: a SoftHSM2 token made at test time, for keys in PKCS#11 tokens.
 
 mod backlog;
 mod bus;
@@ -16,6 +17,7 @@ pub mod certs;
 pub mod metrics;
 mod mosquitto;
 mod proxy;
+mod softhsm;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -25,6 +27,7 @@ pub use backlog::{BacklogStats, MemoryBacklog};
 pub use bus::RecordingBus;
 pub use mosquitto::Mosquitto;
 pub use proxy::{Proxy, SilentAddress};
+pub use softhsm::{SOFTHSM_MODULE, SoftHsm};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
 pub fn free_port() -> u16 {
