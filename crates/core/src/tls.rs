@@ -57,14 +57,12 @@ pub enum TlsError {
     Verifier(#[from] rustls::client::VerifierBuilderError),
     /// A key in a hardware token cannot be used now: the module, the token, the PIN or the
     /// key is missing or refused (the message says which), or the token went away.
-    #[error("hardware key unavailable: {key}: {problem}. Hint: {hint}")]
+    #[error("hardware key unavailable: {key}: {problem}")]
     KeyUnavailable {
         /// The key's `pkcs11:` URI (it never holds a PIN).
         key: String,
-        /// What is wrong.
+        /// What is wrong, and what to do about it.
         problem: String,
-        /// What to do.
-        hint: &'static str,
     },
     /// The certificate is not the one of the key: its public key is another.
     #[error("the certificate does not match the private key {key}. Hint: {hint}")]
@@ -243,8 +241,7 @@ impl KeyResolver for FileKeys {
             KeyRef::File(path) => Ok(Arc::new(FileKey(path.clone()))),
             KeyRef::Pkcs11(uri) => Err(TlsError::KeyUnavailable {
                 key: uri.clone(),
-                problem: "PKCS#11 keys are not available here".into(),
-                hint: "this component was started without a PKCS#11 key resolver",
+                problem: "this component was started without a PKCS#11 key resolver".into(),
             }),
         }
     }

@@ -109,85 +109,186 @@ impl Bench {
     }
 }
 
+/// A cloud mosquitto requiring a client certificate from the gateway CA, an observer of
+/// `cloud/#` on its plain port, and `gateway.toml` with the uplink's key in the token.
+struct Cloud {
+    broker: Option<Mosquitto>,
+    extra: String,
+    observed: PathBuf,
+    observer: Child,
+    local: u16,
+}
+
+impl Cloud {
+    fn new(bench: &Bench) -> Self {
+        let client_cert = bench.provision("uplink", "gw-7", "gw-7.example");
+        let cloud_ca = TestCa::new("cloud CA");
+        let server = cloud_ca.issue("cloud", &["localhost"]);
+        let cloud_ca_file = write(bench.dir.path(), "cloud-ca.pem", cloud_ca.pem());
+        let server_cert = write(bench.dir.path(), "server.pem", &server.cert_pem);
+        let server_key = write(bench.dir.path(), "server.key", &server.key_pem);
+        let tls = free_port();
+        // The cloud trusts the gateway CA only, and names the client by its certificate.
+        let extra = format!(
+            "listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
+             require_certificate true\nuse_identity_as_username true\n",
+            bench.ca.display(),
+            server_cert.display(),
+            server_key.display()
+        );
+        let broker = Mosquitto::start(&extra);
+        wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(10));
+        let observed = bench.path("observed.txt");
+        let observer = Command::new("mosquitto_sub")
+            .args(["-h", "127.0.0.1", "-p", &broker.addr().port().to_string()])
+            .args(["-t", "cloud/#", "-q", "1", "-v", "-c", "-i", "observer"])
+            .stdout(std::fs::File::create(&observed).unwrap())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let local = free_port();
+        write(
+            bench.dir.path(),
+            "gateway.toml",
+            &format!(
+                "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
+                 [[broker.listeners]]\nport = {local}\n\
+                 [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
+                 [uplink]\nhost = \"localhost\"\nport = {tls}\nclient_id = \"gw-7\"\n\
+                 tls = \"mutual\"\nca_file = \"{cloud_ca}\"\ncert_file = \"{cert}\"\n\
+                 key_uri = \"{uri}\"\ntopic_prefix = \"cloud/\"\n\
+                 reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n{keys}",
+                data = bench.path("data").display(),
+                cloud_ca = cloud_ca_file.display(),
+                cert = client_cert.display(),
+                uri = Bench::key_uri("uplink"),
+                keys = bench.keys_section(),
+            ),
+        );
+        Self {
+            broker: Some(broker),
+            extra,
+            observed,
+            observer,
+            local,
+        }
+    }
+
+    fn log(&self) -> String {
+        self.broker.as_ref().map(Mosquitto::log).unwrap_or_default()
+    }
+
+    /// Publishes `payload` on the gateway's `site/boiler` until the cloud has it.
+    fn deliver(&self, bench: &Bench, payload: &str) {
+        let start = Instant::now();
+        loop {
+            let status = Command::new("mosquitto_pub")
+                .args(["-h", "127.0.0.1", "-p", &self.local.to_string()])
+                .args(["-t", "site/boiler", "-q", "1", "-m", payload])
+                .status()
+                .unwrap();
+            assert!(status.success());
+            if self.has(payload) {
+                return;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(30),
+                "{payload} never reached the cloud; gateway log:\n{}\ncloud log:\n{}",
+                gateway_log(bench),
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    }
+
+    fn has(&self, payload: &str) -> bool {
+        std::fs::read_to_string(&self.observed)
+            .unwrap_or_default()
+            .contains(&format!("cloud/site/boiler {payload}"))
+    }
+
+    /// Stops the cloud and starts it again on the same ports: the uplink has to reconnect.
+    fn restart(&mut self) {
+        let old = self.broker.take().unwrap();
+        let port = old.addr().port();
+        old.stop();
+        self.broker = Some(Mosquitto::start_on(port, &self.extra));
+    }
+}
+
+impl Drop for Cloud {
+    fn drop(&mut self) {
+        let _ = self.observer.kill();
+        let _ = self.observer.wait();
+    }
+}
+
 #[test]
 fn a_key_born_in_the_token_carries_the_uplink_over_mutual_tls() {
     let bench = Bench::new();
-    let client_cert = bench.provision("uplink", "gw-7", "gw-7.example");
-
-    let cloud_ca = TestCa::new("cloud CA");
-    let server = cloud_ca.issue("cloud", &["localhost"]);
-    let cloud_ca_file = write(bench.dir.path(), "cloud-ca.pem", cloud_ca.pem());
-    let server_cert = write(bench.dir.path(), "server.pem", &server.cert_pem);
-    let server_key = write(bench.dir.path(), "server.key", &server.key_pem);
-    let tls = free_port();
-    // The cloud trusts the gateway CA only, and names the client by its certificate.
-    let cloud = Mosquitto::start(&format!(
-        "listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n\
-         require_certificate true\nuse_identity_as_username true\n",
-        bench.ca.display(),
-        server_cert.display(),
-        server_key.display()
-    ));
-    wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(10));
-    let observed = bench.path("observed.txt");
-    let mut observer = Command::new("mosquitto_sub")
-        .args(["-h", "127.0.0.1", "-p", &cloud.addr().port().to_string()])
-        .args(["-t", "cloud/#", "-q", "1", "-v"])
-        .stdout(std::fs::File::create(&observed).unwrap())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-
-    let local = free_port();
-    write(
-        bench.dir.path(),
-        "gateway.toml",
-        &format!(
-            "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
-             [[broker.listeners]]\nport = {local}\n\
-             [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
-             [uplink]\nhost = \"localhost\"\nport = {tls}\nclient_id = \"gw-7\"\n\
-             tls = \"mutual\"\nca_file = \"{cloud_ca}\"\ncert_file = \"{cert}\"\n\
-             key_uri = \"{uri}\"\ntopic_prefix = \"cloud/\"\n\
-             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n{keys}",
-            data = bench.path("data").display(),
-            cloud_ca = cloud_ca_file.display(),
-            cert = client_cert.display(),
-            uri = Bench::key_uri("uplink"),
-            keys = bench.keys_section(),
-        ),
-    );
+    let cloud = Cloud::new(&bench);
     let checked = bench.fieldlink("gateway.toml", &["check-config"]);
     assert!(checked.status.success(), "{}", text(&checked));
-
-    let gateway = run_gateway(&bench, "gateway.toml", local);
-    let start = Instant::now();
-    loop {
-        let status = Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &local.to_string()])
-            .args(["-t", "site/boiler", "-q", "1", "-m", "71.5"])
-            .status()
-            .unwrap();
-        assert!(status.success());
-        if std::fs::read_to_string(&observed)
-            .unwrap_or_default()
-            .contains("cloud/site/boiler 71.5")
-        {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "nothing reached the cloud; gateway log:\n{}\ncloud log:\n{}",
-            gateway_log(&bench),
-            cloud.log()
-        );
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    let gateway = run_gateway(&bench, "gateway.toml", cloud.local);
+    cloud.deliver(&bench, "71.5");
     // The cloud saw the token key's certificate: its CN became the username.
     assert!(cloud.log().contains("u'gw-7'"), "{}", cloud.log());
     stop(gateway);
-    let _ = observer.kill();
-    let _ = observer.wait();
+}
+
+#[test]
+fn the_uplink_is_degraded_while_its_token_is_away_and_recovers_without_a_restart() {
+    let bench = Bench::new();
+    let mut cloud = Cloud::new(&bench);
+    let gateway = run_gateway(&bench, "gateway.toml", cloud.local);
+    cloud.deliver(&bench, "before");
+
+    // "Unplugged": SoftHSM2's token directory moved away; the cloud restarts, so the uplink
+    // must sign a new handshake.
+    let away = bench.path("tokens-away");
+    std::fs::rename(bench.hsm.token_dir(), &away).unwrap();
+    cloud.restart();
+    let status = status_until(&bench, |s| {
+        s.contains("last error: hardware key unavailable: pkcs11:token=gw-token;object=uplink: ")
+    });
+    assert!(!status.contains("connected  "), "{status}");
+    let publish = Command::new("mosquitto_pub")
+        .args(["-h", "127.0.0.1", "-p", &cloud.local.to_string()])
+        .args(["-t", "site/boiler", "-q", "1", "-m", "while-away"])
+        .status()
+        .unwrap();
+    assert!(publish.success(), "the local broker still takes readings");
+
+    // Plugged in again: the queued reading goes out, the gateway never restarted.
+    std::fs::rename(&away, bench.hsm.token_dir()).unwrap();
+    let start = Instant::now();
+    while !cloud.has("while-away") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "nothing after the token came back; gateway log:\n{}",
+            gateway_log(&bench)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    stop(gateway);
+}
+
+/// `fieldlink status` once its text satisfies `ok`; panics after 30 s.
+fn status_until(bench: &Bench, ok: impl Fn(&str) -> bool) -> String {
+    let start = Instant::now();
+    loop {
+        let out = bench.fieldlink("gateway.toml", &["status"]);
+        let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+        if ok(&shown) {
+            return shown;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "status never got there:\n{shown}\ngateway log:\n{}",
+            gateway_log(bench)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 #[test]
@@ -272,7 +373,7 @@ fn check_config_exits_64_naming_each_token_problem() {
         (
             "missing module",
             config("/nonexistent/libpkcs11.so", &good_pin, &uri, &cert),
-            Some("\"/nonexistent/libpkcs11.so\" cannot be loaded: no such file"),
+            Some("PKCS#11 module \"/nonexistent/libpkcs11.so\" cannot be used: no such file"),
         ),
         (
             "wrong PIN",

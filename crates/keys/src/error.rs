@@ -18,7 +18,7 @@ pub enum KeyError {
     },
     /// The PKCS#11 module cannot be loaded or initialised.
     #[error(
-        "PKCS#11 module {module:?} cannot be loaded: {problem}. Hint: install it or fix [keys] module (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so; TPM: /usr/lib/<arch>/pkcs11/libtpm2_pkcs11.so)"
+        "PKCS#11 module {module:?} cannot be used: {problem}. Hint: check [keys] module (SoftHSM2: /usr/lib/softhsm/libsofthsm2.so; TPM: /usr/lib/<arch>/pkcs11/libtpm2_pkcs11.so) and that its token is plugged in"
     )]
     Module {
         /// The module's path.
@@ -122,5 +122,14 @@ impl KeyError {
             Self::Token { .. } | Self::Module { .. } | Self::NoToken { .. } => Fault::Environment,
             _ => Fault::Config,
         }
+    }
+}
+
+/// A cryptoki error in few words: the call and the PKCS#11 return value's name
+/// (`Function::Login: PinIncorrect`), not the specification's paragraph about it.
+pub(crate) fn describe(e: &cryptoki::error::Error) -> String {
+    match e {
+        cryptoki::error::Error::Pkcs11(rv, function) => format!("{function}: {rv:?}"),
+        other => other.to_string(),
     }
 }

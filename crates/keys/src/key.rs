@@ -71,6 +71,8 @@ pub struct TokenKey {
     curve: Curve,
     /// The uncompressed public point (0x04 ‖ X ‖ Y).
     point: Vec<u8>,
+    /// Set when the token failed to sign: the session is not to be trusted again.
+    failed: std::sync::atomic::AtomicBool,
     /// How errors name it.
     name: String,
 }
@@ -121,6 +123,7 @@ impl TokenKey {
             curve,
             point,
             name,
+            failed: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
@@ -138,9 +141,9 @@ impl TokenKey {
         rustls::sign::public_key_to_spki(&alg, &self.point)
     }
 
-    /// Whether the token still answers (false once it went away).
+    /// Whether the token still answers (false once it went away or failed to sign).
     pub fn is_alive(&self) -> bool {
-        self.session.is_alive()
+        !self.failed.load(std::sync::atomic::Ordering::Relaxed) && self.session.is_alive()
     }
 
     /// Signs `message` (hashed here with the curve's hash): a DER ECDSA-Sig-Value.
@@ -149,7 +152,11 @@ impl TokenKey {
         let raw = self
             .session
             .with(|s| s.sign(&Mechanism::Ecdsa, self.handle, digest.as_ref()))
-            .map_err(|e| self.session.error("C_Sign", e))?;
+            .map_err(|e| {
+                self.failed
+                    .store(true, std::sync::atomic::Ordering::Relaxed);
+                self.session.error("C_Sign", e)
+            })?;
         if raw.len() != 2 * self.curve.size() {
             return Err(self
                 .session

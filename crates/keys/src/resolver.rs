@@ -57,10 +57,25 @@ impl Pkcs11Keys {
             );
             open.remove(uri);
         }
-        let session = tokens.open(&parsed.token, parsed.serial.as_deref())?;
-        let key = Arc::new(TokenKey::find(session, &parsed, uri.to_owned())?);
-        open.insert(uri.to_owned(), key.clone());
-        Ok(key)
+        let opened = tokens
+            .open(&parsed.token, parsed.serial.as_deref())
+            .and_then(|session| TokenKey::find(session, &parsed, uri.to_owned()));
+        match opened {
+            Ok(key) => {
+                let key = Arc::new(key);
+                open.insert(uri.to_owned(), key.clone());
+                Ok(key)
+            }
+            Err(e) => {
+                if e.fault() == fieldlink_core::fault::Fault::Environment {
+                    // The token or the module failed: start afresh next time, so that a token
+                    // that comes back is found. Every key of the module is opened again.
+                    open.clear();
+                    tokens.reset();
+                }
+                Err(e)
+            }
+        }
     }
 }
 
@@ -73,7 +88,6 @@ impl KeyResolver for Pkcs11Keys {
                 Err(e) => Err(TlsError::KeyUnavailable {
                     key: uri.clone(),
                     problem: e.to_string(),
-                    hint: "`fieldlink check-config` and `fieldlink keys list` show what the token holds",
                 }),
             },
         }

@@ -65,27 +65,39 @@ impl Tokens {
         if !module.exists() {
             return Err(failed("no such file".into()));
         }
-        let context = Pkcs11::new(module).map_err(|e| failed(e.to_string()))?;
+        let context = Pkcs11::new(module).map_err(|e| failed(crate::error::describe(&e)))?;
         match context.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK)) {
             Ok(()) | Err(CkError::Pkcs11(RvError::CryptokiAlreadyInitialized, _)) => {}
-            Err(e) => return Err(failed(e.to_string())),
+            Err(e) => return Err(failed(crate::error::describe(&e))),
         }
         *slot = Some(context.clone());
         Ok(context)
     }
 
+    /// Unloads the module (C_Finalize, which ends every session), so that the next use loads
+    /// it again and sees the tokens as they are now: some modules (SoftHSM2) do not recover
+    /// from a token that went away and came back until then.
+    pub fn reset(&self) {
+        let context = self
+            .context
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        if let Some(Err(e)) = context.map(Pkcs11::finalize) {
+            tracing::debug!(error = %e, "C_Finalize failed; loading the module again anyway");
+        }
+    }
+
     /// Every token present.
     pub fn list(&self) -> Result<Vec<(Slot, TokenInfo)>, KeyError> {
         let context = self.context()?;
-        let module_error = |e: CkError| KeyError::Module {
-            module: self.settings.module.clone(),
-            problem: e.to_string(),
+        let failed = |e: CkError| KeyError::Token {
+            token: "*".into(),
+            call: "C_GetSlotList",
+            problem: crate::error::describe(&e),
         };
         let mut out = Vec::new();
-        for slot in context
-            .get_slots_with_initialized_token()
-            .map_err(module_error)?
-        {
+        for slot in context.get_slots_with_initialized_token().map_err(failed)? {
             // Uninitialised tokens (SoftHSM2 always offers one more) hold no keys: not listed. A
             // slot emptied between the two calls is simply not listed either.
             if let Ok(info) = context.get_token_info(slot) {
@@ -128,11 +140,14 @@ impl Tokens {
             move |e: CkError| KeyError::Token {
                 token: label.to_owned(),
                 call,
-                problem: e.to_string(),
+                problem: crate::error::describe(&e),
             }
         };
+        // Not closed on drop: after a reset (see `reset`) an old session's handle may be a new
+        // session's, which a late C_CloseSession would end. A session is dropped only when its
+        // token failed, or when the process ends.
         let session = context
-            .open_rw_session(slot)
+            .open_rw_session_no_drop(slot)
             .map_err(failed("C_OpenSession"))?;
         let pin = read_pin(&self.settings.pin)?;
         match session.login(UserType::User, Some(&pin)) {
@@ -167,9 +182,16 @@ impl TokenSession {
         call(&session)
     }
 
-    /// Whether the session still works (false once the token went away: its sessions closed).
+    /// Whether the session still works and is logged in: false once the token went away (its
+    /// sessions closed) or was reset (the login gone).
     pub fn is_alive(&self) -> bool {
-        self.with(|s| s.get_session_info().is_ok())
+        use cryptoki::session::SessionState;
+        self.with(|s| s.get_session_info()).is_ok_and(|info| {
+            matches!(
+                info.session_state(),
+                SessionState::RwUser | SessionState::RoUser
+            )
+        })
     }
 
     /// A failed call on this token as a [`KeyError`].
@@ -177,7 +199,7 @@ impl TokenSession {
         KeyError::Token {
             token: self.label.clone(),
             call,
-            problem: e.to_string(),
+            problem: crate::error::describe(&e),
         }
     }
 }
