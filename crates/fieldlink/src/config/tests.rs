@@ -163,6 +163,58 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["missing", "CAs that issue device certificates"],
         },
         Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+                   key_file = \"/c.key\"\nkey_uri = \"pkcs11:token=t;object=k\"\n",
+            key: "uplink.key_file",
+            line: 6,
+            words: &["both key_file and key_uri", "keep one"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+                   key_uri = \"/etc/fieldlink/c.key\"\n",
+            key: "uplink.key_uri",
+            line: 6,
+            words: &["not a pkcs11: URI", "key_file"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+                   key_uri = \"pkcs11:token=t;object=k?pin-value=4321\"\n",
+            key: "uplink.key_uri",
+            line: 6,
+            words: &["the URI carries a PIN", "pin_file"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nport = 8883\ntls = \"server-auth\"\ncert_file = \"/b.pem\"\n\
+                   key_uri = \"file:b.key\"\n",
+            key: "broker.listeners[0].key_uri",
+            line: 5,
+            words: &["not a pkcs11: URI"],
+        },
+        Case {
+            text: "[keys]\npin_file = \"/etc/fieldlink/token.pin\"\n",
+            key: "keys.module",
+            line: 1,
+            words: &["missing", "module ="],
+        },
+        Case {
+            text: "[keys]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n",
+            key: "keys.pin_file",
+            line: 1,
+            words: &["missing", "0600", "pin_credential"],
+        },
+        Case {
+            text: "[keys]\nmodule = \"/m.so\"\npin_file = \"/p\"\npin_credential = \"token-pin\"\n",
+            key: "keys.pin_file",
+            line: 3,
+            words: &["both pin_file and pin_credential"],
+        },
+        Case {
+            text: "[keys]\nmodule = \"/m.so\"\npin_credential = \"../pin\"\n",
+            key: "keys.pin_credential",
+            line: 3,
+            words: &["not a credential name", "LoadCredential="],
+        },
+        Case {
             text: "[[broker.listeners]]\nport = 8883\ntls = \"ssl3\"\n",
             key: "broker.listeners[0].tls",
             line: 3,
@@ -644,4 +696,52 @@ fn the_commented_uplink_timings_in_the_shipped_config_are_the_defaults() {
             fieldlink_uplink::config::DEFAULT_CONNECT_TIMEOUT
         )
     );
+}
+
+#[test]
+fn a_key_in_a_token_is_named_by_its_uri_and_reached_through_keys() {
+    let text = "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\n\
+                cert_file = \"/c.pem\"\nkey_uri = \"pkcs11:token=gw-token;object=uplink\"\n\
+                [keys]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\npin_credential = \"token-pin\"\n";
+    let settings = parse(text, Origin::BuiltIn).unwrap();
+    let Some(UplinkTls::Mutual { key, .. }) = settings.uplink.map(|u| u.tls) else {
+        panic!("mutual TLS expected");
+    };
+    assert_eq!(
+        key,
+        fieldlink_core::tls::KeyRef::Pkcs11("pkcs11:token=gw-token;object=uplink".into())
+    );
+    assert_eq!(
+        settings.keys.pkcs11.map(|p| p.pin),
+        Some(fieldlink_keys::config::PinSource::Credential(
+            "token-pin".into()
+        ))
+    );
+
+    // Without [keys] the token cannot be reached; a URI that names no key is refused; the PIN
+    // of a refused URI is never shown.
+    for (text, words) in [
+        (
+            "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+             key_uri = \"pkcs11:token=gw-token;object=uplink\"\n",
+            "needs [keys] module and pin_file",
+        ),
+        (
+            "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+             key_uri = \"pkcs11:token=gw-token\"\n[keys]\nmodule = \"/m.so\"\npin_file = \"/p\"\n",
+            "names no key",
+        ),
+    ] {
+        let errors = parse(text, Origin::BuiltIn).unwrap_err().to_string();
+        assert!(errors.contains("uplink.key_uri"), "{errors}");
+        assert!(errors.contains(words), "{errors}");
+    }
+    let errors = parse(
+        "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+         key_uri = \"pkcs11:token=t;object=k?pin-value=4321\"\n",
+        Origin::BuiltIn,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!errors.contains("4321"), "{errors}");
 }
