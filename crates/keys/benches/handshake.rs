@@ -6,6 +6,7 @@
 //! `cargo bench -p fieldlink-keys --bench handshake` (SoftHSM2 installed: apt softhsm2). The
 //! token is made at run time in a temporary directory; the benchmark runs itself again with
 //! `SOFTHSM2_CONF` pointing at it.
+#![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
 use std::path::PathBuf;
 use std::sync::Arc;
