@@ -345,6 +345,176 @@ fn the_brokers_mutual_tls_listener_serves_its_certificate_from_the_token() {
 }
 
 #[test]
+fn the_brokers_certificate_is_rotated_without_a_restart_and_a_bad_candidate_is_refused() {
+    let bench = Bench::new();
+    let served = bench.provision("broker", "gateway-broker", "localhost");
+    let devices = TestCa::new("devices CA");
+    let sensor = devices.issue("sensor-1", &[]);
+    let devices_ca = write(bench.dir.path(), "devices-ca.pem", devices.pem());
+    let sensor_cert = write(bench.dir.path(), "sensor.pem", &sensor.cert_pem);
+    let sensor_key = write(bench.dir.path(), "sensor.key", &sensor.key_pem);
+    let port = free_port();
+    write(
+        bench.dir.path(),
+        "gateway.toml",
+        &format!(
+            "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
+             [[broker.listeners]]\nname = \"lan\"\nport = {port}\ntls = \"mutual\"\n\
+             client_id = \"prefix\"\ncert_file = \"{cert}\"\nkey_uri = \"{uri}\"\nca_file = \"{ca}\"\n{keys}",
+            data = bench.path("data").display(),
+            cert = served.display(),
+            uri = Bench::key_uri("broker"),
+            ca = devices_ca.display(),
+            keys = bench.keys_section(),
+        ),
+    );
+    let gateway = run_gateway(&bench, "gateway.toml", port);
+    let tls_args = |command: &mut Command| {
+        command
+            .args(["-h", "localhost", "-p", &port.to_string()])
+            .arg("--cafile")
+            .arg(&bench.ca)
+            .arg("--cert")
+            .arg(&sensor_cert)
+            .arg("--key")
+            .arg(&sensor_key);
+    };
+    // A device subscribed over mutual TLS for the whole test: its session must survive.
+    let received = bench.path("received.txt");
+    let mut subscriber = Command::new("mosquitto_sub");
+    tls_args(&mut subscriber);
+    let mut subscriber = subscriber
+        .args(["-i", "sensor-1:sub", "-t", "site/#", "-v"])
+        .stdout(std::fs::File::create(&received).unwrap())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let publish = |payload: &str| {
+        let mut command = Command::new("mosquitto_pub");
+        tls_args(&mut command);
+        command
+            .args([
+                "-i",
+                "sensor-1:pub",
+                "-t",
+                "site/sensor-1/t",
+                "-q",
+                "1",
+                "-m",
+                payload,
+            ])
+            .output()
+            .unwrap()
+    };
+    let serial_served = || {
+        let out = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "openssl s_client -connect 127.0.0.1:{port} -servername localhost -CAfile {} \
+                 -cert {} -key {} </dev/null 2>/dev/null | openssl x509 -noout -serial",
+                bench.ca.display(),
+                sensor_cert.display(),
+                sensor_key.display()
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let serial_of = |path: &Path| {
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-serial", "-in"])
+            .arg(path)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    };
+    let replace = |candidate: &Path| {
+        let temp = bench.path("broker.pem.new");
+        std::fs::copy(candidate, &temp).unwrap();
+        std::fs::rename(&temp, &served).unwrap();
+    };
+    assert_eq!(serial_served(), serial_of(&served));
+    let first = serial_of(&served);
+
+    // A renewed certificate for the same token key: served from the next handshake.
+    let csr = bench.path("renew.csr");
+    ok(bench.fieldlink(
+        "keys.toml",
+        &[
+            "keys",
+            "csr",
+            "--label",
+            "broker",
+            "--subject",
+            "gateway-broker",
+            "--san",
+            "localhost",
+            "--out",
+            csr.to_str().unwrap(),
+        ],
+    ));
+    let renewed = bench.sign(&csr, "renewed.pem", None);
+    replace(&renewed);
+    let second = serial_of(&renewed);
+    assert_ne!(first, second);
+    assert_eq!(serial_served(), second, "{}", gateway_log(&bench));
+
+    // Candidates that do not fit: another key's certificate, an expired one. Refused; the
+    // renewed certificate stays in force.
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+            ])
+            .arg("-keyout")
+            .arg(bench.path("other.key"))
+            .arg("-out")
+            .arg(bench.path("other.csr"))
+            .args(["-subj", "/CN=other"]),
+    );
+    let other_key = bench.sign(&bench.path("other.csr"), "other-key.pem", None);
+    let expired = bench.sign(&csr, "expired.pem", Some("2020-01-01 00:00:00"));
+    for candidate in [other_key, expired] {
+        replace(&candidate);
+        assert_eq!(serial_served(), second, "{candidate:?}");
+        let out = publish("still-served");
+        assert!(out.status.success(), "{}\n{}", text(&out), gateway_log(&bench));
+    }
+    let log = gateway_log(&bench);
+    assert!(log.contains("does not match the private key"), "{log}");
+    assert!(log.contains("the new certificate has expired"), "{log}");
+    assert!(log.contains("the previous ones stay in force"), "{log}");
+
+    // The subscriber never lost its session: it has what was published after the rotations.
+    let out = publish("after-rotation");
+    assert!(out.status.success(), "{}", text(&out));
+    let start = Instant::now();
+    while !std::fs::read_to_string(&received)
+        .unwrap_or_default()
+        .contains("site/sensor-1/t after-rotation")
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the subscriber missed it; log:\n{}",
+            gateway_log(&bench)
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        subscriber.try_wait().unwrap().is_none(),
+        "the subscriber was dropped"
+    );
+    let _ = subscriber.kill();
+    let _ = subscriber.wait();
+    stop(gateway);
+}
+
+#[test]
 fn check_config_exits_64_naming_each_token_problem() {
     let bench = Bench::new();
     let cert = bench.provision("uplink", "gw-7", "gw-7.example");
