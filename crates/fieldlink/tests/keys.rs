@@ -483,7 +483,12 @@ fn the_brokers_certificate_is_rotated_without_a_restart_and_a_bad_candidate_is_r
         replace(&candidate);
         assert_eq!(serial_served(), second, "{candidate:?}");
         let out = publish("still-served");
-        assert!(out.status.success(), "{}\n{}", text(&out), gateway_log(&bench));
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            text(&out),
+            gateway_log(&bench)
+        );
     }
     let log = gateway_log(&bench);
     assert!(log.contains("does not match the private key"), "{log}");
