@@ -95,14 +95,24 @@ pub struct RunningBroker {
 impl RunningBroker {
     /// Starts the router, binds every listener of `settings` and loads their TLS files.
     pub fn start(settings: &BrokerSettings) -> Result<Self, BrokerError> {
+        Self::start_with_keys(settings, Arc::new(fieldlink_core::tls::FileKeys))
+    }
+
+    /// [`RunningBroker::start`], with the listeners' keys (`key_file` or `key_uri`) resolved
+    /// by `keys`: the binary passes one that reaches PKCS#11 tokens.
+    pub fn start_with_keys(
+        settings: &BrokerSettings,
+        keys: Arc<dyn fieldlink_core::tls::KeyResolver>,
+    ) -> Result<Self, BrokerError> {
         let mut listeners = Vec::with_capacity(settings.listeners.len());
         let mut addrs = Vec::with_capacity(settings.listeners.len());
         for listener in &settings.listeners {
-            let security =
-                Security::prepare(listener).map_err(|problem| BrokerError::Security {
+            let security = Security::prepare(listener, keys.clone()).map_err(|problem| {
+                BrokerError::Security {
                     name: listener.name.clone(),
                     problem,
-                })?;
+                }
+            })?;
             let bind = |source| BrokerError::Bind {
                 name: listener.name.clone(),
                 addr: listener.addr,

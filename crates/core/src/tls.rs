@@ -55,6 +55,23 @@ pub enum TlsError {
     /// The server verifier could not be built (e.g. a CRL rustls cannot parse).
     #[error("server certificate verifier: {0}")]
     Verifier(#[from] rustls::client::VerifierBuilderError),
+    /// A key in a hardware token cannot be used now: the module, the token, the PIN or the
+    /// key is missing or refused (the message says which), or the token went away.
+    #[error("hardware key unavailable: {key}: {problem}")]
+    KeyUnavailable {
+        /// The key's `pkcs11:` URI (it never holds a PIN).
+        key: String,
+        /// What is wrong, and what to do about it.
+        problem: String,
+    },
+    /// The certificate is not the one of the key: its public key is another.
+    #[error("the certificate does not match the private key {key}. Hint: {hint}")]
+    KeyMismatch {
+        /// The key (a file path or a `pkcs11:` URI).
+        key: String,
+        /// What to do.
+        hint: &'static str,
+    },
     /// A certificate, key or CRL file cannot be read or holds nothing usable.
     #[error("{path:?}: {problem}. Hint: {hint}")]
     File {
@@ -152,11 +169,82 @@ fn decode_hex(hex: &str) -> Option<Vec<u8>> {
         .collect()
 }
 
-/// Where a private key lives. Files today; a PKCS#11 token or TPM later, behind the same port,
-/// so that the key never has to leave the hardware.
+/// Where a private key lives: a file ([`FileKey`]) or a PKCS#11 token (`fieldlink-keys`), behind
+/// the same port, so that a token's key never has to leave the hardware.
 pub trait KeySource: fmt::Debug + Send + Sync {
     /// A key that signs handshakes.
     fn signing_key(&self, provider: &CryptoProvider) -> Result<Arc<dyn SigningKey>, TlsError>;
+
+    /// How errors name this key: its path or URI, never its secret.
+    fn name(&self) -> String;
+}
+
+/// `chain` with the key from `key`, refused when the end-entity certificate's public key is not
+/// the key's (a renewed certificate installed next to the old key, a key label mixed up).
+pub fn certified_key(
+    chain: Vec<CertificateDer<'static>>,
+    key: &dyn KeySource,
+    provider: &CryptoProvider,
+) -> Result<CertifiedKey, TlsError> {
+    let certified = CertifiedKey::new(chain, key.signing_key(provider)?);
+    match certified.keys_match() {
+        // A key that cannot tell its public key is checked by the peer in the handshake.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+            Ok(certified)
+        }
+        Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::KeyMismatch)) => {
+            Err(TlsError::KeyMismatch {
+                key: key.name(),
+                hint: "give the certificate issued for this key (compare their public keys with \
+                       `openssl x509 -pubkey` and `fieldlink keys list`)",
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// A private key as a component's configuration names it: `key_file` or `key_uri`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    /// A PEM file.
+    File(PathBuf),
+    /// A key in a PKCS#11 token, named by its RFC 7512 URI (`pkcs11:token=…;object=…`). The
+    /// URI names the key only: the module and the PIN come from `[keys]`.
+    Pkcs11(String),
+}
+
+impl fmt::Display for KeyRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::File(path) => write!(f, "{}", path.display()),
+            Self::Pkcs11(uri) => f.write_str(uri),
+        }
+    }
+}
+
+/// Turns the keys the configuration names into [`KeySource`]s. The binary gives each component
+/// one that reaches PKCS#11 tokens; [`FileKeys`] knows files only. Called for each new TLS
+/// configuration (each uplink connection attempt, each listener reload), so a resolver that
+/// opens tokens should keep their sessions.
+pub trait KeyResolver: fmt::Debug + Send + Sync {
+    /// The key source for `key`.
+    fn resolve(&self, key: &KeyRef) -> Result<Arc<dyn KeySource>, TlsError>;
+}
+
+/// Resolves key files; refuses a PKCS#11 URI (it needs the resolver `crates/fieldlink` wires).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct FileKeys;
+
+impl KeyResolver for FileKeys {
+    fn resolve(&self, key: &KeyRef) -> Result<Arc<dyn KeySource>, TlsError> {
+        match key {
+            KeyRef::File(path) => Ok(Arc::new(FileKey(path.clone()))),
+            KeyRef::Pkcs11(uri) => Err(TlsError::KeyUnavailable {
+                key: uri.clone(),
+                problem: "this component was started without a PKCS#11 key resolver".into(),
+            }),
+        }
+    }
 }
 
 /// A PEM private key file (PKCS#8, SEC1 or PKCS#1).
@@ -174,6 +262,10 @@ impl KeySource for FileKey {
             .key_provider
             .load_private_key(key)
             .map_err(TlsError::from)
+    }
+
+    fn name(&self) -> String {
+        self.0.display().to_string()
     }
 }
 
@@ -382,7 +474,7 @@ impl TlsPolicy {
         let mut config = match tls.identity {
             None => builder.with_no_client_auth(),
             Some((chain, key)) => {
-                let key = CertifiedKey::new(chain, key.signing_key(&provider)?);
+                let key = certified_key(chain, key.as_ref(), &provider)?;
                 builder.with_client_cert_resolver(Arc::new(SingleCertAndKey::from(key)))
             }
         };
@@ -418,7 +510,7 @@ impl TlsPolicy {
                 builder.with_client_cert_verifier(verifier.build()?)
             }
         };
-        let key = CertifiedKey::new(chain, key.signing_key(&provider)?);
+        let key = certified_key(chain, key, &provider)?;
         Ok(builder.with_cert_resolver(Arc::new(SingleCertAndKey::from(key))))
     }
 

@@ -53,6 +53,10 @@ enum Command {
     /// Add, change or remove a user of the local broker (broker.credentials_file).
     #[command(subcommand)]
     Credentials(crate::credentials_cli::CredentialsCommand),
+    /// Keys in a PKCS#11 token ([keys] module and PIN): list, generate, csr, install-cert,
+    /// delete.
+    #[command(subcommand)]
+    Keys(crate::keys_cli::KeysCommand),
     /// Print a completion script for a shell (the Debian package installs them).
     Completions {
         /// bash, elvish, fish, powershell or zsh.
@@ -97,7 +101,16 @@ pub fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CheckConfig => match config::load(&source) {
-            Ok((_, origin)) => {
+            Ok((settings, origin)) => {
+                // Keys in tokens: the module, the token, the PIN and the key must be there, and
+                // the certificate must be the key's.
+                let problems = check_token_keys(&settings);
+                if !problems.is_empty() {
+                    for problem in problems {
+                        eprintln!("{problem}");
+                    }
+                    return ExitCode::from(EXIT_BAD_CONFIG);
+                }
                 println_out(&format!(
                     "{}: configuration is valid",
                     describe(&origin, &source)
@@ -142,6 +155,7 @@ pub fn main() -> ExitCode {
             }
         }
         Command::Credentials(command) => crate::credentials_cli::main(&source, command),
+        Command::Keys(command) => crate::keys_cli::main(&source, command),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "fieldlink", &mut std::io::stdout());
@@ -186,6 +200,28 @@ pub fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// Each `key_uri`'s key opened in its token and checked against its certificate: one line per
+/// problem (none when every key is usable).
+fn check_token_keys(settings: &Settings) -> Vec<String> {
+    use fieldlink_core::tls::{KeyRef, KeyResolver as _};
+    let keys = fieldlink_keys::Pkcs11Keys::new(&settings.keys);
+    let provider = rustls::crypto::ring::default_provider();
+    let mut problems = Vec::new();
+    for (section, key, cert_file) in settings.key_refs() {
+        if !matches!(key, KeyRef::Pkcs11(_)) {
+            continue;
+        }
+        let checked = keys.resolve(key).and_then(|source| {
+            let chain = fieldlink_core::tls::read_certs(cert_file)?;
+            fieldlink_core::tls::certified_key(chain, source.as_ref(), &provider).map(|_| ())
+        });
+        if let Err(e) = checked {
+            problems.push(format!("{section}.key_uri: {e}"));
+        }
+    }
+    problems
 }
 
 fn run(settings: Settings) -> anyhow::Result<()> {
@@ -346,6 +382,6 @@ fn println_out(line: &str) {
 }
 
 #[allow(clippy::print_stdout)]
-fn print_out(text: &str) {
+pub(crate) fn print_out(text: &str) {
     print!("{text}");
 }

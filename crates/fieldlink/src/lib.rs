@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 mod credentials_cli;
 mod ingress;
+mod keys_cli;
 pub mod service;
 pub mod status;
 pub mod supervisor;
@@ -90,9 +91,12 @@ impl Gateway {
         let queue = open_queue(&settings, &data_dir, &phases.storage).await?;
         queue_status.set(Health::Up);
 
+        // Key files and keys in PKCS#11 tokens, for the broker's listeners and the uplink.
+        let keys: Arc<dyn fieldlink_core::tls::KeyResolver> =
+            Arc::new(fieldlink_keys::Pkcs11Keys::new(&settings.keys));
         let broker_status = status.register("broker");
-        let mut broker =
-            RunningBroker::start(&settings.broker).context("cannot start the local broker")?;
+        let mut broker = RunningBroker::start_with_keys(&settings.broker, keys.clone())
+            .context("cannot start the local broker")?;
         supervisor::start(
             &phases.upkeep,
             &status,
@@ -143,12 +147,14 @@ impl Gateway {
                 None
             }
             Some(uplink) => {
-                let uplink = Uplink::start(
+                let uplink = Uplink::start_with_keys(
                     uplink.clone(),
                     Arc::new(queue.clone()),
                     bus.clone(),
                     &runtime_dir,
                     phases.delivery.clone(),
+                    Arc::new(fieldlink_uplink::SystemResolver),
+                    keys.clone(),
                 )
                 .context("cannot start the uplink")?;
                 phases.delivery.spawn(mirror_uplink_health(

@@ -10,7 +10,8 @@
 //! - [`MemoryBacklog`]: the queue's backlog contract in memory (for the uplink's tests);
 //! - [`metrics::metric_values`]: what a metrics recorder saw;
 //! - [`Proxy`]: a TCP proxy that black-holes or throttles, and [`SilentAddress`], an address
-//!   whose connection attempts hang.
+//!   whose connection attempts hang;
+//! - [`SoftHsm`]: a SoftHSM2 token made at test time, for keys in PKCS#11 tokens.
 
 mod backlog;
 mod bus;
@@ -19,6 +20,7 @@ pub mod metrics;
 mod mosquitto;
 mod proxy;
 mod rabbitmq;
+mod softhsm;
 mod subscriber;
 
 use std::future::Future;
@@ -30,6 +32,7 @@ pub use bus::RecordingBus;
 pub use mosquitto::Mosquitto;
 pub use proxy::{Proxy, SilentAddress};
 pub use rabbitmq::RabbitMq;
+pub use softhsm::{SOFTHSM_MODULE, SoftHsm};
 pub use subscriber::{Finished, Subscriber};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).

@@ -5,9 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
-use fieldlink_core::tls::{
-    ClientTls, FileKey, KeySource, PeerChain, TlsPolicy, read_certs, read_crls,
-};
+use fieldlink_core::tls::{ClientTls, KeyResolver, PeerChain, TlsPolicy, read_certs, read_crls};
 use rumqttc::Transport;
 use rustls::RootCertStore;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, ServerName};
@@ -37,6 +35,8 @@ pub(crate) struct Connector {
     crl_recheck_at: Option<SystemTime>,
     /// The cloud's chain, as verified in the last handshake.
     pub(crate) peer_chain: PeerChain,
+    /// Where our mutual-TLS key comes from (a file, or a token through `fieldlink-keys`).
+    keys: Arc<dyn KeyResolver>,
 }
 
 impl Connector {
@@ -45,6 +45,7 @@ impl Connector {
         runtime_dir: &Path,
         resolver: Arc<dyn Resolve>,
         tasks: &Shutdown,
+        keys: Arc<dyn KeyResolver>,
     ) -> Result<Self, UplinkError> {
         let policy = TlsPolicy {
             min_version: settings.min_tls_version,
@@ -87,6 +88,7 @@ impl Connector {
             crl_stamps: Vec::new(),
             crl_recheck_at: None,
             peer_chain: PeerChain::default(),
+            keys,
         };
         // Fail at start on unreadable files, rather than at the first connection.
         connector.transport()?;
@@ -109,10 +111,11 @@ impl Connector {
             UplinkTls::Mutual {
                 ca_file,
                 cert_file,
-                key_file,
+                key,
             } => {
                 let chain = read_certs(cert_file)?;
-                let key: Arc<dyn KeySource> = Arc::new(FileKey(key_file.clone()));
+                // Resolved for each attempt: a token that went away is retried, not fatal.
+                let key = self.keys.resolve(key)?;
                 (ca_file.as_deref(), Some((chain, key)))
             }
             UplinkTls::Psk { .. } => unreachable!("handled above"),

@@ -67,6 +67,7 @@ use std::sync::Arc;
 
 use fieldlink_core::ports::{Backlog, LocalBus};
 use fieldlink_core::shutdown::Shutdown;
+use fieldlink_core::tls::{FileKeys, KeyResolver};
 pub use fieldlink_core::uplink_state::UplinkState;
 use tokio::sync::watch;
 
@@ -117,8 +118,33 @@ impl Uplink {
         shutdown: Shutdown,
         resolver: Arc<dyn Resolve>,
     ) -> Result<Self, UplinkError> {
+        Self::start_with_keys(
+            settings,
+            backlog,
+            bus,
+            runtime_dir,
+            shutdown,
+            resolver,
+            Arc::new(FileKeys),
+        )
+    }
+
+    /// [`Uplink::start_with_resolver`], with the mutual-TLS key (`uplink.key_file` or
+    /// `uplink.key_uri`) resolved by `keys`: the binary passes one that reaches PKCS#11 tokens.
+    /// The key is resolved again for each connection attempt, so a token that goes away makes
+    /// attempts fail ("hardware key unavailable: …", retried with the usual backoff) until it
+    /// is back.
+    pub fn start_with_keys(
+        settings: UplinkSettings,
+        backlog: Arc<dyn Backlog>,
+        bus: Arc<dyn LocalBus>,
+        runtime_dir: &Path,
+        shutdown: Shutdown,
+        resolver: Arc<dyn Resolve>,
+        keys: Arc<dyn KeyResolver>,
+    ) -> Result<Self, UplinkError> {
         let credentials = credentials::Credentials::load(&settings)?;
-        let connector = Connector::new(&settings, runtime_dir, resolver, &shutdown)?;
+        let connector = Connector::new(&settings, runtime_dir, resolver, &shutdown, keys)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
         let drain = Drain::new(settings, backlog, bus, connector, credentials, status_tx);
         let task = shutdown.spawn_vital(

@@ -121,7 +121,7 @@ async fn mutual_tls_delivers_over_mqtt5() {
     let tls = UplinkTls::Mutual {
         ca_file: Some(cloud.file("trusted-ca.pem", ca.pem())),
         cert_file: cloud.file("client.pem", &client.cert_pem),
-        key_file: cloud.file("client.key", &client.key_pem),
+        key: fieldlink_core::tls::KeyRef::File(cloud.file("client.key", &client.key_pem)),
     };
     delivers(&cloud, tls, MqttVersion::V5).await;
 }
@@ -411,7 +411,7 @@ async fn a_client_certificate_near_expiry_raises_an_alarm_on_the_cloud() {
     let tls = UplinkTls::Mutual {
         ca_file: Some(cloud.file("trusted-ca.pem", ca.pem())),
         cert_file: cloud.file("client.pem", &client.cert_pem),
-        key_file: cloud.file("client.key", &client.key_pem),
+        key: fieldlink_core::tls::KeyRef::File(cloud.file("client.key", &client.key_pem)),
     };
     let mut settings = settings(cloud.tls_port, tls);
     settings.alarm_topic = Some(fieldlink_core::topic::TopicName::new("cloud/alarms").unwrap());

@@ -77,6 +77,8 @@ pub struct ListenerFile {
     pub cert_file: Option<Spanned<PathBuf>>,
     /// PEM private key of that chain.
     pub key_file: Option<Spanned<PathBuf>>,
+    /// Or that key in a PKCS#11 token: `pkcs11:token=…;object=…` (module and PIN in `[keys]`).
+    pub key_uri: Option<Spanned<String>>,
     /// PEM file of the CAs trusted for client certificates (every one in it).
     pub ca_file: Option<Spanned<PathBuf>>,
     /// PEM CRL files checked against client certificates, reloaded when they change.

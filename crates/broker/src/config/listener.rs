@@ -66,27 +66,40 @@ pub(super) fn security(
 fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Option<ListenerTls> {
     let file = entry.get_ref();
     let mode = file.tls.as_ref().map_or("none", |m| m.get_ref().as_str());
-    let mut path = |name: &str, value: &Option<Spanned<PathBuf>>, hint: &str| match value {
-        Some(p) => Some(p.get_ref().clone()),
-        None => {
-            c.missing(&format!("{key}.{name}"), entry.span(), hint);
-            None
+    let path = |c: &mut Collector<'_>, name: &str, value: &Option<Spanned<PathBuf>>, hint: &str| {
+        match value {
+            Some(p) => Some(p.get_ref().clone()),
+            None => {
+                c.missing(&format!("{key}.{name}"), entry.span(), hint);
+                None
+            }
         }
+    };
+    let key_ref = |c: &mut Collector<'_>| {
+        fieldlink_core::config::values::key_ref(
+            c,
+            key,
+            file.key_file.as_ref(),
+            file.key_uri.as_ref(),
+            entry.span(),
+            KEY_HINT,
+        )
     };
     match mode {
         "none" => Some(ListenerTls::None),
         "server-auth" => {
-            let cert_file = path("cert_file", &file.cert_file, CERT_HINT);
-            let key_file = path("key_file", &file.key_file, KEY_HINT);
+            let cert_file = path(c, "cert_file", &file.cert_file, CERT_HINT);
+            let key = key_ref(c);
             Some(ListenerTls::ServerAuth {
                 cert_file: cert_file?,
-                key_file: key_file?,
+                key: key?,
             })
         }
         "mutual" => {
-            let cert_file = path("cert_file", &file.cert_file, CERT_HINT);
-            let key_file = path("key_file", &file.key_file, KEY_HINT);
+            let cert_file = path(c, "cert_file", &file.cert_file, CERT_HINT);
+            let key_file = key_ref(c);
             let ca_file = path(
+                c,
                 "ca_file",
                 &file.ca_file,
                 "mutual TLS needs the CAs that issue device certificates: ca_file = \"/etc/fieldlink/devices-ca.pem\"",
@@ -107,7 +120,7 @@ fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Optio
             );
             Some(ListenerTls::Mutual {
                 cert_file: cert_file?,
-                key_file: key_file?,
+                key: key_file?,
                 ca_file: ca_file?,
                 crl_files: paths(&file.crl_files),
                 stale_crl: stale_crl(c, &format!("{key}.stale_crl"), &file.stale_crl),
@@ -116,6 +129,7 @@ fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Optio
         }
         "psk" => Some(ListenerTls::Psk {
             psk_file: path(
+                c,
                 "psk_file",
                 &file.psk_file,
                 "PSK needs a 0600 file of identity:hexkey lines: psk_file = \"/etc/fieldlink/devices.psk\"",
@@ -137,5 +151,5 @@ fn tls(key: &str, entry: &Spanned<ListenerFile>, c: &mut Collector<'_>) -> Optio
 
 const CERT_HINT: &str =
     "TLS needs the listener's certificate chain: cert_file = \"/etc/fieldlink/broker.pem\"";
-const KEY_HINT: &str =
-    "TLS needs the listener's private key: key_file = \"/etc/fieldlink/broker.key\"";
+const KEY_HINT: &str = "TLS needs the listener's private key: key_file = \"/etc/fieldlink/broker.key\", \
+                        or key_uri = \"pkcs11:token=…;object=…\" for a key in a token";

@@ -202,15 +202,15 @@ pub enum ListenerTls {
     ServerAuth {
         /// Our chain.
         cert_file: PathBuf,
-        /// Its key.
-        key_file: PathBuf,
+        /// Its key: a PEM file or a key in a PKCS#11 token.
+        key: fieldlink_core::tls::KeyRef,
     },
     /// TLS with a client certificate required; it names the device.
     Mutual {
         /// Our chain.
         cert_file: PathBuf,
-        /// Its key.
-        key_file: PathBuf,
+        /// Its key: a PEM file or a key in a PKCS#11 token.
+        key: fieldlink_core::tls::KeyRef,
         /// The CAs trusted for client certificates (all of them).
         ca_file: PathBuf,
         /// Revocation lists, reloaded when they change.

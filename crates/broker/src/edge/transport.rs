@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use fieldlink_core::fault::Fault;
-use fieldlink_core::tls::{FileKey, TlsError, TlsPolicy, read_certs, read_crls, read_psk_file};
+use fieldlink_core::tls::{KeyResolver, TlsError, TlsPolicy, read_certs, read_crls, read_psk_file};
 use rustls::RootCertStore;
 use rustls::server::ServerConfig;
 use tokio::net::{TcpListener, TcpStream};
@@ -71,7 +71,11 @@ type SetupError = SecurityError;
 
 impl Security {
     /// Loads every file the listener needs, so that a mistake is an error at start.
-    pub(crate) fn prepare(listener: &ListenerSettings) -> Result<Self, SetupError> {
+    /// Keys are resolved by `keys` (a file, or a token through `fieldlink-keys`).
+    pub(crate) fn prepare(
+        listener: &ListenerSettings,
+        keys: Arc<dyn KeyResolver>,
+    ) -> Result<Self, SetupError> {
         let policy = TlsPolicy {
             min_version: listener.min_tls_version,
             stale_crl: match &listener.tls {
@@ -85,7 +89,9 @@ impl Security {
                 let server = RustlsServer {
                     policy,
                     tls: listener.tls.clone(),
+                    keys,
                     current: RwLock::new(None),
+                    refused: Mutex::new(None),
                 };
                 server.reload()?;
                 Ok(Self::Rustls(Arc::new(server)))
@@ -106,7 +112,10 @@ impl Security {
 pub(crate) struct RustlsServer {
     policy: TlsPolicy,
     tls: ListenerTls,
+    keys: Arc<dyn KeyResolver>,
     current: RwLock<Option<Loaded>>,
+    /// The files' stamps when a candidate was last refused: not tried again until they change.
+    refused: Mutex<Option<Vec<Option<SystemTime>>>>,
 }
 
 /// A built configuration, the CRL files' modification times it was built from, and when one
@@ -131,21 +140,56 @@ impl RustlsServer {
         }
     }
 
+    /// The files whose change makes a new configuration: the CRLs, the listener's certificate
+    /// chain (a renewed certificate, rotated without a restart) and the device CAs.
+    fn watched_files(&self) -> Vec<PathBuf> {
+        let mut files = self.crl_files().to_vec();
+        match &self.tls {
+            ListenerTls::ServerAuth { cert_file, .. } => files.push(cert_file.clone()),
+            ListenerTls::Mutual {
+                cert_file, ca_file, ..
+            } => files.extend([cert_file.clone(), ca_file.clone()]),
+            _ => {}
+        }
+        files
+    }
+
+    /// Builds the configuration from the files as they are now and puts it in force; on any
+    /// error (unreadable, a certificate that is not the key's, an expired candidate) the one
+    /// in force stays: validate, then promote.
     fn reload(&self) -> Result<(), SetupError> {
-        let stamps = stamps(self.crl_files());
-        let (cert_file, key_file) = match &self.tls {
-            ListenerTls::ServerAuth {
-                cert_file,
-                key_file,
-            }
-            | ListenerTls::Mutual {
-                cert_file,
-                key_file,
-                ..
-            } => (cert_file, key_file),
+        let stamps = stamps(&self.watched_files());
+        let (cert_file, key) = match &self.tls {
+            ListenerTls::ServerAuth { cert_file, key }
+            | ListenerTls::Mutual { cert_file, key, .. } => (cert_file, key),
             _ => return Err(SecurityError::NotRustls),
         };
         let chain = read_certs(cert_file)?;
+        let replacing = self
+            .current
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_some();
+        if replacing {
+            // A candidate replacing a working certificate must be valid now (at start, the
+            // clients' own check says so more precisely).
+            let expired = chain
+                .first()
+                .and_then(|c| fieldlink_core::x509::not_after(c))
+                .zip(
+                    SystemTime::now()
+                        .duration_since(SystemTime::UNIX_EPOCH)
+                        .ok(),
+                )
+                .is_some_and(|(not_after, now)| not_after < now.as_secs() as i64);
+            if expired {
+                return Err(SecurityError::Tls(TlsError::File {
+                    path: cert_file.clone(),
+                    problem: "the new certificate has expired".into(),
+                    hint: "install a renewed certificate",
+                }));
+            }
+        }
         let mut recheck_at: Option<SystemTime> = None;
         let clients = match &self.tls {
             ListenerTls::Mutual {
@@ -180,9 +224,9 @@ impl RustlsServer {
             }
             _ => None,
         };
-        let config = self
-            .policy
-            .listener_config(chain, &FileKey(key_file.clone()), clients)?;
+        let config =
+            self.policy
+                .listener_config(chain, self.keys.resolve(key)?.as_ref(), clients)?;
         *self.current.write().unwrap_or_else(PoisonError::into_inner) = Some(Loaded {
             config: Arc::new(config),
             stamps,
@@ -195,19 +239,29 @@ impl RustlsServer {
     /// revoked certificate's next connection is refused, or when a CRL reached its nextUpdate
     /// (so that its alarm is raised); sessions already up are untouched.
     fn config(&self) -> Option<Arc<ServerConfig>> {
+        let now = stamps(&self.watched_files());
         let changed = {
             let current = self.current.read().unwrap_or_else(PoisonError::into_inner);
             current
                 .as_ref()
-                .is_none_or(|loaded| !loaded.is_current(&stamps(self.crl_files())))
+                .is_none_or(|loaded| !loaded.is_current(&now))
         };
-        if changed {
+        let refused_before = {
+            let refused = self.refused.lock().unwrap_or_else(PoisonError::into_inner);
+            refused.as_ref() == Some(&now)
+        };
+        if changed && !refused_before {
             match self.reload() {
-                Ok(()) => tracing::info!(
-                    "CRL files reviewed: client certificates are checked against them from now on"
-                ),
+                Ok(()) => {
+                    *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = None;
+                    tracing::info!(
+                        "TLS files reviewed (certificate, CAs, CRLs): in force from the next handshake; sessions stay"
+                    )
+                }
                 Err(e) => {
-                    tracing::error!(error = %e, "A CRL file changed but cannot be used; the previous one stays in force")
+                    // Once per change of the files, not once per handshake.
+                    *self.refused.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+                    tracing::error!(error = %e, "A TLS file changed but cannot be used; the previous ones stay in force")
                 }
             }
         }

@@ -217,6 +217,65 @@ pub fn non_empty_path(
     Some(path.get_ref().clone())
 }
 
+/// The private key a TLS identity uses: `key_file` (a PEM file) or `key_uri` (a key in a PKCS#11
+/// token), exactly one of them. `prefix` is the section's key path (`uplink`,
+/// `broker.listeners[0]`); `entry` where the section is, for a missing key. The URI's inside is
+/// checked by `fieldlink-keys` when the gateway is assembled; here only what is never allowed:
+/// a PIN in it (the PIN comes from `[keys]`, never from this file).
+pub fn key_ref(
+    c: &mut Collector<'_>,
+    prefix: &str,
+    key_file: Option<&Spanned<std::path::PathBuf>>,
+    key_uri: Option<&Spanned<String>>,
+    entry: std::ops::Range<usize>,
+    hint: &str,
+) -> Option<crate::tls::KeyRef> {
+    use crate::tls::KeyRef;
+    match (key_file, key_uri) {
+        (Some(file), None) => Some(KeyRef::File(file.get_ref().clone())),
+        (None, Some(uri)) => {
+            let text = uri.get_ref();
+            let key = format!("{prefix}.key_uri");
+            if !text.starts_with("pkcs11:") {
+                c.at(
+                    &key,
+                    Some(uri.span()),
+                    "not a pkcs11: URI",
+                    "name the key in its token: key_uri = \"pkcs11:token=gw-token;object=uplink\" \
+                     (a key file goes in key_file)",
+                );
+                return None;
+            }
+            let lower = text.to_ascii_lowercase();
+            if lower.contains("pin-value") || lower.contains("pin-source") {
+                // Not even echoed: the value holds a PIN.
+                c.without_value(
+                    &key,
+                    Some(uri.span()),
+                    "the URI carries a PIN",
+                    "remove pin-value/pin-source: the PIN comes from [keys] pin_file or \
+                     pin_credential, never from this file",
+                );
+                return None;
+            }
+            Some(KeyRef::Pkcs11(text.clone()))
+        }
+        (Some(file), Some(_)) => {
+            c.at(
+                &format!("{prefix}.key_file"),
+                Some(file.span()),
+                "both key_file and key_uri are set",
+                "keep one: key_file for a PEM key, key_uri for a key in a PKCS#11 token",
+            );
+            None
+        }
+        (None, None) => {
+            c.missing(&format!("{prefix}.key_file"), entry, hint);
+            None
+        }
+    }
+}
+
 /// A list of paths as written (`crl_files = [..]`), empty when absent.
 pub fn paths(value: &Option<Spanned<Vec<Spanned<std::path::PathBuf>>>>) -> Vec<std::path::PathBuf> {
     value.as_ref().map_or_else(Vec::new, |l| {

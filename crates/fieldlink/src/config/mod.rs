@@ -12,6 +12,8 @@ pub mod gateway;
 
 use fieldlink_broker::config::{BrokerSettings, file::BrokerFile};
 use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, Origin};
+use fieldlink_core::tls::KeyRef;
+use fieldlink_keys::config::{KeysSettings, file::KeysFile};
 use fieldlink_queue::config::file::{QueueFile, RouteFile};
 use fieldlink_queue::config::{QueueSettings, Route};
 use fieldlink_serial::config::file::{BridgeFile, DeviceFile};
@@ -48,6 +50,8 @@ pub struct FileConfig {
     /// `[[devices]]`: the field devices read (and written) by the bridge.
     #[serde(default)]
     pub devices: Vec<Spanned<DeviceFile>>,
+    /// `[keys]`: the PKCS#11 module and PIN for keys in a token.
+    pub keys: Option<Spanned<KeysFile>>,
 }
 
 /// The validated configuration of the whole gateway.
@@ -67,6 +71,8 @@ pub struct Settings {
     pub bridge: BridgeSettings,
     /// `[[devices]]`, in file order: the field devices.
     pub devices: Vec<DeviceSettings>,
+    /// `[keys]`.
+    pub keys: KeysSettings,
 }
 
 /// Reads and validates the configuration.
@@ -84,7 +90,7 @@ pub fn parse(text: &str, origin: Origin) -> Result<Settings, ConfigErrors> {
 
 /// Every section validated into the one collector.
 fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
-    Settings {
+    let settings = Settings {
         gateway: gateway::settings(&file.gateway, c),
         broker: fieldlink_broker::config::settings(&file.broker, c),
         queue: fieldlink_queue::config::settings(&file.queue, c),
@@ -95,6 +101,59 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
         routes: fieldlink_queue::config::routes(&file.routes, c),
         bridge: fieldlink_serial::config::bridge(&file.bridge, c),
         devices: fieldlink_serial::config::devices(&file.devices, c),
+        keys: file
+            .keys
+            .as_ref()
+            .map(|k| fieldlink_keys::config::settings(k, c))
+            .unwrap_or_default(),
+    };
+    check_key_uris(&settings, c);
+    settings
+}
+
+impl Settings {
+    /// Every private key the configuration names, with the key that names it.
+    pub fn key_refs(&self) -> Vec<(String, &KeyRef, &std::path::Path)> {
+        use fieldlink_broker::config::ListenerTls;
+        let mut out = Vec::new();
+        if let Some(fieldlink_uplink::config::UplinkTls::Mutual { key, cert_file, .. }) =
+            self.uplink.as_ref().map(|u| &u.tls)
+        {
+            out.push(("uplink".to_owned(), key, cert_file.as_path()));
+        }
+        for (i, listener) in self.broker.listeners.iter().enumerate() {
+            if let ListenerTls::ServerAuth { key, cert_file }
+            | ListenerTls::Mutual { key, cert_file, .. } = &listener.tls
+            {
+                out.push((format!("broker.listeners[{i}]"), key, cert_file.as_path()));
+            }
+        }
+        out
+    }
+}
+
+/// Each `key_uri` must name one key, and `[keys]` must say how to reach the token. Whether the
+/// token, the PIN and the key are there is `check-config`'s to find out (they can change).
+fn check_key_uris(settings: &Settings, c: &mut Collector<'_>) {
+    for (section, key, _) in settings.key_refs() {
+        let KeyRef::Pkcs11(uri) = key else { continue };
+        let name = format!("{section}.key_uri");
+        if let Err(e) = fieldlink_keys::uri::KeyUri::parse(uri) {
+            c.without_value(
+                &name,
+                None,
+                e.to_string(),
+                "see RFC 7512; e.g. pkcs11:token=gw-token;object=uplink",
+            );
+        } else if settings.keys.pkcs11.is_none() {
+            c.without_value(
+                &name,
+                None,
+                "a key in a token needs [keys] module and pin_file (or pin_credential)",
+                "add [keys] with module = \"/usr/lib/softhsm/libsofthsm2.so\" (or the TPM's \
+                 libtpm2_pkcs11.so) and pin_file = \"/etc/fieldlink/token.pin\" (mode 0600)",
+            );
+        }
     }
 }
 

@@ -202,6 +202,58 @@ fn each_bad_config_is_reported_with_line_key_and_hint() {
             words: &["missing", "CAs that issue device certificates"],
         },
         Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+                   key_file = \"/c.key\"\nkey_uri = \"pkcs11:token=t;object=k\"\n",
+            key: "uplink.key_file",
+            line: 6,
+            words: &["both key_file and key_uri", "keep one"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+                   key_uri = \"/etc/fieldlink/c.key\"\n",
+            key: "uplink.key_uri",
+            line: 6,
+            words: &["not a pkcs11: URI", "key_file"],
+        },
+        Case {
+            text: "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+                   key_uri = \"pkcs11:token=t;object=k?pin-value=4321\"\n",
+            key: "uplink.key_uri",
+            line: 6,
+            words: &["the URI carries a PIN", "pin_file"],
+        },
+        Case {
+            text: "[[broker.listeners]]\nport = 8883\ntls = \"server-auth\"\ncert_file = \"/b.pem\"\n\
+                   key_uri = \"file:b.key\"\n",
+            key: "broker.listeners[0].key_uri",
+            line: 5,
+            words: &["not a pkcs11: URI"],
+        },
+        Case {
+            text: "[keys]\npin_file = \"/etc/fieldlink/token.pin\"\n",
+            key: "keys.module",
+            line: 1,
+            words: &["missing", "module ="],
+        },
+        Case {
+            text: "[keys]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\n",
+            key: "keys.pin_file",
+            line: 1,
+            words: &["missing", "0600", "pin_credential"],
+        },
+        Case {
+            text: "[keys]\nmodule = \"/m.so\"\npin_file = \"/p\"\npin_credential = \"token-pin\"\n",
+            key: "keys.pin_file",
+            line: 3,
+            words: &["both pin_file and pin_credential"],
+        },
+        Case {
+            text: "[keys]\nmodule = \"/m.so\"\npin_credential = \"../pin\"\n",
+            key: "keys.pin_credential",
+            line: 3,
+            words: &["not a credential name", "LoadCredential="],
+        },
+        Case {
             text: "[[broker.listeners]]\nport = 8883\ntls = \"ssl3\"\n",
             key: "broker.listeners[0].tls",
             line: 3,
@@ -491,7 +543,7 @@ fn a_mutual_tls_listener_is_read_into_settings() {
         l.tls,
         ListenerTls::Mutual {
             cert_file: "/b.pem".into(),
-            key_file: "/b.key".into(),
+            key: fieldlink_core::tls::KeyRef::File("/b.key".into()),
             ca_file: "/ca.pem".into(),
             crl_files: vec!["/ca.crl".into()],
             stale_crl: fieldlink_core::crl::StaleCrl::Warn,
@@ -571,7 +623,7 @@ fn an_uplink_section_is_read_into_settings() {
         UplinkTls::Mutual {
             ca_file: Some(PathBuf::from("/etc/fl/ca.pem")),
             cert_file: PathBuf::from("/etc/fl/c.pem"),
-            key_file: PathBuf::from("/etc/fl/c.key"),
+            key: fieldlink_core::tls::KeyRef::File(PathBuf::from("/etc/fl/c.key")),
         }
     );
     assert_eq!(uplink.min_tls_version, MinTlsVersion::Tls13);
@@ -759,4 +811,52 @@ fn the_commented_uplink_logins_in_the_shipped_config_are_valid() {
             parse(&format!("{uplink}{login}"), origin()).unwrap_or_else(|e| panic!("{login}: {e}"));
         assert!(settings.uplink.unwrap().credentials.is_some(), "{login}");
     }
+}
+
+#[test]
+fn a_key_in_a_token_is_named_by_its_uri_and_reached_through_keys() {
+    let text = "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\n\
+                cert_file = \"/c.pem\"\nkey_uri = \"pkcs11:token=gw-token;object=uplink\"\n\
+                [keys]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\npin_credential = \"token-pin\"\n";
+    let settings = parse(text, Origin::BuiltIn).unwrap();
+    let Some(UplinkTls::Mutual { key, .. }) = settings.uplink.map(|u| u.tls) else {
+        panic!("mutual TLS expected");
+    };
+    assert_eq!(
+        key,
+        fieldlink_core::tls::KeyRef::Pkcs11("pkcs11:token=gw-token;object=uplink".into())
+    );
+    assert_eq!(
+        settings.keys.pkcs11.map(|p| p.pin),
+        Some(fieldlink_keys::config::PinSource::Credential(
+            "token-pin".into()
+        ))
+    );
+
+    // Without [keys] the token cannot be reached; a URI that names no key is refused; the PIN
+    // of a refused URI is never shown.
+    for (text, words) in [
+        (
+            "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+             key_uri = \"pkcs11:token=gw-token;object=uplink\"\n",
+            "needs [keys] module and pin_file",
+        ),
+        (
+            "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+             key_uri = \"pkcs11:token=gw-token\"\n[keys]\nmodule = \"/m.so\"\npin_file = \"/p\"\n",
+            "names no key",
+        ),
+    ] {
+        let errors = parse(text, Origin::BuiltIn).unwrap_err().to_string();
+        assert!(errors.contains("uplink.key_uri"), "{errors}");
+        assert!(errors.contains(words), "{errors}");
+    }
+    let errors = parse(
+        "[uplink]\nhost = \"h\"\nclient_id = \"c\"\ntls = \"mutual\"\ncert_file = \"/c.pem\"\n\
+         key_uri = \"pkcs11:token=t;object=k?pin-value=4321\"\n",
+        Origin::BuiltIn,
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(!errors.contains("4321"), "{errors}");
 }

@@ -65,6 +65,8 @@ pub struct UplinkFile {
     pub cert_file: Option<Spanned<PathBuf>>,
     /// PEM private key for mutual TLS.
     pub key_file: Option<Spanned<PathBuf>>,
+    /// Or the key in a PKCS#11 token: `pkcs11:token=…;object=…` (module and PIN in `[keys]`).
+    pub key_uri: Option<Spanned<String>>,
     /// `identity:hexkey` file (mode 0600) for TLS-PSK.
     pub psk_file: Option<Spanned<PathBuf>>,
     /// First reconnect delay ceiling, e.g. `"1s"`.

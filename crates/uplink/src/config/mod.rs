@@ -13,7 +13,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use fieldlink_core::config::MqttVersion;
-use fieldlink_core::tls::MinTlsVersion;
+use fieldlink_core::tls::{KeyRef, MinTlsVersion};
 use fieldlink_core::topic::TopicName;
 use fieldlink_core::topic_map::TopicRewrite;
 pub use validate::settings;
@@ -155,8 +155,8 @@ pub enum UplinkTls {
         ca_file: Option<PathBuf>,
         /// Our chain.
         cert_file: PathBuf,
-        /// Our key (a file today; a PKCS#11 URI later, through the key-source port).
-        key_file: PathBuf,
+        /// Our key: a PEM file or a key in a PKCS#11 token.
+        key: KeyRef,
     },
     /// A pre-shared key (through openssl: rustls has no PSK).
     Psk {

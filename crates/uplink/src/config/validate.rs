@@ -327,16 +327,19 @@ fn tls(file: &UplinkFile, entry: &Spanned<UplinkFile>, c: &mut Collector<'_>) ->
                 c,
                 "mutual TLS needs our certificate chain: cert_file = \"/etc/fieldlink/client.pem\"",
             );
-            let key_file = path(
-                "uplink.key_file",
-                &file.key_file,
+            let key = fieldlink_core::config::values::key_ref(
                 c,
-                "mutual TLS needs our private key: key_file = \"/etc/fieldlink/client.key\"",
+                "uplink",
+                file.key_file.as_ref(),
+                file.key_uri.as_ref(),
+                entry.span(),
+                "mutual TLS needs our private key: key_file = \"/etc/fieldlink/client.key\", \
+                 or key_uri = \"pkcs11:token=…;object=…\" for a key in a token",
             );
             Some(UplinkTls::Mutual {
                 ca_file,
                 cert_file: cert_file?,
-                key_file: key_file?,
+                key: key?,
             })
         }
         "psk" => {
