@@ -9,7 +9,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use fieldlink_test_support::certs::{TestCa, write};
-use fieldlink_test_support::{Mosquitto, SOFTHSM_MODULE, SoftHsm, free_port, wait_for_port};
+use fieldlink_test_support::{
+    Mosquitto, SOFTHSM_MODULE, SoftHsm, Subscriber, free_port, wait_for_port,
+};
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 
@@ -114,8 +116,9 @@ impl Bench {
 struct Cloud {
     broker: Option<Mosquitto>,
     extra: String,
-    observed: PathBuf,
-    observer: Child,
+    /// What the observers before the last restart saw.
+    observed: Vec<String>,
+    observer: Subscriber,
     local: u16,
 }
 
@@ -138,14 +141,7 @@ impl Cloud {
         );
         let broker = Mosquitto::start(&extra);
         wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(10));
-        let observed = bench.path("observed.txt");
-        let observer = Command::new("mosquitto_sub")
-            .args(["-h", "127.0.0.1", "-p", &broker.addr().port().to_string()])
-            .args(["-t", "cloud/#", "-q", "1", "-v", "-c", "-i", "observer"])
-            .stdout(std::fs::File::create(&observed).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
+        let observer = Self::observe(&broker);
         let local = free_port();
         write(
             bench.dir.path(),
@@ -168,10 +164,28 @@ impl Cloud {
         Self {
             broker: Some(broker),
             extra,
-            observed,
+            observed: Vec::new(),
             observer,
             local,
         }
+    }
+
+    /// A subscriber to `cloud/#` on the cloud's plain port, returned once subscribed.
+    fn observe(broker: &Mosquitto) -> Subscriber {
+        let port = broker.addr().port().to_string();
+        Subscriber::start(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-t",
+            "cloud/#",
+            "-q",
+            "1",
+            "-v",
+            "-i",
+            "observer",
+        ])
     }
 
     fn log(&self) -> String {
@@ -202,9 +216,8 @@ impl Cloud {
     }
 
     fn has(&self, payload: &str) -> bool {
-        std::fs::read_to_string(&self.observed)
-            .unwrap_or_default()
-            .contains(&format!("cloud/site/boiler {payload}"))
+        let line = format!("cloud/site/boiler {payload}");
+        self.observed.contains(&line) || self.observer.received().contains(&line)
     }
 
     /// Stops the cloud and starts it again on the same ports: the uplink has to reconnect.
@@ -212,14 +225,12 @@ impl Cloud {
         let old = self.broker.take().unwrap();
         let port = old.addr().port();
         old.stop();
-        self.broker = Some(Mosquitto::start_on(port, &self.extra));
-    }
-}
-
-impl Drop for Cloud {
-    fn drop(&mut self) {
-        let _ = self.observer.kill();
-        let _ = self.observer.wait();
+        let broker = Mosquitto::start_on(port, &self.extra);
+        // The cloud keeps no sessions: a new observer, subscribed before anything is sent.
+        let new = Self::observe(&broker);
+        let old = std::mem::replace(&mut self.observer, new);
+        self.observed.extend(old.received());
+        self.broker = Some(broker);
     }
 }
 
