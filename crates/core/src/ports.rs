@@ -272,11 +272,14 @@ pub struct StatusReporter {
 
 impl StatusReporter {
     /// Records the component's current health, unless it is down: a component found dead by
-    /// the supervisor ([`StatusBoard::fail`]) stays down until the process restarts.
+    /// the supervisor ([`StatusBoard::fail`]) stays down until the process restarts. Watchers
+    /// (the status file) hear only of a change.
     pub fn set(&self, health: Health) {
         self.tx.send_if_modified(|all| {
-            if matches!(all.get(self.name), Some(Health::Down(_))) {
-                return false;
+            match all.get(self.name) {
+                Some(Health::Down(_)) => return false,
+                Some(current) if *current == health => return false,
+                _ => {}
             }
             all.insert(self.name, health);
             true
@@ -370,6 +373,15 @@ mod tests {
     fn a_failed_component_stays_down() {
         let board = StatusBoard::default();
         let a = board.register("a");
+        let mut watch = board.watch();
+        a.set(Health::Up);
+        assert!(watch.has_changed().unwrap());
+        watch.borrow_and_update();
+        a.set(Health::Up);
+        assert!(
+            !watch.has_changed().unwrap(),
+            "the same health is no change"
+        );
         board.fail("a", "its task panicked".into());
         a.set(Health::Up);
         assert_eq!(
