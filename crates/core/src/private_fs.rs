@@ -101,6 +101,37 @@ pub fn tighten_if_present(path: &Path) -> Result<Outcome, PrivateError> {
     tighten(path, 0o600)
 }
 
+/// Replaces `path` with `bytes` as a 0600 file so that a reader, a crash or a power cut sees
+/// the old content or the new one, never half of it: written to a temporary file beside it,
+/// synced, renamed over it, and the directory synced (the rename's own durability).
+pub fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let dir = match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
+        _ => PathBuf::from("."),
+    };
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = dir.join(format!(".{name}.tmp{}", std::process::id()));
+    let result = (|| {
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        // `mode` is masked by the umask and ignored for an existing file: set it outright.
+        file.set_permissions(Permissions::from_mode(0o600))?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)?;
+        std::fs::File::open(&dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    result
+}
+
 fn tighten(path: &Path, private: u32) -> Result<Outcome, PrivateError> {
     let mode = std::fs::metadata(path)
         .map_err(|source| PrivateError::Io {

@@ -50,6 +50,11 @@ enum Command {
     /// Inspect or empty the store-and-forward queue.
     #[command(subcommand)]
     Queue(QueueCommand),
+    /// The effective configuration, and the site settings the operator changes (kept in the
+    /// data directory, so that an update of the shipped file keeps them): show, set, unset,
+    /// import, history, restore.
+    #[command(subcommand)]
+    Config(crate::config_cli::ConfigCommand),
     /// Add, change or remove a user of the local broker (broker.credentials_file).
     #[command(subcommand)]
     Credentials(crate::credentials_cli::CredentialsCommand),
@@ -100,8 +105,17 @@ pub fn main() -> ExitCode {
             println_out(&format!("fieldlink {VERSION}"));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig => match config::load(&source) {
-            Ok((settings, origin)) => {
+        Command::Config(command) => crate::config_cli::main(&source, command),
+        Command::CheckConfig => match config::load_layers(&source) {
+            Ok(config::Loaded {
+                settings,
+                origin,
+                warnings,
+                ..
+            }) => {
+                for warning in warnings {
+                    eprintln!("warning: {warning}");
+                }
                 // Keys in tokens: the module, the token, the PIN and the key must be there, and
                 // the certificate must be the key's.
                 let problems = check_token_keys(&settings);

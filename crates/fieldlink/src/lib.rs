@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod config;
+mod config_cli;
 mod credentials_cli;
 mod ingress;
 mod keys_cli;

@@ -3,8 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::Write as _;
-use std::os::unix::fs::{MetadataExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
 use argon2::password_hash::phc::PasswordHash;
@@ -441,36 +440,14 @@ fn read_existing(path: &Path) -> Result<String, CredentialsError> {
 }
 
 fn write_atomically(path: &Path, lines: &[String]) -> Result<(), CredentialsError> {
-    let write_error = |source| CredentialsError::Write {
-        path: path.to_owned(),
-        source,
-    };
-    let dir = match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
-        _ => PathBuf::from("."),
-    };
-    let file_name = path.file_name().unwrap_or_default().to_string_lossy();
-    let tmp = dir.join(format!(".{file_name}.tmp{}", std::process::id()));
-    let result = (|| {
-        let mut file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        // `mode` is masked by the umask and ignored for an existing file: set it outright.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
-        let mut text = lines.join("\n");
-        text.push('\n');
-        file.write_all(text.as_bytes())?;
-        file.sync_all()?;
-        std::fs::rename(&tmp, path)?;
-        std::fs::File::open(&dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    result.map_err(write_error)
+    let mut text = lines.join("\n");
+    text.push('\n');
+    fieldlink_core::private_fs::replace_atomically(path, text.as_bytes()).map_err(|source| {
+        CredentialsError::Write {
+            path: path.to_owned(),
+            source,
+        }
+    })
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@ pub enum Origin {
     File(PathBuf),
     /// The built-in defaults (no file).
     BuiltIn,
+    /// Several layers read as one (a mistake that no single layer holds, e.g. two settings
+    /// from different files that do not fit together).
+    Merged(Vec<Origin>),
 }
 
 impl fmt::Display for Origin {
@@ -19,6 +22,10 @@ impl fmt::Display for Origin {
         match self {
             Self::File(path) => write!(f, "{}", path.display()),
             Self::BuiltIn => f.write_str("<built-in defaults>"),
+            Self::Merged(layers) => {
+                let names: Vec<String> = layers.iter().map(ToString::to_string).collect();
+                f.write_str(&names.join(" + "))
+            }
         }
     }
 }
@@ -81,24 +88,100 @@ impl fmt::Display for ConfigErrors {
     }
 }
 
-/// Collects errors against one source text, turning byte spans into lines and columns.
+/// Collects errors against one source text, turning byte spans into files, lines and columns.
 ///
 /// Every section's validation records into the same collector, so `check-config` reports
-/// every mistake of the whole file at once, in file order.
+/// every mistake of the whole configuration at once, in file order. The source may be several
+/// layers one after the other ([`super::Layers`]): a span then names the layer's file and the
+/// line in that file.
 #[derive(Debug)]
 pub struct Collector<'s> {
-    origin: Origin,
     source: &'s str,
+    /// Where each layer starts in `source`, in order; one layer for a single file.
+    layers: Vec<(usize, Origin)>,
     errors: Vec<(usize, ConfigError)>,
+    warnings: Vec<ConfigError>,
+    /// Spans whose unknown keys are warned about instead of refused (see [`Self::tolerate`]).
+    tolerant: Vec<Range<usize>>,
 }
 
 impl<'s> Collector<'s> {
     /// A collector for `source`, read from `origin`.
     pub fn new(origin: Origin, source: &'s str) -> Self {
         Self {
-            origin,
             source,
+            layers: vec![(0, origin)],
             errors: Vec::new(),
+            warnings: Vec::new(),
+            tolerant: Vec::new(),
+        }
+    }
+
+    /// A collector for layers read one after the other.
+    pub fn layered(layers: &'s super::Layers) -> Self {
+        Self {
+            source: layers.text(),
+            layers: layers.starts(),
+            errors: Vec::new(),
+            warnings: Vec::new(),
+            tolerant: Vec::new(),
+        }
+    }
+
+    /// Records something that is not a mistake but that the user should know (e.g. a setting
+    /// of a newer release that this one ignores).
+    pub fn warn(&mut self, key: &str, span: Option<Range<usize>>, problem: impl Into<String>) {
+        let (origin, position) = self.place(span.as_ref());
+        self.warnings.push(ConfigError {
+            origin,
+            position,
+            key: key.to_owned(),
+            value: None,
+            problem: problem.into(),
+            hint: String::new(),
+        });
+    }
+
+    /// Unknown keys within `span` are warned about and ignored rather than refused: the span is
+    /// a site layer written by a newer release, whose additions this release may skip.
+    pub fn tolerate(&mut self, span: Range<usize>) {
+        self.tolerant.push(span);
+    }
+
+    /// Whether unknown keys at `span` are ignored (see [`Self::tolerate`]).
+    pub fn tolerates(&self, span: &Range<usize>) -> bool {
+        self.tolerant
+            .iter()
+            .any(|t| t.start <= span.start && span.end <= t.end)
+    }
+
+    /// The warnings recorded so far.
+    pub fn warnings(&self) -> &[ConfigError] {
+        &self.warnings
+    }
+
+    /// The file and 1-based line and column of a span; the whole configuration without one.
+    fn place(&self, span: Option<&Range<usize>>) -> (Origin, Option<(usize, usize)>) {
+        let Some(span) = span else {
+            return (self.whole(), None);
+        };
+        let (start, origin) = self
+            .layers
+            .iter()
+            .rev()
+            .find(|(start, _)| *start <= span.start)
+            .unwrap_or(&self.layers[0]);
+        let layer = self.source.get(*start..).unwrap_or("");
+        (
+            origin.clone(),
+            Some(line_and_column(layer, span.start - start)),
+        )
+    }
+
+    fn whole(&self) -> Origin {
+        match self.layers.as_slice() {
+            [(_, only)] => only.clone(),
+            layers => Origin::Merged(layers.iter().map(|(_, o)| o.clone()).collect()),
         }
     }
 
@@ -157,11 +240,11 @@ impl<'s> Collector<'s> {
         hint: String,
     ) {
         let offset = span.as_ref().map_or(usize::MAX, |s| s.start);
-        let position = span.map(|s| line_and_column(self.source, s.start));
+        let (origin, position) = self.place(span.as_ref());
         self.errors.push((
             offset,
             ConfigError {
-                origin: self.origin.clone(),
+                origin,
                 position,
                 key: key.to_owned(),
                 value,
@@ -183,9 +266,14 @@ impl<'s> Collector<'s> {
     }
 
     /// Every mistake recorded, in file order; `Ok` when there was none.
-    pub fn finish(mut self) -> Result<(), ConfigErrors> {
+    pub fn finish(self) -> Result<(), ConfigErrors> {
+        self.finish_with_warnings().map(drop)
+    }
+
+    /// Every mistake recorded, in file order; `Ok` with the warnings when there was none.
+    pub fn finish_with_warnings(mut self) -> Result<Vec<ConfigError>, ConfigErrors> {
         if self.errors.is_empty() {
-            return Ok(());
+            return Ok(self.warnings);
         }
         self.errors.sort_by_key(|(offset, _)| *offset);
         Err(ConfigErrors(

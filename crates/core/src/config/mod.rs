@@ -21,8 +21,10 @@
 //! later, a PKCS#11 URI).
 
 mod error;
+mod layers;
 mod reader;
 mod schema;
+pub mod site;
 pub mod values;
 
 use std::path::PathBuf;
@@ -30,6 +32,10 @@ use std::path::PathBuf;
 use serde::de::DeserializeOwned;
 
 pub use error::{Collector, ConfigError, ConfigErrors, Origin, is_secret};
+pub use layers::{
+    LayerKind, Layers, SITE_FORMAT, SITE_READABLE_FROM, SITE_TABLE, Setting, effective,
+    parse_layers,
+};
 pub use values::{
     MqttVersion, choice, choice_or, duration, int, min_tls_version, mqtt_version, non_empty_path,
     parse_duration, paths, port, stale_crl,

@@ -21,6 +21,15 @@ use super::schema::{self, Found, Segment};
 /// Deserializes `source` into `T`, recording every syntax, unknown-key and type error in
 /// `errors`. Returns `None` when nothing usable could be read.
 pub(crate) fn read<T: DeserializeOwned>(source: &str, errors: &mut Collector<'_>) -> Option<T> {
+    let root = parse_tree(source, errors)?;
+    read_tree(root, errors)
+}
+
+/// Parses `source` into a span-keeping tree, recording every syntax error.
+pub(crate) fn parse_tree<'a>(
+    source: &'a str,
+    errors: &mut Collector<'_>,
+) -> Option<Spanned<DeTable<'a>>> {
     let (mut root, syntax_errors) = DeTable::parse_recoverable(source);
     if !syntax_errors.is_empty() {
         for e in syntax_errors {
@@ -34,6 +43,14 @@ pub(crate) fn read<T: DeserializeOwned>(source: &str, errors: &mut Collector<'_>
         return None;
     }
     root.get_mut().make_owned();
+    Some(root)
+}
+
+/// Deserializes a tree into `T`, recording every unknown-key and type error in `errors`.
+pub(crate) fn read_tree<T: DeserializeOwned>(
+    mut root: Spanned<DeTable<'_>>,
+    errors: &mut Collector<'_>,
+) -> Option<T> {
     loop {
         let de = toml::de::Deserializer::from(root.clone());
         let e = match T::deserialize(de) {
@@ -64,6 +81,16 @@ fn report<T: DeserializeOwned>(errors: &mut Collector<'_>, found: &Cut, span: Ra
         && let Found::Table(allowed) = schema::expected::<T>(parent)
         && !allowed.contains(&last.as_str())
     {
+        if errors.tolerates(&found.key_span) {
+            // A site layer written by a newer release: its new keys are additive by the
+            // format's rule, so this release runs without them.
+            errors.warn(
+                key,
+                Some(found.key_span.clone()),
+                "not known to this release (written by a newer fieldlink): ignored",
+            );
+            return;
+        }
         let allowed: Vec<String> = allowed.iter().map(|k| format!("`{k}`")).collect();
         errors.entry(
             key,

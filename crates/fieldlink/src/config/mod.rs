@@ -11,7 +11,8 @@
 pub mod gateway;
 
 use fieldlink_broker::config::{BrokerSettings, file::BrokerFile};
-use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, Origin};
+use fieldlink_core::config::site::SiteStore;
+use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, LayerKind, Layers, Origin};
 use fieldlink_core::tls::KeyRef;
 use fieldlink_keys::config::{KeysSettings, file::KeysFile};
 use fieldlink_queue::config::file::{QueueFile, RouteFile};
@@ -75,12 +76,94 @@ pub struct Settings {
     pub keys: KeysSettings,
 }
 
-/// Reads and validates the configuration.
+/// Keys the site layer may not set: the data directory decides where the site layer itself
+/// lives, so only the shipped file can move it.
+pub const SITE_FIXED: &[&str] = &["gateway.data_dir"];
+
+/// A configuration read from its layers.
+#[derive(Debug)]
+pub struct Loaded {
+    /// The merged, validated settings.
+    pub settings: Settings,
+    /// Where they came from: the shipped file, the site layer, both, or the built-in defaults.
+    pub origin: Origin,
+    /// Keys of a newer release's site layer that this release ignores.
+    pub warnings: Vec<ConfigError>,
+    /// The layers read, lowest first (the shipped file, then the site layer).
+    pub layers: Layers,
+    /// The site layer's store in the data directory (its file may not exist).
+    pub site: SiteStore,
+}
+
+/// Reads and validates the configuration: the shipped file, then the site layer in its data
+/// directory (`<data_dir>/config/site.toml`), merged. Warnings are logged.
 pub fn load(source: &ConfigSource) -> Result<(Settings, Origin), ConfigErrors> {
-    match fieldlink_core::config::read_source(source)? {
-        Some((text, origin)) => parse(&text, origin.clone()).map(|s| (s, origin)),
-        None => Ok((Settings::default(), Origin::BuiltIn)),
+    let loaded = load_layers(source)?;
+    for warning in &loaded.warnings {
+        tracing::warn!("{warning}");
     }
+    Ok((loaded.settings, loaded.origin))
+}
+
+/// Reads the shipped file and the site layer, merges and validates them.
+pub fn load_layers(source: &ConfigSource) -> Result<Loaded, ConfigErrors> {
+    let shipped = shipped_layer(source)?;
+    let site = site_store(&shipped)?;
+    let text = site.read().map_err(|e| site_error(&site, &e))?;
+    load_with_site(shipped, site, text.as_deref())
+}
+
+/// Merges `site_text` (a site layer, proposed or on disk) onto the shipped layer and
+/// validates the result.
+pub fn load_with_site(
+    mut layers: Layers,
+    site: SiteStore,
+    site_text: Option<&str>,
+) -> Result<Loaded, ConfigErrors> {
+    if let Some(text) = site_text {
+        let kind = LayerKind::Site { fixed: SITE_FIXED };
+        layers.push(Origin::File(site.path()), text, kind);
+    }
+    let (settings, warnings) = fieldlink_core::config::parse_layers(&layers, settings)?;
+    let mut origins = layers.origins();
+    let origin = match origins.len() {
+        0 => Origin::BuiltIn,
+        1 => origins.remove(0),
+        _ => Origin::Merged(origins),
+    };
+    Ok(Loaded {
+        settings,
+        origin,
+        warnings,
+        layers,
+        site,
+    })
+}
+
+/// The shipped file as the lowest layer (no layer when the default path has no file).
+pub fn shipped_layer(source: &ConfigSource) -> Result<Layers, ConfigErrors> {
+    let mut layers = Layers::new();
+    if let Some((text, origin)) = fieldlink_core::config::read_source(source)? {
+        layers.push(origin, &text, LayerKind::Shipped);
+    }
+    Ok(layers)
+}
+
+/// The site layer's store, in the data directory the shipped layer names.
+pub fn site_store(shipped: &Layers) -> Result<SiteStore, ConfigErrors> {
+    let (base, _) = fieldlink_core::config::parse_layers(shipped, settings)?;
+    Ok(SiteStore::new(&base.gateway.resolved_data_dir()))
+}
+
+fn site_error(site: &SiteStore, e: &fieldlink_core::config::site::SiteError) -> ConfigErrors {
+    ConfigErrors(vec![ConfigError {
+        origin: Origin::File(site.path()),
+        position: None,
+        key: String::new(),
+        value: None,
+        problem: format!("the site configuration cannot be read: {e}"),
+        hint: "check that the data directory is readable by the user fieldlink runs as".into(),
+    }])
 }
 
 /// Parses and validates configuration text; `origin` is used in error messages.
@@ -157,5 +240,7 @@ fn check_key_uris(settings: &Settings, c: &mut Collector<'_>) {
     }
 }
 
+#[cfg(test)]
+mod layer_tests;
 #[cfg(test)]
 mod tests;
