@@ -193,3 +193,18 @@ fn the_effective_configuration_names_the_file_and_line_of_each_value() {
         "the format record is not a setting"
     );
 }
+
+#[test]
+fn the_site_layer_may_complete_a_shipped_file_that_is_incomplete_alone() {
+    let shipped_text = "[uplink]\nhost = \"cloud.example\"\n";
+    let store = site_store(&shipped(shipped_text)).expect("found from [gateway] alone");
+    let loaded = load_with_site(
+        shipped(shipped_text),
+        store,
+        Some("[uplink]\nclient_id = \"site-7\"\n"),
+    )
+    .unwrap();
+    assert_eq!(loaded.settings.uplink.unwrap().client_id, "site-7");
+    let errors = load(shipped_text, "").unwrap_err().0;
+    assert_eq!(errors[0].key, "uplink.client_id");
+}

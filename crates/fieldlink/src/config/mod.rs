@@ -149,10 +149,19 @@ pub fn shipped_layer(source: &ConfigSource) -> Result<Layers, ConfigErrors> {
     Ok(layers)
 }
 
-/// The site layer's store, in the data directory the shipped layer names.
+/// The site layer's store, in the data directory the shipped layer names. Only `[gateway]`
+/// is read here: the shipped file alone may well be incomplete (a per-device `client_id`
+/// that only the site layer gives), and the merged result is validated whole afterwards.
 pub fn site_store(shipped: &Layers) -> Result<SiteStore, ConfigErrors> {
-    let (base, _) = fieldlink_core::config::parse_layers(shipped, settings)?;
-    Ok(SiteStore::new(&base.gateway.resolved_data_dir()))
+    #[derive(Deserialize)]
+    struct GatewayOnly {
+        #[serde(default)]
+        gateway: gateway::GatewayFile,
+    }
+    let (gateway, _) = fieldlink_core::config::parse_layers(shipped, |f: &GatewayOnly, c| {
+        gateway::settings(&f.gateway, c)
+    })?;
+    Ok(SiteStore::new(&gateway.resolved_data_dir()))
 }
 
 fn site_error(site: &SiteStore, e: &fieldlink_core::config::site::SiteError) -> ConfigErrors {
