@@ -104,8 +104,12 @@ pub fn tighten_if_present(path: &Path) -> Result<Outcome, PrivateError> {
 /// Replaces `path` with `bytes` as a 0600 file so that a reader, a crash or a power cut sees
 /// the old content or the new one, never half of it: written to a temporary file beside it,
 /// synced, renamed over it, and the directory synced (the rename's own durability).
+///
+/// The file keeps the owner of the file it replaces, and a new file gets its directory's: an
+/// administrator edits as root what the service (its own user) must go on reading.
 pub fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     use std::io::Write as _;
+    use std::os::unix::fs::MetadataExt as _;
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir.to_owned(),
         _ => PathBuf::from("."),
@@ -122,6 +126,15 @@ pub fn replace_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         // `mode` is masked by the umask and ignored for an existing file: set it outright.
         file.set_permissions(Permissions::from_mode(0o600))?;
         file.write_all(bytes)?;
+        let owner = std::fs::metadata(path).or_else(|_| std::fs::metadata(&dir))?;
+        let mine = file.metadata()?;
+        if (owner.uid(), owner.gid()) != (mine.uid(), mine.gid()) {
+            match std::os::unix::fs::fchown(&file, Some(owner.uid()), Some(owner.gid())) {
+                // Only root may give a file away; anyone else writes it as their own.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+                other => other?,
+            }
+        }
         file.sync_all()?;
         std::fs::rename(&tmp, path)?;
         std::fs::File::open(&dir)?.sync_all()
@@ -160,6 +173,30 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+    }
+
+    #[test]
+    fn a_replaced_file_keeps_its_owner_and_a_new_one_gets_its_directory_s() {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            eprintln!("needs root to give files away (CI runs as root)");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let owner = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.uid(), m.gid())
+        };
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let new = dir.path().join("new");
+        replace_atomically(&new, b"1").unwrap();
+        assert_eq!(owner(&new), (65534, 65534));
+        let kept = dir.path().join("kept");
+        std::fs::write(&kept, b"0").unwrap();
+        std::os::unix::fs::chown(&kept, Some(1), Some(1)).unwrap();
+        replace_atomically(&kept, b"1").unwrap();
+        assert_eq!(owner(&kept), (1, 1));
+        assert_eq!(mode(&kept), 0o600);
     }
 
     #[test]

@@ -43,8 +43,9 @@ pub(crate) fn main(source: &ConfigSource, command: CredentialsCommand) -> ExitCo
     };
     let Some(path) = settings.broker.access.credentials_file else {
         eprintln!(
-            "fieldlink: broker.credentials_file is not set in the configuration. Hint: add \
-             credentials_file = \"/etc/fieldlink/credentials\" under [broker]"
+            "fieldlink: broker.credentials_file is not set in the configuration. Hint: keep it \
+             in the data directory: fieldlink config set broker.credentials_file \
+             /var/lib/fieldlink/credentials"
         );
         return ExitCode::from(EXIT_BAD_CONFIG);
     };

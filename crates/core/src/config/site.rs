@@ -50,6 +50,7 @@ pub struct Version {
 /// The site layer of one data directory.
 #[derive(Debug, Clone)]
 pub struct SiteStore {
+    data_dir: PathBuf,
     dir: PathBuf,
 }
 
@@ -57,6 +58,7 @@ impl SiteStore {
     /// The store in `data_dir` (nothing is created until the first write).
     pub fn new(data_dir: &Path) -> Self {
         Self {
+            data_dir: data_dir.to_owned(),
             dir: data_dir.join("config"),
         }
     }
@@ -84,10 +86,12 @@ impl SiteStore {
     /// version it replaces.
     pub fn write(&self, text: &str) -> Result<(), SiteError> {
         private_fs::private_dir(&self.dir)?;
+        self.give_to_data_dir_owner(&[&self.dir])?;
         let path = self.path();
         if path.exists() {
             let history = self.history_dir();
             private_fs::private_dir(&history)?;
+            self.give_to_data_dir_owner(&[&history])?;
             let next = self.history()?.last().map_or(1, |v| v.number + 1);
             let kept = history.join(format!("site.{next}.toml"));
             std::fs::hard_link(&path, &kept).map_err(|source| SiteError::Io {
@@ -96,9 +100,36 @@ impl SiteStore {
             })?;
             sync_dir(&history)?;
         }
+        // The new file takes its directory's owner (see `replace_atomically`).
         private_fs::replace_atomically(&path, text.as_bytes())
             .map_err(|source| SiteError::Io { path, source })?;
         self.prune()
+    }
+
+    /// An administrator runs the CLI as root, the service runs as its own user (systemd's
+    /// `DynamicUser=`, which owns the data directory): what root writes here must belong to
+    /// the data directory's owner, or the service could not read its own configuration.
+    fn give_to_data_dir_owner(&self, dirs: &[&Path]) -> Result<(), SiteError> {
+        use std::os::unix::fs::MetadataExt as _;
+        let owner = std::fs::metadata(&self.data_dir).map_err(|source| SiteError::Io {
+            path: self.data_dir.clone(),
+            source,
+        })?;
+        for path in dirs {
+            let meta = std::fs::metadata(path).map_err(|source| SiteError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+            if (meta.uid(), meta.gid()) != (owner.uid(), owner.gid()) {
+                std::os::unix::fs::chown(path, Some(owner.uid()), Some(owner.gid())).map_err(
+                    |source| SiteError::Io {
+                        path: path.to_path_buf(),
+                        source,
+                    },
+                )?;
+            }
+        }
+        Ok(())
     }
 
     /// The kept versions, oldest first.
@@ -227,6 +258,25 @@ mod tests {
         let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode(&store.path()), 0o600);
         assert_eq!(mode(&dir.path().join("config")), 0o700);
+    }
+
+    #[test]
+    fn what_root_writes_belongs_to_the_service_that_owns_the_data_directory() {
+        use std::os::unix::fs::MetadataExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        if std::fs::metadata("/proc/self").unwrap().uid() != 0 {
+            eprintln!("needs root to give files away (CI runs as root)");
+            return;
+        }
+        // The service's user owns its data directory (65534: nobody).
+        std::os::unix::fs::chown(dir.path(), Some(65534), Some(65534)).unwrap();
+        let store = SiteStore::new(dir.path());
+        store.write("a = 1\n").unwrap();
+        store.write("a = 2\n").unwrap();
+        for path in [store.path(), dir.path().join("config/history/site.1.toml")] {
+            let meta = std::fs::metadata(&path).unwrap();
+            assert_eq!((meta.uid(), meta.gid()), (65534, 65534), "{path:?}");
+        }
     }
 
     #[test]

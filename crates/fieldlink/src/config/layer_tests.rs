@@ -83,7 +83,7 @@ fn each_mistake_names_the_layer_file_and_its_own_line() {
     let shipped_text = "[queue]\nmax_age = \"7d\"\nwhen_ful = \"drop_oldest\"\n";
     let site = "# a comment\n[queue]\nmax_age = \"soon\"\n";
     let errors = load(shipped_text, site).unwrap_err().0;
-    let places: Vec<(String, Option<(usize, usize)>, &str)> = errors
+    let places: Vec<_> = errors
         .iter()
         .map(|e| (e.origin.to_string(), e.position, e.key.as_str()))
         .collect();
