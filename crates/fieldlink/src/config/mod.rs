@@ -158,10 +158,15 @@ pub fn site_store(shipped: &Layers) -> Result<SiteStore, ConfigErrors> {
         #[serde(default)]
         gateway: gateway::GatewayFile,
     }
-    let (gateway, _) = fieldlink_core::config::parse_layers(shipped, |f: &GatewayOnly, c| {
+    match fieldlink_core::config::parse_layers(shipped, |f: &GatewayOnly, c| {
         gateway::settings(&f.gateway, c)
-    })?;
-    Ok(SiteStore::new(&gateway.resolved_data_dir()))
+    }) {
+        Ok((gateway, _)) => Ok(SiteStore::new(&gateway.resolved_data_dir())),
+        // A mistake in [gateway]: report every mistake of the file, not only those.
+        Err(gateway_errors) => Err(fieldlink_core::config::parse_layers(shipped, settings)
+            .err()
+            .unwrap_or(gateway_errors)),
+    }
 }
 
 fn site_error(site: &SiteStore, e: &fieldlink_core::config::site::SiteError) -> ConfigErrors {
