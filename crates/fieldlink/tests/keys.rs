@@ -10,14 +10,44 @@ use std::time::{Duration, Instant};
 
 use fieldlink_test_support::certs::{TestCa, write};
 use fieldlink_test_support::{
-    Mosquitto, SOFTHSM_MODULE, SoftHsm, Subscriber, free_port, wait_for_port,
+    Mosquitto, SOFTHSM_MODULE, SoftHsm, SoftTpm, Subscriber, free_port, wait_for_port,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
 
+/// The token a bench's keys are born in.
+enum Token {
+    Hsm(SoftHsm),
+    Tpm(SoftTpm),
+}
+
+impl Token {
+    fn command(&self, program: &str) -> Command {
+        match self {
+            Self::Hsm(hsm) => hsm.command(program),
+            Self::Tpm(tpm) => tpm.command(program),
+        }
+    }
+
+    fn keys_section(&self, ca: &Path) -> String {
+        match self {
+            Self::Hsm(hsm) => hsm.keys_section(Some(ca)),
+            Self::Tpm(tpm) => tpm.keys_section(Some(ca)),
+        }
+    }
+
+    /// The SoftHSM2 token, for the tests that use its files (PIN, token directory).
+    fn hsm(&self) -> &SoftHsm {
+        match self {
+            Self::Hsm(hsm) => hsm,
+            Self::Tpm(_) => panic!("this test needs SoftHSM2's files"),
+        }
+    }
+}
+
 /// A token, a directory, and a gateway CA made with openssl (the factory's CA).
 struct Bench {
-    hsm: SoftHsm,
+    token: Token,
     dir: tempfile::TempDir,
     ca: PathBuf,
     ca_key: PathBuf,
@@ -25,11 +55,19 @@ struct Bench {
 
 impl Bench {
     fn new() -> Self {
-        let hsm = SoftHsm::new("gw-token");
+        Self::on(Token::Hsm(SoftHsm::new("gw-token")))
+    }
+
+    /// The same bench with the keys in a software TPM.
+    fn with_tpm() -> Self {
+        Self::on(Token::Tpm(SoftTpm::new("gw-token")))
+    }
+
+    fn on(token: Token) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (ca, ca_key) = openssl_ca(dir.path(), "gw-ca");
         let bench = Self {
-            hsm,
+            token,
             dir,
             ca,
             ca_key,
@@ -39,7 +77,7 @@ impl Bench {
     }
 
     fn keys_section(&self) -> String {
-        self.hsm.keys_section(Some(&self.ca))
+        self.token.keys_section(&self.ca)
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -48,7 +86,7 @@ impl Bench {
 
     /// `fieldlink --config CONFIG args…` with the token reachable.
     fn fieldlink(&self, config: &str, args: &[&str]) -> Output {
-        self.hsm
+        self.token
             .command(BIN)
             .arg("--config")
             .arg(self.path(config))
@@ -247,6 +285,22 @@ fn a_key_born_in_the_token_carries_the_uplink_over_mutual_tls() {
     stop(gateway);
 }
 
+/// The same flow with the key in a TPM 2.0 (swtpm + tpm2-abrmd + tpm2-pkcs11): the code is the
+/// same cryptoki code; only the module and its environment differ.
+#[test]
+fn a_key_born_in_a_tpm_carries_the_uplink_over_mutual_tls() {
+    let bench = Bench::with_tpm();
+    let cloud = Cloud::new(&bench);
+    let listed = ok(bench.fieldlink("keys.toml", &["keys", "list"]));
+    assert!(listed.contains("TPM"), "the token is the TPM's: {listed}");
+    let checked = bench.fieldlink("gateway.toml", &["check-config"]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let gateway = run_gateway(&bench, "gateway.toml", cloud.local);
+    cloud.deliver(&bench, "72.5");
+    assert!(cloud.log().contains("u'gw-7'"), "{}", cloud.log());
+    stop(gateway);
+}
+
 #[test]
 fn the_uplink_is_degraded_while_its_token_is_away_and_recovers_without_a_restart() {
     let bench = Bench::new();
@@ -257,7 +311,7 @@ fn the_uplink_is_degraded_while_its_token_is_away_and_recovers_without_a_restart
     // "Unplugged": SoftHSM2's token directory moved away; the cloud restarts, so the uplink
     // must sign a new handshake.
     let away = bench.path("tokens-away");
-    std::fs::rename(bench.hsm.token_dir(), &away).unwrap();
+    std::fs::rename(bench.token.hsm().token_dir(), &away).unwrap();
     cloud.restart();
     let status = status_until(&bench, |s| {
         s.contains("last error: hardware key unavailable: pkcs11:token=gw-token;object=uplink: ")
@@ -271,7 +325,7 @@ fn the_uplink_is_degraded_while_its_token_is_away_and_recovers_without_a_restart
     assert!(publish.success(), "the local broker still takes readings");
 
     // Plugged in again: the queued reading goes out, the gateway never restarted.
-    std::fs::rename(&away, bench.hsm.token_dir()).unwrap();
+    std::fs::rename(&away, bench.token.hsm().token_dir()).unwrap();
     let start = Instant::now();
     while !cloud.has("while-away") {
         assert!(
@@ -534,7 +588,7 @@ fn the_brokers_certificate_is_rotated_without_a_restart_and_a_bad_candidate_is_r
 fn check_config_exits_64_naming_each_token_problem() {
     let bench = Bench::new();
     let cert = bench.provision("uplink", "gw-7", "gw-7.example");
-    let good_pin = bench.hsm.pin_file();
+    let good_pin = bench.token.hsm().pin_file();
     let wrong_pin = bench.path("wrong.pin");
     std::fs::write(&wrong_pin, "00000000\n").unwrap();
     set_mode(&wrong_pin, 0o600);
@@ -619,7 +673,7 @@ fn check_config_exits_64_naming_each_token_problem() {
                 assert!(text(&out).contains(problem), "{case}: {}", text(&out));
                 // Neither the PIN nor its file's content is ever shown.
                 assert!(
-                    !text(&out).contains(bench.hsm.pin()),
+                    !text(&out).contains(bench.token.hsm().pin()),
                     "{case}: {}",
                     text(&out)
                 );
@@ -727,7 +781,7 @@ fn install_cert_refuses_another_keys_certificate_an_unknown_ca_and_an_expired_on
 fn run_gateway(bench: &Bench, config: &str, port: u16) -> Child {
     let log = std::fs::File::create(bench.path("gateway.log")).unwrap();
     let child = bench
-        .hsm
+        .token
         .command(BIN)
         .arg("--config")
         .arg(bench.path(config))

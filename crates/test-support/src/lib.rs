@@ -21,6 +21,7 @@ mod mosquitto;
 mod proxy;
 mod rabbitmq;
 mod softhsm;
+mod softtpm;
 mod subscriber;
 
 use std::future::Future;
@@ -33,6 +34,7 @@ pub use mosquitto::Mosquitto;
 pub use proxy::{Proxy, SilentAddress};
 pub use rabbitmq::RabbitMq;
 pub use softhsm::{SOFTHSM_MODULE, SoftHsm};
+pub use softtpm::{SoftTpm, tpm2_pkcs11_module};
 pub use subscriber::{Finished, Subscriber};
 
 /// A TCP port on 127.0.0.1 that was free a moment ago (the OS picked it).
