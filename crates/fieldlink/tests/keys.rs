@@ -358,7 +358,15 @@ fn status_until(bench: &Bench, ok: impl Fn(&str) -> bool) -> String {
 
 #[test]
 fn the_brokers_mutual_tls_listener_serves_its_certificate_from_the_token() {
-    let bench = Bench::new();
+    broker_listener_serves_from(&Bench::new());
+}
+
+#[test]
+fn the_brokers_mutual_tls_listener_serves_its_certificate_from_a_tpm() {
+    broker_listener_serves_from(&Bench::with_tpm());
+}
+
+fn broker_listener_serves_from(bench: &Bench) {
     let broker_cert = bench.provision("broker", "gateway-broker", "localhost");
     let devices = TestCa::new("devices CA");
     let sensor = devices.issue("sensor-1", &[]);
@@ -380,7 +388,7 @@ fn the_brokers_mutual_tls_listener_serves_its_certificate_from_the_token() {
             keys = bench.keys_section(),
         ),
     );
-    let gateway = run_gateway(&bench, "gateway.toml", port);
+    let gateway = run_gateway(bench, "gateway.toml", port);
     let publish = |with_cert: bool| {
         let mut command = Command::new("mosquitto_pub");
         command
@@ -402,7 +410,7 @@ fn the_brokers_mutual_tls_listener_serves_its_certificate_from_the_token() {
         out.status.success(),
         "{}\ngateway log:\n{}",
         text(&out),
-        gateway_log(&bench)
+        gateway_log(bench)
     );
     // The same listener still requires the device's certificate.
     assert!(!publish(false).status.success());
