@@ -1,11 +1,14 @@
-//! Mutual-TLS handshakes with a key file and with a key in SoftHSM2, side by side: the broker
-//! listener's side (the server's key signs) and the uplink's side (the client's key signs).
+//! Mutual-TLS handshakes with a key file, a key in SoftHSM2 and a key in a software TPM 2.0
+//! (swtpm + tpm2-abrmd + tpm2-pkcs11), side by side: the broker listener's side (the server's
+//! key signs) and the uplink's side (the client's key signs).
 //! Handshakes run in memory (no sockets), one after another, so the figures are the TLS work
 //! and the token's signature, nothing else.
 //!
-//! `cargo bench -p fieldlink-keys --bench handshake` (SoftHSM2 installed: apt softhsm2). The
-//! token is made at run time in a temporary directory; the benchmark runs itself again with
-//! `SOFTHSM2_CONF` pointing at it.
+//! `cargo bench -p fieldlink-keys --bench handshake` (what `scripts/test` installs: softhsm2,
+//! swtpm, tpm2-abrmd, libtpm2-pkcs11-1). The tokens are made at run time in temporary
+//! directories; the benchmark runs itself again with the environment that reaches them. A
+//! software TPM is slower than a real one's signature would be, and a real TPM slower still
+//! than a secure element: the TPM row is what this machine's swtpm gives.
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
 use std::path::PathBuf;
@@ -18,36 +21,30 @@ use fieldlink_keys::config::{KeysSettings, PinSource, Pkcs11Settings};
 use fieldlink_keys::key::{Curve, TokenKeySource};
 use fieldlink_keys::manage;
 use fieldlink_keys::token::Tokens;
-use fieldlink_test_support::{SOFTHSM_MODULE, SoftHsm};
+use fieldlink_test_support::{SOFTHSM_MODULE, SoftHsm, SoftTpm, tpm2_pkcs11_module};
 use rustls::pki_types::CertificateDer;
 
 const PIN_FILE: &str = "FIELDLINK_BENCH_PIN_FILE";
+const TPM_PIN_FILE: &str = "FIELDLINK_BENCH_TPM_PIN_FILE";
 const HANDSHAKES: usize = 300;
 
 fn main() {
     let Some(pin_file) = std::env::var_os(PIN_FILE) else {
         let hsm = SoftHsm::new("bench-token");
-        let status = hsm
+        let tpm = SoftTpm::new("bench-token");
+        let status = tpm
             .command(std::env::current_exe().unwrap())
             .args(std::env::args().skip(1))
+            .env("SOFTHSM2_CONF", hsm.conf())
             .env(PIN_FILE, hsm.pin_file())
+            .env(TPM_PIN_FILE, tpm.pin_file())
             .status()
             .unwrap();
         std::process::exit(status.code().unwrap_or(1));
     };
-    let settings = KeysSettings {
-        pkcs11: Some(Pkcs11Settings {
-            module: SOFTHSM_MODULE.into(),
-            pin: PinSource::File(PathBuf::from(pin_file)),
-        }),
-        ca_file: None,
-    };
-    let tokens = Tokens::new(settings.pkcs11.clone().unwrap());
-    let session = tokens.open("bench-token", None).unwrap();
-    for label in ["server", "client"] {
-        manage::generate(&session, label, Curve::P256).unwrap();
-    }
-    let keys = Pkcs11Keys::new(&settings);
+    let tpm_pin_file = std::env::var_os(TPM_PIN_FILE).expect("set with the other");
+    let softhsm = token_keys(SOFTHSM_MODULE, pin_file.into());
+    let tpm = token_keys(tpm2_pkcs11_module(), tpm_pin_file.into());
     let dir = tempfile::tempdir().unwrap();
 
     let ca_key = rcgen::KeyPair::generate().unwrap();
@@ -69,7 +66,7 @@ fn main() {
         std::fs::write(&path, key.serialize_pem()).unwrap();
         (cert.der().clone(), Arc::new(FileKey(path)))
     };
-    let token_identity = |label: &str| -> (CertificateDer<'static>, Arc<dyn KeySource>) {
+    let token_identity = |keys: &Pkcs11Keys, label: &str| {
         let key = keys
             .token_key(&format!("pkcs11:token=bench-token;object={label}"))
             .unwrap();
@@ -77,12 +74,15 @@ fn main() {
             .unwrap()
             .signed_by(key.as_ref(), &issuer)
             .unwrap();
-        (cert.der().clone(), Arc::new(TokenKeySource(key)))
+        let source: Arc<dyn KeySource> = Arc::new(TokenKeySource(key));
+        (cert.der().clone(), source)
     };
     let server_file = file_identity("server");
     let client_file = file_identity("client");
-    let server_token = token_identity("server");
-    let client_token = token_identity("client");
+    let server_hsm = token_identity(&softhsm, "server");
+    let client_hsm = token_identity(&softhsm, "client");
+    let server_tpm = token_identity(&tpm, "server");
+    let client_tpm = token_identity(&tpm, "client");
 
     println!(
         "mTLS handshakes in memory, ECDSA P-256 on both sides, TLS 1.3, {HANDSHAKES} each, one at a time"
@@ -95,10 +95,20 @@ fn main() {
         ("file keys on both sides", &server_file, &client_file),
         (
             "broker listener's key in SoftHSM2",
-            &server_token,
+            &server_hsm,
             &client_file,
         ),
-        ("uplink's key in SoftHSM2", &server_file, &client_token),
+        ("uplink's key in SoftHSM2", &server_file, &client_hsm),
+        (
+            "broker listener's key in the software TPM",
+            &server_tpm,
+            &client_file,
+        ),
+        (
+            "uplink's key in the software TPM",
+            &server_file,
+            &client_tpm,
+        ),
     ];
     let mut means = Vec::new();
     for (name, server, client) in cases {
@@ -151,6 +161,29 @@ fn main() {
         ms(means[1]) / ms(means[0]),
         ms(means[2]) / ms(means[0])
     );
+    println!(
+        "software TPM / file key: broker side {:.2}x, uplink side {:.2}x (as measured; no goal)",
+        ms(means[3]) / ms(means[0]),
+        ms(means[4]) / ms(means[0])
+    );
+}
+
+/// A token's keys: the token labelled `bench-token` behind `module`, with a fresh P-256 key
+/// pair for each side.
+fn token_keys(module: &str, pin_file: PathBuf) -> Pkcs11Keys {
+    let settings = KeysSettings {
+        pkcs11: Some(Pkcs11Settings {
+            module: module.into(),
+            pin: PinSource::File(pin_file),
+        }),
+        ca_file: None,
+    };
+    let tokens = Tokens::new(settings.pkcs11.clone().unwrap());
+    let session = tokens.open("bench-token", None).unwrap();
+    for label in ["server", "client"] {
+        manage::generate(&session, label, Curve::P256).unwrap();
+    }
+    Pkcs11Keys::new(&settings)
 }
 
 fn ms(d: Duration) -> f64 {

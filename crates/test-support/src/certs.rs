@@ -49,7 +49,21 @@ impl TestCa {
 
     /// A certificate with a chosen serial number and validity.
     pub fn issue_with(&self, common_name: &str, sans: &[&str], leaf: Leaf) -> Issued {
-        let key = KeyPair::generate().expect("a fresh key");
+        self.sign(
+            KeyPair::generate().expect("a fresh key"),
+            common_name,
+            sans,
+            leaf,
+        )
+    }
+
+    /// A new certificate for an existing key (PEM), as a renewal is.
+    pub fn reissue(&self, key_pem: &str, common_name: &str, leaf: Leaf) -> Issued {
+        let key = KeyPair::from_pem(key_pem).expect("a PEM private key");
+        self.sign(key, common_name, &[], leaf)
+    }
+
+    fn sign(&self, key: KeyPair, common_name: &str, sans: &[&str], leaf: Leaf) -> Issued {
         let mut params =
             CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .expect("leaf params");

@@ -85,7 +85,10 @@ impl SoftTpm {
             self.children.push(child);
             let start = Instant::now();
             while start.elapsed() < Duration::from_secs(5) {
-                if let Some(Some(_)) = self.children.last_mut().map(|c| c.try_wait().ok().flatten())
+                if let Some(Some(_)) = self
+                    .children
+                    .last_mut()
+                    .map(|c| c.try_wait().ok().flatten())
                 {
                     break; // it quit: a port was taken
                 }

@@ -18,6 +18,7 @@ pub use crate::dial::Resolve;
 use crate::dial::SocketTuning;
 pub use crate::error::UplinkError;
 use crate::psk::Psk;
+use crate::rotation::{Identity, Rotation};
 use crate::{bridge, expiry, psk};
 
 /// Builds a fresh TLS configuration for each connection attempt, so that renewed
@@ -37,6 +38,10 @@ pub(crate) struct Connector {
     pub(crate) peer_chain: PeerChain,
     /// Where our mutual-TLS key comes from (a file, or a token through `fieldlink-keys`).
     keys: Arc<dyn KeyResolver>,
+    /// Renewed certificate files: checked, tried, promoted or refused.
+    pub(crate) rotation: Rotation,
+    /// When `cert_file` and `ca_file` last changed, as of the last attempt.
+    identity_stamps: Vec<Option<SystemTime>>,
 }
 
 impl Connector {
@@ -89,6 +94,8 @@ impl Connector {
             crl_recheck_at: None,
             peer_chain: PeerChain::default(),
             keys,
+            rotation: Rotation::default(),
+            identity_stamps: Vec::new(),
         };
         // Fail at start on unreadable files, rather than at the first connection.
         connector.transport()?;
@@ -106,21 +113,13 @@ impl Connector {
             return Ok(socket);
         }
         self.crl_stamps = self.crl_files.iter().map(|p| modified(p)).collect();
-        let (ca_file, identity) = match &self.tls {
-            UplinkTls::ServerAuth { ca_file } => (ca_file.as_deref(), None),
-            UplinkTls::Mutual {
-                ca_file,
-                cert_file,
-                key,
-            } => {
-                let chain = read_certs(cert_file)?;
-                // Resolved for each attempt: a token that went away is retried, not fatal.
-                let key = self.keys.resolve(key)?;
-                (ca_file.as_deref(), Some((chain, key)))
-            }
-            UplinkTls::Psk { .. } => unreachable!("handled above"),
+        self.identity_stamps = self.identity_files().iter().map(|p| modified(p)).collect();
+        // Resolved for each attempt: a token that went away is retried, not fatal (and not
+        // a reason to refuse a renewed certificate).
+        let key = match &self.tls {
+            UplinkTls::Mutual { key, .. } => Some(self.keys.resolve(key)?),
+            _ => None,
         };
-        let roots = roots(ca_file)?;
         let mut crls = Vec::new();
         self.crl_recheck_at = None;
         for path in self.crl_files.clone() {
@@ -128,18 +127,160 @@ impl Connector {
             self.review_crl(&path, &read);
             crls.extend(read);
         }
-        let config = self.policy.client_config_with(ClientTls {
-            roots,
-            crls,
-            identity,
-            alpn: self.alpn.clone(),
-            peer_chain: Some(self.peer_chain.clone()),
-        })?;
+        let read = self.read_identity().map_err(|e| e.to_string());
+        let verdict = match &read {
+            Ok(on_disk) if self.rotation.differs_from_proven(on_disk) => {
+                self.check_candidate(on_disk, key.clone(), &crls)
+            }
+            _ => Ok(()),
+        };
+        let identity = match self.rotation.choose(read, |_| verdict) {
+            Some(identity) => identity,
+            None => {
+                // Nothing proven yet: the files as they are; their problems are this
+                // attempt's.
+                let identity = self.read_identity()?;
+                self.rotation.start(identity.clone());
+                identity
+            }
+        };
+        let config = self.config_for(&identity, key, crls)?;
         self.bridge.set_tunnel(Tunnel::Rustls {
             config: Arc::new(config),
             name: self.server_name.clone(),
         });
         Ok(socket)
+    }
+
+    /// `cert_file` (mutual TLS) and `ca_file`, when set.
+    fn identity_files(&self) -> Vec<PathBuf> {
+        match &self.tls {
+            UplinkTls::ServerAuth { ca_file } => ca_file.iter().cloned().collect(),
+            UplinkTls::Mutual {
+                ca_file, cert_file, ..
+            } => std::iter::once(cert_file.clone())
+                .chain(ca_file.iter().cloned())
+                .collect(),
+            UplinkTls::Psk { .. } => Vec::new(),
+        }
+    }
+
+    /// What `cert_file` and `ca_file` hold now.
+    fn read_identity(&self) -> Result<Identity, UplinkError> {
+        let (ca_file, cert_file) = match &self.tls {
+            UplinkTls::ServerAuth { ca_file } => (ca_file.as_deref(), None),
+            UplinkTls::Mutual {
+                ca_file, cert_file, ..
+            } => (ca_file.as_deref(), Some(cert_file)),
+            UplinkTls::Psk { .. } => (None, None),
+        };
+        Ok(Identity {
+            chain: cert_file
+                .map(|p| read_certs(p))
+                .transpose()?
+                .unwrap_or_default(),
+            cas: ca_file.map(read_certs).transpose()?.unwrap_or_default(),
+        })
+    }
+
+    /// Why renewed files cannot be tried: expired, a CA file without a CA, or a TLS
+    /// configuration that cannot be built from them (a certificate that is not our key's).
+    fn check_candidate(
+        &self,
+        candidate: &Identity,
+        key: Option<Arc<dyn fieldlink_core::tls::KeySource>>,
+        crls: &[CertificateRevocationListDer<'static>],
+    ) -> Result<(), String> {
+        let ca_file_set = match &self.tls {
+            UplinkTls::ServerAuth { ca_file } | UplinkTls::Mutual { ca_file, .. } => {
+                ca_file.is_some()
+            }
+            UplinkTls::Psk { .. } => false,
+        };
+        if let Some(problem) = candidate.problem(ca_file_set, SystemTime::now()) {
+            return Err(problem);
+        }
+        self.config_for(candidate, key, crls.to_vec())
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
+    /// The TLS configuration for `identity` (our chain and the CAs) with our key.
+    fn config_for(
+        &self,
+        identity: &Identity,
+        key: Option<Arc<dyn fieldlink_core::tls::KeySource>>,
+        crls: Vec<CertificateRevocationListDer<'static>>,
+    ) -> Result<rustls::ClientConfig, UplinkError> {
+        let roots = if identity.cas.is_empty() {
+            roots(None)?
+        } else {
+            let mut roots = RootCertStore::empty();
+            for cert in &identity.cas {
+                roots
+                    .add(cert.clone())
+                    .map_err(|source| UplinkError::CaCertificate {
+                        path: self.ca_file().unwrap_or_default(),
+                        source,
+                    })?;
+            }
+            roots
+        };
+        let identity = key.map(|key| (identity.chain.clone(), key));
+        Ok(self.policy.client_config_with(ClientTls {
+            roots,
+            crls,
+            identity,
+            alpn: self.alpn.clone(),
+            peer_chain: Some(self.peer_chain.clone()),
+        })?)
+    }
+
+    fn ca_file(&self) -> Option<PathBuf> {
+        match &self.tls {
+            UplinkTls::ServerAuth { ca_file } | UplinkTls::Mutual { ca_file, .. } => {
+                ca_file.clone()
+            }
+            UplinkTls::Psk { .. } => None,
+        }
+    }
+
+    /// Whether `cert_file` or `ca_file` changed since the last look into a candidate that
+    /// passes the checks: worth a reconnect (at a quiet moment) to try it with the cloud. A
+    /// candidate that fails them is refused here, without touching the session.
+    pub(crate) fn renewed_identity(&mut self) -> bool {
+        let stamps: Vec<_> = self.identity_files().iter().map(|p| modified(p)).collect();
+        if stamps == self.identity_stamps {
+            return false;
+        }
+        self.identity_stamps = stamps;
+        let Ok(on_disk) = self.read_identity() else {
+            return false; // half written, perhaps: looked at again at the next change
+        };
+        if !self.rotation.is_new(&on_disk) {
+            return false;
+        }
+        let key = match &self.tls {
+            UplinkTls::Mutual { key, .. } => match self.keys.resolve(key) {
+                Ok(key) => Some(key),
+                Err(_) => return false, // the token is away: the next attempt says so
+            },
+            _ => None,
+        };
+        let mut crls = Vec::new();
+        for path in &self.crl_files {
+            match read_crls(path) {
+                Ok(read) => crls.extend(read),
+                Err(_) => return false,
+            }
+        }
+        match self.check_candidate(&on_disk, key, &crls) {
+            Ok(()) => true,
+            Err(why) => {
+                self.rotation.refuse(on_disk, &why);
+                false
+            }
+        }
     }
 
     /// Raises or clears `path`'s stale-CRL alarm and notes when to look again.

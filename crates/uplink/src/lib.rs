@@ -58,6 +58,7 @@ mod drain;
 mod error;
 pub mod expiry;
 mod psk;
+mod rotation;
 mod session;
 mod status;
 pub mod tokens;

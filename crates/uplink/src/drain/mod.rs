@@ -213,6 +213,7 @@ impl Drain {
                 return;
             }
         };
+        self.show_certificate_refusal();
         // A failure's state (stalled, refused, disconnected) stays while the next attempt is
         // made: it is the latest thing known, and "connecting" in between would hide it from
         // whoever looks at the status at the wrong moment.
@@ -254,6 +255,9 @@ impl Drain {
                         connected_at = Some(Instant::now());
                         self.last_packet = connected_at;
                         tracing::info!(host = %self.settings.host, "Uplink connected");
+                        // The files this handshake used are proven (a renewed certificate
+                        // is now the one in use).
+                        self.connector.rotation.promote();
                         // last_error stays: a past stall or refusal remains visible.
                         self.set_state(UplinkState::Connected);
                         // Anything leased before is back in the backlog (see return_inflight):
@@ -290,7 +294,15 @@ impl Drain {
                     }
                     Ok(_) => {}
                     Err(e) if diagnose::credentials_refused(e.as_ref()).is_some() => {
-                        self.login_refused(diagnose::credentials_refused(e.as_ref()).unwrap_or_default());
+                        let code = diagnose::credentials_refused(e.as_ref()).unwrap_or_default();
+                        if self.connector.rotation.cloud_refused(code) {
+                            // New certificate files, not the login, may be why: try the
+                            // previous ones before the long wait of a refused login.
+                            self.fail_with(format!("the cloud refused the connection ({code})"), true);
+                            self.connector.bridge.close_link();
+                            return;
+                        }
+                        self.login_refused(code);
                         self.connector.bridge.close_link();
                         return;
                     }
@@ -310,6 +322,9 @@ impl Drain {
                         let failure = self.connector.take_link_error().unwrap_or_else(|| {
                             bridge::LinkError::of(e.as_ref(), synchronized)
                         });
+                        if failure.refused {
+                            self.connector.rotation.cloud_refused(&failure.text);
+                        }
                         if !synchronized && failure.about_time {
                             self.wait_for_clock(failure.text);
                         } else {
@@ -340,6 +355,13 @@ impl Drain {
                     }
                     self.connector.review_crls_when_due();
                     self.start_renewal_when_due();
+                    if self.renewing_since.is_none() && self.connector.renewed_identity() {
+                        // Tried with the cloud at a quiet moment: nothing in flight.
+                        tracing::info!("Renewed certificate files: reconnecting to use them");
+                        self.renewing_since = Some(Instant::now());
+                        self.set_state(UplinkState::RenewingCredentials);
+                    }
+                    self.show_certificate_refusal();
                     if self.connector.crls_changed() {
                         tracing::info!("A CRL file changed: reconnecting to check the server against it");
                         session.disconnect().await;
@@ -366,6 +388,14 @@ impl Drain {
                 self.renewed = true;
                 return;
             }
+        }
+    }
+
+    /// A refused candidate (renewed certificate files that failed the checks or that the
+    /// cloud refused) is shown as the last error: the operator has to replace it.
+    fn show_certificate_refusal(&mut self) {
+        if let Some(why) = self.connector.rotation.take_refusal() {
+            self.status.send_modify(|s| s.last_error = Some(why));
         }
     }
 
