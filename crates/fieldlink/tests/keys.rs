@@ -301,6 +301,55 @@ fn a_key_born_in_a_tpm_carries_the_uplink_over_mutual_tls() {
     stop(gateway);
 }
 
+/// The PIN as a systemd credential (`LoadCredential=token-pin:/etc/fieldlink/token.pin`): read
+/// from `$CREDENTIALS_DIRECTORY`, where systemd puts it mode 0400.
+#[test]
+fn the_pin_can_come_from_a_systemd_credential() {
+    let bench = Bench::new();
+    let cloud = Cloud::new(&bench);
+    let credentials = bench.path("credentials");
+    std::fs::create_dir(&credentials).unwrap();
+    let pin = credentials.join("token-pin");
+    std::fs::copy(bench.token.hsm().pin_file(), &pin).unwrap();
+    set_mode(&pin, 0o400);
+    let config = std::fs::read_to_string(bench.path("gateway.toml")).unwrap();
+    let pin_line = format!("pin_file = \"{}\"", bench.token.hsm().pin_file().display());
+    assert!(config.contains(&pin_line));
+    let config = config.replace(&pin_line, "pin_credential = \"token-pin\"");
+    write(bench.dir.path(), "credential.toml", &config);
+
+    let without = bench.fieldlink("credential.toml", &["check-config"]);
+    assert_eq!(without.status.code(), Some(64), "{}", text(&without));
+    assert!(
+        text(&without).contains("$CREDENTIALS_DIRECTORY is not set"),
+        "{}",
+        text(&without)
+    );
+    let with = bench
+        .token
+        .command(BIN)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .args(["--config", bench.path("credential.toml").to_str().unwrap()])
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(with.status.success(), "{}", text(&with));
+
+    let log = std::fs::File::create(bench.path("gateway.log")).unwrap();
+    let gateway = bench
+        .token
+        .command(BIN)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .args(["--config", bench.path("credential.toml").to_str().unwrap(), "run"])
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_port(([127, 0, 0, 1], cloud.local).into(), Duration::from_secs(20));
+    cloud.deliver(&bench, "73.5");
+    stop(gateway);
+}
+
 #[test]
 fn the_uplink_is_degraded_while_its_token_is_away_and_recovers_without_a_restart() {
     let bench = Bench::new();
