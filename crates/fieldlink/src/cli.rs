@@ -227,9 +227,13 @@ fn check_token_keys(settings: &Settings) -> Vec<String> {
         if !matches!(key, KeyRef::Pkcs11(_)) {
             continue;
         }
-        let checked = keys.resolve(key).and_then(|source| {
-            let chain = fieldlink_core::tls::read_certs(cert_file)?;
-            fieldlink_core::tls::certified_key(chain, source.as_ref(), &provider).map(|_| ())
+        let checked = keys.resolve(key).and_then(|source| match cert_file {
+            Some(cert_file) => {
+                let chain = fieldlink_core::tls::read_certs(cert_file)?;
+                fieldlink_core::tls::certified_key(chain, source.as_ref(), &provider).map(|_| ())
+            }
+            // No certificate goes with it (the JWT key): the key must sign, that is all.
+            None => source.signing_key(&provider).map(|_| ()),
         });
         if let Err(e) = checked {
             problems.push(format!("{section}.key_uri: {e}"));

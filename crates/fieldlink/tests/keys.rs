@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use fieldlink_test_support::certs::{TestCa, write};
 use fieldlink_test_support::{
-    Mosquitto, SOFTHSM_MODULE, SoftHsm, SoftTpm, Subscriber, free_port, wait_for_port,
+    Mosquitto, RabbitMq, SOFTHSM_MODULE, SoftHsm, SoftTpm, Subscriber, free_port, wait_for_port,
 };
 
 const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
@@ -301,6 +301,122 @@ fn a_key_born_in_a_tpm_carries_the_uplink_over_mutual_tls() {
     stop(gateway);
 }
 
+/// The uplink's JWTs signed by a key born in the token, checked by RabbitMQ's OAuth 2.0 backend
+/// against the public key read from the token's own CSR.
+#[test]
+fn jwts_signed_by_a_token_key_log_the_uplink_in_to_rabbitmq() {
+    const USER: &str = "gw-7";
+    const PASSWORD: &str = "observer-s3cret";
+    let bench = Bench::new();
+    ok(bench.fieldlink("keys.toml", &["keys", "generate", "--label", "jwt"]));
+    let csr = bench.path("jwt.csr");
+    ok(bench.fieldlink(
+        "keys.toml",
+        &[
+            "keys",
+            "csr",
+            "--label",
+            "jwt",
+            "--subject",
+            USER,
+            "--out",
+            csr.to_str().unwrap(),
+        ],
+    ));
+    let public = Command::new("openssl")
+        .args(["req", "-in", csr.to_str().unwrap(), "-pubkey", "-noout"])
+        .output()
+        .unwrap();
+    assert!(public.status.success(), "{}", text(&public));
+
+    let ca = TestCa::new("rabbit CA");
+    let server = ca.issue("rabbit", &["localhost"]);
+    let mut rabbit = RabbitMq::new();
+    let ca_file = rabbit.file("ca.pem", ca.pem());
+    let cert = rabbit.file("server.pem", &server.cert_pem);
+    let key = rabbit.file("server.key", &server.key_pem);
+    let public = rabbit.file("token.pub.pem", &String::from_utf8(public.stdout).unwrap());
+    let tls_port = rabbit.tls_port;
+    rabbit.start(&format!(
+        "mqtt.listeners.ssl.default = 127.0.0.1:{tls_port}\n\
+         ssl_options.cacertfile = {ca}\nssl_options.certfile = {cert}\n\
+         ssl_options.keyfile = {key}\n\
+         default_user = {USER}\ndefault_pass = {PASSWORD}\n\
+         auth_backends.1 = rabbit_auth_backend_oauth2\nauth_backends.2 = internal\n\
+         auth_oauth2.resource_server_id = fieldlink\nauth_oauth2.default_key = gw-key\n\
+         auth_oauth2.signing_keys.gw-key = {public}\n",
+        ca = ca_file.display(),
+        cert = cert.display(),
+        key = key.display(),
+        public = public.display(),
+    ));
+    let observer = Subscriber::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &rabbit.mqtt_port.to_string(),
+        "-u",
+        USER,
+        "-P",
+        PASSWORD,
+        "-t",
+        "cloud/#",
+        "-q",
+        "1",
+        "-v",
+        "-i",
+        "observer",
+    ]);
+    let local = free_port();
+    write(
+        bench.dir.path(),
+        "jwt.toml",
+        &format!(
+            "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
+             [[broker.listeners]]\nport = {local}\n\
+             [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
+             [uplink]\nhost = \"localhost\"\nport = {tls_port}\nclient_id = \"{USER}\"\n\
+             tls = \"server-auth\"\nca_file = \"{ca}\"\ntopic_prefix = \"cloud/\"\n\
+             reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
+             [uplink.jwt]\nkey_uri = \"{uri}\"\naudience = \"fieldlink\"\nkey_id = \"gw-key\"\n\
+             claims = {{ scope = [\"fieldlink.read:*/*/*\", \"fieldlink.write:*/*/*\", \
+             \"fieldlink.configure:*/*\"] }}\n{keys}",
+            data = bench.path("data").display(),
+            ca = ca_file.display(),
+            uri = Bench::key_uri("jwt"),
+            keys = bench.keys_section(),
+        ),
+    );
+    let checked = bench.fieldlink("jwt.toml", &["check-config"]);
+    assert!(checked.status.success(), "{}", text(&checked));
+    let gateway = run_gateway(&bench, "jwt.toml", local);
+    let start = Instant::now();
+    loop {
+        let status = Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &local.to_string()])
+            .args(["-t", "site/boiler", "-q", "1", "-m", "74.5"])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        if observer
+            .received()
+            .contains(&"cloud/site/boiler 74.5".to_owned())
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "never delivered; gateway log:\n{}\nrabbit log:\n{}",
+            gateway_log(&bench),
+            rabbit.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let status = ok(bench.fieldlink("jwt.toml", &["status"]));
+    assert!(status.contains("ES256"), "{status}");
+    stop(gateway);
+}
+
 /// The PIN as a systemd credential (`LoadCredential=token-pin:/etc/fieldlink/token.pin`): read
 /// from `$CREDENTIALS_DIRECTORY`, where systemd puts it mode 0400.
 #[test]
@@ -340,12 +456,19 @@ fn the_pin_can_come_from_a_systemd_credential() {
         .token
         .command(BIN)
         .env("CREDENTIALS_DIRECTORY", &credentials)
-        .args(["--config", bench.path("credential.toml").to_str().unwrap(), "run"])
+        .args([
+            "--config",
+            bench.path("credential.toml").to_str().unwrap(),
+            "run",
+        ])
         .stdout(Stdio::null())
         .stderr(log)
         .spawn()
         .unwrap();
-    wait_for_port(([127, 0, 0, 1], cloud.local).into(), Duration::from_secs(20));
+    wait_for_port(
+        ([127, 0, 0, 1], cloud.local).into(),
+        Duration::from_secs(20),
+    );
     cloud.deliver(&bench, "73.5");
     stop(gateway);
 }

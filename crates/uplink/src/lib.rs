@@ -144,7 +144,7 @@ impl Uplink {
         resolver: Arc<dyn Resolve>,
         keys: Arc<dyn KeyResolver>,
     ) -> Result<Self, UplinkError> {
-        let credentials = credentials::Credentials::load(&settings)?;
+        let credentials = credentials::Credentials::load(&settings, &keys)?;
         let connector = Connector::new(&settings, runtime_dir, resolver, &shutdown, keys)?;
         let (status_tx, status) = watch::channel(UplinkStatus::default());
         let drain = Drain::new(settings, backlog, bus, connector, credentials, status_tx);

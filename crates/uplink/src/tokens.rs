@@ -5,10 +5,11 @@
 //! ```no_run
 //! # use std::path::PathBuf;
 //! # use std::time::Duration;
+//! use fieldlink_core::tls::KeyRef;
 //! use fieldlink_uplink::config::JwtSettings;
 //! let settings = JwtSettings {
 //!     username: "gw-7".into(),
-//!     key_file: PathBuf::from("/etc/fieldlink/token.key"),
+//!     key: KeyRef::File(PathBuf::from("/etc/fieldlink/token.key")),
 //!     audience: "fieldlink".into(),
 //!     subject: "gw-7".into(),
 //!     lifetime: Duration::from_secs(3600),
@@ -27,7 +28,7 @@ use crate::credentials::{jwt::JwtMaker, sas};
 
 /// The JWT the uplink would send if it connected at `issued_at` (Unix seconds).
 pub fn jwt(settings: &JwtSettings, issued_at: u64) -> Result<String, UplinkError> {
-    let maker = JwtMaker::new(settings)?;
+    let maker = JwtMaker::new(settings, std::sync::Arc::new(fieldlink_core::tls::FileKeys))?;
     let token = maker.token(issued_at, issued_at + settings.lifetime.as_secs())?;
     Ok(token.as_str().to_owned())
 }

@@ -101,7 +101,7 @@ impl Rabbit {
     fn jwt(&self, key_file: &Path, audience: &str, lifetime: Duration) -> UplinkCredentials {
         UplinkCredentials::Jwt(JwtSettings {
             username: USER.into(),
-            key_file: key_file.to_owned(),
+            key: fieldlink_core::tls::KeyRef::File(key_file.to_owned()),
             audience: audience.into(),
             subject: USER.into(),
             lifetime,

@@ -48,7 +48,7 @@ const RSA: &[&str] = &["-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048"];
 fn jwt_settings(key_file: PathBuf) -> JwtSettings {
     JwtSettings {
         username: "gw-7".into(),
-        key_file,
+        key: fieldlink_core::tls::KeyRef::File(key_file),
         audience: "fieldlink".into(),
         subject: "site-7-gw".into(),
         lifetime: Duration::from_secs(3600),

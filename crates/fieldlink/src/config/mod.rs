@@ -209,20 +209,30 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
 }
 
 impl Settings {
-    /// Every private key the configuration names, with the key that names it.
-    pub fn key_refs(&self) -> Vec<(String, &KeyRef, &std::path::Path)> {
+    /// Every private key the configuration names, with the key that names it and the
+    /// certificate file that goes with it (none for the key that signs the uplink's JWTs).
+    pub fn key_refs(&self) -> Vec<(String, &KeyRef, Option<&std::path::Path>)> {
         use fieldlink_broker::config::ListenerTls;
         let mut out = Vec::new();
         if let Some(fieldlink_uplink::config::UplinkTls::Mutual { key, cert_file, .. }) =
             self.uplink.as_ref().map(|u| &u.tls)
         {
-            out.push(("uplink".to_owned(), key, cert_file.as_path()));
+            out.push(("uplink".to_owned(), key, Some(cert_file.as_path())));
+        }
+        if let Some(fieldlink_uplink::config::UplinkCredentials::Jwt(jwt)) =
+            self.uplink.as_ref().and_then(|u| u.credentials.as_ref())
+        {
+            out.push(("uplink.jwt".to_owned(), &jwt.key, None));
         }
         for (i, listener) in self.broker.listeners.iter().enumerate() {
             if let ListenerTls::ServerAuth { key, cert_file }
             | ListenerTls::Mutual { key, cert_file, .. } = &listener.tls
             {
-                out.push((format!("broker.listeners[{i}]"), key, cert_file.as_path()));
+                out.push((
+                    format!("broker.listeners[{i}]"),
+                    key,
+                    Some(cert_file.as_path()),
+                ));
             }
         }
         out

@@ -583,7 +583,7 @@ fn uplink_logins_are_read_into_settings() {
         ),
         Some(UplinkCredentials::Jwt(JwtSettings {
             username: "gw-7".into(),
-            key_file: PathBuf::from("/k"),
+            key: fieldlink_core::tls::KeyRef::File(PathBuf::from("/k")),
             audience: "fieldlink".into(),
             subject: "site-7".into(),
             lifetime: Duration::from_secs(3600),

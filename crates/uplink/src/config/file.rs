@@ -95,6 +95,8 @@ pub struct UplinkFile {
 pub struct JwtFile {
     /// PEM private key (P-256: ES256; RSA: RS256), mode 0600.
     pub key_file: Option<Spanned<PathBuf>>,
+    /// Or a P-256 key in a PKCS#11 token (RFC 7512 URI).
+    pub key_uri: Option<Spanned<String>>,
     /// The `aud` claim.
     pub audience: Option<Spanned<String>>,
     /// The `sub` claim; the device id when absent.

@@ -127,8 +127,8 @@ pub enum UplinkCredentials {
 pub struct JwtSettings {
     /// The MQTT user name sent with the token (the client id unless `uplink.username` is set).
     pub username: String,
-    /// The token key: P-256 (ES256) or RSA (RS256), PEM.
-    pub key_file: PathBuf,
+    /// The token key: P-256 (ES256) or RSA (RS256), a PEM file or a key in a PKCS#11 token.
+    pub key: KeyRef,
     /// `aud`.
     pub audience: String,
     /// `sub`.

@@ -471,12 +471,14 @@ fn jwt_settings(
     c: &mut Collector<'_>,
 ) -> Option<JwtSettings> {
     let file = jwt.get_ref();
-    let key_file = required_path(
+    let key = fieldlink_core::config::values::key_ref(
         c,
-        "uplink.jwt.key_file",
-        &file.key_file,
+        "uplink.jwt",
+        file.key_file.as_ref(),
+        file.key_uri.as_ref(),
         jwt.span(),
-        "the token key (P-256 or RSA, PEM, mode 0600): key_file = \"/etc/fieldlink/token.key\"",
+        "the token key (P-256 or RSA, PEM, mode 0600): key_file = \"/etc/fieldlink/token.key\", \
+         or key_uri = \"pkcs11:token=…;object=…\" for a P-256 key in a token",
     );
     let audience = required_text(
         c,
@@ -522,7 +524,7 @@ fn jwt_settings(
     let text = |v: &Option<Spanned<String>>| v.as_ref().map(|s| s.get_ref().clone());
     Some(JwtSettings {
         username: username.unwrap_or_default(),
-        key_file: key_file?,
+        key: key?,
         audience: audience?,
         subject: text(&file.subject).unwrap_or_else(|| device_id.to_owned()),
         lifetime,

@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use fieldlink_core::tls::{FileKey, KeySource};
+use fieldlink_core::tls::{KeyRef, KeyResolver};
 use rustls::sign::Signer;
 use rustls::{SignatureAlgorithm, SignatureScheme};
 use zeroize::Zeroizing;
@@ -20,7 +20,9 @@ use crate::config::JwtSettings;
 /// Makes a fresh token per connection.
 pub(crate) struct JwtMaker {
     settings: JwtSettings,
-    signer: Box<dyn Signer>,
+    /// Resolves the key for each token: a token key that went away (a TPM reset) is found
+    /// again once it is back, without a restart.
+    keys: Arc<dyn KeyResolver>,
     algorithm: Algorithm,
     /// `uplink.jwt.claims`, parsed once.
     extra: serde_json::Map<String, serde_json::Value>,
@@ -45,42 +47,23 @@ impl std::fmt::Display for Algorithm {
 }
 
 impl JwtMaker {
-    /// Signs with `settings.key_file` (mode 0600).
-    pub(crate) fn new(settings: &JwtSettings) -> Result<Self, UplinkError> {
-        check_private(&settings.key_file)?;
-        Self::with_key(settings, &FileKey(settings.key_file.clone()))
-    }
-
-    /// Signs with the key `source` gives (the algorithm follows the key type).
-    pub(crate) fn with_key(
+    /// Signs with `settings.key` (a 0600 file, or a key in a token through `keys`); the key is
+    /// resolved now, so that a missing or unusable key stops the start.
+    pub(crate) fn new(
         settings: &JwtSettings,
-        source: &dyn KeySource,
+        keys: Arc<dyn KeyResolver>,
     ) -> Result<Self, UplinkError> {
-        let bad = |problem: String| UplinkError::Credentials {
-            path: settings.key_file.clone(),
-            problem,
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let key = source.signing_key(&provider)?;
-        let (algorithm, scheme) = match key.algorithm() {
-            SignatureAlgorithm::ECDSA => (Algorithm::Es256, SignatureScheme::ECDSA_NISTP256_SHA256),
-            SignatureAlgorithm::RSA => (Algorithm::Rs256, SignatureScheme::RSA_PKCS1_SHA256),
-            other => {
-                return Err(bad(format!(
-                    "a {other:?} key cannot sign tokens; use a P-256 (ES256) or RSA (RS256) key"
-                )));
-            }
-        };
-        let signer = key.choose_scheme(&[scheme]).ok_or_else(|| {
-            bad("an EC key on another curve than P-256; ES256 needs a P-256 key".into())
-        })?;
+        if let KeyRef::File(path) = &settings.key {
+            check_private(path)?;
+        }
+        let (_, algorithm) = signer(settings, keys.as_ref())?;
         let extra = match serde_json::from_str(&settings.claims) {
             Ok(serde_json::Value::Object(map)) => map,
             _ => serde_json::Map::new(),
         };
         Ok(Self {
             settings: settings.clone(),
-            signer,
+            keys,
             algorithm,
             extra,
         })
@@ -126,17 +109,18 @@ impl JwtMaker {
             URL_SAFE_NO_PAD.encode(serde_json::Value::Object(header).to_string()),
             URL_SAFE_NO_PAD.encode(serde_json::Value::Object(claims).to_string())
         ));
+        let (signer, _) = signer(&self.settings, self.keys.as_ref())?;
         let signature =
-            self.signer
+            signer
                 .sign(signing_input.as_bytes())
                 .map_err(|e| UplinkError::Credentials {
-                    path: self.settings.key_file.clone(),
+                    path: key_name(&self.settings.key),
                     problem: format!("the token key could not sign: {e}"),
                 })?;
         let signature = match self.algorithm {
             Algorithm::Es256 => {
                 ecdsa_der_to_raw(&signature, 32).ok_or_else(|| UplinkError::Credentials {
-                    path: self.settings.key_file.clone(),
+                    path: key_name(&self.settings.key),
                     problem: "the key's ECDSA signature is not DER (r, s); please file a bug"
                         .into(),
                 })?
@@ -147,6 +131,37 @@ impl JwtMaker {
         signing_input.push_str(&URL_SAFE_NO_PAD.encode(signature));
         Ok(signing_input)
     }
+}
+
+/// A signer over `settings.key` and the JWS algorithm its type gives.
+fn signer(
+    settings: &JwtSettings,
+    keys: &dyn KeyResolver,
+) -> Result<(Box<dyn Signer>, Algorithm), UplinkError> {
+    let bad = |problem: String| UplinkError::Credentials {
+        path: key_name(&settings.key),
+        problem,
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let key = keys.resolve(&settings.key)?.signing_key(&provider)?;
+    let (algorithm, scheme) = match key.algorithm() {
+        SignatureAlgorithm::ECDSA => (Algorithm::Es256, SignatureScheme::ECDSA_NISTP256_SHA256),
+        SignatureAlgorithm::RSA => (Algorithm::Rs256, SignatureScheme::RSA_PKCS1_SHA256),
+        other => {
+            return Err(bad(format!(
+                "a {other:?} key cannot sign tokens; use a P-256 (ES256) or RSA (RS256) key"
+            )));
+        }
+    };
+    let signer = key.choose_scheme(&[scheme]).ok_or_else(|| {
+        bad("an EC key on another curve than P-256; ES256 needs a P-256 key".into())
+    })?;
+    Ok((signer, algorithm))
+}
+
+/// How errors name the key: its path or URI.
+fn key_name(key: &KeyRef) -> std::path::PathBuf {
+    std::path::PathBuf::from(key.to_string())
 }
 
 /// An ECDSA signature as DER `SEQUENCE { INTEGER r, INTEGER s }` (what TLS uses) to the

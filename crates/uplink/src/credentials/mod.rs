@@ -11,6 +11,7 @@ pub(crate) mod jwt;
 pub(crate) mod sas;
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use zeroize::Zeroizing;
@@ -61,7 +62,10 @@ impl Login {
 impl Credentials {
     /// The credentials `settings` ask for, their files checked now (so that a missing key
     /// stops the start, not the first connection); `None` without credentials.
-    pub(crate) fn load(settings: &UplinkSettings) -> Result<Option<Self>, UplinkError> {
+    pub(crate) fn load(
+        settings: &UplinkSettings,
+        keys: &Arc<dyn fieldlink_core::tls::KeyResolver>,
+    ) -> Result<Option<Self>, UplinkError> {
         let Some(credentials) = &settings.credentials else {
             return Ok(None);
         };
@@ -77,7 +81,7 @@ impl Credentials {
                     password_file: password_file.clone(),
                 }
             }
-            UplinkCredentials::Jwt(jwt) => Self::Jwt(jwt::JwtMaker::new(jwt)?),
+            UplinkCredentials::Jwt(jwt) => Self::Jwt(jwt::JwtMaker::new(jwt, keys.clone())?),
             UplinkCredentials::AzureSas { key_file, lifetime } => Self::AzureSas(
                 sas::SasMaker::new(key_file, &settings.host, &settings.client_id, *lifetime)?,
             ),
