@@ -72,9 +72,6 @@ pub(crate) struct OpenStore {
     pub(crate) clean_depth: Option<Vec<StreamDepth>>,
 }
 
-/// Opens the database at `path`. A corrupt file is moved aside and replaced by a fresh one;
-/// the returned path says where it went.
-
 /// How much the WAL holds before SQLite folds it into the database file (a checkpoint) and
 /// writes it again from its start. A checkpoint writes every page the WAL changed since the
 /// last one, each as a whole file-system block (4 KiB for a 1 KiB page): the longer the
@@ -141,6 +138,8 @@ pub(crate) async fn size_wal(
     Ok(())
 }
 
+/// Opens the database at `path`. A corrupt file is moved aside and replaced by a fresh one;
+/// the returned path says where it went.
 pub(crate) async fn open(path: &Path, durability: Durability) -> Result<OpenStore, QueueError> {
     match open_checked(path, durability).await {
         Ok((conn, clean_depth)) => Ok(OpenStore {
