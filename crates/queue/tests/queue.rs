@@ -454,3 +454,31 @@ async fn forget_clean_close(db: &std::path::Path) {
         .unwrap();
     conn.close().await.unwrap();
 }
+
+/// A WAL that grows costs the file system a journal commit at every fdatasync: it has its
+/// working size from the open on, keeps it under commits and checkpoints, and a clean close
+/// truncates it.
+#[tokio::test]
+async fn the_wal_has_its_working_size_from_the_start_and_keeps_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let wal = dir.path().join(format!("{}-wal", fieldlink_queue::DB_FILE));
+    let queue = open(dir.path(), settings()).await;
+    let working = std::fs::metadata(&wal).unwrap().len();
+    assert!(working >= 6 << 20, "WAL of {working} bytes at open");
+    // Far more than one checkpoint cycle (4 MiB) of commits: SQLite writes the WAL again from
+    // its start instead of growing it.
+    for round in 0..300u64 {
+        let batch = (0..40)
+            .map(|n| entry("telemetry", round * 40 + n))
+            .collect();
+        queue.append(batch).await.unwrap();
+        let leased = queue.lease(40).await.unwrap();
+        queue
+            .ack(leased.iter().map(|m| m.id).collect())
+            .await
+            .unwrap();
+    }
+    assert_eq!(std::fs::metadata(&wal).unwrap().len(), working);
+    queue.close().await;
+    assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
+}

@@ -115,6 +115,16 @@ impl Queue {
             corrupt_moved_to: corrupt,
             clean_depth,
         } = store::open(&path, settings.durability).await?;
+        // The WAL's working size is written at once, unless the disk is short of room above
+        // the reserve (the queue's messages have the better claim on it; the WAL then grows
+        // as it needs).
+        let room = disk
+            .available(&path)
+            .map_or(0, |free| free.saturating_sub(settings.disk_reserve));
+        let prefill = room >= 4 * store::WAL_WORKING_SIZE;
+        if let Err(e) = store::size_wal(&mut conn, &path, prefill).await {
+            tracing::warn!(path = %path.display(), error = %e, "Could not give the queue's WAL its working size: it grows while the queue runs");
+        }
         let db = |source| QueueError::Database {
             path: path.clone(),
             source,

@@ -40,6 +40,10 @@ inherit cargo cargo-update-recipe-crates pkgconfig systemd
 # The binary is one package of the workspace; Cargo.lock is the workspace's.
 CARGO_SRC_DIR = "crates/fieldlink"
 CARGO_LOCK_PATH = "${S}/Cargo.lock"
+# SQLite syncs with fdatasync (the workspace's .cargo/config.toml says the same to cargo, which
+# may not read it when bitbake builds from another directory): a commit costs ext4 no journal
+# commit of its own, which is most of what the queue writes to an SD card (docs/BENCHMARKS.md).
+export LIBSQLITE3_FLAGS = "-DHAVE_FDATASYNC=1"
 
 # Serial ports the service may open (a drop-in with one DeviceAllow= each; empty: none).
 # They must match the `port =` keys of fieldlink.toml.
