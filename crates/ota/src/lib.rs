@@ -14,6 +14,7 @@
 //! - [`health`] — the health check over the status board;
 //! - [`state`] — what survives restarts and reboots (also read by `fieldlink ota status`);
 //! - [`report`] — the reports on the status topic;
+//! - [`tls`] — the download's TLS client configuration;
 //! - [`agent`] — the agent itself.
 
 pub mod agent;
@@ -25,6 +26,7 @@ pub mod reboot;
 pub mod report;
 pub mod request;
 pub mod state;
+pub mod tls;
 pub mod version;
 
 pub use agent::{OtaError, Ports, start};
