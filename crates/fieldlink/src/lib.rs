@@ -167,7 +167,15 @@ impl Gateway {
         };
 
         if let Some(ota) = &settings.ota {
-            start_ota(ota, &settings, &data_dir, &queue, &bus, &status, &phases.intake)?;
+            start_ota(
+                ota,
+                &settings,
+                &data_dir,
+                &queue,
+                &bus,
+                &status,
+                &phases.intake,
+            )?;
         }
 
         phases.upkeep.spawn(status::publish(

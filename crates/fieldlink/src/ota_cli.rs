@@ -59,7 +59,10 @@ pub fn render(state: &State) -> String {
     let _ = writeln!(
         out,
         "booted slot: {}",
-        state.booted.as_deref().unwrap_or("unknown (the agent has not reached RAUC yet)")
+        state
+            .booted
+            .as_deref()
+            .unwrap_or("unknown (the agent has not reached RAUC yet)")
     );
     for slot in &state.slots {
         let _ = writeln!(

@@ -365,31 +365,35 @@ async fn install(ctx: Ctx, rauc: Rauc, mut state: State) {
         Err(e) => return fail(&ctx, state, format!("cannot read the download: {e}")).await,
     }
     let path = bundle.to_string_lossy().into_owned();
-    // RAUC checks the signature against its keyring here, before anything is written.
+    // RAUC reads the manifest (its signature checked) for the version. When it refuses, its
+    // D-Bus `Info` says only "rauc info error": the install below is refused for the same
+    // reason (signature, format) before anything is written, and `LastError` has the words.
     let bundle_version = match rauc.info(&path).await {
-        Ok((_, version)) => version,
+        Ok((_, version)) => Some(version),
         Err(e) => {
-            let _ = std::fs::remove_file(&bundle);
-            return fail(&ctx, state, format!("RAUC refused the bundle: {e}")).await;
+            tracing::warn!(id = request.id, "OTA: RAUC cannot read the bundle: {e}");
+            None
         }
     };
-    if version::Version::parse(&bundle_version) != version::Version::parse(&request.version) {
-        let _ = std::fs::remove_file(&bundle);
-        let error = format!(
-            "the bundle is version {bundle_version}, the request says {}; nothing installed",
-            request.version
-        );
-        return fail(&ctx, state, error).await;
-    }
-    let running = state.job.as_ref().and_then(|j| j.from_version.clone());
-    if !request.allow_downgrade && version::is_downgrade(running.as_deref(), &bundle_version) {
-        let _ = std::fs::remove_file(&bundle);
-        let error = format!(
-            "{bundle_version} is older than the running {}: a downgrade must say \
-             \"allow_downgrade\": true",
-            running.unwrap_or_default()
-        );
-        return fail(&ctx, state, error).await;
+    if let Some(bundle_version) = &bundle_version {
+        if version::Version::parse(bundle_version) != version::Version::parse(&request.version) {
+            let _ = std::fs::remove_file(&bundle);
+            let error = format!(
+                "the bundle is version {bundle_version}, the request says {}; nothing installed",
+                request.version
+            );
+            return fail(&ctx, state, error).await;
+        }
+        let running = state.job.as_ref().and_then(|j| j.from_version.clone());
+        if !request.allow_downgrade && version::is_downgrade(running.as_deref(), bundle_version) {
+            let _ = std::fs::remove_file(&bundle);
+            let error = format!(
+                "{bundle_version} is older than the running {}: a downgrade must say \
+                 \"allow_downgrade\": true",
+                running.unwrap_or_default()
+            );
+            return fail(&ctx, state, error).await;
+        }
     }
     advance(&ctx, &mut state, Phase::Installing, None);
     ctx.reporter
@@ -414,20 +418,14 @@ async fn install(ctx: Ctx, rauc: Rauc, mut state: State) {
     };
     let _ = std::fs::remove_file(&bundle);
     if let Err(e) = result {
-        return fail(
-            &ctx,
-            state,
-            format!("RAUC could not install the bundle: {e}"),
-        )
-        .await;
+        return fail(&ctx, state, format!("RAUC refused the bundle: {e}")).await;
     }
     refresh_slots(&rauc, &mut state).await;
+    // RAUC installs into a slot that is not booted (A/B: the other one).
     let primary = state
         .slots
         .iter()
-        .find(|s| {
-            s.version.as_deref() == Some(bundle_version.as_str()) && s.bootname != state.booted
-        })
+        .find(|s| s.bootname.is_some() && s.bootname != state.booted)
         .and_then(|s| s.bootname.clone());
     if let Some(job) = state.job.as_mut() {
         job.to_slot = primary.clone();
@@ -564,6 +562,7 @@ async fn check_health(ctx: Ctx, rauc: Rauc, mut state: State) {
     let outcome = health::wait(
         &ctx.board,
         &ctx.settings.health_checks,
+        ctx.settings.health_settle,
         ctx.settings.health_deadline,
     )
     .await;

@@ -49,20 +49,37 @@ fn words(health: &Health) -> String {
     }
 }
 
-/// Waits until every check holds (`Ok`) or `deadline` passes (`Err` with what was missing).
+/// Waits until every check has held for `settle` without a break (`Ok`), or `deadline`
+/// passes (`Err` with what was missing). The settling matters: a component is up when it
+/// starts (the field bridge before its first poll), so a check passing at once proves little.
 pub async fn wait(
     board: &StatusBoard,
     checks: &[HealthCheck],
+    settle: Duration,
     deadline: Duration,
 ) -> Result<(), String> {
     let mut watch = board.watch();
     let check = async {
         loop {
-            if missing(board, checks).is_none() {
-                return;
+            while missing(board, checks).is_some() {
+                if watch.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
             }
-            if watch.changed().await.is_err() {
-                std::future::pending::<()>().await;
+            let hold = tokio::time::sleep(settle);
+            tokio::pin!(hold);
+            loop {
+                tokio::select! {
+                    () = &mut hold => return,
+                    changed = watch.changed() => {
+                        if changed.is_err() {
+                            std::future::pending::<()>().await;
+                        }
+                        if missing(board, checks).is_some() {
+                            break;
+                        }
+                    }
+                }
             }
         }
     };
@@ -97,12 +114,32 @@ mod tests {
         queue.set(Health::Up);
         uplink.set(Health::Degraded("connecting".into()));
         assert!(missing(&board, &[HealthCheck::Components]).is_none());
-        assert!(wait(&board, &all, Duration::from_millis(50)).await.is_err());
+        let settle = Duration::from_millis(100);
+        assert!(
+            wait(&board, &all, settle, Duration::from_millis(50))
+                .await
+                .is_err()
+        );
         let waiting = tokio::spawn({
             let board = board.clone();
-            async move { wait(&board, &all, Duration::from_secs(10)).await }
+            async move { wait(&board, &all, settle, Duration::from_secs(10)).await }
         });
         uplink.set(Health::Up);
         assert_eq!(waiting.await.unwrap(), Ok(()));
+        // Up, then down again before the settling time is over: not healthy.
+        let board2 = board.clone();
+        let waiting = tokio::spawn(async move {
+            wait(
+                &board2,
+                &all,
+                Duration::from_secs(1),
+                Duration::from_millis(600),
+            )
+            .await
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        uplink.set(Health::Degraded("connecting".into()));
+        let e = waiting.await.unwrap().unwrap_err();
+        assert!(e.contains("uplink is not connected"), "{e}");
     }
 }

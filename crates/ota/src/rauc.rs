@@ -87,6 +87,9 @@ pub struct Slot {
 #[derive(Debug, Clone)]
 pub struct Rauc {
     proxy: InstallerProxy<'static>,
+    /// The same object without zbus' property cache: `LastError` and `BootSlot` read fresh
+    /// (a cached `LastError` can still be the previous value when `Completed` arrives).
+    fresh: InstallerProxy<'static>,
 }
 
 impl Rauc {
@@ -102,12 +105,16 @@ impl Rauc {
         }
         .map_err(|e| RaucError::Unreachable(e.to_string()))?;
         let proxy = InstallerProxy::new(&connection).await?;
-        Ok(Self { proxy })
+        let fresh = InstallerProxy::builder(&connection)
+            .cache_properties(zbus::proxy::CacheProperties::No)
+            .build()
+            .await?;
+        Ok(Self { proxy, fresh })
     }
 
     /// The booted slot's bootname (`A`, `B`).
     pub async fn boot_slot(&self) -> Result<String, RaucError> {
-        Ok(self.proxy.boot_slot().await?)
+        Ok(self.fresh.boot_slot().await?)
     }
 
     /// Every slot.
@@ -158,7 +165,7 @@ impl Rauc {
                     if result == 0 {
                         return Ok(());
                     }
-                    let error = self.proxy.last_error().await.unwrap_or_default();
+                    let error = self.fresh.last_error().await.unwrap_or_default();
                     return Err(RaucError::Refused(if error.is_empty() {
                         format!("the install failed (RAUC result {result})")
                     } else {

@@ -233,8 +233,8 @@ impl Rauc {
     }
 
     /// A bundle of `version` with a `size`-byte image of random bytes, signed by `signer`,
-    /// written to `out`.
-    pub fn bundle(&self, version: &str, size: usize, signer: Signer, out: &Path) {
+    /// written to `out`; returns the image.
+    pub fn bundle(&self, version: &str, size: usize, signer: Signer, out: &Path) -> Vec<u8> {
         let work = tempfile::tempdir_in(self.dir.path()).expect("a directory");
         let content = work.path().join("content");
         std::fs::create_dir(&content).expect("a directory");
@@ -265,6 +265,7 @@ impl Rauc {
             .arg(format!("--key={}", keys.join(key).display()))
             .arg(&content)
             .arg(out));
+        std::fs::read(content.join("rootfs.img")).expect("the image")
     }
 
     /// The slot the bootloader will boot next.

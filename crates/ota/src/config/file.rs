@@ -34,6 +34,8 @@ pub struct OtaFile {
     pub reboot_command: Option<Spanned<Vec<Spanned<String>>>>,
     /// How long the health check after an update may take, e.g. `"5m"`.
     pub health_deadline: Option<Spanned<String>>,
+    /// How long every check must hold without a break to pass, e.g. `"30s"`.
+    pub health_settle: Option<Spanned<String>>,
     /// What must hold after an update: `"components"`, `"uplink"`, `"devices"`.
     pub health_checks: Option<Spanned<Vec<Spanned<String>>>>,
 }

@@ -33,6 +33,8 @@ pub const DEFAULT_DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_DOWNLOAD_ATTEMPTS: u32 = 10;
 /// How long the health check after an update may take.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(300);
+/// How long the checks must hold without a break.
+pub const DEFAULT_HEALTH_SETTLE: Duration = Duration::from_secs(30);
 /// The stream (of the queue) the agent's reports travel in.
 pub const STATUS_STREAM: &str = "ota";
 
@@ -92,6 +94,8 @@ pub struct OtaSettings {
     pub reboot: Reboot,
     /// How long the health check may take.
     pub health_deadline: Duration,
+    /// How long every check must hold, without a break, to pass.
+    pub health_settle: Duration,
     /// What the health check waits for.
     pub health_checks: Vec<HealthCheck>,
 }
@@ -110,6 +114,7 @@ impl Default for OtaSettings {
             dbus: DbusBus::System,
             reboot: Reboot::Logind,
             health_deadline: DEFAULT_HEALTH_DEADLINE,
+            health_settle: DEFAULT_HEALTH_SETTLE,
             health_checks: vec![
                 HealthCheck::Components,
                 HealthCheck::Uplink,
@@ -204,6 +209,33 @@ pub fn settings(file: &Spanned<OtaFile>, c: &mut Collector<'_>) -> Option<OtaSet
             })
             .collect(),
     };
+    let health_deadline = duration(
+        c,
+        "ota.health_deadline",
+        &file.health_deadline,
+        Duration::from_secs(1)..=Duration::from_secs(86_400),
+        d.health_deadline,
+    );
+    let health_settle = duration(
+        c,
+        "ota.health_settle",
+        &file.health_settle,
+        Duration::ZERO..=Duration::from_secs(86_400),
+        d.health_settle,
+    );
+    if health_settle >= health_deadline {
+        let span = file
+            .health_settle
+            .as_ref()
+            .or(file.health_deadline.as_ref())
+            .map(Spanned::span);
+        c.at(
+            "ota.health_settle",
+            span,
+            "not shorter than ota.health_deadline: the check could never pass",
+            "make health_settle shorter than health_deadline (defaults: 30s and 5m)",
+        );
+    }
     Some(OtaSettings {
         command_topic,
         status_topic,
@@ -233,13 +265,8 @@ pub fn settings(file: &Spanned<OtaFile>, c: &mut Collector<'_>) -> Option<OtaSet
         .unwrap_or(d.download_attempts),
         dbus,
         reboot,
-        health_deadline: duration(
-            c,
-            "ota.health_deadline",
-            &file.health_deadline,
-            Duration::from_secs(1)..=Duration::from_secs(86_400),
-            d.health_deadline,
-        ),
+        health_deadline,
+        health_settle,
         health_checks,
     })
 }
