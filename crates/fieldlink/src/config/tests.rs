@@ -878,7 +878,11 @@ fn the_commented_ota_section_in_the_shipped_config_is_the_defaults() {
         settings.ota,
         Some(fieldlink_ota::config::OtaSettings::default())
     );
-    assert_eq!(parse("", origin()).unwrap().ota, None, "no agent unless asked");
+    assert_eq!(
+        parse("", origin()).unwrap().ota,
+        None,
+        "no agent unless asked"
+    );
 }
 
 #[test]
