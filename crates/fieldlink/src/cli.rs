@@ -62,6 +62,9 @@ enum Command {
     /// delete.
     #[command(subcommand)]
     Keys(crate::keys_cli::KeysCommand),
+    /// The OTA agent ([ota]): the booted slot, versions, the last update and its result.
+    #[command(subcommand)]
+    Ota(crate::ota_cli::OtaCommand),
     /// Print a completion script for a shell (the Debian package installs them).
     Completions {
         /// bash, elvish, fish, powershell or zsh.
@@ -170,6 +173,7 @@ pub fn main() -> ExitCode {
         }
         Command::Credentials(command) => crate::credentials_cli::main(&source, command),
         Command::Keys(command) => crate::keys_cli::main(&source, command),
+        Command::Ota(command) => crate::ota_cli::main(&source, command),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut command, "fieldlink", &mut std::io::stdout());

@@ -12,6 +12,7 @@ mod config_cli;
 mod credentials_cli;
 mod ingress;
 mod keys_cli;
+mod ota_cli;
 pub mod service;
 pub mod status;
 pub mod supervisor;
@@ -166,6 +167,18 @@ impl Gateway {
             }
         };
 
+        if let Some(ota) = &settings.ota {
+            start_ota(
+                ota,
+                &settings,
+                &data_dir,
+                &queue,
+                &bus,
+                &status,
+                &phases.intake,
+            )?;
+        }
+
         phases.upkeep.spawn(status::publish(
             runtime_dir,
             status.clone(),
@@ -294,6 +307,58 @@ impl Gateway {
         }
         intake && delivery && queue && storage && upkeep
     }
+}
+
+/// The OTA agent: its downloads trust `ota.ca_file`, else the uplink's CA, else the system's,
+/// under the uplink's TLS policy; its reports go through the queue.
+fn start_ota(
+    ota: &fieldlink_ota::config::OtaSettings,
+    settings: &Settings,
+    data_dir: &std::path::Path,
+    queue: &Queue,
+    bus: &Arc<BrokerBus>,
+    status: &StatusBoard,
+    tasks: &Shutdown,
+) -> anyhow::Result<()> {
+    use fieldlink_uplink::config::UplinkTls;
+    let uplink_ca = settings.uplink.as_ref().and_then(|u| match &u.tls {
+        UplinkTls::ServerAuth { ca_file } | UplinkTls::Mutual { ca_file, .. } => ca_file.clone(),
+        UplinkTls::Psk { .. } => None,
+    });
+    let policy = fieldlink_core::tls::TlsPolicy {
+        min_version: settings
+            .uplink
+            .as_ref()
+            .map(|u| u.min_tls_version)
+            .unwrap_or_default(),
+        ..Default::default()
+    };
+    let ca_file = ota.ca_file.clone().or(uplink_ca);
+    let tls = fieldlink_ota::tls::client_config(&policy, ca_file.as_deref())
+        .context("cannot start the OTA agent")?;
+    let dir = ota
+        .download_dir
+        .clone()
+        .unwrap_or_else(|| ota_dir(data_dir));
+    fieldlink_ota::start(
+        ota.clone(),
+        dir,
+        Arc::new(tls),
+        fieldlink_ota::Ports {
+            outbox: Arc::new(queue.clone()),
+            bus: bus.clone(),
+            board: status.clone(),
+        },
+        tasks,
+    )
+    .context("cannot start the OTA agent")?;
+    tracing::info!(topic = %ota.command_topic, "OTA agent started");
+    Ok(())
+}
+
+/// The OTA agent's directory when `ota.download_dir` is not set: downloads and its state.
+pub fn ota_dir(data_dir: &std::path::Path) -> std::path::PathBuf {
+    data_dir.join("ota")
 }
 
 /// The uplink's health follows its state: up when connected, else degraded (not down) with

@@ -11,15 +11,19 @@
 //! - [`metrics::metric_values`]: what a metrics recorder saw;
 //! - [`Proxy`]: a TCP proxy that black-holes or throttles, and [`SilentAddress`], an address
 //!   whose connection attempts hang;
-//! - [`SoftHsm`]: a SoftHSM2 token made at test time, for keys in PKCS#11 tokens.
+//! - [`SoftHsm`]: a SoftHSM2 token made at test time, for keys in PKCS#11 tokens;
+//! - [`HttpsFiles`]: an HTTPS file server with `Range`, cuts and throttling (OTA bundles);
+//! - [`rauc::Rauc`]: a real `rauc service` on a private D-Bus, slots in files, signed bundles.
 
 mod backlog;
 mod bus;
 pub mod certs;
+mod https;
 pub mod metrics;
 mod mosquitto;
 mod proxy;
 mod rabbitmq;
+pub mod rauc;
 mod softhsm;
 mod softtpm;
 mod subscriber;
@@ -30,6 +34,7 @@ use std::time::{Duration, Instant};
 
 pub use backlog::{BacklogStats, MemoryBacklog};
 pub use bus::RecordingBus;
+pub use https::{HttpsFiles, Served};
 pub use mosquitto::Mosquitto;
 pub use proxy::{Proxy, SilentAddress};
 pub use rabbitmq::RabbitMq;

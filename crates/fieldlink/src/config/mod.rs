@@ -3,7 +3,7 @@
 //! Each domain crate owns its section (file layer, validation, named defaults):
 //! `[broker]` is `fieldlink_broker::config`, `[queue]` and `[[routes]]`
 //! `fieldlink_queue::config`, `[uplink]` `fieldlink_uplink::config`, `[bridge]` and
-//! `[[devices]]` `fieldlink_serial::config`. This module owns `[gateway]` (process-wide
+//! `[[devices]]` `fieldlink_serial::config`, `[ota]` `fieldlink_ota::config`. This module owns `[gateway]` (process-wide
 //! settings), puts the sections side by side in one file layer ([`FileConfig`]) and one
 //! [`Settings`], and reads the file with `fieldlink_core::config`'s reader and error collector,
 //! so that `check-config` reports every mistake of the whole file at once.
@@ -15,6 +15,7 @@ use fieldlink_core::config::site::SiteStore;
 use fieldlink_core::config::{Collector, ConfigErrors, ConfigSource, LayerKind, Layers, Origin};
 use fieldlink_core::tls::KeyRef;
 use fieldlink_keys::config::{KeysSettings, file::KeysFile};
+use fieldlink_ota::config::{OtaSettings, file::OtaFile};
 use fieldlink_queue::config::file::{QueueFile, RouteFile};
 use fieldlink_queue::config::{QueueSettings, Route};
 use fieldlink_serial::config::file::{BridgeFile, DeviceFile};
@@ -53,6 +54,8 @@ pub struct FileConfig {
     pub devices: Vec<Spanned<DeviceFile>>,
     /// `[keys]`: the PKCS#11 module and PIN for keys in a token.
     pub keys: Option<Spanned<KeysFile>>,
+    /// `[ota]`: the OTA update agent; none when absent.
+    pub ota: Option<Spanned<OtaFile>>,
 }
 
 /// The validated configuration of the whole gateway.
@@ -74,6 +77,8 @@ pub struct Settings {
     pub devices: Vec<DeviceSettings>,
     /// `[keys]`.
     pub keys: KeysSettings,
+    /// `[ota]`, if the gateway takes updates from the cloud.
+    pub ota: Option<OtaSettings>,
 }
 
 /// Keys the site layer may not set: the data directory decides where the site layer itself
@@ -203,6 +208,10 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
             .as_ref()
             .map(|k| fieldlink_keys::config::settings(k, c))
             .unwrap_or_default(),
+        ota: file
+            .ota
+            .as_ref()
+            .and_then(|o| fieldlink_ota::config::settings(o, c)),
     };
     check_key_uris(&settings, c);
     settings

@@ -860,3 +860,49 @@ fn a_key_in_a_token_is_named_by_its_uri_and_reached_through_keys() {
     .to_string();
     assert!(!errors.contains("4321"), "{errors}");
 }
+
+#[test]
+fn the_commented_ota_section_in_the_shipped_config_is_the_defaults() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
+    let text = std::fs::read_to_string(path).unwrap();
+    let section: String = text
+        .lines()
+        .skip_while(|l| *l != "# [ota]")
+        .take_while(|l| !l.is_empty())
+        .filter_map(|l| l.strip_prefix("# "))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    assert!(section.contains("health_checks"), "{section}");
+    let settings = parse(&section, origin()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(
+        settings.ota,
+        Some(fieldlink_ota::config::OtaSettings::default())
+    );
+    assert_eq!(
+        parse("", origin()).unwrap().ota,
+        None,
+        "no agent unless asked"
+    );
+}
+
+#[test]
+fn ota_mistakes_are_reported_with_their_keys() {
+    let errors = errors_of(
+        "[ota]\ncommand_topic = \"ota/#\"\ndbus = \"session\"\nreboot_command = []\n\
+         health_checks = [\"uplink\", \"moon\"]\nhealth_deadline = \"10s\"\nhealth_settle = \"1m\"\n\
+         keep_free = -1\n",
+    );
+    let keys: Vec<&str> = errors.iter().map(|e| e.key.as_str()).collect();
+    for key in [
+        "ota.command_topic",
+        "ota.dbus",
+        "ota.reboot_command",
+        "ota.health_checks",
+        "ota.health_settle",
+        "ota.keep_free",
+    ] {
+        assert!(keys.contains(&key), "{key} missing from {keys:?}");
+    }
+    let settings = parse("[ota]\nenabled = false\n", origin()).unwrap();
+    assert_eq!(settings.ota, None);
+}
