@@ -71,6 +71,8 @@ pub const DEFAULT_MAX_DELAYED_WILLS: usize = 256;
 pub const DEFAULT_MAX_DELAYED_WILL_BYTES: usize = 1024 * 1024;
 /// Longest will delay honoured.
 pub const DEFAULT_MAX_WILL_DELAY: Duration = Duration::from_secs(3600);
+/// Longest keep-alive granted to an MQTT 5 client (its CONNACK's Server Keep Alive).
+pub const DEFAULT_MAX_KEEP_ALIVE: Duration = Duration::from_secs(600);
 /// How long a TLS handshake may take before the connection is dropped.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TLS handshakes in progress at once per listener.
@@ -124,6 +126,10 @@ pub struct BrokerSettings {
     pub max_delayed_will_bytes: usize,
     /// Longest will delay honoured.
     pub max_will_delay: Duration,
+    /// Longest keep-alive granted: an MQTT 5 client that asks for a longer one, or for none,
+    /// is given this one in its CONNACK (Server Keep Alive) and held to it. 3.1.1 has no way
+    /// to say so: those clients keep theirs (none: ten silent minutes at most).
+    pub max_keep_alive: Duration,
     /// Who may connect, and what each client may publish and subscribe to.
     pub access: AccessSettings,
 }
@@ -149,6 +155,7 @@ impl Default for BrokerSettings {
             max_delayed_wills: DEFAULT_MAX_DELAYED_WILLS,
             max_delayed_will_bytes: DEFAULT_MAX_DELAYED_WILL_BYTES,
             max_will_delay: DEFAULT_MAX_WILL_DELAY,
+            max_keep_alive: DEFAULT_MAX_KEEP_ALIVE,
             access: AccessSettings::default(),
         }
     }

@@ -12,10 +12,10 @@ use super::file::{BrokerFile, ListenerFile};
 use super::{
     BrokerSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_SIZE, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DELAYED_WILL_BYTES, DEFAULT_MAX_DELAYED_WILLS, DEFAULT_MAX_FILTERS,
-    DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_MESSAGE_RATE,
-    DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
-    DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE,
-    DEFAULT_SLOW_SUBSCRIBER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, ListenerSettings,
+    DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_KEEP_ALIVE,
+    DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_UNAUTHENTICATED,
+    DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT,
+    DEFAULT_SEGMENT_SIZE, DEFAULT_SLOW_SUBSCRIBER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, ListenerSettings,
 };
 
 /// Validates `[broker]`, recording every mistake in `c`.
@@ -129,6 +129,14 @@ pub fn settings(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             &file.max_will_delay,
             Duration::ZERO..=Duration::from_secs(7 * 24 * 3600),
             DEFAULT_MAX_WILL_DELAY,
+        ),
+        // MQTT carries keep-alives in whole seconds, in two bytes.
+        max_keep_alive: duration(
+            c,
+            "broker.max_keep_alive",
+            &file.max_keep_alive,
+            Duration::from_secs(1)..=Duration::from_secs(65_535),
+            DEFAULT_MAX_KEEP_ALIVE,
         ),
         access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }

@@ -239,11 +239,19 @@ pub(crate) async fn connect(
         return Err(Refusal::answer(codec, Reason::Unavailable, "router"));
     };
     let mut out = BytesMut::new();
+    // MQTT 5: a keep-alive longer than the broker's maximum, or none, is replaced by the
+    // maximum, and the client is told so (Server Keep Alive). 3.1.1 has no way to tell it.
+    let (keep_alive, server_keep_alive) = match codec {
+        Codec::V5 if connect.keep_alive == 0 || connect.keep_alive > ctx.max_keep_alive => {
+            (ctx.max_keep_alive, Some(ctx.max_keep_alive))
+        }
+        _ => (connect.keep_alive, None),
+    };
     let connack: Option<Packet> = connack.into();
     let session_present = matches!(&connack, Some(Packet::ConnAck(ack, _)) if ack.session_present);
     let connack = connack.map(|packet| match (codec, packet) {
         (Codec::V5, Packet::ConnAck(ack, props)) => {
-            Packet::ConnAck(ack, Some(announce(props, ctx, assigned)))
+            Packet::ConnAck(ack, Some(announce(props, ctx, assigned, server_keep_alive)))
         }
         (_, packet) => packet,
     });
@@ -257,7 +265,7 @@ pub(crate) async fn connect(
         Ok(Ok(())) => {}
         _ => return Err(Refusal::quiet("connack_write")),
     }
-    let keep_alive = match connect.keep_alive {
+    let keep_alive = match keep_alive {
         // A client that asks for no keep-alive still goes after ten silent minutes, so an
         // idle socket cannot hold a connection slot for ever.
         0 => IDLE_WITHOUT_KEEP_ALIVE,
@@ -399,14 +407,16 @@ async fn check_password(
 }
 
 /// What an MQTT 5 CONNACK tells the client about this broker: the id it was given, the largest
-/// packet accepted, how many QoS 1/2 publishes it may have unacknowledged (flow control), and
-/// that it offers no topic aliases.
+/// packet accepted, how many QoS 1/2 publishes it may have unacknowledged (flow control),
+/// that it offers no topic aliases, and the keep-alive it was given instead of its own.
 fn announce(
     props: Option<ConnAckProperties>,
     ctx: &EdgeContext,
     assigned: Option<String>,
+    server_keep_alive: Option<u16>,
 ) -> ConnAckProperties {
     let mut props = props.unwrap_or_default();
+    props.server_keep_alive = server_keep_alive;
     props.assigned_client_identifier = assigned;
     props.max_packet_size = u32::try_from(ctx.max_packet_size).ok();
     props.receive_max = Some(ctx.max_inflight);

@@ -65,6 +65,8 @@ pub(crate) struct EdgeContext {
     /// The largest CONNECT read (at most `max_packet_size`).
     pub(crate) max_connect_size: usize,
     pub(crate) write_timeout: Duration,
+    /// Longest keep-alive granted to an MQTT 5 client, in seconds (Server Keep Alive).
+    pub(crate) max_keep_alive: u16,
     /// Connections not yet authenticated.
     pub(crate) admission: Arc<admission::Admission>,
     /// Password checks waiting or running.
@@ -107,6 +109,9 @@ impl EdgeContext {
             max_inflight: settings.max_inflight,
             max_connect_size: settings.max_connect_size.min(settings.max_packet_size),
             write_timeout: settings.write_timeout,
+            max_keep_alive: u16::try_from(settings.max_keep_alive.as_secs())
+                .unwrap_or(u16::MAX)
+                .max(1),
             admission: admission::Admission::new(
                 settings.max_unauthenticated,
                 settings.max_unauthenticated_per_address,
