@@ -213,6 +213,7 @@ pub(crate) async fn connect(
 
     // MQTT 5: the will waits for the smaller of its delay and the session expiry, and is
     // dropped if the client comes back first.
+    let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
     let will_delay = Duration::from_secs(u64::from(
         will_props
             .and_then(|p| p.delay_interval)
@@ -288,6 +289,7 @@ pub(crate) async fn connect(
         permit,
         persistent: !clean,
         session_present,
+        client_max_packet,
     }))
 }
 

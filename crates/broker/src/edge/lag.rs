@@ -299,6 +299,15 @@ impl LagTracker {
         }
     }
 
+    /// Whether session `key` holds a subscription to `filter` (MQTT 5's Retain Handling 1
+    /// sends retained messages only for a new one). Shared subscriptions are not tracked:
+    /// for them, `false`.
+    pub(crate) fn is_subscribed(&self, key: &str, filter: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|sub| sub.tracks.iter().any(|t| t.filter == filter))
+    }
+
     /// Session `key` unsubscribed `filter`.
     pub(crate) fn unsubscribed(&self, key: &str, conn: u64, filter: &str) {
         let mut subscribers = self.lock();

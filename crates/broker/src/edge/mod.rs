@@ -27,6 +27,7 @@ pub(crate) mod lag;
 mod rate;
 pub(crate) mod session;
 pub(crate) mod transport;
+pub(crate) mod v5;
 
 pub use codec::fuzz_frames;
 
@@ -87,6 +88,10 @@ pub(crate) struct EdgeContext {
     pub(crate) lag: Arc<lag::LagTracker>,
     /// Numbers the connections (a session taken over keeps its key, not its number).
     connection_ids: AtomicU64,
+    /// MQTT 5 message expiry's clock.
+    pub(crate) clock: v5::Clock,
+    /// Keys the hash that names a publish's session (see [`EdgeContext::origin`]).
+    origins: std::hash::RandomState,
 }
 
 impl EdgeContext {
@@ -128,6 +133,8 @@ impl EdgeContext {
             auto_ids: AtomicU64::new(1),
             lag,
             connection_ids: AtomicU64::new(1),
+            clock: v5::Clock::new(),
+            origins: std::hash::RandomState::new(),
         }
     }
 
@@ -225,6 +232,14 @@ impl EdgeContext {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
+    /// Names session `key` as the origin of its publishes (MQTT 5 No Local): a hash keyed
+    /// at start, so no client can pick an id that poses as another's; never 0, which is the
+    /// gateway's own.
+    pub(crate) fn origin(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.origins.hash_one(key) | 1
+    }
+
     /// A number for this connection.
     pub(crate) fn next_connection_id(&self) -> u64 {
         self.connection_ids.fetch_add(1, Ordering::Relaxed)
@@ -274,7 +289,8 @@ pub(crate) mod metric {
         BROKER_CONNECTIONS_TOTAL as CONNECTIONS_TOTAL,
         BROKER_DROPPED_FOR_LAG_TOTAL as DROPPED_FOR_LAG_TOTAL,
         BROKER_MESSAGES_IN_TOTAL as MESSAGES_IN_TOTAL,
-        BROKER_MESSAGES_OUT_TOTAL as MESSAGES_OUT_TOTAL, BROKER_REFUSED_TOTAL as REFUSED_TOTAL,
+        BROKER_MESSAGES_OUT_TOTAL as MESSAGES_OUT_TOTAL,
+        BROKER_NOT_DELIVERED_TOTAL as NOT_DELIVERED_TOTAL, BROKER_REFUSED_TOTAL as REFUSED_TOTAL,
         BROKER_SUBSCRIBER_LAG_MESSAGES as SUBSCRIBER_LAG_MESSAGES,
     };
 }
