@@ -10,7 +10,8 @@
 //! - a **stamp**, a user property the edge adds to every publish on the way in (a client's
 //!   own copy of it is dropped first, so no client can forge one) and strips on the way out:
 //!   the QoS and retain flag as published, the publishing session, and when the message
-//!   expires;
+//!   expires (the Message Expiry Interval itself is kept from the router, whose own handling
+//!   of it shortens a retained message's life each time it is read);
 //! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client:
 //!   it holds the filter's options (No Local, Retain As Published, whether its retained
 //!   messages are sent) and the client's own subscription id, if any. Because the router
@@ -97,8 +98,12 @@ pub(crate) fn stamp(
     properties
         .user_properties
         .retain(|(key, _)| key != STAMP_KEY);
+    // The router never sees the interval: it counts it in whole seconds, and takes the time
+    // spent off a retained message's stored interval at every read, so a retained message read
+    // a few times expires early. The stamp's deadline is the one kept.
     let expires_at = properties
         .message_expiry_interval
+        .take()
         .map(|secs| now.saturating_add(u64::from(secs) * 1000));
     let stamp = Stamp {
         qos,
