@@ -637,3 +637,58 @@ async fn a_packet_larger_than_the_client_accepts_is_dropped_never_sent() {
 async fn client_big(port: u16) -> (AsyncClient, EventLoop, ConnAckProperties) {
     client(port, "big-pub", |_| {}).await
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_will_reaches_its_subscribers_with_its_properties() {
+    use rumqttc::v5::mqttbytes::v5::{LastWill, LastWillProperties};
+    let (edge, port) = edge("").await;
+    let (_s, _task, mut rx) = subscriber(
+        port,
+        "will-sub",
+        vec![(filter("w/#", QoS::ExactlyOnce), None)],
+    )
+    .await;
+    let properties = LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: Some(1),
+        message_expiry_interval: Some(120),
+        content_type: Some("application/json".into()),
+        response_topic: Some("w/ask-again".into()),
+        correlation_data: Some(bytes::Bytes::from_static(b"corr-7")),
+        user_properties: vec![("site".into(), "north".into())],
+    };
+    let will = LastWill::new(
+        "w/gone",
+        "{\"online\":false}",
+        QoS::AtLeastOnce,
+        false,
+        Some(properties),
+    );
+    let (_client, events, _) = client(port, "will-owner", |o| {
+        o.set_last_will(will);
+    })
+    .await;
+    // The connection breaks without a DISCONNECT: the will is published.
+    drop(events);
+    let got = next(&mut rx, Duration::from_secs(10))
+        .await
+        .expect("the will");
+    assert_eq!(payload(&got), "{\"online\":false}");
+    assert_eq!(
+        got.qos,
+        QoS::AtLeastOnce,
+        "the will's QoS, below the granted 2"
+    );
+    let props = got.properties.expect("the will's properties");
+    assert_eq!(props.payload_format_indicator, Some(1));
+    assert_eq!(props.content_type.as_deref(), Some("application/json"));
+    assert_eq!(props.response_topic.as_deref(), Some("w/ask-again"));
+    assert_eq!(props.correlation_data.as_deref(), Some(&b"corr-7"[..]));
+    assert_eq!(
+        props.user_properties,
+        [("site".to_owned(), "north".to_owned())]
+    );
+    let left = props.message_expiry_interval.expect("its expiry");
+    assert!((119..=120).contains(&left), "{left}");
+    edge.stop().await;
+}

@@ -15,7 +15,10 @@ use bytes::BytesMut;
 use fieldlink_core::config::MqttVersion;
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::TopicName;
-use rumqttd::protocol::{ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, Login, Packet};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet,
+    PublishProperties,
+};
 use tokio::io::AsyncWriteExt as _;
 
 use super::codec::{self, Codec, ConnectPeek, FrameError};
@@ -216,10 +219,16 @@ pub(crate) async fn connect(
     let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
     let will_delay = Duration::from_secs(u64::from(
         will_props
+            .as_ref()
             .and_then(|p| p.delay_interval)
             .unwrap_or(0)
             .min(props.and_then(|p| p.session_expiry_interval).unwrap_or(0)),
     ));
+    // MQTT 5: the will's properties reach its subscribers as a publish's would.
+    let will_properties = match codec {
+        Codec::V5 if will.is_some() => Some(will_publish_properties(will_props)),
+        _ => None,
+    };
     let proof_name = match proof {
         Proof::Anonymous => "anonymous",
         Proof::Certificate => "certificate",
@@ -283,6 +292,7 @@ pub(crate) async fn connect(
         keep_alive,
         will,
         will_delay,
+        will_properties,
         link_tx,
         link_rx,
         ctx: ctx.clone(),
@@ -438,6 +448,28 @@ fn bound(identity: &str, client_id: &str, rule: crate::config::ClientIdRule) -> 
                     .is_some_and(|rest| rest.starts_with(':'))
         }
         ClientIdRule::Any => true,
+    }
+}
+
+/// An MQTT 5 will's properties as its publish carries them (the delay is the edge's).
+fn will_publish_properties(will: Option<LastWillProperties>) -> PublishProperties {
+    let will = will.unwrap_or(LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    });
+    PublishProperties {
+        payload_format_indicator: will.payload_format_indicator,
+        message_expiry_interval: will.message_expiry_interval,
+        content_type: will.content_type,
+        response_topic: will.response_topic,
+        correlation_data: will.correlation_data,
+        user_properties: will.user_properties,
+        ..PublishProperties::default()
     }
 }
 

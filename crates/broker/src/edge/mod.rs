@@ -40,6 +40,7 @@ use fieldlink_core::ports::Ingress;
 use fieldlink_core::shutdown::Shutdown;
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
@@ -88,6 +89,9 @@ pub(crate) struct EdgeContext {
     pub(crate) lag: Arc<lag::LagTracker>,
     /// Numbers the connections (a session taken over keeps its key, not its number).
     connection_ids: AtomicU64,
+    /// The router link MQTT 5 wills are published through (opened on first use; its
+    /// receiving half is kept so the router keeps the link).
+    will_link: tokio::sync::Mutex<Option<(LinkTx, LinkRx)>>,
     /// MQTT 5 message expiry's clock.
     pub(crate) clock: v5::Clock,
     /// Keys the hash that names a publish's session (see [`EdgeContext::origin`]).
@@ -133,6 +137,7 @@ impl EdgeContext {
             auto_ids: AtomicU64::new(1),
             lag,
             connection_ids: AtomicU64::new(1),
+            will_link: tokio::sync::Mutex::new(None),
             clock: v5::Clock::new(),
             origins: std::hash::RandomState::new(),
         }
@@ -164,8 +169,15 @@ impl EdgeContext {
     /// Publishes a lost client's will through ingress (routed like any publish, then to local
     /// subscribers), at once or after `delay` (at most `max_will_delay`) unless the client
     /// reconnects first. Delayed wills are bounded in count and bytes: past either, the will
-    /// is published at once.
-    pub(crate) fn publish_will(self: &Arc<Self>, key: String, will: Message, delay: Duration) {
+    /// is published at once. An MQTT 5 will (with `properties`) is stored by ingress and
+    /// handed to the router by the edge itself, its properties intact.
+    pub(crate) fn publish_will(
+        self: &Arc<Self>,
+        key: String,
+        will: Message,
+        properties: Option<PublishProperties>,
+        delay: Duration,
+    ) {
         let ctx = self.clone();
         let delay = delay.min(self.max_will_delay);
         let size = will.topic.as_str().len() + will.payload.len();
@@ -201,10 +213,61 @@ impl EdgeContext {
                 }
                 ctx.forget_will(&key, &token);
             }
-            if let Err(e) = ctx.ingress.publish(vec![will]).await {
+            let published = match properties {
+                None => ctx
+                    .ingress
+                    .publish(vec![will])
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(properties) => ctx.publish_v5_will(will, properties).await,
+            };
+            if let Err(e) = published {
                 tracing::warn!(error = %e, "The will could not be published");
             }
         });
+    }
+
+    /// Stores an MQTT 5 will (if a route takes it), then hands it to the router with its
+    /// properties, stamped like a client's publish (see [`v5`]).
+    async fn publish_v5_will(
+        &self,
+        will: Message,
+        properties: PublishProperties,
+    ) -> Result<(), String> {
+        if self.ingress.takes(&will.topic) {
+            self.ingress
+                .store(vec![will.clone()])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let properties = v5::stamp(
+            Some(properties),
+            will.qos as u8,
+            will.retain,
+            0,
+            self.clock.now(),
+        );
+        let publish = Publish::new(
+            bytes::Bytes::from(will.topic.as_str().to_owned()),
+            bytes::Bytes::from(will.payload),
+            will.retain,
+        );
+        let mut link = self.will_link.lock().await;
+        if link.is_none() {
+            let links = self.links.clone();
+            let name = format!("{}wills", crate::INTERNAL_CLIENT_PREFIX);
+            let (tx, rx, _) = tokio::task::spawn_blocking(move || links(&name, true))
+                .await
+                .map_err(|e| e.to_string())??;
+            *link = Some((tx, rx));
+        }
+        let Some((tx, _)) = link.as_mut() else {
+            return Err("no router link for wills".into());
+        };
+        tx.send(Packet::Publish(publish, Some(properties)))
+            .await
+            .map(drop)
+            .map_err(|e| format!("router link: {e}"))
     }
 
     /// The client (this session key) is back: a will it left behind with a delay is dropped.

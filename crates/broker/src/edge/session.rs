@@ -113,6 +113,8 @@ pub(crate) struct Admitted {
     pub(crate) keep_alive: Duration,
     pub(crate) will: Option<Message>,
     pub(crate) will_delay: Duration,
+    /// MQTT 5: the will's properties (`None` for 3.1.1).
+    pub(crate) will_properties: Option<PublishProperties>,
     pub(crate) link_tx: LinkTx,
     pub(crate) link_rx: LinkRx,
     pub(crate) ctx: Arc<EdgeContext>,
@@ -143,6 +145,7 @@ pub(crate) struct Session {
     keep_alive: Duration,
     will: Option<Message>,
     will_delay: Duration,
+    will_properties: Option<PublishProperties>,
     link_tx: LinkTx,
     link_rx: LinkRx,
     ctx: Arc<EdgeContext>,
@@ -324,6 +327,7 @@ impl Session {
             keep_alive: admitted.keep_alive,
             will: admitted.will,
             will_delay: admitted.will_delay,
+            will_properties: admitted.will_properties,
             link_tx: admitted.link_tx,
             link_rx: admitted.link_rx,
             ctx: admitted.ctx,
@@ -368,8 +372,12 @@ impl Session {
         if matches!(end, End::Lost(_) | End::RouterEnded(_))
             && let Some(will) = self.will.take()
         {
-            self.ctx
-                .publish_will(self.key.clone(), will, self.will_delay);
+            self.ctx.publish_will(
+                self.key.clone(),
+                will,
+                self.will_properties.take(),
+                self.will_delay,
+            );
         }
         if matches!(end, End::Lost(_) | End::Shutdown) {
             // The router learns of the end from a DISCONNECT; a lost session keeps its state
