@@ -692,3 +692,52 @@ async fn a_will_reaches_its_subscribers_with_its_properties() {
     assert!((119..=120).contains(&left), "{left}");
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn never_more_in_flight_to_a_client_than_its_receive_maximum() {
+    let (edge, port) = edge("").await;
+    let (client, mut events, _) = client(port, "rm-sub", |o| {
+        o.set_receive_maximum(Some(2));
+        o.set_manual_acks(true);
+    })
+    .await;
+    client.subscribe("rm/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    let (task, mut rx) = collect(events);
+    let (publisher, pub_events, _) = self::client(port, "rm-pub", |_| {}).await;
+    let _driver = drive(pub_events);
+    for i in 0..7 {
+        let qos = if i % 2 == 0 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::ExactlyOnce
+        };
+        publisher
+            .publish("rm/x", qos, false, format!("{i}"))
+            .await
+            .unwrap();
+    }
+    // Unacknowledged: two come, no more.
+    let mut received = Vec::new();
+    loop {
+        let batch = all(&mut rx, Duration::from_millis(800)).await;
+        assert!(
+            batch.len() <= 2,
+            "{} in flight past a Receive Maximum of 2",
+            batch.len()
+        );
+        if batch.is_empty() {
+            break;
+        }
+        for p in &batch {
+            received.push(payload(p));
+        }
+        // Acknowledged (PUBACK, or PUBREC then PUBCOMP): room for the next.
+        for p in &batch {
+            client.ack(p).await.unwrap();
+        }
+    }
+    assert_eq!(received, ["0", "1", "2", "3", "4", "5", "6"]);
+    assert!(!task.is_finished());
+    edge.stop().await;
+}

@@ -217,6 +217,7 @@ pub(crate) async fn connect(
     // MQTT 5: the will waits for the smaller of its delay and the session expiry, and is
     // dropped if the client comes back first.
     let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
+    let client_receive_max = props.as_ref().and_then(|p| p.receive_maximum);
     let will_delay = Duration::from_secs(u64::from(
         will_props
             .as_ref()
@@ -300,6 +301,7 @@ pub(crate) async fn connect(
         persistent: !clean,
         session_present,
         client_max_packet,
+        client_receive_max,
     }))
 }
 

@@ -125,6 +125,8 @@ pub(crate) struct Admitted {
     pub(crate) session_present: bool,
     /// MQTT 5: the largest packet the client accepts (its Maximum Packet Size).
     pub(crate) client_max_packet: Option<u32>,
+    /// MQTT 5: the most QoS 1/2 publishes the client takes unacknowledged.
+    pub(crate) client_receive_max: Option<u16>,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -178,6 +180,12 @@ pub(crate) struct Session {
     origin: u64,
     /// MQTT 5: the largest packet the client accepts.
     client_max_packet: usize,
+    /// MQTT 5: the most QoS 1/2 publishes the client takes unacknowledged (its Receive
+    /// Maximum), how many it has, and those written, waiting for room. (Bounded by the
+    /// router's in-flight window per connection, `max_inflight`.)
+    client_receive_max: usize,
+    inflight_out: usize,
+    waiting_out: VecDeque<BytesMut>,
     /// Acknowledgements ready for the router (MQTT 5 sessions), in the order it takes them.
     router_acks: Vec<Packet>,
     /// MQTT 5: acknowledgements of the router's QoS 1/2 forwards, in forward order, and of its
@@ -349,6 +357,9 @@ impl Session {
                 .client_max_packet
                 .and_then(|max| usize::try_from(max).ok())
                 .unwrap_or(usize::MAX),
+            client_receive_max: usize::from(admitted.client_receive_max.unwrap_or(u16::MAX).max(1)),
+            inflight_out: 0,
+            waiting_out: VecDeque::new(),
             router_acks: Vec::new(),
             ack_order: VecDeque::new(),
             release_order: VecDeque::new(),
@@ -874,6 +885,7 @@ impl Session {
                 Packet::PubAck(ref ack, _) if self.codec == Codec::V5 => {
                     let pkid = ack.pkid;
                     self.acked.push(pkid);
+                    self.client_done(out);
                     if self.downgraded.remove(&pkid) {
                         // Sent at QoS 1 for the router's QoS 2: the router hears a PUBREC,
                         // and its PUBREL is answered here.
@@ -890,10 +902,15 @@ impl Session {
                 Packet::PubRec(ref rec, _) if self.codec == Codec::V5 => {
                     let pkid = rec.pkid;
                     self.acked.push(pkid);
+                    // A refusal ends the exchange; a PUBREC of success waits for the PUBCOMP.
+                    if rec.reason != PubRecReason::Success {
+                        self.client_done(out);
+                    }
                     self.ack_forward(pkid, packet);
                 }
                 Packet::PubComp(ref comp, _) if self.codec == Codec::V5 => {
                     let pkid = comp.pkid;
+                    self.client_done(out);
                     self.ack_release(pkid, packet);
                 }
                 Packet::PubAck(ref ack, _) => {
@@ -1145,12 +1162,12 @@ impl Session {
                         self.ack_release(rel.pkid, Packet::PubComp(comp, None));
                     }
                     Some(Packet::Publish(publish, properties)) if self.codec == Codec::V5 => {
-                        if self.deliver(publish, properties, out) {
+                        let sent = self.deliver(publish, properties, out);
+                        if sent.is_some() {
                             self.delivered += 1;
                         }
                         if let Some(mut forwarded) = forwarded {
-                            forwarded.pkid = codec::publish_qos_pkid(&out[start..])
-                                .and_then(|(qos, pkid)| (qos > 0).then_some(pkid));
+                            forwarded.pkid = sent.flatten();
                             self.forwarded.push(forwarded);
                         }
                     }
@@ -1179,13 +1196,14 @@ impl Session {
     /// retain flag and id; or not at all (expired, the client's own under No Local, a retained
     /// message Retain Handling declined, larger than the client accepts). What the client
     /// will not acknowledge as the router expects, the edge acknowledges to the router.
-    /// Returns whether it was sent.
+    /// Past the client's Receive Maximum it waits. Returns `None` if it is not sent, else its
+    /// packet id if the client is to acknowledge it.
     fn deliver(
         &mut self,
         mut publish: Publish,
         properties: Option<PublishProperties>,
         out: &mut BytesMut,
-    ) -> bool {
+    ) -> Option<Option<u16>> {
         let start = out.len();
         let mut props = properties.unwrap_or_default();
         let delivery = v5::deliver(
@@ -1197,9 +1215,7 @@ impl Session {
         let props = (!v5::is_empty(&props)).then_some(props);
         self.write(Packet::Publish(publish, props), out);
         // The QoS the router sent it at (it keeps that private): read off the bytes.
-        let Some((router_qos, pkid)) = codec::publish_qos_pkid(&out[start..]) else {
-            return false;
-        };
+        let (router_qos, pkid) = codec::publish_qos_pkid(&out[start..])?;
         let mut dropped = match delivery {
             v5::Delivery::Drop(why) => Some(why),
             v5::Delivery::Send { .. } => None,
@@ -1236,6 +1252,15 @@ impl Session {
         }
         // The router hears from the edge what it will not hear from the client.
         let client_acks = if dropped.is_some() { 0 } else { sent_qos };
+        if client_acks > 0 {
+            // The client's Receive Maximum: past it, the publish waits (in order) for one of
+            // those in flight to be acknowledged.
+            if self.inflight_out >= self.client_receive_max || !self.waiting_out.is_empty() {
+                self.waiting_out.push_back(out.split_off(start));
+            } else {
+                self.inflight_out += 1;
+            }
+        }
         match (router_qos, client_acks) {
             (1, 0) => {
                 let ack = PubAck {
@@ -1257,7 +1282,21 @@ impl Session {
             }
             _ => {}
         }
-        dropped.is_none()
+        dropped
+            .is_none()
+            .then_some((client_acks > 0).then_some(pkid))
+    }
+
+    /// A QoS 1/2 publish the client had in flight is done: the next waiting one, if any,
+    /// goes out (into `out`).
+    fn client_done(&mut self, out: &mut BytesMut) {
+        self.inflight_out = self.inflight_out.saturating_sub(1);
+        while self.inflight_out < self.client_receive_max
+            && let Some(next) = self.waiting_out.pop_front()
+        {
+            out.extend_from_slice(&next);
+            self.inflight_out += 1;
+        }
     }
 
     /// The acknowledgement of forward `pkid` (from the client, or from the edge for it) is
