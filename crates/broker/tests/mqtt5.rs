@@ -741,3 +741,106 @@ async fn never_more_in_flight_to_a_client_than_its_receive_maximum() {
     assert!(!task.is_finished());
     edge.stop().await;
 }
+
+/// Connects an MQTT 5 client without a clean start, asking for `expiry` seconds of session
+/// expiry; returns it, its event loop, whether a session was present and the interval the
+/// CONNACK announced instead, if any.
+async fn resume(
+    port: u16,
+    id: &str,
+    expiry: Option<u32>,
+) -> (AsyncClient, EventLoop, bool, Option<u32>) {
+    let mut options = MqttOptions::new(id, "127.0.0.1", port);
+    options.set_keep_alive(Duration::from_secs(30));
+    options.set_clean_start(false);
+    options.set_session_expiry_interval(expiry);
+    let (client, mut events) = AsyncClient::new(options, 100);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.poll()).await {
+            Ok(Ok(Event::Incoming(Packet::ConnAck(ack)))) => {
+                let announced = ack.properties.and_then(|p| p.session_expiry_interval);
+                return (client, events, ack.session_present, announced);
+            }
+            Ok(Ok(_)) => {}
+            other => panic!("{id}: no CONNACK: {other:?}"),
+        }
+    }
+}
+
+/// Disconnects cleanly (DISCONNECT, then the socket closes).
+async fn leave(client: AsyncClient, mut events: EventLoop) {
+    client.disconnect().await.unwrap();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        while events.poll().await.is_ok() {}
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_lives_for_its_expiry_interval_and_no_longer() {
+    let (edge, port) =
+        edge("max_session_expiry = \"1h\"\nmax_stored_sessions_per_identity = 2").await;
+    let (publisher, events, _) = client(port, "se-pub", |_| {}).await;
+    let _driver = drive(events);
+
+    // Kept for 3 s: a message published meanwhile is waiting on return, Session Present 1.
+    let (c, mut events, present, _) = resume(port, "se-kept", Some(3)).await;
+    assert!(!present);
+    c.subscribe("se/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    leave(c, events).await;
+    publisher
+        .publish("se/a", QoS::AtLeastOnce, false, "while-away")
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let (c, events, present, _) = resume(port, "se-kept", Some(3)).await;
+    assert!(present, "the session was not kept");
+    let (task, mut rx) = collect(events);
+    let got = next(&mut rx, Duration::from_secs(5))
+        .await
+        .expect("the queued message");
+    assert_eq!(payload(&got), "while-away");
+    task.abort();
+    drop(c);
+    // Gone (connection lost this time) for longer than 3 s: ended, nothing waits.
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    publisher
+        .publish("se/a", QoS::AtLeastOnce, false, "too-late")
+        .await
+        .unwrap();
+    let (_c, events, present, _) = resume(port, "se-kept", Some(3)).await;
+    assert!(!present, "the session outlived its interval");
+    let (_task, mut rx) = collect(events);
+    assert!(next(&mut rx, Duration::from_secs(1)).await.is_none());
+
+    // No interval (MQTT 5's default is 0): the session ends with the connection.
+    let (c, mut events, _, _) = resume(port, "se-none", None).await;
+    c.subscribe("se/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    leave(c, events).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_c, _events, present, _) = resume(port, "se-none", None).await;
+    assert!(!present, "a session with no expiry interval was kept");
+
+    // "Never" is shortened to the broker's maximum, and the client is told.
+    let (c, events, _, announced) = resume(port, "se-forever", Some(u32::MAX)).await;
+    assert_eq!(announced, Some(3600));
+    leave(c, events).await;
+
+    // Stored sessions count against the identity (anonymous clients are one): past two, a
+    // session ends with its connection.
+    for id in ["se-store-1", "se-store-2"] {
+        let (c, events, _, _) = resume(port, id, Some(60)).await;
+        leave(c, events).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_c, _e, present, _) = resume(port, "se-store-2", Some(60)).await;
+    assert!(
+        !present,
+        "se-forever and se-store-1 use the share: se-store-2 was not kept"
+    );
+    let (_c, _e, present, _) = resume(port, "se-store-1", Some(60)).await;
+    assert!(present);
+    edge.stop().await;
+}

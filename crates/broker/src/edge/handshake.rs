@@ -217,6 +217,15 @@ pub(crate) async fn connect(
     // MQTT 5: the will waits for the smaller of its delay and the session expiry, and is
     // dropped if the client comes back first.
     let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
+    let asked_expiry = props
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0);
+    // MQTT 5: the session's life after the connection, kept by the edge (see `expiry`).
+    let session_expiry = match codec {
+        Codec::V5 => Some(super::expiry::granted(asked_expiry, &ctx.session_limits)),
+        Codec::V4 => None,
+    };
     let client_receive_max = props.as_ref().and_then(|p| p.receive_maximum);
     let will_delay = Duration::from_secs(u64::from(
         will_props
@@ -238,6 +247,7 @@ pub(crate) async fn connect(
     };
     let key = session_key(proof_name, &identity.name, &client_id);
     ctx.returned(&key);
+    ctx.session_resumed(&key);
 
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         return Err(Refusal::answer(codec, Reason::Busy, "max_connections"));
@@ -245,7 +255,19 @@ pub(crate) async fn connect(
 
     let links = ctx.links.clone();
     let (link_key, clean) = (key.clone(), connect.clean_session);
-    let built = tokio::task::spawn_blocking(move || links(&link_key, clean)).await;
+    // MQTT 5, Clean Start with a Session Expiry: a new session that outlives the connection.
+    // The router keeps only sessions opened without a clean start, so any old one is ended
+    // first (a clean link under the name, which the persistent one then takes over).
+    let fresh_but_kept = clean && session_expiry.is_some_and(|secs| secs > 0);
+    let built = tokio::task::spawn_blocking(move || {
+        if fresh_but_kept {
+            let (_tx, _rx, _) = links(&link_key, true)?;
+            links(&link_key, false)
+        } else {
+            links(&link_key, clean)
+        }
+    })
+    .await;
     let Ok(Ok((link_tx, link_rx, connack))) = built else {
         return Err(Refusal::answer(codec, Reason::Unavailable, "router"));
     };
@@ -261,8 +283,14 @@ pub(crate) async fn connect(
     let connack: Option<Packet> = connack.into();
     let session_present = matches!(&connack, Some(Packet::ConnAck(ack, _)) if ack.session_present);
     let connack = connack.map(|packet| match (codec, packet) {
-        (Codec::V5, Packet::ConnAck(ack, props)) => {
-            Packet::ConnAck(ack, Some(announce(props, ctx, assigned, server_keep_alive)))
+        (Codec::V5, Packet::ConnAck(mut ack, props)) => {
+            let mut props = announce(props, ctx, assigned, server_keep_alive);
+            // A shortened interval is announced.
+            props.session_expiry_interval = session_expiry.filter(|secs| *secs != asked_expiry);
+            // A clean start has no session present (the persistent link took over the clean
+            // one, which left nothing).
+            ack.session_present &= !clean;
+            Packet::ConnAck(ack, Some(props))
         }
         (_, packet) => packet,
     });
@@ -298,8 +326,9 @@ pub(crate) async fn connect(
         link_rx,
         ctx: ctx.clone(),
         permit,
-        persistent: !clean,
-        session_present,
+        persistent: (!clean && session_expiry.is_none_or(|secs| secs > 0)) || fresh_but_kept,
+        session_present: session_present && !clean,
+        session_expiry: session_expiry.map(|secs| Duration::from_secs(u64::from(secs))),
         client_max_packet,
         client_receive_max,
     }))

@@ -299,6 +299,16 @@ impl LagTracker {
         }
     }
 
+    /// Session `key` ended for good (its MQTT 5 session expired): nothing of it is kept.
+    pub(crate) fn forget(&self, key: &str) {
+        let mut subscribers = self.lock();
+        if subscribers.get(key).is_some_and(|sub| !sub.connected) {
+            subscribers.remove(key);
+        }
+        drop(subscribers);
+        self.room.notify_waiters();
+    }
+
     /// Whether session `key` holds a subscription to `filter` (MQTT 5's Retain Handling 1
     /// sends retained messages only for a new one). Shared subscriptions are not tracked:
     /// for them, `false`.

@@ -22,6 +22,7 @@
 
 mod admission;
 mod codec;
+mod expiry;
 pub(crate) mod handshake;
 pub(crate) mod lag;
 mod rate;
@@ -92,6 +93,9 @@ pub(crate) struct EdgeContext {
     /// The router link MQTT 5 wills are published through (opened on first use; its
     /// receiving half is kept so the router keeps the link).
     will_link: tokio::sync::Mutex<Option<(LinkTx, LinkRx)>>,
+    /// MQTT 5 sessions stored for clients that went away, and their bounds.
+    stored_sessions: std::sync::Mutex<expiry::Stored>,
+    pub(crate) session_limits: expiry::Limits,
     /// MQTT 5 message expiry's clock.
     pub(crate) clock: v5::Clock,
     /// Keys the hash that names a publish's session (see [`EdgeContext::origin`]).
@@ -138,6 +142,12 @@ impl EdgeContext {
             lag,
             connection_ids: AtomicU64::new(1),
             will_link: tokio::sync::Mutex::new(None),
+            stored_sessions: std::sync::Mutex::default(),
+            session_limits: expiry::Limits {
+                max_expiry: settings.max_session_expiry,
+                max_stored: settings.max_stored_sessions,
+                max_per_identity: settings.max_stored_sessions_per_identity,
+            },
             clock: v5::Clock::new(),
             origins: std::hash::RandomState::new(),
         }

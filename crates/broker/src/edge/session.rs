@@ -127,6 +127,9 @@ pub(crate) struct Admitted {
     pub(crate) client_max_packet: Option<u32>,
     /// MQTT 5: the most QoS 1/2 publishes the client takes unacknowledged.
     pub(crate) client_receive_max: Option<u16>,
+    /// MQTT 5: how long the session outlives the connection (`None`: 3.1.1, as the router
+    /// keeps it).
+    pub(crate) session_expiry: Option<Duration>,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -180,6 +183,7 @@ pub(crate) struct Session {
     origin: u64,
     /// MQTT 5: the largest packet the client accepts.
     client_max_packet: usize,
+    session_expiry: Option<Duration>,
     /// MQTT 5: the most QoS 1/2 publishes the client takes unacknowledged (its Receive
     /// Maximum), how many it has, and those written, waiting for room. (Bounded by the
     /// router's in-flight window per connection, `max_inflight`.)
@@ -357,6 +361,7 @@ impl Session {
                 .client_max_packet
                 .and_then(|max| usize::try_from(max).ok())
                 .unwrap_or(usize::MAX),
+            session_expiry: admitted.session_expiry,
             client_receive_max: usize::from(admitted.client_receive_max.unwrap_or(u16::MAX).max(1)),
             inflight_out: 0,
             waiting_out: VecDeque::new(),
@@ -397,6 +402,14 @@ impl Session {
                 reason_code: DisconnectReasonCode::NormalDisconnection,
             };
             let _ = self.link_tx.send(Packet::Disconnect(bye, None)).await;
+        }
+        // MQTT 5: the session is kept for its interval, then ended by the edge; a session
+        // another connection took over is that one's.
+        if let Some(expiry) = self.session_expiry
+            && !matches!(end, End::RouterEnded(_))
+        {
+            self.ctx
+                .session_ended(self.key.clone(), self.identity_key.clone(), expiry);
         }
         // The last words are not waited for long: the client may be the reason we stop.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
