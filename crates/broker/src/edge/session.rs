@@ -1322,11 +1322,11 @@ impl Session {
         {
             Some((_, ready)) => *ready = Some(ack),
             // Not a forward of this connection (one sent before a reconnect): passed on.
-            None => self.to_router_in_order(ack),
+            None => self.queue_router_ack(ack),
         }
         while let Some((_, Some(_))) = self.ack_order.front() {
             if let Some((_, Some(ack))) = self.ack_order.pop_front() {
-                self.to_router_in_order(ack);
+                self.queue_router_ack(ack);
             }
         }
     }
@@ -1350,7 +1350,7 @@ impl Session {
 
     /// Queues an acknowledgement for the router; a PUBREC's PUBREL will come back in this
     /// order, so its answer's place is taken now.
-    fn to_router_in_order(&mut self, ack: Packet) {
+    fn queue_router_ack(&mut self, ack: Packet) {
         if let Packet::PubRec(rec, _) = &ack {
             self.release_order.push_back((rec.pkid, None));
         }
