@@ -75,8 +75,9 @@ impl EdgeContext {
     }
 
     /// An MQTT 5 session's connection ended: the session is stored for `expiry` (granted
-    /// already), or ended now if that is 0 or the store is full.
-    pub(crate) fn session_ended(
+    /// already), or ended now (before this returns: a client coming straight back finds it
+    /// gone, not ended under it) if that is 0 or the store is full.
+    pub(crate) async fn session_ended(
         self: &std::sync::Arc<Self>,
         key: String,
         identity: String,
@@ -108,9 +109,14 @@ impl EdgeContext {
                 }
                 fits
             };
+        if !stored {
+            self.end_session(&key).await;
+            return;
+        }
         let ctx = self.clone();
         self.shutdown.spawn(async move {
-            if stored {
+            // (A block: the lock is released before the router is asked.)
+            {
                 tokio::select! {
                     () = tokio::time::sleep(expiry) => {}
                     () = token.cancelled() => return,

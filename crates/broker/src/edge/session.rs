@@ -409,7 +409,8 @@ impl Session {
             && !matches!(end, End::RouterEnded(_))
         {
             self.ctx
-                .session_ended(self.key.clone(), self.identity_key.clone(), expiry);
+                .session_ended(self.key.clone(), self.identity_key.clone(), expiry)
+                .await;
         }
         // The last words are not waited for long: the client may be the reason we stop.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
