@@ -57,10 +57,12 @@ impl LocalBus for BrokerBus {
                 Bytes::from(message.payload),
                 message.retain,
             );
+            // MQTT 5 subscribers get it at the lower of its QoS and theirs (see `edge::v5`).
+            let properties = crate::edge::v5::stamp(None, message.qos as u8, message.retain, 0, 0);
             let mut publisher = self.publisher.lock().await;
             publisher
                 .tx
-                .send(Packet::Publish(publish, None))
+                .send(Packet::Publish(publish, Some(properties)))
                 .await
                 .map(drop)
                 .map_err(|_| BusError::Closed)

@@ -44,6 +44,11 @@ pub const BROKER_SUBSCRIBER_LAG_MESSAGES: &str = "fieldlink_broker_subscriber_la
 /// subscriptions, offline persistent sessions, disconnected slow subscribers); label `qos`
 /// (the subscription's).
 pub const BROKER_DROPPED_FOR_LAG_TOTAL: &str = "fieldlink_broker_dropped_for_lag_total";
+/// Counter: MQTT 5 forwards the edge did not send to a subscriber; label `reason`
+/// (`expired`: Message Expiry Interval passed, `max_packet_size`: larger than the client
+/// accepts, `no_local`: its own publish, `retain_handling`: a retained message it asked not to
+/// get now).
+pub const BROKER_NOT_DELIVERED_TOTAL: &str = "fieldlink_broker_not_delivered_total";
 /// Counter: Modbus polls (one per poll group run); labels `device`, `result` (`ok`, `failed`).
 pub const SERIAL_POLLS_TOTAL: &str = "fieldlink_serial_polls_total";
 /// Counter: Modbus requests sent (coalesced reads and writes); label `device`.

@@ -11,8 +11,11 @@
 //!
 //! 64-byte payloads; the first 8 bytes carry the send time.
 //!
+//! Each case runs with MQTT 3.1.1 clients, with MQTT 5 clients, and with MQTT 5 clients whose
+//! publishes carry two user properties and a Message Expiry Interval ("v5+props").
+//!
 //! `BENCH_CASES=<text>` runs only the cases whose name contains it (e.g.
-//! `BENCH_CASES="QoS 1 10→1"`).
+//! `BENCH_CASES="QoS 1 10→1"`, `BENCH_CASES="v5+props"`).
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -31,20 +34,35 @@ const FIXED_RATE: u64 = 1_000;
 const FIXED_RATE_SECONDS: u64 = 3;
 const RUNS: usize = 3;
 
+/// The MQTT version the load generator speaks.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Proto {
+    V311,
+    V5,
+    /// MQTT 5, each publish with two user properties and a Message Expiry Interval.
+    V5Props,
+}
+
 #[derive(Clone, Copy)]
 struct Case {
     qos: QoS,
     publishers: usize,
     tls: bool,
+    proto: Proto,
 }
 
 impl Case {
     fn name(&self) -> String {
         format!(
-            "QoS {} {}→1 {}",
+            "QoS {} {}→1 {} {}",
             self.qos as u8,
             self.publishers,
-            if self.tls { "TLS" } else { "plain" }
+            if self.tls { "TLS" } else { "plain" },
+            match self.proto {
+                Proto::V311 => "3.1.1",
+                Proto::V5 => "v5",
+                Proto::V5Props => "v5+props",
+            }
         )
     }
 }
@@ -107,9 +125,23 @@ struct Outcome {
     latencies: Vec<u64>,
 }
 
+/// [`run_v311`] or [`run_v5`], as the case says.
+async fn run(
+    broker: &Broker,
+    case: Case,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    per_publisher: u64,
+    rate: Option<u64>,
+) -> Outcome {
+    match case.proto {
+        Proto::V311 => run_v311(broker, case, tls, per_publisher, rate).await,
+        Proto::V5 | Proto::V5Props => run_v5(broker, case, tls, per_publisher, rate).await,
+    }
+}
+
 /// Publishes `per_publisher` messages from each publisher (paced at `rate` msgs/s overall
 /// when given) and counts what one subscriber receives.
-async fn run(
+async fn run_v311(
     broker: &Broker,
     case: Case,
     tls: Option<&Arc<rustls::ClientConfig>>,
@@ -178,6 +210,141 @@ async fn run(
                 }
             }
             // Let the last QoS 1 acks come in before the connection goes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            driver.abort();
+        }));
+    }
+    for p in publishers {
+        let _ = p.await;
+    }
+    let (latencies, last) = collector.await.unwrap();
+    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
+    let cpu_seconds = (cpu_ticks(broker.pid) - cpu_before) as f64 / TICKS_PER_SECOND;
+    drop(sub);
+    Outcome {
+        delivered: received.load(Ordering::Relaxed),
+        seconds,
+        cpu_seconds,
+        latencies,
+    }
+}
+
+fn options_v5(
+    id: &str,
+    port: u16,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+) -> rumqttc::v5::MqttOptions {
+    let host = if tls.is_some() {
+        "localhost"
+    } else {
+        "127.0.0.1"
+    };
+    let mut options = rumqttc::v5::MqttOptions::new(id, host, port);
+    options
+        .set_keep_alive(Duration::from_secs(30))
+        .set_outgoing_inflight_upper_limit(100)
+        .set_max_packet_size(Some(1 << 20));
+    if let Some(config) = tls {
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
+            config.clone(),
+        )));
+    }
+    options
+}
+
+/// [`run_v311`] with MQTT 5 clients; with `Proto::V5Props` each publish carries two user
+/// properties and a Message Expiry Interval.
+async fn run_v5(
+    broker: &Broker,
+    case: Case,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    per_publisher: u64,
+    rate: Option<u64>,
+) -> Outcome {
+    use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+    use rumqttc::v5::{AsyncClient, Event};
+    let port = if case.tls { broker.tls } else { broker.plain };
+    let topic = format!("bench/{}", now_nanos());
+    let expected = per_publisher * case.publishers as u64;
+    let qos = match case.qos {
+        QoS::AtMostOnce => rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => rumqttc::v5::mqttbytes::QoS::ExactlyOnce,
+    };
+
+    let (sub, mut sub_events) = AsyncClient::new(options_v5("bench-sub", port, tls), 1000);
+    sub.subscribe(&topic, qos).await.unwrap();
+    loop {
+        if let Ok(Event::Incoming(Packet::SubAck(_))) = sub_events.poll().await {
+            break;
+        }
+    }
+    let received = Arc::new(AtomicU64::new(0));
+    let counter = received.clone();
+    let collector = tokio::spawn(async move {
+        let mut latencies = Vec::with_capacity(expected as usize);
+        let mut last = Instant::now();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(3), sub_events.poll()).await {
+                Ok(Ok(Event::Incoming(Packet::Publish(p)))) => {
+                    let sent = u64::from_be_bytes(p.payload[..8].try_into().unwrap_or([0; 8]));
+                    latencies.push(now_nanos().saturating_sub(sent));
+                    last = Instant::now();
+                    if counter.fetch_add(1, Ordering::Relaxed) + 1 == expected {
+                        break;
+                    }
+                }
+                Ok(Ok(_)) => {}
+                Ok(Err(_)) | Err(_) => break,
+            }
+        }
+        (latencies, last)
+    });
+
+    let cpu_before = cpu_ticks(broker.pid);
+    let start = Instant::now();
+    let mut publishers = Vec::new();
+    for p in 0..case.publishers {
+        let (client, mut events) =
+            AsyncClient::new(options_v5(&format!("bench-pub-{p}"), port, tls), 1000);
+        let driver = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+        let topic = topic.clone();
+        let each_rate = rate.map(|r| r as f64 / case.publishers as f64);
+        let props = (case.proto == Proto::V5Props).then(|| PublishProperties {
+            message_expiry_interval: Some(3600),
+            user_properties: vec![
+                ("site".into(), "north-field".into()),
+                ("unit".into(), "celsius".into()),
+            ],
+            ..PublishProperties::default()
+        });
+        publishers.push(tokio::spawn(async move {
+            let mut payload = vec![0u8; PAYLOAD];
+            let began = Instant::now();
+            for n in 0..per_publisher {
+                if let Some(r) = each_rate {
+                    let due = began + Duration::from_secs_f64(n as f64 / r);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                payload[..8].copy_from_slice(&now_nanos().to_be_bytes());
+                let sent = match &props {
+                    Some(props) => {
+                        client
+                            .publish_with_properties(
+                                &topic,
+                                qos,
+                                false,
+                                payload.clone(),
+                                props.clone(),
+                            )
+                            .await
+                    }
+                    None => client.publish(&topic, qos, false, payload.clone()).await,
+                };
+                if sent.is_err() {
+                    break;
+                }
+            }
             tokio::time::sleep(Duration::from_millis(200)).await;
             driver.abort();
         }));
@@ -324,54 +491,62 @@ async fn bench() {
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     let only = std::env::var("BENCH_CASES").unwrap_or_default();
-    for qos in [QoS::AtMostOnce, QoS::AtLeastOnce] {
-        for publishers in [1, 10] {
-            for tls in [false, true] {
-                let case = Case {
-                    qos,
-                    publishers,
-                    tls,
-                };
-                if !case.name().contains(&only) {
-                    continue;
-                }
-                let mut summaries = [Summary::default(), Summary::default()];
-                for _ in 0..RUNS {
-                    for (b, broker) in brokers.iter().enumerate() {
-                        let tls_config = tls.then_some(&client_tls);
-                        let per = FULL_SPEED_MESSAGES / publishers as u64;
-                        let full = run(broker, case, tls_config, per, None).await;
-                        let expected = per * publishers as u64;
-                        let s = &mut summaries[b];
-                        s.rate.push(full.delivered as f64 / full.seconds);
-                        s.lost.push((expected - full.delivered) as f64);
-                        s.cpu_us
-                            .push(full.cpu_seconds * 1e6 / full.delivered.max(1) as f64);
-                        let per = FIXED_RATE * FIXED_RATE_SECONDS / publishers as u64;
-                        let mut fixed = run(broker, case, tls_config, per, Some(FIXED_RATE)).await;
-                        fixed.latencies.sort_unstable();
-                        s.p50.push(percentile(&fixed.latencies, 0.5));
-                        s.p99.push(percentile(&fixed.latencies, 0.99));
-                        s.p999.push(percentile(&fixed.latencies, 0.999));
-                    }
-                }
-                let rates: Vec<f64> = summaries.iter().map(|s| median(s.rate.clone())).collect();
-                for (b, s) in summaries.into_iter().enumerate() {
-                    println!(
-                        "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
-                        case.name(),
-                        brokers[b].name,
-                        median(s.rate),
-                        median(s.lost),
-                        median(s.cpu_us),
-                        median(s.p50),
-                        median(s.p99),
-                        median(s.p999),
-                    );
-                }
-                ratios.push((case.name(), rates[0] / rates[1]));
+    let cases = [QoS::AtMostOnce, QoS::AtLeastOnce]
+        .into_iter()
+        .flat_map(|qos| {
+            [1, 10].into_iter().flat_map(move |publishers| {
+                [false, true].into_iter().flat_map(move |tls| {
+                    [Proto::V311, Proto::V5, Proto::V5Props]
+                        .into_iter()
+                        .map(move |proto| Case {
+                            qos,
+                            publishers,
+                            tls,
+                            proto,
+                        })
+                })
+            })
+        });
+    for case in cases {
+        let (publishers, tls) = (case.publishers, case.tls);
+        if !case.name().contains(&only) {
+            continue;
+        }
+        let mut summaries = [Summary::default(), Summary::default()];
+        for _ in 0..RUNS {
+            for (b, broker) in brokers.iter().enumerate() {
+                let tls_config = tls.then_some(&client_tls);
+                let per = FULL_SPEED_MESSAGES / publishers as u64;
+                let full = run(broker, case, tls_config, per, None).await;
+                let expected = per * publishers as u64;
+                let s = &mut summaries[b];
+                s.rate.push(full.delivered as f64 / full.seconds);
+                s.lost.push((expected - full.delivered) as f64);
+                s.cpu_us
+                    .push(full.cpu_seconds * 1e6 / full.delivered.max(1) as f64);
+                let per = FIXED_RATE * FIXED_RATE_SECONDS / publishers as u64;
+                let mut fixed = run(broker, case, tls_config, per, Some(FIXED_RATE)).await;
+                fixed.latencies.sort_unstable();
+                s.p50.push(percentile(&fixed.latencies, 0.5));
+                s.p99.push(percentile(&fixed.latencies, 0.99));
+                s.p999.push(percentile(&fixed.latencies, 0.999));
             }
         }
+        let rates: Vec<f64> = summaries.iter().map(|s| median(s.rate.clone())).collect();
+        for (b, s) in summaries.into_iter().enumerate() {
+            println!(
+                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} |",
+                case.name(),
+                brokers[b].name,
+                median(s.rate),
+                median(s.lost),
+                median(s.cpu_us),
+                median(s.p50),
+                median(s.p99),
+                median(s.p999),
+            );
+        }
+        ratios.push((case.name(), rates[0] / rates[1]));
     }
     println!();
     println!("fieldlink / mosquitto delivered msgs/s (median of {RUNS}):");

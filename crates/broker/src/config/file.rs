@@ -48,6 +48,14 @@ pub struct BrokerFile {
     pub max_delayed_will_bytes: Option<Spanned<i64>>,
     /// Longest will delay honoured; a longer one is shortened to it.
     pub max_will_delay: Option<Spanned<String>>,
+    /// Longest keep-alive granted; MQTT 5 clients asking for more (or none) are told this one.
+    pub max_keep_alive: Option<Spanned<String>>,
+    /// Longest MQTT 5 Session Expiry Interval granted.
+    pub max_session_expiry: Option<Spanned<String>>,
+    /// Most MQTT 5 sessions stored for clients that went away.
+    pub max_stored_sessions: Option<Spanned<i64>>,
+    /// Most of those of one identity.
+    pub max_stored_sessions_per_identity: Option<Spanned<i64>>,
     /// `[[broker.listeners]]`.
     pub listeners: Option<Spanned<Vec<Spanned<ListenerFile>>>>,
     /// The credentials file (`name:<argon2 PHC string>[:groups]` lines, mode 0600).

@@ -71,6 +71,14 @@ pub const DEFAULT_MAX_DELAYED_WILLS: usize = 256;
 pub const DEFAULT_MAX_DELAYED_WILL_BYTES: usize = 1024 * 1024;
 /// Longest will delay honoured.
 pub const DEFAULT_MAX_WILL_DELAY: Duration = Duration::from_secs(3600);
+/// Longest keep-alive granted to an MQTT 5 client (its CONNACK's Server Keep Alive).
+pub const DEFAULT_MAX_KEEP_ALIVE: Duration = Duration::from_secs(600);
+/// Longest MQTT 5 Session Expiry Interval granted.
+pub const DEFAULT_MAX_SESSION_EXPIRY: Duration = Duration::from_secs(86_400);
+/// Most MQTT 5 sessions stored at once for clients that went away.
+pub const DEFAULT_MAX_STORED_SESSIONS: usize = 256;
+/// Most stored MQTT 5 sessions of one identity.
+pub const DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY: usize = 16;
 /// How long a TLS handshake may take before the connection is dropped.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TLS handshakes in progress at once per listener.
@@ -124,6 +132,18 @@ pub struct BrokerSettings {
     pub max_delayed_will_bytes: usize,
     /// Longest will delay honoured.
     pub max_will_delay: Duration,
+    /// Longest keep-alive granted: an MQTT 5 client that asks for a longer one, or for none,
+    /// is given this one in its CONNACK (Server Keep Alive) and held to it. 3.1.1 has no way
+    /// to say so: those clients keep theirs (none: ten silent minutes at most).
+    pub max_keep_alive: Duration,
+    /// Longest MQTT 5 Session Expiry Interval granted: a longer one (or "never") is shortened
+    /// to it, and the CONNACK says so.
+    pub max_session_expiry: Duration,
+    /// Most MQTT 5 sessions stored at once for clients that went away; past it, a session
+    /// ends with its connection.
+    pub max_stored_sessions: usize,
+    /// Most stored MQTT 5 sessions of one identity (anonymous clients together are one).
+    pub max_stored_sessions_per_identity: usize,
     /// Who may connect, and what each client may publish and subscribe to.
     pub access: AccessSettings,
 }
@@ -149,6 +169,10 @@ impl Default for BrokerSettings {
             max_delayed_wills: DEFAULT_MAX_DELAYED_WILLS,
             max_delayed_will_bytes: DEFAULT_MAX_DELAYED_WILL_BYTES,
             max_will_delay: DEFAULT_MAX_WILL_DELAY,
+            max_keep_alive: DEFAULT_MAX_KEEP_ALIVE,
+            max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
+            max_stored_sessions: DEFAULT_MAX_STORED_SESSIONS,
+            max_stored_sessions_per_identity: DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY,
             access: AccessSettings::default(),
         }
     }

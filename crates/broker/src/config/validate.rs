@@ -12,10 +12,12 @@ use super::file::{BrokerFile, ListenerFile};
 use super::{
     BrokerSettings, DEFAULT_CONNECT_TIMEOUT, DEFAULT_MAX_CONNECT_SIZE, DEFAULT_MAX_CONNECTIONS,
     DEFAULT_MAX_DELAYED_WILL_BYTES, DEFAULT_MAX_DELAYED_WILLS, DEFAULT_MAX_FILTERS,
-    DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_MESSAGE_RATE,
-    DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS,
-    DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE,
-    DEFAULT_SLOW_SUBSCRIBER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, ListenerSettings,
+    DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_KEEP_ALIVE,
+    DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_SESSION_EXPIRY,
+    DEFAULT_MAX_STORED_SESSIONS, DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY,
+    DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_MAX_WILL_DELAY,
+    DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE, DEFAULT_SLOW_SUBSCRIBER_TIMEOUT,
+    DEFAULT_WRITE_TIMEOUT, ListenerSettings,
 };
 
 /// Validates `[broker]`, recording every mistake in `c`.
@@ -130,6 +132,35 @@ pub fn settings(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             Duration::ZERO..=Duration::from_secs(7 * 24 * 3600),
             DEFAULT_MAX_WILL_DELAY,
         ),
+        // MQTT carries keep-alives in whole seconds, in two bytes.
+        max_keep_alive: duration(
+            c,
+            "broker.max_keep_alive",
+            &file.max_keep_alive,
+            Duration::from_secs(1)..=Duration::from_secs(65_535),
+            DEFAULT_MAX_KEEP_ALIVE,
+        ),
+        max_session_expiry: duration(
+            c,
+            "broker.max_session_expiry",
+            &file.max_session_expiry,
+            Duration::ZERO..=Duration::from_secs(30 * 86_400),
+            DEFAULT_MAX_SESSION_EXPIRY,
+        ),
+        max_stored_sessions: int(
+            c,
+            "broker.max_stored_sessions",
+            &file.max_stored_sessions,
+            0..=100_000,
+        )
+        .unwrap_or(DEFAULT_MAX_STORED_SESSIONS),
+        max_stored_sessions_per_identity: int(
+            c,
+            "broker.max_stored_sessions_per_identity",
+            &file.max_stored_sessions_per_identity,
+            0..=100_000,
+        )
+        .unwrap_or(DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY),
         access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }

@@ -15,7 +15,10 @@ use bytes::BytesMut;
 use fieldlink_core::config::MqttVersion;
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::TopicName;
-use rumqttd::protocol::{ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, Login, Packet};
+use rumqttd::protocol::{
+    ConnAck, ConnAckProperties, ConnectReturnCode, LastWill, LastWillProperties, Login, Packet,
+    PublishProperties,
+};
 use tokio::io::AsyncWriteExt as _;
 
 use super::codec::{self, Codec, ConnectPeek, FrameError};
@@ -213,12 +216,29 @@ pub(crate) async fn connect(
 
     // MQTT 5: the will waits for the smaller of its delay and the session expiry, and is
     // dropped if the client comes back first.
+    let client_max_packet = props.as_ref().and_then(|p| p.max_packet_size);
+    let asked_expiry = props
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0);
+    // MQTT 5: the session's life after the connection, kept by the edge (see `expiry`).
+    let session_expiry = match codec {
+        Codec::V5 => Some(super::expiry::granted(asked_expiry, &ctx.session_limits)),
+        Codec::V4 => None,
+    };
+    let client_receive_max = props.as_ref().and_then(|p| p.receive_maximum);
     let will_delay = Duration::from_secs(u64::from(
         will_props
+            .as_ref()
             .and_then(|p| p.delay_interval)
             .unwrap_or(0)
             .min(props.and_then(|p| p.session_expiry_interval).unwrap_or(0)),
     ));
+    // MQTT 5: the will's properties reach its subscribers as a publish's would.
+    let will_properties = match codec {
+        Codec::V5 if will.is_some() => Some(will_publish_properties(will_props)),
+        _ => None,
+    };
     let proof_name = match proof {
         Proof::Anonymous => "anonymous",
         Proof::Certificate => "certificate",
@@ -227,6 +247,7 @@ pub(crate) async fn connect(
     };
     let key = session_key(proof_name, &identity.name, &client_id);
     ctx.returned(&key);
+    ctx.session_resumed(&key);
 
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         return Err(Refusal::answer(codec, Reason::Busy, "max_connections"));
@@ -234,16 +255,42 @@ pub(crate) async fn connect(
 
     let links = ctx.links.clone();
     let (link_key, clean) = (key.clone(), connect.clean_session);
-    let built = tokio::task::spawn_blocking(move || links(&link_key, clean)).await;
+    // MQTT 5, Clean Start with a Session Expiry: a new session that outlives the connection.
+    // The router keeps only sessions opened without a clean start, so any old one is ended
+    // first (a clean link under the name, which the persistent one then takes over).
+    let fresh_but_kept = clean && session_expiry.is_some_and(|secs| secs > 0);
+    let built = tokio::task::spawn_blocking(move || {
+        if fresh_but_kept {
+            let (_tx, _rx, _) = links(&link_key, true)?;
+            links(&link_key, false)
+        } else {
+            links(&link_key, clean)
+        }
+    })
+    .await;
     let Ok(Ok((link_tx, link_rx, connack))) = built else {
         return Err(Refusal::answer(codec, Reason::Unavailable, "router"));
     };
     let mut out = BytesMut::new();
+    // MQTT 5: a keep-alive longer than the broker's maximum, or none, is replaced by the
+    // maximum, and the client is told so (Server Keep Alive). 3.1.1 has no way to tell it.
+    let (keep_alive, server_keep_alive) = match codec {
+        Codec::V5 if connect.keep_alive == 0 || connect.keep_alive > ctx.max_keep_alive => {
+            (ctx.max_keep_alive, Some(ctx.max_keep_alive))
+        }
+        _ => (connect.keep_alive, None),
+    };
     let connack: Option<Packet> = connack.into();
     let session_present = matches!(&connack, Some(Packet::ConnAck(ack, _)) if ack.session_present);
     let connack = connack.map(|packet| match (codec, packet) {
-        (Codec::V5, Packet::ConnAck(ack, props)) => {
-            Packet::ConnAck(ack, Some(announce(props, ctx, assigned)))
+        (Codec::V5, Packet::ConnAck(mut ack, props)) => {
+            let mut props = announce(props, ctx, assigned, server_keep_alive);
+            // A shortened interval is announced.
+            props.session_expiry_interval = session_expiry.filter(|secs| *secs != asked_expiry);
+            // A clean start has no session present (the persistent link took over the clean
+            // one, which left nothing).
+            ack.session_present &= !clean;
+            Packet::ConnAck(ack, Some(props))
         }
         (_, packet) => packet,
     });
@@ -257,7 +304,7 @@ pub(crate) async fn connect(
         Ok(Ok(())) => {}
         _ => return Err(Refusal::quiet("connack_write")),
     }
-    let keep_alive = match connect.keep_alive {
+    let keep_alive = match keep_alive {
         // A client that asks for no keep-alive still goes after ten silent minutes, so an
         // idle socket cannot hold a connection slot for ever.
         0 => IDLE_WITHOUT_KEEP_ALIVE,
@@ -274,12 +321,16 @@ pub(crate) async fn connect(
         keep_alive,
         will,
         will_delay,
+        will_properties,
         link_tx,
         link_rx,
         ctx: ctx.clone(),
         permit,
-        persistent: !clean,
-        session_present,
+        persistent: (!clean && session_expiry.is_none_or(|secs| secs > 0)) || fresh_but_kept,
+        session_present: session_present && !clean,
+        session_expiry: session_expiry.map(|secs| Duration::from_secs(u64::from(secs))),
+        client_max_packet,
+        client_receive_max,
     }))
 }
 
@@ -399,14 +450,16 @@ async fn check_password(
 }
 
 /// What an MQTT 5 CONNACK tells the client about this broker: the id it was given, the largest
-/// packet accepted, how many QoS 1/2 publishes it may have unacknowledged (flow control), and
-/// that it offers no topic aliases.
+/// packet accepted, how many QoS 1/2 publishes it may have unacknowledged (flow control),
+/// that it offers no topic aliases, and the keep-alive it was given instead of its own.
 fn announce(
     props: Option<ConnAckProperties>,
     ctx: &EdgeContext,
     assigned: Option<String>,
+    server_keep_alive: Option<u16>,
 ) -> ConnAckProperties {
     let mut props = props.unwrap_or_default();
+    props.server_keep_alive = server_keep_alive;
     props.assigned_client_identifier = assigned;
     props.max_packet_size = u32::try_from(ctx.max_packet_size).ok();
     props.receive_max = Some(ctx.max_inflight);
@@ -426,6 +479,28 @@ fn bound(identity: &str, client_id: &str, rule: crate::config::ClientIdRule) -> 
                     .is_some_and(|rest| rest.starts_with(':'))
         }
         ClientIdRule::Any => true,
+    }
+}
+
+/// An MQTT 5 will's properties as its publish carries them (the delay is the edge's).
+fn will_publish_properties(will: Option<LastWillProperties>) -> PublishProperties {
+    let will = will.unwrap_or(LastWillProperties {
+        delay_interval: None,
+        payload_format_indicator: None,
+        message_expiry_interval: None,
+        content_type: None,
+        response_topic: None,
+        correlation_data: None,
+        user_properties: Vec::new(),
+    });
+    PublishProperties {
+        payload_format_indicator: will.payload_format_indicator,
+        message_expiry_interval: will.message_expiry_interval,
+        content_type: will.content_type,
+        response_topic: will.response_topic,
+        correlation_data: will.correlation_data,
+        user_properties: will.user_properties,
+        ..PublishProperties::default()
     }
 }
 

@@ -299,6 +299,25 @@ impl LagTracker {
         }
     }
 
+    /// Session `key` ended for good (its MQTT 5 session expired): nothing of it is kept.
+    pub(crate) fn forget(&self, key: &str) {
+        let mut subscribers = self.lock();
+        if subscribers.get(key).is_some_and(|sub| !sub.connected) {
+            subscribers.remove(key);
+        }
+        drop(subscribers);
+        self.room.notify_waiters();
+    }
+
+    /// Whether session `key` holds a subscription to `filter` (MQTT 5's Retain Handling 1
+    /// sends retained messages only for a new one). Shared subscriptions are not tracked:
+    /// for them, `false`.
+    pub(crate) fn is_subscribed(&self, key: &str, filter: &str) -> bool {
+        self.lock()
+            .get(key)
+            .is_some_and(|sub| sub.tracks.iter().any(|t| t.filter == filter))
+    }
+
     /// Session `key` unsubscribed `filter`.
     pub(crate) fn unsubscribed(&self, key: &str, conn: u64, filter: &str) {
         let mut subscribers = self.lock();

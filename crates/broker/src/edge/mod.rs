@@ -22,11 +22,13 @@
 
 mod admission;
 mod codec;
+mod expiry;
 pub(crate) mod handshake;
 pub(crate) mod lag;
 mod rate;
 pub(crate) mod session;
 pub(crate) mod transport;
+pub(crate) mod v5;
 
 pub use codec::fuzz_frames;
 
@@ -39,6 +41,7 @@ use fieldlink_core::ports::Ingress;
 use fieldlink_core::shutdown::Shutdown;
 use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{Packet, Publish, PublishProperties};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Semaphore;
 
@@ -65,6 +68,8 @@ pub(crate) struct EdgeContext {
     /// The largest CONNECT read (at most `max_packet_size`).
     pub(crate) max_connect_size: usize,
     pub(crate) write_timeout: Duration,
+    /// Longest keep-alive granted to an MQTT 5 client, in seconds (Server Keep Alive).
+    pub(crate) max_keep_alive: u16,
     /// Connections not yet authenticated.
     pub(crate) admission: Arc<admission::Admission>,
     /// Password checks waiting or running.
@@ -85,6 +90,16 @@ pub(crate) struct EdgeContext {
     pub(crate) lag: Arc<lag::LagTracker>,
     /// Numbers the connections (a session taken over keeps its key, not its number).
     connection_ids: AtomicU64,
+    /// The router link MQTT 5 wills are published through (opened on first use; its
+    /// receiving half is kept so the router keeps the link).
+    will_link: tokio::sync::Mutex<Option<(LinkTx, LinkRx)>>,
+    /// MQTT 5 sessions stored for clients that went away, and their bounds.
+    stored_sessions: std::sync::Mutex<expiry::Stored>,
+    pub(crate) session_limits: expiry::Limits,
+    /// MQTT 5 message expiry's clock.
+    pub(crate) clock: v5::Clock,
+    /// Keys the hash that names a publish's session (see [`EdgeContext::origin`]).
+    origins: std::hash::RandomState,
 }
 
 impl EdgeContext {
@@ -107,6 +122,9 @@ impl EdgeContext {
             max_inflight: settings.max_inflight,
             max_connect_size: settings.max_connect_size.min(settings.max_packet_size),
             write_timeout: settings.write_timeout,
+            max_keep_alive: u16::try_from(settings.max_keep_alive.as_secs())
+                .unwrap_or(u16::MAX)
+                .max(1),
             admission: admission::Admission::new(
                 settings.max_unauthenticated,
                 settings.max_unauthenticated_per_address,
@@ -123,6 +141,15 @@ impl EdgeContext {
             auto_ids: AtomicU64::new(1),
             lag,
             connection_ids: AtomicU64::new(1),
+            will_link: tokio::sync::Mutex::new(None),
+            stored_sessions: std::sync::Mutex::default(),
+            session_limits: expiry::Limits {
+                max_expiry: settings.max_session_expiry,
+                max_stored: settings.max_stored_sessions,
+                max_per_identity: settings.max_stored_sessions_per_identity,
+            },
+            clock: v5::Clock::new(),
+            origins: std::hash::RandomState::new(),
         }
     }
 
@@ -152,8 +179,15 @@ impl EdgeContext {
     /// Publishes a lost client's will through ingress (routed like any publish, then to local
     /// subscribers), at once or after `delay` (at most `max_will_delay`) unless the client
     /// reconnects first. Delayed wills are bounded in count and bytes: past either, the will
-    /// is published at once.
-    pub(crate) fn publish_will(self: &Arc<Self>, key: String, will: Message, delay: Duration) {
+    /// is published at once. An MQTT 5 will (with `properties`) is stored by ingress and
+    /// handed to the router by the edge itself, its properties intact.
+    pub(crate) fn publish_will(
+        self: &Arc<Self>,
+        key: String,
+        will: Message,
+        properties: Option<PublishProperties>,
+        delay: Duration,
+    ) {
         let ctx = self.clone();
         let delay = delay.min(self.max_will_delay);
         let size = will.topic.as_str().len() + will.payload.len();
@@ -189,10 +223,61 @@ impl EdgeContext {
                 }
                 ctx.forget_will(&key, &token);
             }
-            if let Err(e) = ctx.ingress.publish(vec![will]).await {
+            let published = match properties {
+                None => ctx
+                    .ingress
+                    .publish(vec![will])
+                    .await
+                    .map_err(|e| e.to_string()),
+                Some(properties) => ctx.publish_v5_will(will, properties).await,
+            };
+            if let Err(e) = published {
                 tracing::warn!(error = %e, "The will could not be published");
             }
         });
+    }
+
+    /// Stores an MQTT 5 will (if a route takes it), then hands it to the router with its
+    /// properties, stamped like a client's publish (see [`v5`]).
+    async fn publish_v5_will(
+        &self,
+        will: Message,
+        properties: PublishProperties,
+    ) -> Result<(), String> {
+        if self.ingress.takes(&will.topic) {
+            self.ingress
+                .store(vec![will.clone()])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let properties = v5::stamp(
+            Some(properties),
+            will.qos as u8,
+            will.retain,
+            0,
+            self.clock.now(),
+        );
+        let publish = Publish::new(
+            bytes::Bytes::from(will.topic.as_str().to_owned()),
+            bytes::Bytes::from(will.payload),
+            will.retain,
+        );
+        let mut link = self.will_link.lock().await;
+        if link.is_none() {
+            let links = self.links.clone();
+            let name = format!("{}wills", crate::INTERNAL_CLIENT_PREFIX);
+            let (tx, rx, _) = tokio::task::spawn_blocking(move || links(&name, true))
+                .await
+                .map_err(|e| e.to_string())??;
+            *link = Some((tx, rx));
+        }
+        let Some((tx, _)) = link.as_mut() else {
+            return Err("no router link for wills".into());
+        };
+        tx.send(Packet::Publish(publish, Some(properties)))
+            .await
+            .map(drop)
+            .map_err(|e| format!("router link: {e}"))
     }
 
     /// The client (this session key) is back: a will it left behind with a delay is dropped.
@@ -218,6 +303,14 @@ impl EdgeContext {
         self.pending_wills
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Names session `key` as the origin of its publishes (MQTT 5 No Local): a hash keyed
+    /// at start, so no client can pick an id that poses as another's; never 0, which is the
+    /// gateway's own.
+    pub(crate) fn origin(&self, key: &str) -> u64 {
+        use std::hash::BuildHasher as _;
+        self.origins.hash_one(key) | 1
     }
 
     /// A number for this connection.
@@ -269,7 +362,8 @@ pub(crate) mod metric {
         BROKER_CONNECTIONS_TOTAL as CONNECTIONS_TOTAL,
         BROKER_DROPPED_FOR_LAG_TOTAL as DROPPED_FOR_LAG_TOTAL,
         BROKER_MESSAGES_IN_TOTAL as MESSAGES_IN_TOTAL,
-        BROKER_MESSAGES_OUT_TOTAL as MESSAGES_OUT_TOTAL, BROKER_REFUSED_TOTAL as REFUSED_TOTAL,
+        BROKER_MESSAGES_OUT_TOTAL as MESSAGES_OUT_TOTAL,
+        BROKER_NOT_DELIVERED_TOTAL as NOT_DELIVERED_TOTAL, BROKER_REFUSED_TOTAL as REFUSED_TOTAL,
         BROKER_SUBSCRIBER_LAG_MESSAGES as SUBSCRIBER_LAG_MESSAGES,
     };
 }

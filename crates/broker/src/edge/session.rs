@@ -35,7 +35,8 @@ use rumqttd::Notification;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     Disconnect, DisconnectReasonCode, Packet, PubAck, PubAckReason, PubComp, PubCompReason, PubRec,
-    PubRecReason, Publish, SubAck, Subscribe, SubscribeReasonCode,
+    PubRecReason, Publish, PublishProperties, RetainForwardRule, SubAck, Subscribe,
+    SubscribeProperties, SubscribeReasonCode,
 };
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -44,7 +45,7 @@ use super::codec::{self, Codec, FrameError};
 use super::handshake;
 use super::lag::{Admission, Demand, Forwarded};
 use super::rate::RateLimit;
-use super::{EdgeContext, FilterRefused, Stream, metric};
+use super::{EdgeContext, FilterRefused, Stream, metric, v5};
 use crate::access::SessionAcl;
 use crate::config::ListenerSettings;
 
@@ -112,6 +113,8 @@ pub(crate) struct Admitted {
     pub(crate) keep_alive: Duration,
     pub(crate) will: Option<Message>,
     pub(crate) will_delay: Duration,
+    /// MQTT 5: the will's properties (`None` for 3.1.1).
+    pub(crate) will_properties: Option<PublishProperties>,
     pub(crate) link_tx: LinkTx,
     pub(crate) link_rx: LinkRx,
     pub(crate) ctx: Arc<EdgeContext>,
@@ -120,6 +123,13 @@ pub(crate) struct Admitted {
     pub(crate) persistent: bool,
     /// The router kept the session from an earlier connection.
     pub(crate) session_present: bool,
+    /// MQTT 5: the largest packet the client accepts (its Maximum Packet Size).
+    pub(crate) client_max_packet: Option<u32>,
+    /// MQTT 5: the most QoS 1/2 publishes the client takes unacknowledged.
+    pub(crate) client_receive_max: Option<u16>,
+    /// MQTT 5: how long the session outlives the connection (`None`: 3.1.1, as the router
+    /// keeps it).
+    pub(crate) session_expiry: Option<Duration>,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -140,6 +150,7 @@ pub(crate) struct Session {
     keep_alive: Duration,
     will: Option<Message>,
     will_delay: Duration,
+    will_properties: Option<PublishProperties>,
     link_tx: LinkTx,
     link_rx: LinkRx,
     ctx: Arc<EdgeContext>,
@@ -168,6 +179,34 @@ pub(crate) struct Session {
     forwarded: Vec<Forwarded>,
     /// Forwards the client acknowledged since the lag tracker was last told.
     acked: Vec<u16>,
+    /// MQTT 5: this session as a publish's origin (see [`v5::Stamp`]).
+    origin: u64,
+    /// MQTT 5: the largest packet the client accepts.
+    client_max_packet: usize,
+    session_expiry: Option<Duration>,
+    /// MQTT 5: the most QoS 1/2 publishes the client takes unacknowledged (its Receive
+    /// Maximum), how many it has, and those written, waiting for room. (Bounded by the
+    /// router's in-flight window per connection, `max_inflight`.)
+    client_receive_max: usize,
+    inflight_out: usize,
+    waiting_out: VecDeque<BytesMut>,
+    /// Acknowledgements ready for the router (MQTT 5 sessions), in the order it takes them.
+    router_acks: Vec<Packet>,
+    /// MQTT 5: acknowledgements of the router's QoS 1/2 forwards, in forward order, and of its
+    /// PUBRELs, in PUBREL order; `None` while still awaited. The router takes acknowledgements
+    /// only in order (it ends the session otherwise), and some come from the client while
+    /// others come from the edge for the client: forwards it did not send, or sent at a
+    /// lower QoS. (Bounded by the router's in-flight window.)
+    ack_order: VecDeque<(u16, Option<Packet>)>,
+    release_order: VecDeque<(u16, Option<Packet>)>,
+    /// Forwards the router sent at QoS 2 and the client got at QoS 1: its PUBACK is the
+    /// router's PUBREC. (Bounded by the router's in-flight window, and by packet ids.)
+    downgraded: HashSet<u16>,
+    /// QoS 2 forwards whose PUBREL the edge answers for the client.
+    completing: HashSet<u16>,
+    /// MQTT 5 SUBSCRIBEs sent to the router a filter at a time (each with its own options):
+    /// the SUBACKs still to come, and the codes so far.
+    split_subacks: HashMap<u16, (usize, Vec<SubscribeReasonCode>)>,
 }
 
 /// A batch whose publishes are durable, going to the router a part at a time as lagging
@@ -283,6 +322,7 @@ impl Session {
     pub(crate) fn new(admitted: Admitted) -> Self {
         let rate = RateLimit::new(admitted.ctx.max_message_rate);
         let conn = admitted.ctx.next_connection_id();
+        let origin = admitted.ctx.origin(&admitted.key);
         let kick = admitted.ctx.lag.connected(
             &admitted.key,
             &admitted.client_id,
@@ -299,6 +339,7 @@ impl Session {
             keep_alive: admitted.keep_alive,
             will: admitted.will,
             will_delay: admitted.will_delay,
+            will_properties: admitted.will_properties,
             link_tx: admitted.link_tx,
             link_rx: admitted.link_rx,
             ctx: admitted.ctx,
@@ -315,6 +356,21 @@ impl Session {
             subscribing: HashMap::new(),
             forwarded: Vec::new(),
             acked: Vec::new(),
+            origin,
+            client_max_packet: admitted
+                .client_max_packet
+                .and_then(|max| usize::try_from(max).ok())
+                .unwrap_or(usize::MAX),
+            session_expiry: admitted.session_expiry,
+            client_receive_max: usize::from(admitted.client_receive_max.unwrap_or(u16::MAX).max(1)),
+            inflight_out: 0,
+            waiting_out: VecDeque::new(),
+            router_acks: Vec::new(),
+            ack_order: VecDeque::new(),
+            release_order: VecDeque::new(),
+            downgraded: HashSet::new(),
+            completing: HashSet::new(),
+            split_subacks: HashMap::new(),
         }
     }
 
@@ -332,8 +388,12 @@ impl Session {
         if matches!(end, End::Lost(_) | End::RouterEnded(_))
             && let Some(will) = self.will.take()
         {
-            self.ctx
-                .publish_will(self.key.clone(), will, self.will_delay);
+            self.ctx.publish_will(
+                self.key.clone(),
+                will,
+                self.will_properties.take(),
+                self.will_delay,
+            );
         }
         if matches!(end, End::Lost(_) | End::Shutdown) {
             // The router learns of the end from a DISCONNECT; a lost session keeps its state
@@ -342,6 +402,15 @@ impl Session {
                 reason_code: DisconnectReasonCode::NormalDisconnection,
             };
             let _ = self.link_tx.send(Packet::Disconnect(bye, None)).await;
+        }
+        // MQTT 5: the session is kept for its interval, then ended by the edge; a session
+        // another connection took over is that one's.
+        if let Some(expiry) = self.session_expiry
+            && !matches!(end, End::RouterEnded(_))
+        {
+            self.ctx
+                .session_ended(self.key.clone(), self.identity_key.clone(), expiry)
+                .await;
         }
         // The last words are not waited for long: the client may be the reason we stop.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
@@ -451,6 +520,15 @@ impl Session {
                             lag.acked(&self.key, self.conn, &self.acked);
                             self.acked.clear();
                         }
+                        // MQTT 5 acknowledgements go to the router at once, in their order
+                        // (not behind publishes waiting to be stored).
+                        if !self.router_acks.is_empty() {
+                            let acks = std::mem::take(&mut self.router_acks);
+                            if let Err(why) = self.forward(acks).await {
+                                let _ = self.send(io, &mut out).await;
+                                return End::Lost(why);
+                            }
+                        }
                         if let Err(end) = self.send(io, &mut out).await {
                             return end;
                         }
@@ -517,6 +595,14 @@ impl Session {
                             if let Some(end) = self.outbound(more, &mut out).await {
                                 let _ = self.send(io, &mut out).await;
                                 return end;
+                            }
+                        }
+                        // What the edge acknowledges for the client goes to the router at once.
+                        if !self.router_acks.is_empty() {
+                            let acks = std::mem::take(&mut self.router_acks);
+                            if let Err(why) = self.forward(acks).await {
+                                let _ = self.send(io, &mut out).await;
+                                return End::Lost(why);
                             }
                         }
                         if self.delivered > 0 {
@@ -752,7 +838,15 @@ impl Session {
                         }
                         _ => publish,
                     };
-                    to_router.push(Packet::Publish(publish, properties));
+                    // What the router would lose goes with it (see `v5`).
+                    let properties = v5::stamp(
+                        properties,
+                        qos,
+                        publish.retain,
+                        self.origin,
+                        self.ctx.clock.now(),
+                    );
+                    to_router.push(Packet::Publish(publish, Some(properties)));
                 }
                 Packet::PubRel(rel, _) => {
                     // QoS 2 ends here: the router never saw it as QoS 2.
@@ -774,8 +868,24 @@ impl Session {
                     self.write(Packet::PubComp(comp, None), out);
                 }
                 Packet::Subscribe(subscribe, properties) => {
+                    let id = properties.as_ref().and_then(|p| p.id);
+                    if id.is_some_and(|id| id > v5::MAX_CLIENT_SUBSCRIPTION_ID) {
+                        // The internal id holds the client's within MQTT's range (see `v5`).
+                        let ack = SubAck {
+                            pkid: subscribe.pkid,
+                            return_codes: vec![
+                                SubscribeReasonCode::ImplementationSpecific;
+                                subscribe.filters.len()
+                            ],
+                        };
+                        self.write(Packet::SubAck(ack, None), out);
+                        continue;
+                    }
                     if let Some(allowed) = self.check_subscribe(subscribe, out) {
-                        to_router.push(Packet::Subscribe(allowed, properties));
+                        match self.codec {
+                            Codec::V4 => to_router.push(Packet::Subscribe(allowed, properties)),
+                            Codec::V5 => to_router.extend(self.split_subscribe(allowed, id)),
+                        }
                     }
                 }
                 Packet::Disconnect(..) => {
@@ -786,6 +896,37 @@ impl Session {
                     break;
                 }
                 Packet::Connect(..) => return Err("second CONNECT".into()),
+                Packet::PubAck(ref ack, _) if self.codec == Codec::V5 => {
+                    let pkid = ack.pkid;
+                    self.acked.push(pkid);
+                    self.client_done(out);
+                    if self.downgraded.remove(&pkid) {
+                        // Sent at QoS 1 for the router's QoS 2: the router hears a PUBREC,
+                        // and its PUBREL is answered here.
+                        self.completing.insert(pkid);
+                        let rec = PubRec {
+                            pkid,
+                            reason: PubRecReason::Success,
+                        };
+                        self.ack_forward(pkid, Packet::PubRec(rec, None));
+                    } else {
+                        self.ack_forward(pkid, packet);
+                    }
+                }
+                Packet::PubRec(ref rec, _) if self.codec == Codec::V5 => {
+                    let pkid = rec.pkid;
+                    self.acked.push(pkid);
+                    // A refusal ends the exchange; a PUBREC of success waits for the PUBCOMP.
+                    if rec.reason != PubRecReason::Success {
+                        self.client_done(out);
+                    }
+                    self.ack_forward(pkid, packet);
+                }
+                Packet::PubComp(ref comp, _) if self.codec == Codec::V5 => {
+                    let pkid = comp.pkid;
+                    self.client_done(out);
+                    self.ack_release(pkid, packet);
+                }
                 Packet::PubAck(ref ack, _) => {
                     self.acked.push(ack.pkid);
                     to_router.push(packet);
@@ -912,6 +1053,43 @@ impl Session {
         })
     }
 
+    /// An MQTT 5 SUBSCRIBE as the router gets it: a SUBSCRIBE per filter, each with the
+    /// filter's options in its subscription id (see [`v5::Options`]); their SUBACKs are put
+    /// together again into one.
+    fn split_subscribe(&mut self, subscribe: Subscribe, id: Option<usize>) -> Vec<Packet> {
+        let pkid = subscribe.pkid;
+        self.split_subacks
+            .insert(pkid, (subscribe.filters.len(), Vec::new()));
+        subscribe
+            .filters
+            .into_iter()
+            .map(|filter| {
+                let skip_retained = match filter.retain_forward_rule {
+                    RetainForwardRule::OnEverySubscribe => false,
+                    RetainForwardRule::OnNewSubscribe => {
+                        self.ctx.lag.is_subscribed(&self.key, &filter.path)
+                    }
+                    RetainForwardRule::Never => true,
+                };
+                let options = v5::Options {
+                    no_local: filter.nolocal,
+                    retain_as_published: filter.preserve_retain,
+                    skip_retained,
+                    id,
+                };
+                let properties = SubscribeProperties {
+                    id: Some(options.encode()),
+                    user_properties: Vec::new(),
+                };
+                let one = Subscribe {
+                    pkid,
+                    filters: vec![filter],
+                };
+                Packet::Subscribe(one, Some(properties))
+            })
+            .collect()
+    }
+
     /// One notification from the router to the client. `Some`: the session ends.
     async fn outbound(&mut self, notification: Notification, out: &mut BytesMut) -> Option<End> {
         match notification {
@@ -943,6 +1121,17 @@ impl Session {
                 let packet: Option<Packet> = other.into();
                 match packet {
                     Some(Packet::SubAck(mut ack, properties)) => {
+                        // An MQTT 5 SUBSCRIBE went a filter at a time: one SUBACK for all.
+                        if let Some((left, codes)) = self.split_subacks.get_mut(&ack.pkid) {
+                            codes.append(&mut ack.return_codes);
+                            *left = left.saturating_sub(1);
+                            if *left > 0 {
+                                return None;
+                            }
+                            if let Some((_, codes)) = self.split_subacks.remove(&ack.pkid) {
+                                ack.return_codes = codes;
+                            }
+                        }
                         // What the router granted is measured from now on.
                         if let Some(filters) = self.subscribing.remove(&ack.pkid) {
                             for ((filter, _), code) in filters.iter().zip(&ack.return_codes) {
@@ -979,6 +1168,23 @@ impl Session {
                             self.write(Packet::PubAck(ack, properties), out);
                         }
                     }
+                    Some(Packet::PubRel(rel, _)) if self.completing.remove(&rel.pkid) => {
+                        let comp = PubComp {
+                            pkid: rel.pkid,
+                            reason: PubCompReason::Success,
+                        };
+                        self.ack_release(rel.pkid, Packet::PubComp(comp, None));
+                    }
+                    Some(Packet::Publish(publish, properties)) if self.codec == Codec::V5 => {
+                        let sent = self.deliver(publish, properties, out);
+                        if sent.is_some() {
+                            self.delivered += 1;
+                        }
+                        if let Some(mut forwarded) = forwarded {
+                            forwarded.pkid = sent.flatten();
+                            self.forwarded.push(forwarded);
+                        }
+                    }
                     Some(packet) => {
                         if matches!(packet, Packet::Publish(..)) {
                             self.delivered += 1;
@@ -997,6 +1203,159 @@ impl Session {
                 None
             }
         }
+    }
+
+    /// Writes a forward for an MQTT 5 client as MQTT 5 says (see [`v5::deliver`]): at the
+    /// lower of its published and granted QoS, with its remaining expiry, its subscription's
+    /// retain flag and id; or not at all (expired, the client's own under No Local, a retained
+    /// message Retain Handling declined, larger than the client accepts). What the client
+    /// will not acknowledge as the router expects, the edge acknowledges to the router.
+    /// Past the client's Receive Maximum it waits. Returns `None` if it is not sent, else its
+    /// packet id if the client is to acknowledge it.
+    fn deliver(
+        &mut self,
+        mut publish: Publish,
+        properties: Option<PublishProperties>,
+        out: &mut BytesMut,
+    ) -> Option<Option<u16>> {
+        let start = out.len();
+        let mut props = properties.unwrap_or_default();
+        let delivery = v5::deliver(
+            &mut props,
+            &mut publish.retain,
+            self.origin,
+            self.ctx.clock.now(),
+        );
+        let props = (!v5::is_empty(&props)).then_some(props);
+        self.write(Packet::Publish(publish, props), out);
+        // The QoS the router sent it at (it keeps that private): read off the bytes.
+        let (router_qos, pkid) = codec::publish_qos_pkid(&out[start..])?;
+        let mut dropped = match delivery {
+            v5::Delivery::Drop(why) => Some(why),
+            v5::Delivery::Send { .. } => None,
+        };
+        let mut sent_qos = router_qos;
+        if let v5::Delivery::Send { max_qos } = delivery
+            && max_qos < router_qos
+        {
+            // Published at a lower QoS than granted: rewritten at that QoS (a rare path, so
+            // the written bytes are read back rather than every publish kept twice).
+            let mut written = out.split_off(start);
+            match self.codec.read(&mut written, usize::MAX) {
+                Ok(Packet::Publish(publish, props)) => {
+                    let lower = match max_qos {
+                        0 => Publish::new(publish.topic, publish.payload, publish.retain),
+                        _ => as_qos1(&publish, pkid),
+                    };
+                    self.write(Packet::Publish(lower, props), out);
+                    sent_qos = max_qos;
+                }
+                _ => dropped = Some("unreadable"),
+            }
+        }
+        if dropped.is_none() && out.len() - start > self.client_max_packet {
+            dropped = Some("max_packet_size");
+        }
+        if let Some(why) = dropped {
+            out.truncate(start);
+            metrics::counter!(metric::NOT_DELIVERED_TOTAL, "reason" => why).increment(1);
+            tracing::trace!(client_id = %self.client_id, why, "A forward was not sent");
+        }
+        if router_qos > 0 {
+            self.ack_order.push_back((pkid, None));
+        }
+        // The router hears from the edge what it will not hear from the client.
+        let client_acks = if dropped.is_some() { 0 } else { sent_qos };
+        if client_acks > 0 {
+            // The client's Receive Maximum: past it, the publish waits (in order) for one of
+            // those in flight to be acknowledged.
+            if self.inflight_out >= self.client_receive_max || !self.waiting_out.is_empty() {
+                self.waiting_out.push_back(out.split_off(start));
+            } else {
+                self.inflight_out += 1;
+            }
+        }
+        match (router_qos, client_acks) {
+            (1, 0) => {
+                let ack = PubAck {
+                    pkid,
+                    reason: PubAckReason::Success,
+                };
+                self.ack_forward(pkid, Packet::PubAck(ack, None));
+            }
+            (2, 0) => {
+                self.completing.insert(pkid);
+                let rec = PubRec {
+                    pkid,
+                    reason: PubRecReason::Success,
+                };
+                self.ack_forward(pkid, Packet::PubRec(rec, None));
+            }
+            (2, 1) => {
+                self.downgraded.insert(pkid);
+            }
+            _ => {}
+        }
+        dropped
+            .is_none()
+            .then_some((client_acks > 0).then_some(pkid))
+    }
+
+    /// A QoS 1/2 publish the client had in flight is done: the next waiting one, if any,
+    /// goes out (into `out`).
+    fn client_done(&mut self, out: &mut BytesMut) {
+        self.inflight_out = self.inflight_out.saturating_sub(1);
+        while self.inflight_out < self.client_receive_max
+            && let Some(next) = self.waiting_out.pop_front()
+        {
+            out.extend_from_slice(&next);
+            self.inflight_out += 1;
+        }
+    }
+
+    /// The acknowledgement of forward `pkid` (from the client, or from the edge for it) is
+    /// ready: it goes to the router with every one before it that is ready too.
+    fn ack_forward(&mut self, pkid: u16, ack: Packet) {
+        match self
+            .ack_order
+            .iter_mut()
+            .find(|(id, ready)| *id == pkid && ready.is_none())
+        {
+            Some((_, ready)) => *ready = Some(ack),
+            // Not a forward of this connection (one sent before a reconnect): passed on.
+            None => self.queue_router_ack(ack),
+        }
+        while let Some((_, Some(_))) = self.ack_order.front() {
+            if let Some((_, Some(ack))) = self.ack_order.pop_front() {
+                self.queue_router_ack(ack);
+            }
+        }
+    }
+
+    /// The answer to the router's PUBREL `pkid` is ready; see [`Session::ack_forward`].
+    fn ack_release(&mut self, pkid: u16, comp: Packet) {
+        match self
+            .release_order
+            .iter_mut()
+            .find(|(id, ready)| *id == pkid && ready.is_none())
+        {
+            Some((_, ready)) => *ready = Some(comp),
+            None => self.router_acks.push(comp),
+        }
+        while let Some((_, Some(_))) = self.release_order.front() {
+            if let Some((_, Some(comp))) = self.release_order.pop_front() {
+                self.router_acks.push(comp);
+            }
+        }
+    }
+
+    /// Queues an acknowledgement for the router; a PUBREC's PUBREL will come back in this
+    /// order, so its answer's place is taken now.
+    fn queue_router_ack(&mut self, ack: Packet) {
+        if let Packet::PubRec(rec, _) = &ack {
+            self.release_order.push_back((rec.pkid, None));
+        }
+        self.router_acks.push(ack);
     }
 
     fn write(&self, packet: Packet, out: &mut BytesMut) {

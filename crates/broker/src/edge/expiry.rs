@@ -1,0 +1,183 @@
+//! MQTT 5 session expiry, kept by the edge.
+//!
+//! rumqttd's router keeps a session that did not ask for a clean start for ever, and one that
+//! did not for no time at all; it knows no Session Expiry Interval. So the edge keeps the
+//! interval: when an MQTT 5 client's connection ends, its session is *stored* (the router
+//! keeps it, with what it queues for the client meanwhile) until the interval passes, then
+//! ended by the edge (a clean link under the session's name makes the router drop it). An
+//! interval of 0 ends it at once. The client coming back in time takes it up again (Session
+//! Present 1) and stops the clock.
+//!
+//! Bounded, and counted against the client: the interval is at most `max_session_expiry` (a
+//! longer one is shortened, and the CONNACK says so); at most `max_stored_sessions` sessions
+//! are stored at once, and at most `max_stored_sessions_per_identity` of one identity (all
+//! anonymous clients together are one). A session past either bound is not stored: it ends
+//! with its connection (counted in `fieldlink_broker_refused_total{reason="stored_sessions_full"}`).
+//! What the router queues for a stored session is bounded by its per-filter logs (see `lag`).
+//!
+//! MQTT 3.1.1 persistent sessions are left as rumqttd keeps them.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet};
+use tokio_util::sync::CancellationToken;
+
+use super::{EdgeContext, metric};
+
+/// The stored sessions, by session key: each one's clock and whose share it uses.
+#[derive(Default)]
+pub(crate) struct Stored {
+    by_key: HashMap<String, (CancellationToken, String)>,
+    per_identity: HashMap<String, usize>,
+}
+
+impl Stored {
+    fn remove(&mut self, key: &str) -> Option<CancellationToken> {
+        let (token, identity) = self.by_key.remove(key)?;
+        if let Some(count) = self.per_identity.get_mut(&identity) {
+            *count -= 1;
+            if *count == 0 {
+                self.per_identity.remove(&identity);
+            }
+        }
+        Some(token)
+    }
+}
+
+/// The limits, from `[broker]`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Limits {
+    pub(crate) max_expiry: Duration,
+    pub(crate) max_stored: usize,
+    pub(crate) max_per_identity: usize,
+}
+
+/// The interval the broker grants for `asked` seconds: at most the maximum.
+pub(crate) fn granted(asked: u32, limits: &Limits) -> u32 {
+    let max = u32::try_from(limits.max_expiry.as_secs()).unwrap_or(u32::MAX);
+    asked.min(max)
+}
+
+fn lock(stored: &Mutex<Stored>) -> std::sync::MutexGuard<'_, Stored> {
+    stored
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+impl EdgeContext {
+    /// The client of session `key` is back: its session is no longer counting down.
+    pub(crate) fn session_resumed(&self, key: &str) {
+        if let Some(token) = lock(&self.stored_sessions).remove(key) {
+            token.cancel();
+        }
+    }
+
+    /// An MQTT 5 session's connection ended: the session is stored for `expiry` (granted
+    /// already), or ended now (before this returns: a client coming straight back finds it
+    /// gone, not ended under it) if that is 0 or the store is full.
+    pub(crate) async fn session_ended(
+        self: &std::sync::Arc<Self>,
+        key: String,
+        identity: String,
+        expiry: Duration,
+    ) {
+        // Stopping: the router's sessions go with the process anyway.
+        if self.shutdown.is_triggered() {
+            return;
+        }
+        let token = CancellationToken::new();
+        let stored = !expiry.is_zero()
+            && {
+                let mut stored = lock(&self.stored_sessions);
+                if let Some(old) = stored.remove(&key) {
+                    old.cancel();
+                }
+                let mine = stored.per_identity.get(&identity).copied().unwrap_or(0);
+                let fits = stored.by_key.len() < self.session_limits.max_stored
+                    && mine < self.session_limits.max_per_identity;
+                if fits {
+                    *stored.per_identity.entry(identity.clone()).or_default() += 1;
+                    stored.by_key.insert(key.clone(), (token.clone(), identity));
+                } else {
+                    metrics::counter!(metric::REFUSED_TOTAL, "reason" => "stored_sessions_full")
+                        .increment(1);
+                    tracing::warn!(
+                        "An MQTT 5 session ends with its connection: broker.max_stored_sessions or max_stored_sessions_per_identity reached"
+                    );
+                }
+                fits
+            };
+        if !stored {
+            self.end_session(&key).await;
+            return;
+        }
+        let ctx = self.clone();
+        self.shutdown.spawn(async move {
+            // (A block: the lock is released before the router is asked.)
+            {
+                tokio::select! {
+                    () = tokio::time::sleep(expiry) => {}
+                    () = token.cancelled() => return,
+                    // Stopping: the router's sessions go with the process anyway.
+                    () = ctx.shutdown.cancelled() => return,
+                }
+                // Only if it is still this one's clock (the client may have come back).
+                let mut store = lock(&ctx.stored_sessions);
+                if store.by_key.get(&key).is_none_or(|(t, _)| *t != token) {
+                    return;
+                }
+                store.remove(&key);
+            }
+            ctx.end_session(&key).await;
+        });
+    }
+
+    /// Makes the router drop session `key`: a clean link under its name, closed at once.
+    async fn end_session(&self, key: &str) {
+        let links = self.links.clone();
+        let name = key.to_owned();
+        match tokio::task::spawn_blocking(move || links(&name, true)).await {
+            Ok(Ok((mut tx, _rx, _))) => {
+                let bye = Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                };
+                let _ = tx.send(Packet::Disconnect(bye, None)).await;
+                self.lag.forget(key);
+                tracing::debug!(session = %key, "MQTT 5 session expired");
+            }
+            Ok(Err(e)) => tracing::warn!(error = %e, "An expired session could not be ended"),
+            Err(e) => tracing::warn!(error = %e, "An expired session could not be ended"),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_interval_is_capped() {
+        let limits = Limits {
+            max_expiry: Duration::from_secs(3600),
+            max_stored: 1,
+            max_per_identity: 1,
+        };
+        assert_eq!(granted(0, &limits), 0);
+        assert_eq!(granted(60, &limits), 60);
+        assert_eq!(granted(u32::MAX, &limits), 3600);
+    }
+
+    #[test]
+    fn removing_frees_the_identity_share() {
+        let mut stored = Stored::default();
+        stored
+            .by_key
+            .insert("k".into(), (CancellationToken::new(), "id".into()));
+        stored.per_identity.insert("id".into(), 1);
+        assert!(stored.remove("k").is_some());
+        assert!(stored.per_identity.is_empty());
+        assert!(stored.remove("k").is_none());
+    }
+}
