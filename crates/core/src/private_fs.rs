@@ -76,6 +76,27 @@ pub fn private_dir(dir: &Path) -> Result<Outcome, PrivateError> {
     tighten(dir, 0o700)
 }
 
+/// [`private_dir`] for a directory inside the data directory: a new one is given its parent's
+/// owner, so that one made by an administrator's command as root stays the service's.
+pub fn private_subdir(dir: &Path) -> Result<Outcome, PrivateError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let existed = dir.exists();
+    let outcome = private_dir(dir)?;
+    if !existed && let Some(parent) = dir.parent() {
+        let give = |source| PrivateError::Io {
+            path: dir.to_owned(),
+            source,
+        };
+        let owner = std::fs::metadata(parent).map_err(give)?;
+        match std::os::unix::fs::chown(dir, Some(owner.uid()), Some(owner.gid())) {
+            // Only root may give a directory away; anyone else keeps it as their own.
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => {}
+            other => other.map_err(give)?,
+        }
+    }
+    Ok(outcome)
+}
+
 /// Creates the file `path` as 0600 if it does not exist, or tightens it if others can read it.
 pub fn private_file(path: &Path) -> Result<Outcome, PrivateError> {
     match std::fs::OpenOptions::new()

@@ -67,6 +67,17 @@ pub fn subject(der: &[u8]) -> Option<Vec<u8>> {
     certificate(der)?.tbs_certificate().subject().to_der().ok()
 }
 
+/// The subject's distinguished name in words (RFC 4514, e.g. `CN=gw-7,O=Plant`), for pages
+/// that list certificates.
+pub fn subject_text(der: &[u8]) -> Option<String> {
+    Some(certificate(der)?.tbs_certificate().subject().to_string())
+}
+
+/// The issuer's distinguished name in words (RFC 4514).
+pub fn issuer_text(der: &[u8]) -> Option<String> {
+    Some(certificate(der)?.tbs_certificate().issuer().to_string())
+}
+
 /// What a CRL says about its own freshness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CrlFreshness {

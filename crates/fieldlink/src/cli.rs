@@ -62,6 +62,9 @@ enum Command {
     /// delete.
     #[command(subcommand)]
     Keys(crate::keys_cli::KeysCommand),
+    /// The web UI's accounts ([web]): add, passwd, remove, list.
+    #[command(subcommand)]
+    Users(crate::users_cli::UsersCommand),
     /// The OTA agent ([ota]): the booted slot, versions, the last update and its result.
     #[command(subcommand)]
     Ota(crate::ota_cli::OtaCommand),
@@ -173,6 +176,7 @@ pub fn main() -> ExitCode {
         }
         Command::Credentials(command) => crate::credentials_cli::main(&source, command),
         Command::Keys(command) => crate::keys_cli::main(&source, command),
+        Command::Users(command) => crate::users_cli::main(&source, command),
         Command::Ota(command) => crate::ota_cli::main(&source, command),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

@@ -101,7 +101,7 @@ fn run(path: &Path, command: CredentialsCommand) -> anyhow::Result<String> {
 }
 
 /// One line from standard input, without its line ending; echo is off while a terminal types it.
-fn read_password(name: &str) -> anyhow::Result<Vec<u8>> {
+pub(crate) fn read_password(name: &str) -> anyhow::Result<Vec<u8>> {
     let stdin = std::io::stdin();
     let mut line = String::new();
     {
@@ -157,6 +157,6 @@ impl Drop for EchoOff<'_> {
 
 /// The CLI's own output goes to stdout; errors go to stderr.
 #[allow(clippy::print_stdout)]
-fn print_out(text: &str) {
+pub(crate) fn print_out(text: &str) {
     print!("{text}");
 }

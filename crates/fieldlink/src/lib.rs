@@ -17,6 +17,8 @@ pub mod service;
 pub mod status;
 pub mod supervisor;
 mod systemd;
+mod users_cli;
+mod web;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -44,6 +46,7 @@ pub struct Gateway {
     ingress: Arc<ingress::RoutedIngress>,
     queue: Queue,
     uplink: Option<Uplink>,
+    web: Option<fieldlink_web::WebUi>,
 }
 
 /// The order in which the gateway stops, one [`Shutdown`] per step.
@@ -72,6 +75,10 @@ impl Gateway {
     /// Builds and starts every component.
     pub async fn start(settings: Settings) -> anyhow::Result<Self> {
         fieldlink_core::tls::install_default_provider();
+        if settings.web.is_some() {
+            // Before any component emits: metrics recorded earlier would go nowhere.
+            web::prometheus();
+        }
         let status = StatusBoard::default();
 
         let data_dir = settings.gateway.resolved_data_dir();
@@ -179,13 +186,36 @@ impl Gateway {
             )?;
         }
 
+        let (status_tx, status_feed) = web::status_feed();
         phases.upkeep.spawn(status::publish(
             runtime_dir,
             status.clone(),
             queue.clone(),
             uplink.as_ref().map(Uplink::watch),
+            status_tx,
             phases.upkeep.clone(),
         ));
+
+        let web = match &settings.web {
+            None => None,
+            Some(web) => {
+                let ui = fieldlink_web::start(
+                    web,
+                    &data_dir,
+                    keys.as_ref(),
+                    Arc::new(web::WebGateway {
+                        status: status_feed,
+                        queue: queue.clone(),
+                    }),
+                    &phases.intake,
+                )
+                .context("cannot start the web UI")?;
+                phases
+                    .upkeep
+                    .spawn(web::upkeep_metrics(phases.upkeep.clone()));
+                Some(ui)
+            }
+        };
 
         Ok(Self {
             settings,
@@ -196,7 +226,13 @@ impl Gateway {
             ingress,
             queue,
             uplink,
+            web,
         })
+    }
+
+    /// Where the web UI listens, when it runs.
+    pub fn web_addr(&self) -> Option<SocketAddr> {
+        self.web.as_ref().map(fieldlink_web::WebUi::addr)
     }
 
     /// Where the local broker's listeners are bound, in configuration order.

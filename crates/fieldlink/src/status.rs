@@ -12,53 +12,15 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::ports::{Health, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
+pub use fieldlink_core::status::{DiskView, GatewayStatus, LoginView, QueueView, UplinkView};
 use fieldlink_queue::Queue;
 use fieldlink_uplink::UplinkStatus;
-use serde::{Deserialize, Serialize};
 
 /// The file name in the runtime directory.
 pub const STATUS_FILE: &str = "status.json";
 
 /// How often the file is rewritten; a file older than three periods means a stopped gateway.
 pub const STATUS_EVERY: Duration = Duration::from_secs(2);
-
-/// One snapshot of the whole gateway.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct GatewayStatus {
-    /// The gateway's version.
-    pub version: String,
-    /// When the snapshot was taken, in Unix milliseconds.
-    pub written_ms: u64,
-    /// Whether the wall clock is synchronized to a time source (see `fieldlink_core::clock`):
-    /// until it is, message ages count running time only and certificate dates are not judged.
-    #[serde(default)]
-    pub clock_synchronized: bool,
-    /// Each component and its health in words ("up", "degraded: ...").
-    pub components: Vec<(String, String)>,
-    /// The store-and-forward queue.
-    pub queue: QueueView,
-    /// The uplink, when one is configured.
-    pub uplink: Option<UplinkView>,
-    /// What the gateway writes to storage: its wear on an SD card.
-    #[serde(default)]
-    pub disk: DiskView,
-    /// Problems the operator must fix, in words (a CRL past its nextUpdate, ...).
-    #[serde(default)]
-    pub alarms: Vec<String>,
-    /// The data directory of the gateway that wrote it: which instance this is.
-    #[serde(default)]
-    pub data_dir: Option<PathBuf>,
-}
-
-/// Bytes written to storage, as the kernel counts them for this process (`write_bytes` in
-/// `/proc/self/io`: what reached the block layer, the file system's journal aside).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct DiskView {
-    /// Since the gateway started.
-    pub written_bytes: u64,
-    /// A day's worth at the rate of the last minutes.
-    pub bytes_per_day: u64,
-}
 
 /// Follows `/proc/self/io` between snapshots.
 #[derive(Debug, Default)]
@@ -107,107 +69,35 @@ fn written_bytes() -> Option<u64> {
         .and_then(|v| v.trim().parse().ok())
 }
 
-/// The queue, as the status shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct QueueView {
-    /// Messages held.
-    pub messages: u64,
-    /// Bytes held.
-    pub bytes: u64,
-    /// Age of the oldest message, in seconds.
-    pub oldest_age_s: Option<u64>,
-    /// Messages dropped since start, all reasons.
-    pub dropped_total: u64,
-    /// Appends refused since start, all reasons.
-    pub refused_total: u64,
-}
-
-/// The uplink, as the status shows it.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct UplinkView {
-    /// The state's stable name (`UplinkState::name`): `connected`, `connecting`,
-    /// `disconnected`, `refused`, `stalled`, and whatever later versions add.
-    pub state: String,
-    /// The state in words: "stalled: nothing from the cloud for 12 s".
-    pub state_text: String,
-    /// `state == "connected"` (kept for readers of older files).
-    pub connected: bool,
-    /// The last failure, in plain words.
-    pub last_error: Option<String>,
-    /// When the cloud last acknowledged one of our messages, in Unix milliseconds.
-    pub last_ack_ms: Option<u64>,
-    /// When the last byte from the cloud arrived, in Unix milliseconds.
-    pub last_heard_ms: Option<u64>,
-    /// Connection attempts that failed or ended.
-    pub reconnects: u64,
-    /// Connections given up because nothing came back from the cloud.
-    #[serde(default)]
-    pub stalls: u64,
-    /// Messages acknowledged by the cloud since start.
-    pub acked_total: u64,
-    /// Messages refused by the cloud since start.
-    pub rejected_total: u64,
-    /// Messages per second acknowledged, smoothed.
-    pub drain_rate: f64,
-    /// Messages waiting.
-    pub backlog: u64,
-    /// Estimated seconds until the backlog is empty.
-    pub time_to_empty_s: Option<u64>,
-    /// Certificates in use: name and days left.
-    pub certificates: Vec<(String, i64)>,
-    /// Command subscriptions the cloud refused.
-    pub refused_subscriptions: Vec<String>,
-    /// Commands from the cloud published locally since start.
-    pub commands_total: u64,
-    /// How the uplink logs in inside MQTT (never the secret).
-    #[serde(default)]
-    pub login: Option<LoginView>,
-    /// Sessions ended cleanly to renew a token since start.
-    #[serde(default)]
-    pub renewals: u64,
-}
-
-/// The uplink's MQTT login, as the status shows it: its kind, user name and the token's expiry.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct LoginView {
-    /// `password`, `jwt ES256`, `jwt RS256` or `azure-sas`.
-    pub kind: String,
-    /// The MQTT user name.
-    pub username: String,
-    /// When the token in use expires, in Unix milliseconds (`None` for a password).
-    pub expires_ms: Option<u64>,
-}
-
-impl UplinkView {
-    fn from_status(s: &UplinkStatus, now_s: i64) -> Self {
-        Self {
-            state: s.state.name().to_owned(),
-            state_text: s.state.to_string(),
-            connected: s.state.is_connected(),
-            last_error: s.last_error.clone(),
-            last_ack_ms: s.last_ack.map(unix_ms),
-            last_heard_ms: s.last_heard.map(unix_ms),
-            reconnects: s.reconnects,
-            stalls: s.stalls,
-            acked_total: s.acked_total,
-            rejected_total: s.rejected_total,
-            drain_rate: s.drain_rate,
-            backlog: s.backlog,
-            time_to_empty_s: s.time_to_empty.map(|d| d.as_secs()),
-            certificates: s
-                .certificates
-                .iter()
-                .map(|(name, not_after)| (name.clone(), (not_after - now_s).div_euclid(86_400)))
-                .collect(),
-            refused_subscriptions: s.refused_subscriptions.clone(),
-            commands_total: s.commands_total,
-            login: s.credentials.as_ref().map(|c| LoginView {
-                kind: c.kind.clone(),
-                username: c.username.clone(),
-                expires_ms: c.expires.map(unix_ms),
-            }),
-            renewals: s.renewals,
-        }
+/// The uplink's status as the snapshot shows it.
+fn uplink_view(s: &UplinkStatus, now_s: i64) -> UplinkView {
+    UplinkView {
+        state: s.state.name().to_owned(),
+        state_text: s.state.to_string(),
+        connected: s.state.is_connected(),
+        last_error: s.last_error.clone(),
+        last_ack_ms: s.last_ack.map(unix_ms),
+        last_heard_ms: s.last_heard.map(unix_ms),
+        reconnects: s.reconnects,
+        stalls: s.stalls,
+        acked_total: s.acked_total,
+        rejected_total: s.rejected_total,
+        drain_rate: s.drain_rate,
+        backlog: s.backlog,
+        time_to_empty_s: s.time_to_empty.map(|d| d.as_secs()),
+        certificates: s
+            .certificates
+            .iter()
+            .map(|(name, not_after)| (name.clone(), (not_after - now_s).div_euclid(86_400)))
+            .collect(),
+        refused_subscriptions: s.refused_subscriptions.clone(),
+        commands_total: s.commands_total,
+        login: s.credentials.as_ref().map(|c| LoginView {
+            kind: c.kind.clone(),
+            username: c.username.clone(),
+            expires_ms: c.expires.map(unix_ms),
+        }),
+        renewals: s.renewals,
     }
 }
 
@@ -271,7 +161,7 @@ pub async fn snapshot(
             .map(|(name, health)| ((*name).to_owned(), health_words(health)))
             .collect(),
         queue,
-        uplink: uplink.map(|s| UplinkView::from_status(s, (written_ms / 1000) as i64)),
+        uplink: uplink.map(|s| uplink_view(s, (written_ms / 1000) as i64)),
         disk,
         alarms: fieldlink_core::alarms::all(),
         data_dir: queue_dir,
@@ -284,6 +174,7 @@ pub(crate) async fn publish(
     board: StatusBoard,
     queue: Queue,
     uplink: Option<tokio::sync::watch::Receiver<UplinkStatus>>,
+    share: tokio::sync::watch::Sender<Option<std::sync::Arc<GatewayStatus>>>,
     shutdown: Shutdown,
 ) {
     let path = dir.join(STATUS_FILE);
@@ -302,6 +193,8 @@ pub(crate) async fn publish(
         if let Err(e) = write_atomically(&path, &status) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the status file");
         }
+        // The web UI's dashboard: the same snapshot, no second collection.
+        share.send_replace(Some(std::sync::Arc::new(status)));
     }
     let _ = std::fs::remove_file(&path);
 }

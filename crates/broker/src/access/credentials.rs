@@ -6,9 +6,7 @@ use std::fmt;
 use std::os::unix::fs::{MetadataExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
 
-use argon2::password_hash::phc::PasswordHash;
-use argon2::password_hash::{PasswordHasher as _, PasswordVerifier as _};
-use argon2::{Algorithm, Argon2, Params, Version};
+use fieldlink_core::password::{self, Hash as PasswordHash};
 
 /// Why the credentials file cannot be read or written. Messages name the file (and line) and
 /// never show a hash or a password.
@@ -171,15 +169,10 @@ impl Credentials {
     }
 }
 
-/// Hashes `password` into a PHC string with fieldlink's parameters (argon2id, m = 19 MiB,
-/// t = 2, p = 1; see [`HASH_PARAMS`]) and a fresh random salt.
+/// Hashes `password` into a PHC string with fieldlink's parameters
+/// ([`fieldlink_core::password::HASH_PARAMS`]) and a fresh random salt.
 pub fn hash_password(password: &[u8]) -> Result<String, CredentialsError> {
-    let salt = argon2::password_hash::try_generate_salt()
-        .map_err(|e| CredentialsError::Hash(format!("no randomness for a salt: {e}")))?;
-    hasher()
-        .hash_password_with_salt(password, &salt)
-        .map(|h| h.to_string())
-        .map_err(|e| CredentialsError::Hash(e.to_string()))
+    password::hash_password(password).map_err(|e| CredentialsError::Hash(e.to_string()))
 }
 
 /// Sets `name`'s password and groups in the file at `path`: its line is replaced (where it was)
@@ -235,30 +228,8 @@ pub fn remove_user(path: &Path, name: &str) -> Result<bool, CredentialsError> {
     Ok(true)
 }
 
-/// Argon2id parameters for new hashes: 19 MiB of memory, 2 passes, 1 lane (OWASP's first
-/// recommended argon2id setting). On a Pi 3/4 this takes about 0.1 to 0.3 s; with at most
-/// [`super::MAX_CONCURRENT_VERIFICATIONS`] verifications at once the broker never holds more
-/// than about 40 MiB for hashing, which a 1 GB board can spare. One lane because a verification
-/// runs on one blocking thread: more lanes would only add threads' worth of contention.
-pub const HASH_PARAMS: (u32, u32, u32) = (19 * 1024, 2, 1);
-
-/// The most memory (KiB) a hash in the file may ask for: a hand-edited `m=4194304` would
-/// otherwise make every login allocate 4 GiB.
-const MAX_M_COST_KIB: u32 = 256 * 1024;
-/// The most passes a hash in the file may ask for, for the same reason.
-const MAX_T_COST: u32 = 64;
-
-pub(super) fn hasher() -> Argon2<'static> {
-    let (m, t, p) = HASH_PARAMS;
-    // These constants are valid argon2 parameters (the unit test
-    // `fieldlinks_parameters_are_valid` builds them), so the default is never used.
-    let params = Params::new(m, t, p, None).unwrap_or_default();
-    Argon2::new(Algorithm::Argon2id, Version::V0x13, params)
-}
-
 pub(super) fn verify_hash(hash: &PasswordHash, password: &[u8]) -> bool {
-    // The parameters come from the hash (checked at load), not from `hasher()`.
-    hasher().verify_password(password, hash).is_ok()
+    password::verify(hash, password)
 }
 
 struct Entry<'a> {
@@ -284,37 +255,12 @@ fn parse_line(line: &str) -> Result<Option<Entry<'_>>, (String, &'static str)> {
     if let Err(CredentialsError::InvalidName { hint, .. }) = check_name(name) {
         return Err((format!("the user name {name:?} is not valid"), hint));
     }
-    let hash = PasswordHash::new(hash).map_err(|_| {
+    let hash = password::parse_hash(hash).map_err(|problem| {
         (
-            format!("the password hash of {name:?} is not a valid PHC string"),
-            FORMAT,
-        )
-    })?;
-    if hash.algorithm.as_str() != "argon2id" {
-        return Err((
-            format!(
-                "the password hash of {name:?} uses {:?}, not argon2id",
-                hash.algorithm.as_str()
-            ),
-            FORMAT,
-        ));
-    }
-    let params = Params::try_from(&hash).map_err(|_| {
-        (
-            format!("the password hash of {name:?} has invalid argon2 parameters"),
-            FORMAT,
-        )
-    })?;
-    if params.m_cost() > MAX_M_COST_KIB || params.t_cost() > MAX_T_COST || hash.hash.is_none() {
-        return Err((
-            format!(
-                "the password hash of {name:?} asks for more than {} MiB or {MAX_T_COST} passes, \
-                 or has no hash value",
-                MAX_M_COST_KIB / 1024
-            ),
+            format!("the password hash of {name:?}: {problem}"),
             "set the password again with `fieldlink credentials add NAME`",
-        ));
-    }
+        )
+    })?;
     let mut group_list = Vec::new();
     for group in groups.unwrap_or_default().split(',') {
         let group = group.trim();
@@ -453,6 +399,8 @@ fn write_atomically(path: &Path, lines: &[String]) -> Result<(), CredentialsErro
 #[cfg(test)]
 mod tests {
     use super::*;
+    use argon2::password_hash::PasswordHasher as _;
+    use argon2::{Algorithm, Argon2, Params, Version};
 
     fn path() -> PathBuf {
         PathBuf::from("/etc/fieldlink/credentials")
@@ -472,13 +420,6 @@ mod tests {
             Err(e @ CredentialsError::Line { line, .. }) => (line, e.to_string()),
             other => panic!("expected a line error, got {other:?}"),
         }
-    }
-
-    #[test]
-    fn fieldlinks_parameters_are_valid() {
-        let (m, t, p) = HASH_PARAMS;
-        let params = Params::new(m, t, p, None).unwrap();
-        assert_eq!(hasher().params(), &params);
     }
 
     #[test]
@@ -524,7 +465,7 @@ mod tests {
                 "alice:$pbkdf2-sha256$i=1000$c2FsdHNhbHQ$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA\n"
                     .to_owned(),
                 1,
-                "not argon2id",
+                "not an argon2id hash",
             ),
             (
                 format!(

@@ -78,10 +78,9 @@
 use std::future::Future;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, LazyLock, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use crate::config::AccessSettings;
-use argon2::password_hash::phc::PasswordHash;
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use tokio::sync::Semaphore;
 
@@ -89,9 +88,8 @@ mod acl;
 mod credentials;
 
 pub use acl::{SessionAcl, filter_covers};
-pub use credentials::{
-    Credentials, CredentialsError, HASH_PARAMS, hash_password, remove_user, set_user,
-};
+pub use credentials::{Credentials, CredentialsError, hash_password, remove_user, set_user};
+pub use fieldlink_core::password::HASH_PARAMS;
 
 /// How many password verifications run at once; more wait their turn. Each holds
 /// `HASH_PARAMS.0` KiB (19 MiB) while it runs, so a burst of logins costs at most ~40 MiB.
@@ -280,9 +278,7 @@ impl Access {
                     }
                     None => {
                         inner.dummy_checks.fetch_add(1, Ordering::Relaxed);
-                        if let Some(dummy) = DUMMY_HASH.as_ref() {
-                            let _ = credentials::verify_hash(dummy, &password);
-                        }
+                        fieldlink_core::password::verify_unknown_user(&password);
                         PasswordCheck::UnknownUser
                     }
                 };
@@ -368,13 +364,6 @@ impl Access {
             .unwrap_or_else(PoisonError::into_inner)
     }
 }
-
-/// Verified for unknown users so that they cost what a known user costs. Made with
-/// [`HASH_PARAMS`] (a unit test checks) from a throw-away password; the outcome is ignored.
-const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZkCf8dIJ0xi0qXpMxbrAbQ$BJtKhpaTJMzxURtp+RPwwkq7wRTkLSRUQ2mYhQ+CdnY";
-
-static DUMMY_HASH: LazyLock<Option<PasswordHash>> =
-    LazyLock::new(|| PasswordHash::new(DUMMY_PHC).ok());
 
 #[cfg(test)]
 mod tests;

@@ -3,7 +3,8 @@
 //! Each domain crate owns its section (file layer, validation, named defaults):
 //! `[broker]` is `fieldlink_broker::config`, `[queue]` and `[[routes]]`
 //! `fieldlink_queue::config`, `[uplink]` `fieldlink_uplink::config`, `[bridge]` and
-//! `[[devices]]` `fieldlink_serial::config`, `[ota]` `fieldlink_ota::config`. This module owns `[gateway]` (process-wide
+//! `[[devices]]` `fieldlink_serial::config`, `[ota]` `fieldlink_ota::config`, `[web]`
+//! `fieldlink_web::config`. This module owns `[gateway]` (process-wide
 //! settings), puts the sections side by side in one file layer ([`FileConfig`]) and one
 //! [`Settings`], and reads the file with `fieldlink_core::config`'s reader and error collector,
 //! so that `check-config` reports every mistake of the whole file at once.
@@ -21,6 +22,7 @@ use fieldlink_queue::config::{QueueSettings, Route};
 use fieldlink_serial::config::file::{BridgeFile, DeviceFile};
 use fieldlink_serial::config::{BridgeSettings, DeviceSettings};
 use fieldlink_uplink::config::{UplinkSettings, file::UplinkFile};
+use fieldlink_web::config::{WebSettings, file::WebFile};
 use serde::Deserialize;
 use toml::Spanned;
 
@@ -56,6 +58,8 @@ pub struct FileConfig {
     pub keys: Option<Spanned<KeysFile>>,
     /// `[ota]`: the OTA update agent; none when absent.
     pub ota: Option<Spanned<OtaFile>>,
+    /// `[web]`: the local web UI; none when absent.
+    pub web: Option<Spanned<WebFile>>,
 }
 
 /// The validated configuration of the whole gateway.
@@ -79,6 +83,8 @@ pub struct Settings {
     pub keys: KeysSettings,
     /// `[ota]`, if the gateway takes updates from the cloud.
     pub ota: Option<OtaSettings>,
+    /// `[web]`, if the local web UI runs.
+    pub web: Option<WebSettings>,
 }
 
 /// Keys the site layer may not set: the data directory decides where the site layer itself
@@ -212,6 +218,10 @@ fn settings(file: &FileConfig, c: &mut Collector<'_>) -> Settings {
             .ota
             .as_ref()
             .and_then(|o| fieldlink_ota::config::settings(o, c)),
+        web: file
+            .web
+            .as_ref()
+            .and_then(|w| fieldlink_web::config::settings(w, c)),
     };
     check_key_uris(&settings, c);
     settings
@@ -243,6 +253,11 @@ impl Settings {
                     Some(cert_file.as_path()),
                 ));
             }
+        }
+        if let Some(fieldlink_web::config::WebIdentity::Configured { cert_file, key }) =
+            self.web.as_ref().map(|w| &w.identity)
+        {
+            out.push(("web".to_owned(), key, Some(cert_file.as_path())));
         }
         out
     }

@@ -1,0 +1,107 @@
+//! The web UI's view of the gateway: the [`fieldlink_web::Gateway`] port over the status
+//! snapshot, the queue and the Prometheus recorder.
+
+use std::sync::{Arc, OnceLock};
+
+use fieldlink_core::ports::BoxFuture;
+use fieldlink_queue::Queue;
+use fieldlink_web::{QueueDetail, QueuedMessage, StatusFeed, StreamDetail};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Messages the queue page lists.
+const PEEK: usize = 20;
+
+/// The gateway, as the web UI sees it.
+pub(crate) struct WebGateway {
+    pub(crate) status: StatusFeed,
+    pub(crate) queue: Queue,
+}
+
+impl fieldlink_web::Gateway for WebGateway {
+    fn status(&self) -> StatusFeed {
+        self.status.clone()
+    }
+
+    fn queue(&self) -> BoxFuture<'_, Result<QueueDetail, String>> {
+        Box::pin(async move {
+            let stats = self.queue.stats().await.map_err(|e| e.to_string())?;
+            let next = self.queue.peek(PEEK).await.map_err(|e| e.to_string())?;
+            let now_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            Ok(QueueDetail {
+                messages: stats.messages,
+                bytes: stats.bytes,
+                leased: stats.leased,
+                streams: stats
+                    .streams
+                    .into_iter()
+                    .map(|(name, s)| StreamDetail {
+                        name,
+                        messages: s.messages,
+                        bytes: s.bytes,
+                    })
+                    .collect(),
+                next: next
+                    .into_iter()
+                    .map(|m| QueuedMessage {
+                        id: m.id,
+                        topic: m.message.topic.to_string(),
+                        bytes: m.message.payload.len(),
+                        age_s: u64::try_from(now_ms - m.enqueued_ms).unwrap_or(0) / 1000,
+                        stream: m.stream,
+                    })
+                    .collect(),
+            })
+        })
+    }
+
+    fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>> {
+        Box::pin(async move { self.queue.purge().await.map_err(|e| e.to_string()) })
+    }
+
+    fn metrics(&self) -> String {
+        match prometheus() {
+            Some(handle) => handle.render(),
+            None => "# Another metrics recorder is installed in this process (a test's): \
+                     nothing to export.\n"
+                .into(),
+        }
+    }
+}
+
+/// The process's Prometheus recorder, installed the first time it is asked for; `None` when
+/// another recorder was installed first (a test's).
+pub(crate) fn prometheus() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE
+        .get_or_init(|| match PrometheusBuilder::new().install_recorder() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::warn!(error = %e, "No Prometheus recorder: /metrics stays empty");
+                None
+            }
+        })
+        .as_ref()
+}
+
+/// Keeps the recorder's histograms from growing without end: the exporter folds old samples
+/// only when asked to.
+pub(crate) async fn upkeep_metrics(tasks: fieldlink_core::shutdown::Shutdown) {
+    let Some(handle) = prometheus() else { return };
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => handle.run_upkeep(),
+            () = tasks.cancelled() => return,
+        }
+    }
+}
+
+/// A shared feed for a status that is renewed elsewhere.
+pub(crate) fn status_feed() -> (
+    tokio::sync::watch::Sender<Option<Arc<fieldlink_core::status::GatewayStatus>>>,
+    StatusFeed,
+) {
+    tokio::sync::watch::channel(None)
+}

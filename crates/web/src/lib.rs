@@ -1,0 +1,145 @@
+//! The local web UI: see and manage the gateway from a browser, HTTPS only.
+//!
+//! - [`config`]: `[web]` (where it listens, its certificate, session lifetimes);
+//! - [`identity`]: the certificate (the operator's, a key in a token included, or a
+//!   self-signed one made at first start, its fingerprint logged);
+//! - [`users`]: accounts (admin, viewer) with argon2id hashes in a 0600 file; no default
+//!   password: with no account yet, a one-time setup token printed to the log makes the first
+//!   admin;
+//! - [`sessions`], [`throttle`]: cookie sessions with idle and absolute timeouts and a CSRF
+//!   token each; logins throttled per address and overall;
+//! - `routes`: every route with the access it needs, declared in one table, enforced by one
+//!   middleware (a route cannot be added without saying who may use it);
+//! - `pages`, `api`: server-rendered HTML (escaped by construction), our own small script for
+//!   the live dashboard (server-sent events), and the same data as JSON under `/api/v1`.
+//!
+//! What the UI shows and changes comes through the [`Gateway`] port, which the binary
+//! implements; this crate depends on `core` only.
+
+pub mod config;
+pub mod identity;
+pub mod sessions;
+pub mod throttle;
+pub mod users;
+
+mod api;
+mod app;
+mod assets;
+mod pages;
+mod routes;
+mod server;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use fieldlink_core::ports::BoxFuture;
+use fieldlink_core::shutdown::Shutdown;
+use fieldlink_core::status::GatewayStatus;
+use fieldlink_core::tls::KeyResolver;
+use tokio::sync::watch;
+
+pub use routes::{Access, route_table};
+pub use server::WebUi;
+
+/// The shortest password accepted for an account (characters).
+pub const MIN_PASSWORD: usize = 10;
+
+/// The latest status snapshot; `None` until the first one is taken.
+pub type StatusFeed = watch::Receiver<Option<Arc<GatewayStatus>>>;
+
+/// The queue as its page shows it.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct QueueDetail {
+    /// Messages held, all streams.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+    /// Messages handed to the uplink and not yet acknowledged.
+    pub leased: u64,
+    /// Per stream (route): name, messages, bytes.
+    pub streams: Vec<StreamDetail>,
+    /// The next messages to go, oldest first.
+    pub next: Vec<QueuedMessage>,
+}
+
+/// One stream of the queue.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct StreamDetail {
+    /// The route's name.
+    pub name: String,
+    /// Messages held.
+    pub messages: u64,
+    /// Bytes held.
+    pub bytes: u64,
+}
+
+/// One queued message, without its payload (which may be anything a device sent).
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct QueuedMessage {
+    /// Its id in the queue.
+    pub id: i64,
+    /// Its stream.
+    pub stream: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its payload's size in bytes.
+    pub bytes: usize,
+    /// How long it has waited, in seconds.
+    pub age_s: u64,
+}
+
+/// What the web UI needs from the rest of the gateway. The binary implements it.
+pub trait Gateway: Send + Sync + 'static {
+    /// The status snapshot, renewed every couple of seconds.
+    fn status(&self) -> StatusFeed;
+    /// The queue in detail.
+    fn queue(&self) -> BoxFuture<'_, Result<QueueDetail, String>>;
+    /// Deletes every queued message; how many there were.
+    fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>>;
+    /// Every metric, in Prometheus' text format.
+    fn metrics(&self) -> String;
+}
+
+/// Why the web UI cannot start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum WebError {
+    /// Its certificate.
+    #[error(transparent)]
+    Identity(#[from] identity::IdentityError),
+    /// Its accounts file.
+    #[error(transparent)]
+    Users(#[from] users::UsersError),
+    /// Its address.
+    #[error(
+        "cannot listen on {addr} for the web UI: {source}. Hint: choose another web.port, or stop what uses it"
+    )]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// What the OS said.
+        source: std::io::Error,
+    },
+}
+
+/// Where the UI keeps its files in the data directory: accounts, self-signed certificate.
+pub fn web_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("web")
+}
+
+/// The accounts file in the data directory.
+pub fn users_file(data_dir: &Path) -> PathBuf {
+    web_dir(data_dir).join("users")
+}
+
+/// Builds the UI (its certificate, its accounts, its socket) and serves it on `tasks` until
+/// they stop.
+pub fn start(
+    settings: &config::WebSettings,
+    data_dir: &Path,
+    keys: &dyn KeyResolver,
+    gateway: Arc<dyn Gateway>,
+    tasks: &Shutdown,
+) -> Result<WebUi, WebError> {
+    WebUi::start(settings, data_dir, keys, gateway, tasks)
+}
