@@ -13,7 +13,8 @@
 //!   whose connection attempts hang;
 //! - [`SoftHsm`]: a SoftHSM2 token made at test time, for keys in PKCS#11 tokens;
 //! - [`HttpsFiles`]: an HTTPS file server with `Range`, cuts and throttling (OTA bundles);
-//! - [`rauc::Rauc`]: a real `rauc service` on a private D-Bus, slots in files, signed bundles.
+//! - [`rauc::Rauc`]: a real `rauc service` on a private D-Bus, slots in files, signed bundles;
+//! - [`web_client::WebClient`]: an HTTPS client of the web UI that keeps its session cookie.
 
 mod backlog;
 mod bus;
@@ -27,6 +28,7 @@ pub mod rauc;
 mod softhsm;
 mod softtpm;
 mod subscriber;
+pub mod web_client;
 
 use std::future::Future;
 use std::net::{SocketAddr, TcpListener, TcpStream};
