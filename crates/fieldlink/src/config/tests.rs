@@ -459,11 +459,17 @@ fn secret_values_are_never_echoed() {
 }
 
 #[test]
-fn the_shipped_config_equals_the_built_in_defaults() {
+fn the_shipped_config_equals_the_built_in_defaults_with_the_web_ui_on() {
     let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../configs/fieldlink.toml");
     let (settings, origin) = load(&ConfigSource::Explicit(path.clone())).unwrap();
     assert_eq!(origin, Origin::File(path));
-    assert_eq!(settings, Settings::default());
+    assert_eq!(
+        settings,
+        Settings {
+            web: Some(fieldlink_web::config::WebSettings::default()),
+            ..Settings::default()
+        }
+    );
 }
 
 #[test]
