@@ -47,12 +47,9 @@ impl WebClient {
         for cert in CertificateDer::pem_file_iter(cert_file).expect("the UI's certificate") {
             roots.add(cert.expect("a PEM certificate")).unwrap();
         }
-        let provider = Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        let tls = ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
+        let tls = fieldlink_core::tls::TlsPolicy::default()
+            .client_config(roots)
+            .unwrap();
         Self {
             addr,
             tls: Arc::new(tls),

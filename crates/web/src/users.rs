@@ -285,7 +285,7 @@ fn valid_name(name: &str) -> bool {
 #[derive(Debug)]
 pub struct Accounts {
     path: PathBuf,
-    cached: Mutex<(Option<(SystemTime, u64)>, std::sync::Arc<Users>)>,
+    cached: Mutex<(Stamp, std::sync::Arc<Users>)>,
 }
 
 impl Accounts {
@@ -321,8 +321,10 @@ impl Accounts {
     }
 }
 
-/// When and how big the file was: a change of either means it was rewritten.
-fn stamp(path: &Path) -> Option<(SystemTime, u64)> {
+/// When the file was written and its inode: a change of either means it was rewritten.
+type Stamp = Option<(SystemTime, u64)>;
+
+fn stamp(path: &Path) -> Stamp {
     let meta = std::fs::metadata(path).ok()?;
     Some((meta.modified().ok()?, meta.ino()))
 }
