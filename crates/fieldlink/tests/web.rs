@@ -2,115 +2,13 @@
 //! users`, the gateway started with `fieldlink run`, a real MQTT client publishing, and the
 //! UI's pages, JSON API, `/metrics` and `/healthz` read over HTTPS.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod web_gateway;
+
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use fieldlink_test_support::web_client::{WebClient, form};
-use fieldlink_test_support::{free_port, wait_for_port};
-
-const BIN: &str = env!("CARGO_BIN_EXE_fieldlink");
-
-struct Gateway {
-    child: Child,
-    dir: tempfile::TempDir,
-    config: PathBuf,
-    mqtt: u16,
-    web: u16,
-}
-
-impl Gateway {
-    fn configure() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let (mqtt, web) = (free_port(), free_port());
-        let config = dir.path().join("fieldlink.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "[gateway]\ndata_dir = \"{}\"\nshutdown_grace = \"3s\"\n\
-                 [[broker.listeners]]\nname = \"l\"\nbind = \"127.0.0.1\"\nport = {mqtt}\n\
-                 [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
-                 [web]\nport = {web}\n",
-                dir.path().join("data").display()
-            ),
-        )
-        .unwrap();
-        Self {
-            // Replaced by `run`.
-            child: Command::new("true").spawn().unwrap(),
-            dir,
-            config,
-            mqtt,
-            web,
-        }
-    }
-
-    fn users(&self, args: &[&str], stdin: &str) -> std::process::Output {
-        let mut child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("users")
-            .args(args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        std::io::Write::write_all(child.stdin.as_mut().unwrap(), stdin.as_bytes()).unwrap();
-        child.wait_with_output().unwrap()
-    }
-
-    fn run(&mut self) {
-        let log = std::fs::File::create(self.log()).unwrap();
-        self.child = Command::new(BIN)
-            .arg("--config")
-            .arg(&self.config)
-            .arg("run")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .unwrap();
-        wait_for_port(([127, 0, 0, 1], self.web).into(), Duration::from_secs(20));
-        wait_for_port(([127, 0, 0, 1], self.mqtt).into(), Duration::from_secs(20));
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("gateway.log")
-    }
-
-    fn client(&self) -> WebClient {
-        WebClient::new(
-            ([127, 0, 0, 1], self.web).into(),
-            &self.dir.path().join("data/web/cert.pem"),
-        )
-    }
-
-    fn publish(&self, topic: &str, payload: &str) {
-        let ok = Command::new("mosquitto_pub")
-            .args([
-                "-p",
-                &self.mqtt.to_string(),
-                "-q",
-                "1",
-                "-t",
-                topic,
-                "-m",
-                payload,
-            ])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "mosquitto_pub");
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+use web_gateway::Gateway;
 
 fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
@@ -284,22 +182,7 @@ async fn an_operator_logs_in_and_watches_the_queue_fill_and_empties_it() {
 async fn with_no_account_the_log_gives_a_setup_token_that_works_once() {
     let mut gateway = Gateway::configure();
     gateway.run();
-    let start = Instant::now();
-    let token = loop {
-        let log = std::fs::read_to_string(gateway.log()).unwrap();
-        if let Some(token) = log
-            .split("setup token ")
-            .nth(1)
-            .and_then(|rest| rest.split_whitespace().next())
-        {
-            break token.to_owned();
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "no token in:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let token = gateway.setup_token();
     let mut client = gateway.client();
     let made = client
         .post_form(

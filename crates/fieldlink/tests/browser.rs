@@ -1,0 +1,271 @@
+//! The web UI in a real browser: Debian's chromium driven through chromedriver (WebDriver) by
+//! fantoccini, against the real gateway binary and a real MQTT client. The browser trusts the
+//! UI's self-signed certificate for the session only (`acceptInsecureCerts`), as a technician
+//! does after comparing the fingerprint from the log.
+//!
+//! `scripts/screenshots` runs the ignored test at the end to write `docs/ui/*.png`.
+
+mod web_gateway;
+
+use std::os::unix::process::CommandExt as _;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use fantoccini::{Client, ClientBuilder, Locator};
+use fieldlink_test_support::{free_port, wait_for_port};
+use web_gateway::Gateway;
+
+/// chromedriver in its own process group, killed with its browser when dropped (a failing test
+/// would otherwise leave chromium running, reparented to init).
+struct Driver {
+    child: Child,
+    port: u16,
+    _profile: tempfile::TempDir,
+}
+
+impl Driver {
+    fn start() -> Self {
+        let port = free_port();
+        let child = Command::new("chromedriver")
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("chromedriver (apt: chromium-driver; scripts/test installs it)");
+        wait_for_port(([127, 0, 0, 1], port).into(), Duration::from_secs(20));
+        Self {
+            child,
+            port,
+            _profile: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn browser(&self) -> Client {
+        let mut caps = serde_json::Map::new();
+        caps.insert("acceptInsecureCerts".into(), true.into());
+        caps.insert(
+            "goog:chromeOptions".into(),
+            serde_json::json!({
+                "binary": "/usr/bin/chromium",
+                "args": [
+                    "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                    "--window-size=1280,900",
+                    format!("--user-data-dir={}", self._profile.path().display()),
+                ],
+            }),
+        );
+        ClientBuilder::new(hyper_util::client::legacy::connect::HttpConnector::new())
+            .capabilities(caps)
+            .connect(&format!("http://127.0.0.1:{}", self.port))
+            .await
+            .expect("a chromium session")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        let group = nix::unistd::Pid::from_raw(-(self.child.id() as i32));
+        let _ = nix::sys::signal::kill(group, nix::sys::signal::Signal::SIGKILL);
+        let _ = self.child.wait();
+    }
+}
+
+async fn fill(browser: &Client, name: &str, value: &str) {
+    let field = browser
+        .find(Locator::Css(&format!("[name={name}]")))
+        .await
+        .unwrap();
+    field.clear().await.unwrap();
+    field.send_keys(value).await.unwrap();
+}
+
+async fn submit(browser: &Client) {
+    browser
+        .find(Locator::Css("main form button[type=submit]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+async fn text_of(browser: &Client, css: &str) -> String {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Waits until the element at `css` shows `expected` (the page is not reloaded meanwhile).
+async fn until_text(browser: &Client, css: &str, expected: &str) {
+    let start = Instant::now();
+    loop {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && element.text().await.is_ok_and(|t| t.trim() == expected)
+        {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{css} never showed {expected:?}; page:\n{}",
+            browser.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn login(browser: &Client, gateway: &Gateway, name: &str, password: &str) {
+    browser.goto(&gateway.url("/login")).await.unwrap();
+    fill(browser, "username", name).await;
+    fill(browser, "password", password).await;
+    submit(browser).await;
+}
+
+#[tokio::test]
+async fn first_admin_then_logins_and_the_dashboard_updates_live() {
+    let mut gateway = Gateway::configure();
+    gateway.run();
+    let token = gateway.setup_token();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+
+    // No account yet: the UI sends the browser to the setup page.
+    browser.goto(&gateway.url("/")).await.unwrap();
+    assert!(
+        browser
+            .current_url()
+            .await
+            .unwrap()
+            .path()
+            .ends_with("/setup")
+    );
+    fill(&browser, "token", &token).await;
+    fill(&browser, "username", "ada").await;
+    fill(&browser, "password", "long-enough-pw").await;
+    fill(&browser, "confirm", "long-enough-pw").await;
+    submit(&browser).await;
+    until_text(&browser, "h1", "Dashboard").await;
+
+    // Out, a wrong password, then the right one.
+    browser
+        .find(Locator::Css("header form button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_text(&browser, "h1", "Log in").await;
+    login(&browser, &gateway, "ada", "wrong-password").await;
+    until_text(&browser, "[role=alert]", "Wrong user name or password.").await;
+    login(&browser, &gateway, "ada", "long-enough-pw").await;
+    until_text(&browser, "h1", "Dashboard").await;
+
+    // The dashboard follows the queue by itself (server-sent events), no reload.
+    until_text(&browser, "#live-state", "live").await;
+    until_text(&browser, "#queue-depth", "0").await;
+    for i in 0..3 {
+        gateway.publish("site/boiler/temp", &format!("2{i}.5"));
+    }
+    until_text(&browser, "#queue-depth", "3").await;
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_viewer_sees_the_gateway_but_is_offered_no_change() {
+    let mut gateway = Gateway::configure();
+    assert!(
+        gateway
+            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
+            .status
+            .success()
+    );
+    assert!(
+        gateway
+            .users(&["add", "vic"], "viewer-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    login(&browser, &gateway, "vic", "viewer-password").await;
+    until_text(&browser, "h1", "Dashboard").await;
+    let nav = text_of(&browser, "header").await;
+    assert!(!nav.contains("Users"), "no Users link for a viewer: {nav}");
+    browser.goto(&gateway.url("/queue")).await.unwrap();
+    until_text(&browser, "h1", "Queue").await;
+    assert!(
+        browser
+            .find(Locator::Css("form[action='/queue/purge']"))
+            .await
+            .is_err(),
+        "no purge form for a viewer"
+    );
+    browser.goto(&gateway.url("/users")).await.unwrap();
+    until_text(&browser, ".message", "Only an admin may do this.").await;
+    // Even a forged form post from the page's own origin is refused.
+    let status = browser
+        .execute_async(
+            "const done = arguments[0];
+             fetch('/queue/purge', {method: 'POST', headers: {'content-type': 'application/x-www-form-urlencoded'}, body: 'confirm=purge'})
+               .then(r => done(r.status));",
+            vec![],
+        )
+        .await
+        .unwrap();
+    assert_eq!(status, 403);
+    browser.close().await.unwrap();
+}
+
+/// Writes a PNG of each page to `docs/ui/` (run by `scripts/screenshots`).
+#[tokio::test]
+#[ignore = "writes docs/ui/*.png; run by scripts/screenshots"]
+async fn screenshots() {
+    let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut gateway = Gateway::configure();
+    assert!(
+        gateway
+            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
+            .status
+            .success()
+    );
+    assert!(
+        gateway
+            .users(&["add", "vic"], "viewer-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    for i in 0..5 {
+        gateway.publish(
+            &format!("site/meter{}/power", i % 2),
+            &format!("{}", 100 + i),
+        );
+    }
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    browser.goto(&gateway.url("/login")).await.unwrap();
+    std::fs::write(out.join("login.png"), browser.screenshot().await.unwrap()).unwrap();
+    login(&browser, &gateway, "ada", "admin-password").await;
+    until_text(&browser, "#queue-depth", "5").await;
+    for (path, name) in [
+        ("/", "dashboard"),
+        ("/queue", "queue"),
+        ("/certificates", "certificates"),
+        ("/users", "users"),
+    ] {
+        browser.goto(&gateway.url(path)).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        std::fs::write(
+            out.join(format!("{name}.png")),
+            browser.screenshot().await.unwrap(),
+        )
+        .unwrap();
+    }
+    browser.close().await.unwrap();
+}
