@@ -590,6 +590,61 @@ fn broker_listener_serves_from(bench: &Bench) {
 }
 
 #[test]
+fn the_web_ui_serves_https_with_its_key_in_the_token() {
+    let bench = Bench::new();
+    let cert = bench.provision("web", "gateway-web", "localhost");
+    let port = free_port();
+    write(
+        bench.dir.path(),
+        "gateway.toml",
+        &format!(
+            "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
+             [web]\nport = {port}\ncert_file = \"{cert}\"\nkey_uri = \"{uri}\"\n{keys}",
+            data = bench.path("data").display(),
+            cert = cert.display(),
+            uri = Bench::key_uri("web"),
+            keys = bench.keys_section(),
+        ),
+    );
+    let gateway = run_gateway(&bench, "gateway.toml", port);
+    // A client that trusts the gateway CA only and checks the name: openssl s_client.
+    let mut client = Command::new("openssl")
+        .args(["s_client", "-quiet", "-verify_return_error", "-connect"])
+        .arg(format!("127.0.0.1:{port}"))
+        .args([
+            "-servername",
+            "localhost",
+            "-verify_hostname",
+            "localhost",
+            "-CAfile",
+        ])
+        .arg(&bench.ca)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::io::Write::write_all(
+        client.stdin.as_mut().unwrap(),
+        b"GET /healthz HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
+    )
+    .unwrap();
+    let out = client.wait_with_output().unwrap();
+    let answer = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        answer.starts_with("HTTP/1.1 200") && answer.ends_with("ok\n"),
+        "{answer}\n{}\ngateway log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        gateway_log(&bench)
+    );
+    assert!(
+        !bench.path("data/web/key.pem").exists(),
+        "no self-signed key was made: the token's key serves"
+    );
+    stop(gateway);
+}
+
+#[test]
 fn the_brokers_certificate_is_rotated_without_a_restart_and_a_bad_candidate_is_refused() {
     let bench = Bench::new();
     let served = bench.provision("broker", "gateway-broker", "localhost");
