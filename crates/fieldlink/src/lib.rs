@@ -128,7 +128,7 @@ impl Gateway {
                 .context("cannot read the local broker's credentials")?,
         );
         broker
-            .serve(ingress.clone(), access, phases.intake.clone())
+            .serve(ingress.clone(), access.clone(), phases.intake.clone())
             .context("cannot start the local broker's listeners")?;
         broker_status.set(Health::Up);
 
@@ -206,6 +206,8 @@ impl Gateway {
                     Arc::new(web::WebGateway {
                         status: status_feed,
                         queue: queue.clone(),
+                        bus: bus.clone(),
+                        access: access.clone(),
                     }),
                     &phases.intake,
                 )

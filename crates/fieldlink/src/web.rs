@@ -3,18 +3,24 @@
 
 use std::sync::{Arc, OnceLock};
 
-use fieldlink_core::ports::BoxFuture;
+use fieldlink_core::message::Message;
+use fieldlink_core::ports::{BoxFuture, LocalBus};
+use fieldlink_core::topic::TopicFilter;
 use fieldlink_queue::Queue;
 use fieldlink_web::{QueueDetail, QueuedMessage, StatusFeed, StreamDetail};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
 /// Messages the queue page lists.
 const PEEK: usize = 20;
+/// Messages a live view's subscription holds before the broker slows delivery to it.
+const LIVE_BACKLOG: usize = 64;
 
 /// The gateway, as the web UI sees it.
 pub(crate) struct WebGateway {
     pub(crate) status: StatusFeed,
     pub(crate) queue: Queue,
+    pub(crate) bus: Arc<dyn LocalBus>,
+    pub(crate) access: Arc<fieldlink_broker::access::Access>,
 }
 
 impl fieldlink_web::Gateway for WebGateway {
@@ -58,6 +64,27 @@ impl fieldlink_web::Gateway for WebGateway {
 
     fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move { self.queue.purge().await.map_err(|e| e.to_string()) })
+    }
+
+    fn watch_topics(
+        &self,
+        user: &str,
+        filter: &TopicFilter,
+    ) -> Result<tokio::sync::mpsc::Receiver<Message>, String> {
+        // As the broker's edge checks a SUBSCRIBE from a local client named `user`.
+        let identity = self.access.identity_for(user);
+        if !self
+            .access
+            .may_subscribe(&identity, &format!("fieldlink-web-{user}"), filter)
+        {
+            return Err(format!(
+                "the broker's ACLs do not let {user:?} subscribe to {filter}: add a \
+                 [[broker.acl]] rule for this name, or watch a narrower filter"
+            ));
+        }
+        self.bus
+            .subscribe(filter, LIVE_BACKLOG)
+            .map_err(|e| e.to_string())
     }
 
     fn metrics(&self) -> String {

@@ -213,3 +213,60 @@ async fn with_no_account_the_log_gives_a_setup_token_that_works_once() {
         .await;
     assert_eq!(again.status, 403);
 }
+
+#[tokio::test]
+async fn live_data_shows_only_what_the_accounts_acls_let_it_subscribe_to() {
+    let mut gateway = Gateway::configure_with(
+        "[[broker.acl]]\nusers = [\"vic\"]\nsubscribe = [\"site/public/#\"]\n\
+         [[broker.acl]]\npublish = [\"site/#\"]\n",
+    );
+    assert!(
+        gateway
+            .users(&["add", "vic"], "viewer-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    let mut viewer = gateway.client();
+    let login = viewer
+        .post_form(
+            "/login",
+            &form(&[("username", "vic"), ("password", "viewer-password")]),
+        )
+        .await;
+    assert_eq!(login.status, 303);
+
+    let (status, body) = viewer
+        .stream_until(
+            "/live/events?filter=site%2F%23",
+            Duration::from_secs(5),
+            || {},
+            |_| true,
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert!(
+        body.contains("ACLs do not let \"vic\" subscribe to site/#"),
+        "{body}"
+    );
+
+    let (status, body) = viewer
+        .stream_until(
+            "/live/events?filter=site%2Fpublic%2F%23",
+            Duration::from_secs(20),
+            || {
+                // Only once the stream is open: the private message first, then the public one.
+                std::thread::sleep(Duration::from_millis(300));
+                gateway.publish("site/private/door", "secret");
+                gateway.publish("site/public/temp", "21.5");
+            },
+            |text| text.contains("21.5"),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(
+        body.contains("event: message") && body.contains("site/public/temp"),
+        "{body}"
+    );
+    assert!(!body.contains("secret"), "{body}");
+}

@@ -112,6 +112,62 @@ impl WebClient {
         }
         answer
     }
+
+    /// GETs `path` and reads what arrives (a stream of server-sent events) until the text so
+    /// far satisfies `done` or `limit` passes; returns the status and that text. `during` runs
+    /// once the answer's head has arrived (to publish what the stream should show).
+    pub async fn stream_until(
+        &mut self,
+        path: &str,
+        limit: std::time::Duration,
+        during: impl FnOnce(),
+        done: impl Fn(&str) -> bool,
+    ) -> (u16, String) {
+        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
+        let name = ServerName::IpAddress(self.addr.ip().into());
+        let mut tls = TlsConnector::from(self.tls.clone())
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake with the web UI");
+        let mut request = format!("GET {path} HTTP/1.1\r\nhost: {}\r\n", self.addr);
+        if let Some(cookie) = &self.cookie {
+            request.push_str(&format!("cookie: {cookie}\r\n"));
+        }
+        request.push_str("\r\n");
+        tls.write_all(request.as_bytes()).await.unwrap();
+        let deadline = tokio::time::Instant::now() + limit;
+        let mut raw = Vec::new();
+        let mut during = Some(during);
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&raw).into_owned();
+            if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                if let Some(during) = during.take() {
+                    during();
+                }
+                let status = head
+                    .split(' ')
+                    .nth(1)
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
+                if status != 200 || done(body) {
+                    return (status, body.to_owned());
+                }
+            }
+            match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => raw.extend_from_slice(&buf[..n]),
+                _ => {
+                    let text = String::from_utf8_lossy(&raw).into_owned();
+                    let status = text
+                        .split(' ')
+                        .nth(1)
+                        .and_then(|s| s.parse().ok())
+                        .unwrap_or(0);
+                    return (status, text);
+                }
+            }
+        }
+    }
 }
 
 fn parse(raw: &[u8]) -> Answer {

@@ -15,3 +15,36 @@
   };
   window.addEventListener("pagehide", function () { source.close(); });
 })();
+
+// Live data: rows for the messages on the page's topic filter, newest first, at most 100.
+// Topics and payloads go in as text (textContent), never as markup.
+(function () {
+  const table = document.getElementById("live-data");
+  if (!table || !window.EventSource) return;
+  const body = table.querySelector("tbody");
+  const state = document.getElementById("live-data-state");
+  const source = new EventSource("/live/events?filter=" + encodeURIComponent(table.dataset.filter));
+  function row(cells, className) {
+    const tr = document.createElement("tr");
+    if (className) tr.className = className;
+    for (const text of cells) {
+      const td = document.createElement("td");
+      td.textContent = text;
+      tr.appendChild(td);
+    }
+    body.insertBefore(tr, body.firstChild);
+    while (body.rows.length > 100) body.deleteRow(body.rows.length - 1);
+  }
+  source.addEventListener("open", function () { if (state) state.textContent = "live"; });
+  source.addEventListener("message", function (event) {
+    const m = JSON.parse(event.data);
+    const when = new Date().toLocaleTimeString();
+    if (m.skipped_before > 0) row([when, "", m.skipped_before + " messages not shown (rate limit)"], "muted");
+    const cut = m.bytes > m.payload.length ? " … (" + m.bytes + " bytes)" : "";
+    row([when, m.topic, m.payload + cut]);
+  });
+  source.onerror = function () {
+    if (state) state.textContent = "not allowed, or reconnecting…";
+  };
+  window.addEventListener("pagehide", function () { source.close(); });
+})();

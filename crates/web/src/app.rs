@@ -21,6 +21,8 @@ pub(crate) struct App {
     pub(crate) throttle: Throttle,
     /// Bounds the memory and CPU password checks take, whatever the number of attempts.
     pub(crate) verifications: Arc<Semaphore>,
+    /// Bounds the live-data streams open at once.
+    pub(crate) live_streams: Arc<Semaphore>,
     /// The one-time token that makes the first admin; `None` once an account exists.
     setup_token: Mutex<Option<String>>,
     /// How long a session lives at most (the cookie's Max-Age).
@@ -50,6 +52,7 @@ impl App {
             sessions,
             throttle: Throttle::default(),
             verifications: Arc::new(Semaphore::new(MAX_VERIFICATIONS)),
+            live_streams: Arc::new(Semaphore::new(crate::live::MAX_STREAMS)),
             setup_token: Mutex::new(setup_token),
             session_max,
             chain,

@@ -10,6 +10,8 @@
 //!   token each; logins throttled per address and overall;
 //! - `routes`: every route with the access it needs, declared in one table, enforced by one
 //!   middleware (a route cannot be added without saying who may use it);
+//! - `live`: the local broker's messages on a topic filter, streamed to the page (ACL-checked,
+//!   rate-bounded, ended with the page);
 //! - `pages`, `api`: server-rendered HTML (escaped by construction), our own small script for
 //!   the live dashboard (server-sent events), and the same data as JSON under `/api/v1`.
 //!
@@ -25,6 +27,7 @@ pub mod users;
 mod api;
 mod app;
 mod assets;
+mod live;
 mod pages;
 mod routes;
 mod server;
@@ -32,10 +35,12 @@ mod server;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use fieldlink_core::message::Message;
 use fieldlink_core::ports::BoxFuture;
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::status::GatewayStatus;
 use fieldlink_core::tls::KeyResolver;
+use fieldlink_core::topic::TopicFilter;
 use tokio::sync::watch;
 
 pub use routes::{Access, route_table};
@@ -98,6 +103,14 @@ pub trait Gateway: Send + Sync + 'static {
     fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>>;
     /// Every metric, in Prometheus' text format.
     fn metrics(&self) -> String;
+    /// The local broker's messages on `filter`, as the web account `user` would get them as an
+    /// MQTT client of the local broker (its ACLs apply); `Err`, in words, when it may not
+    /// subscribe. The subscription ends when the receiver is dropped.
+    fn watch_topics(
+        &self,
+        user: &str,
+        filter: &TopicFilter,
+    ) -> Result<tokio::sync::mpsc::Receiver<Message>, String>;
 }
 
 /// Why the web UI cannot start.

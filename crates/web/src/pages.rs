@@ -19,7 +19,7 @@ use crate::users::{self, Role};
 pub(crate) use crate::MIN_PASSWORD;
 
 /// A page with the navigation for `session`'s role; `here` is the current path.
-fn layout(title: &str, session: Option<&Session>, here: &str, body: Markup) -> Markup {
+pub(crate) fn layout(title: &str, session: Option<&Session>, here: &str, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -53,6 +53,7 @@ fn nav(role: Role) -> Vec<(&'static str, &'static str)> {
     let mut links = vec![
         ("/", "Dashboard"),
         ("/queue", "Queue"),
+        ("/live", "Live data"),
         ("/certificates", "Certificates"),
     ];
     if role == Role::Admin {

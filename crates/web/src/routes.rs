@@ -91,6 +91,8 @@ fn table() -> Table {
     .add(get.clone(), "/queue", Session, pages::queue_page)
     .add(post.clone(), "/queue/purge", Admin, pages::purge)
     .add(get.clone(), "/certificates", Session, pages::certificates)
+    .add(get.clone(), "/live", Session, crate::live::page)
+    .add(get.clone(), "/live/events", Session, crate::live::events)
     .add(get.clone(), "/users", Admin, pages::users_page)
     .add(post.clone(), "/users", Admin, pages::add_user)
     .add(post.clone(), "/users/remove", Admin, pages::remove_user)
@@ -158,7 +160,7 @@ async fn guard(
     }
     let wants_page = !(path.as_str().starts_with("/api/")
         || path.as_str() == "/metrics"
-        || path.as_str() == "/events");
+        || path.as_str().ends_with("/events"));
     let session = token_in(request.headers()).and_then(|token| app.sessions.touch(token));
     let Some(mut session) = session else {
         return if wants_page && method == Method::GET {

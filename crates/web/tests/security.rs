@@ -63,6 +63,13 @@ impl fieldlink_web::Gateway for StandIn {
     fn metrics(&self) -> String {
         "# metrics\n".into()
     }
+    fn watch_topics(
+        &self,
+        _user: &str,
+        _filter: &fieldlink_core::topic::TopicFilter,
+    ) -> Result<tokio::sync::mpsc::Receiver<fieldlink_core::message::Message>, String> {
+        Err("no broker here".into())
+    }
 }
 
 /// A UI on a free loopback port with a data directory of its own.

@@ -23,6 +23,11 @@ pub struct Gateway {
 
 impl Gateway {
     pub fn configure() -> Self {
+        Self::configure_with("")
+    }
+
+    /// With `extra` appended to the configuration file.
+    pub fn configure_with(extra: &str) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let (mqtt, web) = (free_port(), free_port());
         let config = dir.path().join("fieldlink.toml");
@@ -32,7 +37,7 @@ impl Gateway {
                 "[gateway]\ndata_dir = \"{}\"\nshutdown_grace = \"3s\"\n\
                  [[broker.listeners]]\nname = \"l\"\nbind = \"127.0.0.1\"\nport = {mqtt}\n\
                  [[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\
-                 [web]\nport = {web}\n",
+                 [web]\nport = {web}\n{extra}\n",
                 dir.path().join("data").display()
             ),
         )
