@@ -30,6 +30,9 @@ struct Setup {
     policy: BusPolicy,
     /// The user the gateway runs as (root when `None`), as the unit's `User=` would.
     user: Option<&'static str>,
+    /// The first reboot asked for is refused (the hook fails), as logind would refuse one
+    /// that a block inhibitor holds back.
+    reboot_refused_once: bool,
 }
 
 struct Site {
@@ -99,6 +102,17 @@ impl Site {
         std::fs::create_dir(dir.path().join("www")).unwrap();
         let files = HttpsFiles::start(dir.path().join("www"), &server.cert_pem, &server.key_pem);
         let local = free_port();
+        // The reboot hook counts the reboots asked for, one line each.
+        let rebooted = dir.path().join("rebooted");
+        let reboot = if setup.reboot_refused_once {
+            format!(
+                "echo >> {f}; [ $(wc -l < {f}) -ge 2 ]",
+                f = rebooted.display()
+            )
+        } else {
+            format!("echo >> {}", rebooted.display())
+        };
+        new_boot(dir.path());
         let config = format!(
             "[gateway]\ndata_dir = \"{data}\"\nshutdown_grace = \"3s\"\n\
              [[broker.listeners]]\nport = {local}\n\
@@ -107,12 +121,11 @@ impl Site {
              reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n\
              [[uplink.rewrite]]\nlocal = \"fieldlink/ota/status\"\ncloud = \"{{device_id}}/ota/status\"\n\
              [[uplink.commands]]\ncloud = \"{{device_id}}/ota/install\"\nlocal = \"fieldlink/ota/install\"\n\
-             [ota]\ndbus = \"{bus}\"\nreboot_command = [\"/bin/sh\", \"-c\", \"echo >> {rebooted}\"]\n\
+             [ota]\ndbus = \"{bus}\"\nreboot_command = [\"/bin/sh\", \"-c\", \"{reboot}\"]\n\
              download_timeout = \"5s\"\n{extra}\n{more}\n",
             data = dir.path().join("data").display(),
             ca = ca_file.display(),
             bus = rauc.bus_address(),
-            rebooted = dir.path().join("rebooted").display(),
         );
         write(dir.path(), "fieldlink.toml", &config);
         Self {
@@ -147,6 +160,7 @@ impl Site {
             .arg("--config")
             .arg(self.dir.path().join("fieldlink.toml"))
             .arg("run")
+            .env(BOOT_ID_ENV, self.dir.path().join("boot_id"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -175,6 +189,7 @@ impl Site {
     /// slot booted, the gateway starts.
     fn reboot(&mut self) {
         self.stop();
+        new_boot(self.dir.path());
         self.rauc.reboot();
         self.start();
     }
@@ -321,6 +336,18 @@ impl Drop for Site {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// The agent's seam for the kernel's boot id: the file the tests' "reboot" renews.
+const BOOT_ID_ENV: &str = "FIELDLINK_OTA_BOOT_ID_FILE";
+
+/// A new boot id in `dir`'s `boot_id`.
+fn new_boot(dir: &Path) {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    std::fs::write(dir.join("boot_id"), format!("test-boot-{nanos}\n")).unwrap();
 }
 
 /// Runs `cmd`; panics with its output when it fails.
@@ -597,6 +624,95 @@ fn a_failed_health_check_marks_the_slot_bad_and_the_rollback_is_reported() {
     assert!(status.contains("rolled-back"), "{status}");
 }
 
+#[test]
+fn a_restart_before_the_reboot_comes_asks_for_it_again_and_reports_no_rollback() {
+    // The first reboot is refused (a block inhibitor, say), then fieldlink restarts, still in the
+    // same boot on slot A, with "rebooting" in its state file.
+    let mut site = Site::with(
+        "health_deadline = \"20s\"\nhealth_settle = \"1s\"",
+        "",
+        Setup {
+            reboot_refused_once: true,
+            ..Setup::default()
+        },
+    );
+    site.start();
+    let (_, sha) = site.bundle("v6.raucb", "6.0.0", Signer::Trusted);
+    site.install("again-1", "v6.raucb", &sha, "6.0.0");
+    site.report("again-1", "rebooting");
+    site.until("the refused reboot", || site.reboots() == 1);
+    site.stop();
+    site.start();
+    // Not a rollback: the reboot is still to come, and is asked for again.
+    site.until("the reboot asked for again", || site.reboots() == 2);
+    site.until("a second rebooting report", || {
+        site.states("again-1")
+            .iter()
+            .filter(|s| *s == "rebooting")
+            .count()
+            == 2
+    });
+    assert_eq!(site.rauc.primary(), "B");
+    // The reboot comes: B is booted, checked and kept; no rollback was ever reported.
+    site.reboot();
+    site.report("again-1", "done");
+    let states = site.states("again-1");
+    assert!(!states.iter().any(|s| s == "rolled-back"), "{states:?}");
+    assert!(site.rauc.boot_log().contains("set-state B good"));
+}
+
+#[test]
+fn a_restart_during_the_health_check_keeps_its_deadline() {
+    // A field device nobody answers for: the check fails at its deadline of 20 s.
+    let dead = free_port();
+    let devices = format!(
+        "[[devices]]\nname = \"meter\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{dead}\"\n\
+         unit = 1\ninterval = \"1s\"\n[[devices.points]]\nname = \"power\"\ntable = \"holding\"\n\
+         address = 0\ntype = \"u16\"\n"
+    );
+    let mut site = Site::new(
+        "health_deadline = \"20s\"\nhealth_settle = \"2s\"\nhealth_checks = [\"components\", \"uplink\", \"devices\"]",
+        &devices,
+    );
+    site.start();
+    let (_, sha) = site.bundle("v7.raucb", "7.0.0", Signer::Trusted);
+    site.install("deadline-1", "v7.raucb", &sha, "7.0.0");
+    site.report("deadline-1", "rebooting");
+    site.until("the reboot hook", || site.reboots() == 1);
+    site.reboot();
+    site.report("deadline-1", "checking");
+    // The check began before its report arrived: at most 20 s from here.
+    let began = Instant::now();
+    std::thread::sleep(Duration::from_secs(6));
+    site.stop();
+    site.start();
+    let checking = || -> Vec<Value> {
+        site.reports()
+            .into_iter()
+            .filter(|r| r["id"] == "deadline-1" && r["state"] == "checking")
+            .collect()
+    };
+    site.until("the resumed check's report", || checking().len() == 2);
+    let resumed = checking()[1]["message"].as_str().unwrap_or("").to_owned();
+    let left: u64 = resumed
+        .strip_prefix("resumed after a restart of fieldlink: ")
+        .and_then(|m| m.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no time left in {resumed:?}"));
+    assert!(
+        left <= 15 && resumed.ends_with("of the 20 s deadline left"),
+        "{resumed}"
+    );
+    site.report("deadline-1", "health-failed");
+    // A fresh deadline would end 20 s after the restart, 26 s or more from `began`.
+    let took = began.elapsed();
+    assert!(
+        took < Duration::from_secs(24),
+        "failed {took:?} after the check began"
+    );
+    site.until("the reboot after the failed check", || site.reboots() == 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // The shipped service's rights: the D-Bus policy (RAUC's calls) and the polkit rule (logind's
 // Reboot), tested on a private system bus set up as Debian's, with RAUC's own policy from
@@ -713,6 +829,7 @@ fn the_agent_runs_as_the_service_user_under_the_shipped_dbus_policy() {
         Setup {
             policy: installed_bus(true),
             user: Some(user),
+            ..Setup::default()
         },
     );
     site.start();

@@ -63,6 +63,23 @@ pub struct Job {
     pub started_ms: i64,
     /// When it ended, ms since the Unix epoch.
     pub finished_ms: Option<i64>,
+    /// The boot in which the reboot into the new slot was asked for: a restart of fieldlink
+    /// in the same boot finds the reboot still to do, not a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_asked_in: Option<String>,
+    /// When the health check began: a restart of fieldlink in the same boot goes on with the
+    /// same deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_began: Option<CheckBegan>,
+}
+
+/// When a health check began, on the boot clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckBegan {
+    /// The boot's id.
+    pub boot: String,
+    /// Milliseconds since that boot.
+    pub uptime_ms: u64,
 }
 
 /// The whole file.
