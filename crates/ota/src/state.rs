@@ -149,3 +149,21 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
         .and_then(|d| d.sync_all())
         .map_err(err)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_written_before_the_boot_fields_is_read() {
+        let old = r#"{"job":{"request":{"id":"r","url":"https://x/b.raucb","sha256":"00",
+            "version":"1.0.0","not_before":null,"allow_downgrade":false},"phase":"rebooting",
+            "from_slot":"A","from_version":null,"to_slot":"B","result":null,"started_ms":1,
+            "finished_ms":null},"booted":"A","slots":[]}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        let job = state.job.unwrap();
+        assert_eq!(job.phase, Phase::Rebooting);
+        assert_eq!(job.reboot_asked_in, None);
+        assert_eq!(job.check_began, None);
+    }
+}
