@@ -625,6 +625,48 @@ fn a_failed_health_check_marks_the_slot_bad_and_the_rollback_is_reported() {
 }
 
 #[test]
+fn a_fall_back_during_the_health_check_is_a_rollback_not_a_kept_update() {
+    // The new slot keeps stopping during its health check (a watchdog reset, say) until the
+    // bootloader has used up its tries and boots the old slot again.
+    let dead = free_port();
+    let devices = format!(
+        "[[devices]]\nname = \"meter\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{dead}\"\n\
+         unit = 1\ninterval = \"1s\"\n[[devices.points]]\nname = \"power\"\ntable = \"holding\"\n\
+         address = 0\ntype = \"u16\"\n"
+    );
+    let mut site = Site::new(
+        "health_deadline = \"60s\"\nhealth_settle = \"1s\"\nhealth_checks = [\"components\", \"devices\"]",
+        &devices,
+    );
+    site.start();
+    let (_, sha) = site.bundle("v8.raucb", "8.0.0", Signer::Trusted);
+    site.install("fallback-1", "v8.raucb", &sha, "8.0.0");
+    site.report("fallback-1", "rebooting");
+    site.until("the reboot hook", || site.reboots() == 1);
+    site.reboot();
+    site.report("fallback-1", "checking");
+    site.rauc.set_primary("A");
+    site.reboot();
+    assert_eq!(site.rauc.booted(), "A");
+    let back = site.report("fallback-1", "rolled-back");
+    assert_eq!(back["slot"], "A", "{back}");
+    assert!(
+        back["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped during its health check"),
+        "{back}"
+    );
+    let states = site.states("fallback-1");
+    assert!(!states.iter().any(|s| s == "done"), "{states:?}");
+    assert!(
+        !site.rauc.boot_log().contains("set-state A good"),
+        "the old slot is not marked for the update: {}",
+        site.rauc.boot_log()
+    );
+}
+
+#[test]
 fn a_restart_before_the_reboot_comes_asks_for_it_again_and_reports_no_rollback() {
     // The first reboot is refused (a block inhibitor, say), then fieldlink restarts, still in the
     // same boot on slot A, with "rebooting" in its state file.

@@ -281,7 +281,10 @@ fn resume(ctx: &Ctx, rauc: &Rauc, state: State) -> Option<(String, JobFuture)> {
             );
             Box::pin(reboot_now(ctx, state, "rebooting"))
         }
-        Phase::Rebooting | Phase::MarkedBad if back_on_old_slot => {
+        // Back on the old slot after the update's reboot; also during the health check (the
+        // new slot stopped, a watchdog reset, and the bootloader ran out of tries): checking
+        // the old slot now would report a kept update that is not running.
+        Phase::Rebooting | Phase::Checking | Phase::MarkedBad if back_on_old_slot => {
             Box::pin(rolled_back(ctx, state))
         }
         Phase::MarkedBad => Box::pin(reboot_now(ctx, state, "health-failed")),
@@ -657,6 +660,9 @@ async fn rolled_back(ctx: Ctx, mut state: State) {
     let request = request_of(&state);
     let why = match state.job.as_ref().map(|j| (j.phase, j.result.clone())) {
         Some((Phase::MarkedBad, Some(result))) => result,
+        Some((Phase::Checking, _)) => {
+            "the new slot stopped during its health check; the bootloader went back".to_owned()
+        }
         _ => "the new slot did not come up; the bootloader went back".to_owned(),
     };
     advance(&ctx, &mut state, Phase::RolledBack, Some(why.clone()));

@@ -288,6 +288,12 @@ impl Rauc {
         self.read_boot("primary")
     }
 
+    /// Makes `slot` the bootloader's primary, as a bootloader does by itself when the other
+    /// slot has used up its tries (a new slot that keeps crashing).
+    pub fn set_primary(&self, slot: &str) {
+        std::fs::write(self.dir.path().join("boot/primary"), format!("{slot}\n")).expect("write");
+    }
+
     /// The slot booted now.
     pub fn booted(&self) -> String {
         self.read_boot("booted")
