@@ -2,10 +2,10 @@
 //! keeps its state, so that an administrator's `fieldlink status`, `queue stats` and
 //! `credentials` find the running gateway's files without flags.
 //!
-//! The unit runs as a dynamic user with `StateDirectory=fieldlink` and
-//! `RuntimeDirectory=fieldlink`: systemd keeps the state in `/var/lib/private/fieldlink`, reached
-//! through the symlink `/var/lib/fieldlink` (root's default data directory), and the runtime
-//! directory is `/run/fieldlink`. Both are the service user's, mode 0700: root reads them, other
+//! The unit runs as the system user `fieldlink` with `StateDirectory=fieldlink` and
+//! `RuntimeDirectory=fieldlink`: the state is in `/var/lib/fieldlink` (root's default data
+//! directory; older packages' dynamic user kept it in `/var/lib/private/fieldlink` behind a
+//! symlink there, which systemd moves back), and the runtime directory is `/run/fieldlink`. Both are the service user's, mode 0700: root reads them, other
 //! users cannot, and are told to use sudo. Secrets reach the service as copies under
 //! `/run/credentials/fieldlink.service/` (`LoadCredential=`); the files to edit are their sources.
 

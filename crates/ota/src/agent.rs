@@ -21,8 +21,8 @@ use crate::health::{self, COMPONENT};
 use crate::rauc::Rauc;
 use crate::report::{Report, Reporter};
 use crate::request::{self, InstallRequest};
-use crate::state::{self, Job, Phase, State};
-use crate::{reboot, version};
+use crate::state::{self, CheckBegan, Job, Phase, State};
+use crate::{boot, reboot, version};
 
 /// Requests waiting to be read, at most.
 const COMMAND_BACKLOG: usize = 16;
@@ -244,6 +244,8 @@ async fn take(
         result: None,
         started_ms: fieldlink_core::clock::wall_ms(),
         finished_ms: None,
+        reboot_asked_in: None,
+        check_began: None,
     });
     save(ctx, &state);
     ctx.reporter
@@ -266,7 +268,23 @@ fn resume(ctx: &Ctx, rauc: &Rauc, state: State) -> Option<(String, JobFuture)> {
             Box::pin(install(ctx, rauc, state))
         }
         Phase::Installed if back_on_old_slot => Box::pin(reboot_when_due(ctx, state)),
-        Phase::Rebooting | Phase::MarkedBad if back_on_old_slot => {
+        // Still the boot in which the reboot was asked for: fieldlink restarted before the
+        // reboot came (or it was refused). Not a rollback: ask again.
+        Phase::Rebooting
+            if back_on_old_slot
+                && job.reboot_asked_in.is_some()
+                && job.reboot_asked_in == boot::id() =>
+        {
+            tracing::warn!(
+                id,
+                "OTA: the reboot asked for before the restart has not come"
+            );
+            Box::pin(reboot_now(ctx, state, "rebooting"))
+        }
+        // Back on the old slot after the update's reboot; also during the health check (the
+        // new slot stopped, a watchdog reset, and the bootloader ran out of tries): checking
+        // the old slot now would report a kept update that is not running.
+        Phase::Rebooting | Phase::Checking | Phase::MarkedBad if back_on_old_slot => {
             Box::pin(rolled_back(ctx, state))
         }
         Phase::MarkedBad => Box::pin(reboot_now(ctx, state, "health-failed")),
@@ -518,6 +536,9 @@ async fn reboot_when_due(ctx: Ctx, state: State) {
 async fn reboot_now(ctx: Ctx, mut state: State, report: &'static str) {
     let request = request_of(&state);
     if report == "rebooting" {
+        if let Some(job) = state.job.as_mut() {
+            job.reboot_asked_in = boot::id();
+        }
         advance(&ctx, &mut state, Phase::Rebooting, None);
     }
     let message = state.job.as_ref().and_then(|j| j.result.clone());
@@ -552,18 +573,31 @@ async fn reboot_now(ctx: Ctx, mut state: State, report: &'static str) {
 /// Booted into the new slot: keep it when healthy, else mark it bad and reboot.
 async fn check_health(ctx: Ctx, rauc: Rauc, mut state: State) {
     let request = request_of(&state);
+    let deadline = ctx.settings.health_deadline;
+    let (left, message) = match health_clock(&mut state, deadline) {
+        (left, true) => (
+            left,
+            Some(format!(
+                "resumed after a restart of fieldlink: {} s of the {} s deadline left",
+                left.as_secs(),
+                deadline.as_secs()
+            )),
+        ),
+        (left, false) => (left, None),
+    };
     advance(&ctx, &mut state, Phase::Checking, None);
     ctx.reporter
         .note(Report {
             slot: state.booted.clone(),
-            ..progress_report(&request, "checking", None, None)
+            ..progress_report(&request, "checking", None, message)
         })
         .await;
     let outcome = health::wait(
         &ctx.board,
         &ctx.settings.health_checks,
         ctx.settings.health_settle,
-        ctx.settings.health_deadline,
+        left,
+        deadline,
     )
     .await;
     match outcome {
@@ -589,6 +623,30 @@ async fn check_health(ctx: Ctx, rauc: Rauc, mut state: State) {
     }
 }
 
+/// How much of the health check's `deadline` is left, and whether the check is resumed: a
+/// check begun earlier in this boot (fieldlink restarted during it) keeps its deadline; one
+/// begun in another boot, or never, begins now (the bootloader's attempts bound the boots).
+fn health_clock(state: &mut State, deadline: Duration) -> (Duration, bool) {
+    let (Some(job), Some(boot), Some(now)) = (state.job.as_mut(), boot::id(), boot::uptime())
+    else {
+        return (deadline, false);
+    };
+    let now_ms = u64::try_from(now.as_millis()).unwrap_or(u64::MAX);
+    match &job.check_began {
+        Some(began) if began.boot == boot => {
+            let spent = Duration::from_millis(now_ms.saturating_sub(began.uptime_ms));
+            (deadline.saturating_sub(spent), true)
+        }
+        _ => {
+            job.check_began = Some(CheckBegan {
+                boot,
+                uptime_ms: now_ms,
+            });
+            (deadline, false)
+        }
+    }
+}
+
 async fn mark_bad_and_reboot(ctx: Ctx, rauc: Rauc, mut state: State, error: String) {
     if let Err(e) = rauc.mark_booted("bad").await {
         tracing::error!("OTA: RAUC could not mark the slot bad: {e}");
@@ -602,6 +660,9 @@ async fn rolled_back(ctx: Ctx, mut state: State) {
     let request = request_of(&state);
     let why = match state.job.as_ref().map(|j| (j.phase, j.result.clone())) {
         Some((Phase::MarkedBad, Some(result))) => result,
+        Some((Phase::Checking, _)) => {
+            "the new slot stopped during its health check; the bootloader went back".to_owned()
+        }
         _ => "the new slot did not come up; the bootloader went back".to_owned(),
     };
     advance(&ctx, &mut state, Phase::RolledBack, Some(why.clone()));

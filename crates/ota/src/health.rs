@@ -49,13 +49,16 @@ fn words(health: &Health) -> String {
     }
 }
 
-/// Waits until every check has held for `settle` without a break (`Ok`), or `deadline`
-/// passes (`Err` with what was missing). The settling matters: a component is up when it
-/// starts (the field bridge before its first poll), so a check passing at once proves little.
+/// Waits until every check has held for `settle` without a break (`Ok`), or `left` passes
+/// (`Err` with what was missing; `left` is what remains of `deadline`, the check's whole
+/// time, which a restart of fieldlink during the check does not renew). The settling
+/// matters: a component is up when it starts (the field bridge before its first poll), so a
+/// check passing at once proves little.
 pub async fn wait(
     board: &StatusBoard,
     checks: &[HealthCheck],
     settle: Duration,
+    left: Duration,
     deadline: Duration,
 ) -> Result<(), String> {
     let mut watch = board.watch();
@@ -83,7 +86,7 @@ pub async fn wait(
             }
         }
     };
-    match tokio::time::timeout(deadline, check).await {
+    match tokio::time::timeout(left, check).await {
         Ok(()) => Ok(()),
         Err(_) => Err(format!(
             "not healthy within {deadline:?}: {}",
@@ -116,13 +119,22 @@ mod tests {
         assert!(missing(&board, &[HealthCheck::Components]).is_none());
         let settle = Duration::from_millis(100);
         assert!(
-            wait(&board, &all, settle, Duration::from_millis(50))
-                .await
-                .is_err()
+            wait(
+                &board,
+                &all,
+                settle,
+                Duration::from_millis(50),
+                Duration::from_millis(50)
+            )
+            .await
+            .is_err()
         );
         let waiting = tokio::spawn({
             let board = board.clone();
-            async move { wait(&board, &all, settle, Duration::from_secs(10)).await }
+            async move {
+                let ten = Duration::from_secs(10);
+                wait(&board, &all, settle, ten, ten).await
+            }
         });
         uplink.set(Health::Up);
         assert_eq!(waiting.await.unwrap(), Ok(()));
@@ -133,6 +145,7 @@ mod tests {
                 &board2,
                 &all,
                 Duration::from_secs(1),
+                Duration::from_millis(600),
                 Duration::from_millis(600),
             )
             .await

@@ -13,11 +13,13 @@
 //! - [`rauc`] — RAUC's D-Bus API;
 //! - [`health`] — the health check over the status board;
 //! - [`state`] — what survives restarts and reboots (also read by `fieldlink ota status`);
+//! - [`boot`] — which boot this is, and how long it has run;
 //! - [`report`] — the reports on the status topic;
 //! - [`tls`] — the download's TLS client configuration;
 //! - [`agent`] — the agent itself.
 
 pub mod agent;
+pub mod boot;
 pub mod config;
 pub mod download;
 pub mod health;

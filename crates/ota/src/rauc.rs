@@ -5,6 +5,10 @@
 //! the `Completed` signal, `LastError` on failure), `GetSlotStatus` (which slot is booted,
 //! which versions are installed), the `BootSlot` property, and `Mark("good" | "bad",
 //! "booted")` after the health check.
+//!
+//! The shipped service's user may make these calls and no others: a new call needs its line in
+//! `systemd/dbus/fieldlink.conf` (the D-Bus policy the packages install), or the installed
+//! agent is refused it (`crates/fieldlink/tests/ota.rs` runs the agent under that policy).
 
 use std::collections::HashMap;
 

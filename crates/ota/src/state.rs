@@ -63,6 +63,23 @@ pub struct Job {
     pub started_ms: i64,
     /// When it ended, ms since the Unix epoch.
     pub finished_ms: Option<i64>,
+    /// The boot in which the reboot into the new slot was asked for: a restart of fieldlink
+    /// in the same boot finds the reboot still to do, not a rollback.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reboot_asked_in: Option<String>,
+    /// When the health check began: a restart of fieldlink in the same boot goes on with the
+    /// same deadline.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub check_began: Option<CheckBegan>,
+}
+
+/// When a health check began, on the boot clock.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CheckBegan {
+    /// The boot's id.
+    pub boot: String,
+    /// Milliseconds since that boot.
+    pub uptime_ms: u64,
 }
 
 /// The whole file.
@@ -131,4 +148,22 @@ pub fn save(dir: &Path, state: &State) -> Result<(), StateError> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(err)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_state_file_written_before_the_boot_fields_is_read() {
+        let old = r#"{"job":{"request":{"id":"r","url":"https://x/b.raucb","sha256":"00",
+            "version":"1.0.0","not_before":null,"allow_downgrade":false},"phase":"rebooting",
+            "from_slot":"A","from_version":null,"to_slot":"B","result":null,"started_ms":1,
+            "finished_ms":null},"booted":"A","slots":[]}"#;
+        let state: State = serde_json::from_str(old).unwrap();
+        let job = state.job.unwrap();
+        assert_eq!(job.phase, Phase::Rebooting);
+        assert_eq!(job.reboot_asked_in, None);
+        assert_eq!(job.check_began, None);
+    }
 }

@@ -7,12 +7,15 @@
 //! which a test sandbox does not have; boards use verity (the Yocto layer's system.conf).
 //! Needs root (RAUC mounts the bundle on a loop device).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `compatible` of the test system and its bundles.
 pub const COMPATIBLE: &str = "fieldlink-test";
+
+/// RAUC's own D-Bus policy, as Debian's rauc-service installs it (it lets every user call RAUC).
+pub const RAUC_POLICY: &str = "/usr/share/dbus-1/system.d/de.pengutronix.rauc.conf";
 
 /// Who signs a bundle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -21,6 +24,25 @@ pub enum Signer {
     Trusted,
     /// A self-signed certificate RAUC does not know.
     Stranger,
+}
+
+/// Who may do what on the private bus.
+#[derive(Debug, Clone, Default)]
+pub enum BusPolicy {
+    /// Everyone may own any name and call anything (the agent's own tests).
+    #[default]
+    Open,
+    /// A system bus as Debian's `system.conf` sets it up: method calls denied unless a policy
+    /// file allows them, then the files of `/usr/share/dbus-1/system.d` (`share`) and after them
+    /// those of `/etc/dbus-1/system.d` (`etc`), each copied into a directory of its own that
+    /// the bus reads with `<includedir>`, as the real one does. The bus's socket and its
+    /// directory are open to every user, so that other users' clients can try.
+    System {
+        /// Policy files read first.
+        share: Vec<PathBuf>,
+        /// Policy files read after them.
+        etc: Vec<PathBuf>,
+    },
 }
 
 /// RAUC running on a private bus; stopped (with its bus) when dropped.
@@ -48,8 +70,13 @@ fn openssl(dir: &Path, args: &[&str]) {
 
 impl Rauc {
     /// A system with slots A (booted, primary) and B, a CA in the keyring, and RAUC's
-    /// service on a private bus.
+    /// service on a private bus where everything is allowed.
     pub fn start() -> Self {
+        Self::start_with(&BusPolicy::Open)
+    }
+
+    /// The same, on a bus with `policy`.
+    pub fn start_with(policy: &BusPolicy) -> Self {
         assert!(
             crate::mosquitto::is_root(),
             "the RAUC tests need root (RAUC mounts bundles on loop devices); scripts/test runs as root"
@@ -157,19 +184,7 @@ impl Rauc {
             ),
         )
         .expect("write");
-        std::fs::write(
-            d.join("bus.conf"),
-            format!(
-                "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n \
-                 \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig>\n\
-                 <type>system</type>\n<listen>unix:path={}</listen>\n<auth>EXTERNAL</auth>\n\
-                 <policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/>\
-                 <allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/>\
-                 </policy>\n</busconfig>\n",
-                d.join("bus.sock").display()
-            ),
-        )
-        .expect("write");
+        std::fs::write(d.join("bus.conf"), bus_config(d, policy)).expect("write");
         let bus = Command::new("dbus-daemon")
             .arg(format!("--config-file={}", d.join("bus.conf").display()))
             .arg("--nofork")
@@ -273,6 +288,12 @@ impl Rauc {
         self.read_boot("primary")
     }
 
+    /// Makes `slot` the bootloader's primary, as a bootloader does by itself when the other
+    /// slot has used up its tries (a new slot that keeps crashing).
+    pub fn set_primary(&self, slot: &str) {
+        std::fs::write(self.dir.path().join("boot/primary"), format!("{slot}\n")).expect("write");
+    }
+
     /// The slot booted now.
     pub fn booted(&self) -> String {
         self.read_boot("booted")
@@ -338,6 +359,60 @@ fn wait_for(mut ok: impl FnMut() -> bool, what: &str) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+/// The bus configuration for `policy`, its policy files copied under `dir`.
+fn bus_config(dir: &Path, policy: &BusPolicy) -> String {
+    let head = format!(
+        "<!DOCTYPE busconfig PUBLIC \"-//freedesktop//DTD D-Bus Bus Configuration 1.0//EN\"\n \
+         \"http://www.freedesktop.org/standards/dbus/1.0/busconfig.dtd\">\n<busconfig>\n\
+         <type>system</type>\n<listen>unix:path={}</listen>\n<auth>EXTERNAL</auth>\n",
+        dir.join("bus.sock").display()
+    );
+    let body = match policy {
+        BusPolicy::Open => "<policy context=\"default\"><allow user=\"*\"/><allow own=\"*\"/>\
+             <allow send_destination=\"*\" eavesdrop=\"true\"/><allow eavesdrop=\"true\"/>\
+             </policy>\n"
+            .to_owned(),
+        BusPolicy::System { share, etc } => {
+            // Other users must reach the socket (the temporary directory is 0700).
+            run(Command::new("chmod").arg("755").arg(dir));
+            let mut body = SYSTEM_DEFAULTS.to_owned();
+            for (name, files) in [("share.d", share), ("etc.d", etc)] {
+                let sub = dir.join(name);
+                std::fs::create_dir(&sub).expect("a directory");
+                for file in files {
+                    let to = sub.join(file.file_name().expect("a policy file's name"));
+                    std::fs::copy(file, &to)
+                        .unwrap_or_else(|e| panic!("cannot copy the policy {file:?}: {e}"));
+                }
+                body.push_str(&format!("<includedir>{}</includedir>\n", sub.display()));
+            }
+            body
+        }
+    };
+    format!("{head}{body}</busconfig>\n")
+}
+
+/// What Debian's system bus allows before any policy file: connecting, signals and replies,
+/// the bus driver; no names owned, no method calls (its `system.conf`, in substance).
+const SYSTEM_DEFAULTS: &str = r#"<policy context="default">
+  <allow user="*"/>
+  <deny own="*"/>
+  <deny send_type="method_call"/>
+  <allow send_type="signal"/>
+  <allow send_requested_reply="true" send_type="method_return"/>
+  <allow send_requested_reply="true" send_type="error"/>
+  <allow receive_type="method_call"/>
+  <allow receive_type="method_return"/>
+  <allow receive_type="error"/>
+  <allow receive_type="signal"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Introspectable"/>
+  <allow send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Properties"/>
+  <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus" send_member="UpdateActivationEnvironment"/>
+  <deny send_destination="org.freedesktop.DBus" send_interface="org.freedesktop.DBus.Debug.Stats"/>
+</policy>
+"#;
 
 /// RAUC's `custom` bootloader backend: the primary slot and each slot's state in files, and
 /// a log of what changed. Marking the primary slot bad makes the other one primary, as a

@@ -16,10 +16,16 @@ IMAGE_INSTALL = "\
     packagegroup-core-boot \
     fieldlink \
     rauc \
+    ${FIELDLINK_POLKIT_PACKAGES} \
     u-boot-env \
     kernel-image \
     ${FIELDLINK_TPM_PACKAGES} \
 "
+
+# polkit (meta-oe; duktape, no JavaScript JIT): logind asks it whether fieldlink's OTA agent
+# may reboot the board (the rule in /usr/share/polkit-1/rules.d/fieldlink.rules). Without it,
+# logind lets root alone reboot. The distro turns on systemd's polkit support.
+FIELDLINK_POLKIT_PACKAGES ?= "polkit polkit-dbus polkit-service"
 
 # The TPM 2.0 stack (meta-tpm): the TSS libraries and the device TCTI for the kernel's resource
 # manager (/dev/tpmrm0; no tpm2-abrmd daemon), and tpm2-pkcs11 so keys can live in the TPM.

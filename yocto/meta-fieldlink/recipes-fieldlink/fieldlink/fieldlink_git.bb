@@ -35,7 +35,12 @@ def fieldlink_checked_out_commit(d):
 # `bitbake -c update_crates` (which would add fuzz/Cargo.lock's crates too); CI checks it.
 require ${BPN}-crates.inc
 
-inherit cargo cargo-update-recipe-crates pkgconfig systemd
+inherit cargo cargo-update-recipe-crates pkgconfig systemd useradd
+
+# The service's user (User=fieldlink in the unit): static, because the D-Bus policy and the
+# polkit rule below grant the OTA agent its rights by that name (see the unit).
+USERADD_PACKAGES = "${PN}"
+USERADD_PARAM:${PN} = "--system --no-create-home --home-dir /nonexistent --shell /sbin/nologin --user-group fieldlink"
 
 # The binary is one package of the workspace; Cargo.lock is the workspace's.
 CARGO_SRC_DIR = "crates/fieldlink"
@@ -66,14 +71,21 @@ do_install:append() {
         done
     fi
 
+    # The OTA agent's rights: RAUC's calls it makes (D-Bus policy of the user fieldlink), RAUC
+    # locked to root and fieldlink (it lets everyone in by itself), logind's Reboot (polkit).
+    install -d ${D}${datadir}/dbus-1/system.d ${D}${sysconfdir}/dbus-1/system.d ${D}${datadir}/polkit-1/rules.d
+    install -m 0644 ${S}/systemd/dbus/fieldlink.conf ${D}${datadir}/dbus-1/system.d/fieldlink.conf
+    install -m 0644 ${S}/systemd/dbus/fieldlink-rauc.conf ${D}${sysconfdir}/dbus-1/system.d/fieldlink-rauc.conf
+    install -m 0644 ${S}/systemd/polkit/fieldlink.rules ${D}${datadir}/polkit-1/rules.d/fieldlink.rules
+
     install -d ${D}${docdir}/fieldlink
     install -m 0644 ${S}/README.md ${D}${docdir}/fieldlink/README.md
     # No state directory in the package: systemd makes it (StateDirectory=fieldlink, that is
-    # /var/lib/private/fieldlink for the dynamic user) on the data partition at first start.
+    # /var/lib/fieldlink) on the data partition at first start.
 }
 
-FILES:${PN} += "${systemd_system_unitdir}"
-CONFFILES:${PN} = "${sysconfdir}/fieldlink/fieldlink.toml"
+FILES:${PN} += "${systemd_system_unitdir} ${datadir}/dbus-1/system.d ${datadir}/polkit-1/rules.d"
+CONFFILES:${PN} = "${sysconfdir}/fieldlink/fieldlink.toml ${sysconfdir}/dbus-1/system.d/fieldlink-rauc.conf"
 
 SYSTEMD_SERVICE:${PN} = "fieldlink.service"
 SYSTEMD_AUTO_ENABLE:${PN} = "enable"
