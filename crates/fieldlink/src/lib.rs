@@ -19,6 +19,7 @@ pub mod supervisor;
 mod systemd;
 mod users_cli;
 mod web;
+mod web_devices;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -199,6 +200,19 @@ impl Gateway {
         let web = match &settings.web {
             None => None,
             Some(web) => {
+                let devices = if settings.devices.is_empty() {
+                    None
+                } else {
+                    Some(
+                        web_devices::DeviceWatch::start(
+                            settings.bridge.clone(),
+                            settings.devices.clone(),
+                            bus.clone(),
+                            &phases.intake,
+                        )
+                        .context("cannot follow the field devices for the web UI")?,
+                    )
+                };
                 let ui = fieldlink_web::start(
                     web,
                     &data_dir,
@@ -208,6 +222,7 @@ impl Gateway {
                         queue: queue.clone(),
                         bus: bus.clone(),
                         access: access.clone(),
+                        devices,
                     }),
                     &phases.intake,
                 )

@@ -21,6 +21,8 @@ pub(crate) struct WebGateway {
     pub(crate) queue: Queue,
     pub(crate) bus: Arc<dyn LocalBus>,
     pub(crate) access: Arc<fieldlink_broker::access::Access>,
+    /// The field devices, when there are any.
+    pub(crate) devices: Option<Arc<crate::web_devices::DeviceWatch>>,
 }
 
 impl fieldlink_web::Gateway for WebGateway {
@@ -64,6 +66,29 @@ impl fieldlink_web::Gateway for WebGateway {
 
     fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>> {
         Box::pin(async move { self.queue.purge().await.map_err(|e| e.to_string()) })
+    }
+
+    fn devices(&self) -> Vec<fieldlink_web::devices::DeviceView> {
+        let Some(watch) = &self.devices else {
+            return Vec::new();
+        };
+        let metrics = self.metrics();
+        watch.view(&|device| crate::web_devices::errors_of(&metrics, device))
+    }
+
+    fn write_point(
+        &self,
+        device: &str,
+        point: &str,
+        value: fieldlink_web::devices::WriteValue,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        let (device, point) = (device.to_owned(), point.to_owned());
+        Box::pin(async move {
+            match &self.devices {
+                Some(watch) => watch.write(&device, &point, value).await,
+                None => Err("no field devices are configured".into()),
+            }
+        })
     }
 
     fn watch_topics(

@@ -227,7 +227,10 @@ async fn a_viewer_sees_the_gateway_but_is_offered_no_change() {
 async fn screenshots() {
     let out = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/ui");
     std::fs::create_dir_all(&out).unwrap();
-    let mut gateway = Gateway::configure();
+    let mut peer = web_gateway::ModbusPeer::start();
+    assert_eq!(peer.cmd("set ir 0 215"), "ok");
+    assert_eq!(peer.cmd("set hr 1 205"), "ok");
+    let mut gateway = Gateway::configure_with(&web_gateway::boiler(&peer));
     assert!(
         gateway
             .users(&["add", "ada", "--role", "admin"], "admin-password\n")
@@ -252,9 +255,11 @@ async fn screenshots() {
     browser.goto(&gateway.url("/login")).await.unwrap();
     std::fs::write(out.join("login.png"), browser.screenshot().await.unwrap()).unwrap();
     login(&browser, &gateway, "ada", "admin-password").await;
-    until_text(&browser, "#queue-depth", "5").await;
+    until_text(&browser, "#live-state", "live").await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
     for (path, name) in [
         ("/", "dashboard"),
+        ("/devices", "devices"),
         ("/queue", "queue"),
         ("/certificates", "certificates"),
         ("/users", "users"),
@@ -267,5 +272,73 @@ async fn screenshots() {
         )
         .unwrap();
     }
+    browser
+        .goto(&gateway.url("/live?filter=site%2F%23"))
+        .await
+        .unwrap();
+    until_text(&browser, "#live-data-state", "live").await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    std::fs::write(out.join("live.png"), browser.screenshot().await.unwrap()).unwrap();
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_admin_writes_a_setpoint_to_a_real_modbus_device_and_sees_the_answer() {
+    let mut peer = web_gateway::ModbusPeer::start();
+    assert_eq!(peer.cmd("set ir 0 215"), "ok");
+    let mut gateway = Gateway::configure_with(&web_gateway::boiler(&peer));
+    assert!(
+        gateway
+            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    login(&browser, &gateway, "ada", "admin-password").await;
+    until_text(&browser, "h1", "Dashboard").await;
+
+    // The value read from the device, with its unit and quality.
+    let start = Instant::now();
+    loop {
+        browser.goto(&gateway.url("/devices")).await.unwrap();
+        if text_of(&browser, "td[data-point=temp]").await == "21.5 °C" {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "no reading: {}",
+            browser.source().await.unwrap()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // The field carries the point's range (the browser refuses more; the server checks too).
+    let form = browser.find(Locator::Css("form.write")).await.unwrap();
+    let value = form.find(Locator::Css("[name=value]")).await.unwrap();
+    assert_eq!(value.attr("max").await.unwrap().as_deref(), Some("30"));
+
+    // A real write: typed, confirmed, the device's answer shown, the register changed.
+    value.send_keys("22.5").await.unwrap();
+    form.find(Locator::Css("[name=confirm]"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    form.find(Locator::Css("button"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    until_text(
+        &browser,
+        "#write-result",
+        "boiler/setpoint: ok (value 22.5)",
+    )
+    .await;
+    assert_eq!(peer.cmd("get hr 1 1"), "225");
     browser.close().await.unwrap();
 }

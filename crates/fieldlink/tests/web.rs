@@ -270,3 +270,76 @@ async fn live_data_shows_only_what_the_accounts_acls_let_it_subscribe_to() {
     );
     assert!(!body.contains("secret"), "{body}");
 }
+
+#[tokio::test]
+async fn device_writes_through_the_api_are_range_checked_and_reach_the_device() {
+    let mut peer = web_gateway::ModbusPeer::start();
+    let mut gateway = Gateway::configure_with(&web_gateway::boiler(&peer));
+    assert!(
+        gateway
+            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    let mut client = gateway.client();
+    let login = client
+        .post_form(
+            "/login",
+            &form(&[("username", "ada"), ("password", "admin-password")]),
+        )
+        .await;
+    assert_eq!(login.status, 303);
+    let csrf = json(&client.get("/api/v1/session").await.body)["csrf"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let writer = client.clone();
+    let write = |value: &'static str| {
+        let mut client = writer.clone();
+        let csrf = csrf.clone();
+        async move {
+            client
+                .send(
+                    "POST",
+                    "/api/v1/devices/boiler/setpoint",
+                    &[
+                        ("content-type", "application/json"),
+                        ("x-csrf-token", &csrf),
+                    ],
+                    &format!("{{\"value\": {value}}}"),
+                )
+                .await
+        }
+    };
+    let too_high = write("31").await;
+    assert_eq!(too_high.status, 400);
+    assert!(
+        too_high.body.contains("outside the allowed range"),
+        "{}",
+        too_high.body
+    );
+    let read_only = client
+        .send(
+            "POST",
+            "/api/v1/devices/boiler/temp",
+            &[
+                ("content-type", "application/json"),
+                ("x-csrf-token", &csrf),
+            ],
+            "{\"value\": 1}",
+        )
+        .await;
+    assert!(
+        read_only.body.contains("does not take writes"),
+        "{}",
+        read_only.body
+    );
+    assert_eq!(peer.cmd("get hr 1 1"), "0", "nothing was written");
+    let ok = write("12.5").await;
+    assert_eq!(ok.status, 200, "{}", ok.body);
+    assert_eq!(peer.cmd("get hr 1 1"), "125");
+    let devices = json(&client.get("/api/v1/devices").await.body);
+    assert_eq!(devices[0]["name"], "boiler");
+    assert_eq!(devices[0]["points"][1]["write"]["max"], 30.0);
+}

@@ -27,6 +27,7 @@ pub mod users;
 mod api;
 mod app;
 mod assets;
+pub mod devices;
 mod live;
 mod pages;
 mod routes;
@@ -103,6 +104,16 @@ pub trait Gateway: Send + Sync + 'static {
     fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>>;
     /// Every metric, in Prometheus' text format.
     fn metrics(&self) -> String;
+    /// The field devices, their points' last values, their errors.
+    fn devices(&self) -> Vec<devices::DeviceView>;
+    /// Writes `value` to `device`'s `point` through the field bridge and waits for the
+    /// device's answer: `Ok` with it in words, `Err` with why the write failed.
+    fn write_point(
+        &self,
+        device: &str,
+        point: &str,
+        value: devices::WriteValue,
+    ) -> BoxFuture<'_, Result<String, String>>;
     /// The local broker's messages on `filter`, as the web account `user` would get them as an
     /// MQTT client of the local broker (its ACLs apply); `Err`, in words, when it may not
     /// subscribe. The subscription ends when the receiver is dropped.

@@ -52,6 +52,7 @@ pub(crate) fn layout(title: &str, session: Option<&Session>, here: &str, body: M
 fn nav(role: Role) -> Vec<(&'static str, &'static str)> {
     let mut links = vec![
         ("/", "Dashboard"),
+        ("/devices", "Devices"),
         ("/queue", "Queue"),
         ("/live", "Live data"),
         ("/certificates", "Certificates"),

@@ -91,6 +91,13 @@ fn table() -> Table {
     .add(get.clone(), "/queue", Session, pages::queue_page)
     .add(post.clone(), "/queue/purge", Admin, pages::purge)
     .add(get.clone(), "/certificates", Session, pages::certificates)
+    .add(get.clone(), "/devices", Session, crate::devices::page)
+    .add(
+        post.clone(),
+        "/devices/write",
+        Admin,
+        crate::devices::write_from_form,
+    )
     .add(get.clone(), "/live", Session, crate::live::page)
     .add(get.clone(), "/live/events", Session, crate::live::events)
     .add(get.clone(), "/users", Admin, pages::users_page)
@@ -99,6 +106,18 @@ fn table() -> Table {
     .add(get.clone(), "/metrics", Session, api::metrics)
     .add(get.clone(), "/api/v1/session", Session, api::session)
     .add(get.clone(), "/api/v1/status", Session, api::status)
+    .add(
+        get.clone(),
+        "/api/v1/devices",
+        Session,
+        crate::devices::api_list,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/devices/{device}/{point}",
+        Admin,
+        crate::devices::api_write,
+    )
     .add(get.clone(), "/api/v1/queue", Session, api::queue)
     .add(post.clone(), "/api/v1/queue/purge", Admin, api::purge)
     .add(get.clone(), "/api/v1/users", Admin, api::users)

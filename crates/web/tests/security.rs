@@ -63,6 +63,18 @@ impl fieldlink_web::Gateway for StandIn {
     fn metrics(&self) -> String {
         "# metrics\n".into()
     }
+    fn devices(&self) -> Vec<fieldlink_web::devices::DeviceView> {
+        Vec::new()
+    }
+    fn write_point(
+        &self,
+        _device: &str,
+        _point: &str,
+        _value: fieldlink_web::devices::WriteValue,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        self.purges.fetch_add(1, Ordering::SeqCst);
+        Box::pin(async { Ok("ok".into()) })
+    }
     fn watch_topics(
         &self,
         _user: &str,
@@ -153,6 +165,8 @@ fn json_field(body: &str, name: &str) -> String {
 /// The path with a value for its parameter.
 fn concrete(path: &str) -> String {
     path.replace("{name}", "someone")
+        .replace("{device}", "boiler")
+        .replace("{point}", "setpoint")
 }
 
 async fn request(

@@ -143,3 +143,87 @@ impl Drop for Gateway {
         let _ = self.child.wait();
     }
 }
+
+/// pymodbus's TCP server (`crates/serial/tests/peers/modbus_peer.py`), driven over stdin;
+/// killed on drop.
+pub struct ModbusPeer {
+    child: Child,
+    stdin: std::process::ChildStdin,
+    lines: std::sync::mpsc::Receiver<String>,
+    pub port: u16,
+}
+
+impl ModbusPeer {
+    pub fn start() -> Self {
+        use std::io::BufRead as _;
+        let python = std::env::var_os("FIELDLINK_PYTHON").map_or_else(
+            || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/pyenv/bin/python"),
+            PathBuf::from,
+        );
+        let script =
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../serial/tests/peers/modbus_peer.py");
+        let port = free_port();
+        let mut child = Command::new(&python)
+            .arg(script)
+            .args(["tcp", &port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("{}: {e} (scripts/test makes the venv)", python.display()));
+        let stdin = child.stdin.take().unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut peer = Self {
+            child,
+            stdin,
+            lines,
+            port,
+        };
+        assert_eq!(peer.answer(), "ready");
+        peer
+    }
+
+    fn answer(&mut self) -> String {
+        self.lines
+            .recv_timeout(Duration::from_secs(15))
+            .expect("the Modbus peer answers")
+    }
+
+    /// A command line (`set hr 1 215`, `get hr 1 1`) and its answer.
+    pub fn cmd(&mut self, line: &str) -> String {
+        use std::io::Write as _;
+        writeln!(self.stdin, "{line}").unwrap();
+        self.stdin.flush().unwrap();
+        self.answer()
+    }
+}
+
+impl Drop for ModbusPeer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `[[devices]]` for a boiler on `peer`: `temp` (input register 0, ×0.1 °C) and a writable
+/// `setpoint` (holding register 1, ×0.1 °C, 5 to 30).
+pub fn boiler(peer: &ModbusPeer) -> String {
+    format!(
+        "[[devices]]\nname = \"boiler\"\nprotocol = \"modbus-tcp\"\naddress = \"127.0.0.1:{}\"\n\
+         unit = 1\ninterval = \"200ms\"\ntimeout = \"1s\"\n\
+         [[devices.points]]\nname = \"temp\"\ntable = \"input\"\naddress = 0\ntype = \"u16\"\n\
+         scale = 0.1\nunit = \"°C\"\n\
+         [[devices.points]]\nname = \"setpoint\"\ntable = \"holding\"\naddress = 1\ntype = \"u16\"\n\
+         scale = 0.1\nunit = \"°C\"\nwritable = true\nmin = 5.0\nmax = 30.0\n",
+        peer.port
+    )
+}
