@@ -17,8 +17,12 @@ pub const DEFAULT_FILTER: &str = "info,rumqttd=off,rustls::msgs::handshake=error
 
 /// Installs the global subscriber. Calling it twice is harmless (the second call does nothing).
 pub fn init() {
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
+    init_with_default(DEFAULT_FILTER);
+}
+
+/// [`init`] with another filter when `RUST_LOG` is not set (the demo keeps its terminal quiet).
+pub fn init_with_default(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

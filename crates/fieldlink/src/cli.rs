@@ -36,6 +36,9 @@ struct Cli {
 enum Command {
     /// Run the gateway until SIGTERM or SIGINT.
     Run,
+    /// Try fieldlink with nothing else: the gateway, a simulated Modbus device, a stand-in
+    /// cloud broker over TLS and the web UI, in a temporary directory removed on Ctrl-C.
+    Demo,
     /// Check the configuration: exit 0 when valid, 64 with every mistake listed.
     CheckConfig,
     /// Print the version.
@@ -196,6 +199,7 @@ pub fn main() -> ExitCode {
                 }
             }
         }
+        Command::Demo => crate::demo::main(),
         Command::Run => {
             fieldlink_core::logging::init();
             let (settings, origin) = match config::load(&source) {
@@ -365,13 +369,13 @@ fn failed(e: &anyhow::Error) -> ExitCode {
 }
 
 /// SIGTERM and SIGINT, watched from the moment they are installed.
-struct Signals {
+pub(crate) struct Signals {
     term: tokio::signal::unix::Signal,
     int: tokio::signal::unix::Signal,
 }
 
 impl Signals {
-    fn install() -> anyhow::Result<Self> {
+    pub(crate) fn install() -> anyhow::Result<Self> {
         use tokio::signal::unix::{SignalKind, signal};
         Ok(Self {
             term: signal(SignalKind::terminate()).context("cannot watch SIGTERM")?,
@@ -379,7 +383,7 @@ impl Signals {
         })
     }
 
-    async fn wait(mut self) -> &'static str {
+    pub(crate) async fn wait(mut self) -> &'static str {
         tokio::select! {
             _ = self.term.recv() => "SIGTERM",
             _ = self.int.recv() => "SIGINT",

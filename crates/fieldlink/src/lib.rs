@@ -10,6 +10,7 @@ pub mod cli;
 pub mod config;
 mod config_cli;
 mod credentials_cli;
+mod demo;
 mod ingress;
 mod keys_cli;
 mod ota_cli;
@@ -245,6 +246,11 @@ impl Gateway {
             uplink,
             web,
         })
+    }
+
+    /// The SHA-256 fingerprint of the web UI's certificate, when it runs.
+    pub fn web_fingerprint(&self) -> Option<&str> {
+        self.web.as_ref().map(fieldlink_web::WebUi::fingerprint)
     }
 
     /// Where the web UI listens, when it runs.
