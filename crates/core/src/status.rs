@@ -32,6 +32,24 @@ pub struct GatewayStatus {
     /// The data directory of the gateway that wrote it: which instance this is.
     #[serde(default)]
     pub data_dir: Option<PathBuf>,
+    /// The OTA agent's view of the slots and the last update, when `[ota]` is on.
+    #[serde(default)]
+    pub ota: Option<OtaView>,
+}
+
+/// Updates, as the status shows them (from the OTA agent's state, as it last saw RAUC).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct OtaView {
+    /// The booted slot's bootname.
+    pub booted: Option<String>,
+    /// The version running in it.
+    pub version: Option<String>,
+    /// The last update's id and version, e.g. `"u-42 (2.1.0)"`.
+    pub last: Option<String>,
+    /// Where it is: `downloading`, `installing`, … `done`, `failed`, `rolled-back`.
+    pub phase: Option<String>,
+    /// Its outcome in words.
+    pub result: Option<String>,
 }
 
 /// Bytes written to storage, as the kernel counts them for this process (`write_bytes` in

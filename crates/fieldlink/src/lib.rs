@@ -195,6 +195,11 @@ impl Gateway {
             queue.clone(),
             uplink.as_ref().map(Uplink::watch),
             status_tx,
+            settings.ota.as_ref().map(|ota| {
+                ota.download_dir
+                    .clone()
+                    .unwrap_or_else(|| ota_dir(&data_dir))
+            }),
             phases.upkeep.clone(),
         ));
 

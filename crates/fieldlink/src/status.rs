@@ -12,7 +12,9 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::ports::{Health, StatusBoard};
 use fieldlink_core::shutdown::Shutdown;
-pub use fieldlink_core::status::{DiskView, GatewayStatus, LoginView, QueueView, UplinkView};
+pub use fieldlink_core::status::{
+    DiskView, GatewayStatus, LoginView, OtaView, QueueView, UplinkView,
+};
 use fieldlink_queue::Queue;
 use fieldlink_uplink::UplinkStatus;
 
@@ -165,6 +167,7 @@ pub async fn snapshot(
         disk,
         alarms: fieldlink_core::alarms::all(),
         data_dir: queue_dir,
+        ota: None,
     }
 }
 
@@ -175,6 +178,7 @@ pub(crate) async fn publish(
     queue: Queue,
     uplink: Option<tokio::sync::watch::Receiver<UplinkStatus>>,
     share: tokio::sync::watch::Sender<Option<std::sync::Arc<GatewayStatus>>>,
+    ota_dir: Option<PathBuf>,
     shutdown: Shutdown,
 ) {
     let path = dir.join(STATUS_FILE);
@@ -189,7 +193,8 @@ pub(crate) async fn publish(
             () = shutdown.cancelled() => break,
         }
         let uplink_status = uplink.as_ref().map(|rx| rx.borrow().clone());
-        let status = snapshot(&board, &queue, uplink_status.as_ref(), wear.read()).await;
+        let mut status = snapshot(&board, &queue, uplink_status.as_ref(), wear.read()).await;
+        status.ota = ota_dir.as_deref().map(ota_view);
         if let Err(e) = write_atomically(&path, &status) {
             tracing::warn!(path = %path.display(), error = %e, "Cannot write the status file");
         }
@@ -197,6 +202,31 @@ pub(crate) async fn publish(
         share.send_replace(Some(std::sync::Arc::new(status)));
     }
     let _ = std::fs::remove_file(&path);
+}
+
+/// The OTA agent's state file in `dir`, as the status shows it (read, never written, here).
+fn ota_view(dir: &Path) -> OtaView {
+    let state = match fieldlink_ota::state::load(dir) {
+        Ok(state) => state,
+        Err(e) => {
+            return OtaView {
+                result: Some(e.to_string()),
+                ..OtaView::default()
+            };
+        }
+    };
+    let job = state.job.as_ref();
+    OtaView {
+        booted: state.booted.clone(),
+        version: state.running_version().map(str::to_owned),
+        last: job.map(|j| format!("{} ({})", j.request.id, j.request.version)),
+        phase: job.and_then(|j| {
+            serde_json::to_value(j.phase)
+                .ok()
+                .and_then(|v| v.as_str().map(str::to_owned))
+        }),
+        result: job.and_then(|j| j.result.clone()),
+    }
 }
 
 fn write_atomically(path: &Path, status: &GatewayStatus) -> std::io::Result<()> {
@@ -348,4 +378,51 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldlink_ota::state::{Job, Phase, State};
+
+    #[test]
+    fn the_ota_view_shows_the_booted_slot_and_the_last_update() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(
+            ota_view(dir.path()),
+            OtaView::default(),
+            "no state file yet"
+        );
+        let state = State {
+            job: Some(Job {
+                request: fieldlink_ota::request::InstallRequest {
+                    id: "u-42".into(),
+                    url: "https://updates.example/b.raucb".into(),
+                    sha256: "00".repeat(32),
+                    version: "2.1.0".into(),
+                    not_before: None,
+                    allow_downgrade: false,
+                },
+                phase: Phase::RolledBack,
+                from_slot: Some("A".into()),
+                from_version: Some("2.0.0".into()),
+                to_slot: Some("B".into()),
+                result: Some("the health check failed: uplink not connected".into()),
+                started_ms: 0,
+                finished_ms: None,
+                reboot_asked_in: None,
+                check_began: None,
+            }),
+            booted: Some("A".into()),
+            slots: vec![],
+        };
+        fieldlink_ota::state::save(dir.path(), &state).unwrap();
+        let view = ota_view(dir.path());
+        assert_eq!(view.booted.as_deref(), Some("A"));
+        assert_eq!(view.last.as_deref(), Some("u-42 (2.1.0)"));
+        assert_eq!(view.phase.as_deref(), Some("rolled-back"));
+        assert!(view.result.unwrap().contains("health check failed"));
+        std::fs::write(dir.path().join("state.json"), "{").unwrap();
+        assert!(ota_view(dir.path()).result.unwrap().contains("unreadable"));
+    }
 }

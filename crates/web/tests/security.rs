@@ -39,6 +39,7 @@ impl StandIn {
             disk: Default::default(),
             alarms: vec![],
             data_dir: None,
+            ota: None,
         };
         let (tx, rx) = tokio::sync::watch::channel(Some(Arc::new(status)));
         Arc::new(Self {

@@ -62,6 +62,22 @@ pub(crate) fn render(status: Option<&GatewayStatus>) -> Markup {
                     }
                 }
             }
+            @if let Some(ota) = &s.ota {
+                section.panel #ota {
+                    h2 { "Updates" }
+                    table {
+                        tr { th { "Booted slot" } td { (ota.booted.as_deref().unwrap_or("unknown yet")) } }
+                        tr { th { "Version" } td { (ota.version.as_deref().unwrap_or("unknown")) } }
+                        tr { th { "Last update" } td { (ota.last.as_deref().unwrap_or("none")) } }
+                        @if let Some(phase) = &ota.phase {
+                            tr { th { "Phase" } td class=(phase_class(phase)) #ota-phase { (phase) } }
+                        }
+                        @if let Some(result) = &ota.result {
+                            tr { th { "Result" } td { (result) } }
+                        }
+                    }
+                }
+            }
             section.panel #disk {
                 h2 { "Storage wear" }
                 table {
@@ -71,6 +87,14 @@ pub(crate) fn render(status: Option<&GatewayStatus>) -> Markup {
             }
         }
         p.muted { "fieldlink " (s.version) " · status of " (utc_time(s.written_ms)) }
+    }
+}
+
+fn phase_class(phase: &str) -> &'static str {
+    match phase {
+        "done" => "ok",
+        "failed" | "rolled-back" | "marked-bad" => "bad",
+        _ => "warn",
     }
 }
 
@@ -157,4 +181,37 @@ fn utc_time(unix_ms: u64) -> String {
         t % 3600 / 60,
         t % 60
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fieldlink_core::status::OtaView;
+
+    #[test]
+    fn the_dashboard_shows_updates_only_with_the_ota_agent() {
+        let mut status = GatewayStatus {
+            version: "t".into(),
+            written_ms: 0,
+            clock_synchronized: true,
+            components: vec![],
+            queue: Default::default(),
+            uplink: None,
+            disk: Default::default(),
+            alarms: vec![],
+            data_dir: None,
+            ota: None,
+        };
+        assert!(!render(Some(&status)).into_string().contains("Updates"));
+        status.ota = Some(OtaView {
+            booted: Some("B".into()),
+            phase: Some("rolled-back".into()),
+            ..OtaView::default()
+        });
+        let html = render(Some(&status)).into_string();
+        assert!(
+            html.contains(r#"<td id="ota-phase" class="bad">rolled-back</td>"#),
+            "{html}"
+        );
+    }
 }
