@@ -227,6 +227,8 @@ pub(crate) async fn connect(
         Codec::V4 => None,
     };
     let client_receive_max = props.as_ref().and_then(|p| p.receive_maximum);
+    // MQTT 5: server topic aliases, if the client takes any (see `alias`).
+    let client_topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max);
     let will_delay = Duration::from_secs(u64::from(
         will_props
             .as_ref()
@@ -331,6 +333,7 @@ pub(crate) async fn connect(
         session_expiry: session_expiry.map(|secs| Duration::from_secs(u64::from(secs))),
         client_max_packet,
         client_receive_max,
+        client_topic_alias_max,
     }))
 }
 

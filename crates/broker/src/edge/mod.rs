@@ -21,6 +21,7 @@
 //!   disconnected.
 
 mod admission;
+mod alias;
 mod codec;
 mod expiry;
 pub(crate) mod handshake;
@@ -70,6 +71,8 @@ pub(crate) struct EdgeContext {
     pub(crate) write_timeout: Duration,
     /// Longest keep-alive granted to an MQTT 5 client, in seconds (Server Keep Alive).
     pub(crate) max_keep_alive: u16,
+    /// Most server topic aliases per MQTT 5 connection (see [`alias`]).
+    pub(crate) max_topic_aliases: u16,
     /// Connections not yet authenticated.
     pub(crate) admission: Arc<admission::Admission>,
     /// Password checks waiting or running.
@@ -125,6 +128,7 @@ impl EdgeContext {
             max_keep_alive: u16::try_from(settings.max_keep_alive.as_secs())
                 .unwrap_or(u16::MAX)
                 .max(1),
+            max_topic_aliases: settings.max_topic_aliases,
             admission: admission::Admission::new(
                 settings.max_unauthenticated,
                 settings.max_unauthenticated_per_address,

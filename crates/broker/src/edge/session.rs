@@ -41,6 +41,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::admission::Ticket;
+use super::alias::TopicAliases;
 use super::codec::{self, Codec, FrameError};
 use super::handshake;
 use super::lag::{Admission, Demand, Forwarded};
@@ -130,6 +131,8 @@ pub(crate) struct Admitted {
     /// MQTT 5: how long the session outlives the connection (`None`: 3.1.1, as the router
     /// keeps it).
     pub(crate) session_expiry: Option<Duration>,
+    /// MQTT 5: the most server topic aliases the client takes (its Topic Alias Maximum).
+    pub(crate) client_topic_alias_max: Option<u16>,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -207,6 +210,11 @@ pub(crate) struct Session {
     /// MQTT 5 SUBSCRIBEs sent to the router a filter at a time (each with its own options):
     /// the SUBACKs still to come, and the codes so far.
     split_subacks: HashMap<u16, (usize, Vec<SubscribeReasonCode>)>,
+    /// MQTT 5: the server topic aliases of this connection, if the client takes any.
+    aliases: Option<TopicAliases>,
+    /// Where a forward is encoded before its alias is put in (reused: no allocation per
+    /// publish).
+    scratch: BytesMut,
 }
 
 /// A batch whose publishes are durable, going to the router a part at a time as lagging
@@ -323,6 +331,15 @@ impl Session {
         let rate = RateLimit::new(admitted.ctx.max_message_rate);
         let conn = admitted.ctx.next_connection_id();
         let origin = admitted.ctx.origin(&admitted.key);
+        let aliases = match admitted.codec {
+            Codec::V5 => TopicAliases::new(
+                admitted
+                    .client_topic_alias_max
+                    .unwrap_or(0)
+                    .min(admitted.ctx.max_topic_aliases),
+            ),
+            Codec::V4 => None,
+        };
         let kick = admitted.ctx.lag.connected(
             &admitted.key,
             &admitted.client_id,
@@ -371,6 +388,8 @@ impl Session {
             downgraded: HashSet::new(),
             completing: HashSet::new(),
             split_subacks: HashMap::new(),
+            aliases,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -779,9 +798,10 @@ impl Session {
             match packet {
                 Packet::Publish(publish, properties) => {
                     let (qos, pkid) = peeked.unwrap_or((0, 0));
-                    // The CONNACK offers no topic aliases (Topic Alias Maximum 0): a client
-                    // that uses one breaks the protocol, and every publish must carry its topic
-                    // for the ACL check.
+                    // The CONNACK offers the client no topic aliases of its own (Topic Alias
+                    // Maximum 0): a client that uses one breaks the protocol, and every publish
+                    // must carry its topic for the ACL check. (Aliases the other way, from the
+                    // edge to the client, are `alias`'s.)
                     if properties.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                         self.disconnect_with(out, DisconnectReasonCode::TopicAliasInvalid);
                         return Err("topic alias used, none offered".into());
@@ -1275,6 +1295,16 @@ impl Session {
                 self.inflight_out += 1;
             }
         }
+        // Going out now (not dropped, not waiting): its topic alias is decided here, in the
+        // order the client reads (a waiting one gets its alias when it is released).
+        if out.len() > start
+            && let Some(aliases) = self.aliases.as_mut()
+        {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&out[start..]);
+            out.truncate(start);
+            aliases.put(&self.scratch, self.client_max_packet, out);
+        }
         match (router_qos, client_acks) {
             (1, 0) => {
                 let ack = PubAck {
@@ -1308,7 +1338,10 @@ impl Session {
         while self.inflight_out < self.client_receive_max
             && let Some(next) = self.waiting_out.pop_front()
         {
-            out.extend_from_slice(&next);
+            match self.aliases.as_mut() {
+                Some(aliases) => aliases.put(&next, self.client_max_packet, out),
+                None => out.extend_from_slice(&next),
+            }
             self.inflight_out += 1;
         }
     }
@@ -1387,7 +1420,7 @@ fn granted_qos(code: &SubscribeReasonCode) -> Option<u8> {
 
 /// The same publish at QoS 1 with packet id `pkid` (rumqttd keeps QoS and packet id private:
 /// its own serialized form is the one way to set them).
-fn as_qos1(publish: &Publish, pkid: u16) -> Publish {
+pub(crate) fn as_qos1(publish: &Publish, pkid: u16) -> Publish {
     let mut raw = BytesMut::with_capacity(5 + publish.topic.len() + publish.payload.len());
     raw.put_u8(0b0011_0010 | u8::from(publish.retain));
     raw.put_u16(pkid);
