@@ -844,3 +844,170 @@ async fn a_session_lives_for_its_expiry_interval_and_no_longer() {
     assert!(present);
     edge.stop().await;
 }
+
+/// Resolves server topic aliases as the MQTT 5 specification says a client must (§3.3.2.3.4),
+/// from the raw publishes rumqttc reports (it reports them before it resolves them): the topic
+/// each one names, and whether it came by alias alone.
+struct AliasView {
+    known: std::collections::HashMap<u16, String>,
+    by_alias_only: usize,
+    largest_alias: u16,
+}
+
+impl AliasView {
+    fn new() -> Self {
+        Self {
+            known: std::collections::HashMap::new(),
+            by_alias_only: 0,
+            largest_alias: 0,
+        }
+    }
+
+    fn resolve(&mut self, p: &Publish) -> String {
+        let alias = p.properties.as_ref().and_then(|props| props.topic_alias);
+        let topic = String::from_utf8(p.topic.to_vec()).unwrap();
+        match alias {
+            None => topic,
+            Some(alias) => {
+                self.largest_alias = self.largest_alias.max(alias);
+                if topic.is_empty() {
+                    self.by_alias_only += 1;
+                    self.known
+                        .get(&alias)
+                        .unwrap_or_else(|| panic!("alias {alias} used before it was given"))
+                        .clone()
+                } else {
+                    self.known.insert(alias, topic.clone());
+                    topic
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_topic_aliases_name_every_topic_right_even_once_the_table_is_full() {
+    let (edge, port) = edge("max_topic_aliases = 3").await;
+    // Takes up to 10 aliases: it gets the broker's 3.
+    let (sub, mut events, _) = client(port, "alias-sub", |o| {
+        o.set_topic_alias_max(Some(10));
+    })
+    .await;
+    sub.subscribe("alias/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    let (_task, mut rx) = collect(events);
+    // Takes none (rumqttc's default, no Topic Alias Maximum): never sent one.
+    let (none, mut none_events, _) = client(port, "alias-none", |_| {}).await;
+    none.subscribe("alias/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut none_events).await;
+    let (_none_task, mut none_rx) = collect(none_events);
+
+    let (publisher, pub_events, _) = client(port, "alias-pub", |_| {}).await;
+    let _driver = drive(pub_events);
+    // Five topics through three aliases, in an order that makes the table hand aliases
+    // over and come back to topics that lost theirs; QoS 0 and 1 mixed.
+    let order = [0, 1, 0, 2, 0, 1, 3, 3, 0, 4, 2, 4, 1, 0, 3, 2, 2, 4, 0, 1];
+    for (i, t) in order.iter().enumerate() {
+        let qos = if i % 3 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let topic = format!("alias/sensor-{t}/temperature");
+        publisher
+            .publish(topic.clone(), qos, false, topic)
+            .await
+            .unwrap();
+    }
+    let mut view = AliasView::new();
+    for i in 0..order.len() {
+        let p = next(&mut rx, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("publish {i} did not arrive"));
+        // Each payload is its topic: the alias named the right one.
+        assert_eq!(view.resolve(&p), payload(&p), "publish {i}");
+    }
+    // Least recently used handed over: 7 of the 20 go by alias alone.
+    assert!(
+        view.by_alias_only >= 5,
+        "repeated topics go by alias: {}",
+        view.by_alias_only
+    );
+    assert_eq!(
+        view.largest_alias, 3,
+        "no more aliases than the broker's maximum"
+    );
+    assert_eq!(view.known.len(), 3);
+    for i in 0..order.len() {
+        let p = next(&mut none_rx, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("publish {i} did not arrive where no alias is taken"));
+        assert_eq!(p.properties.and_then(|props| props.topic_alias), None);
+        assert_eq!(String::from_utf8_lossy(&p.topic), payload_text(&p.payload));
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_follow_the_order_publishes_reach_the_client_under_its_receive_maximum() {
+    let (edge, port) = edge("").await;
+    // One QoS 1 publish in flight at a time: later QoS 1 ones wait at the edge while QoS 0
+    // ones overtake them, so an alias given when a waiting publish was encoded would reach
+    // the client after a publish that uses it.
+    let (sub, mut events, _) = client(port, "order-sub", |o| {
+        o.set_topic_alias_max(Some(2));
+        o.set_receive_maximum(Some(1));
+        o.set_manual_acks(true);
+    })
+    .await;
+    sub.subscribe("order/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    let (_task, mut rx) = collect(events);
+    let (publisher, pub_events, _) = client(port, "order-pub", |_| {}).await;
+    let _driver = drive(pub_events);
+    let order = [
+        (0, 1),
+        (1, 1),
+        (1, 0),
+        (2, 1),
+        (2, 0),
+        (0, 0),
+        (3, 1),
+        (3, 0),
+        (1, 0),
+    ];
+    for (t, qos) in order {
+        let qos = if qos == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        let topic = format!("order/device-{t}/state");
+        publisher
+            .publish(topic.clone(), qos, false, topic)
+            .await
+            .unwrap();
+    }
+    let mut view = AliasView::new();
+    let mut received = 0;
+    while received < order.len() {
+        let batch = all(&mut rx, Duration::from_millis(500)).await;
+        assert!(!batch.is_empty(), "{received} of {} arrived", order.len());
+        for p in &batch {
+            assert_eq!(view.resolve(p), payload(p));
+            received += 1;
+        }
+        // Acknowledged one at a time, the waiting ones come.
+        for p in &batch {
+            if p.qos == QoS::AtLeastOnce {
+                sub.ack(p).await.unwrap();
+            }
+        }
+    }
+    assert!(view.by_alias_only > 0, "aliases were used");
+    edge.stop().await;
+}
+
+fn payload_text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}

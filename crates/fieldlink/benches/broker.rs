@@ -429,7 +429,7 @@ async fn bench() {
         "fieldlink.toml",
         &fieldlink_config(&dir.path().join("data"), fl_plain, fl_tls, &cert, &key),
     );
-    let mut fieldlink = spawn_fieldlink(env!("CARGO_BIN_EXE_fieldlink"), &config, fl_tls);
+    let fieldlink = spawn_fieldlink(env!("CARGO_BIN_EXE_fieldlink"), &config, fl_tls);
     // The reference binary, if any, on its own ports and data directory.
     let reference = std::env::var("BENCH_REFERENCE").ok().map(|binary| {
         let (plain, tls) = (free_port(), free_port());
@@ -461,7 +461,7 @@ async fn bench() {
             key.display()
         ),
     );
-    let mut mosquitto: Child = Command::new("mosquitto")
+    let mosquitto: Child = Command::new("mosquitto")
         .arg("-c")
         .arg(&mq_config)
         .stdout(Stdio::null())
@@ -554,7 +554,11 @@ async fn bench() {
                 median(s.p999),
             );
         }
-        ratios.push((case.name(), rates[0] / rates[1], rates.get(2).map(|r| rates[0] / r)));
+        ratios.push((
+            case.name(),
+            rates[0] / rates[1],
+            rates.get(2).map(|r| rates[0] / r),
+        ));
     }
     println!();
     println!("fieldlink / mosquitto delivered msgs/s (median of {RUNS}):");
