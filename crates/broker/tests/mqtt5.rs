@@ -1011,3 +1011,31 @@ async fn aliases_follow_the_order_publishes_reach_the_client_under_its_receive_m
 fn payload_text(payload: &[u8]) -> String {
     String::from_utf8_lossy(payload).into_owned()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_coming_straight_back_keeps_its_new_connection() {
+    let (edge, port) = edge("").await;
+    // No Session Expiry Interval (MQTT 5's default, 0): the session ends with the connection,
+    // by a clean link the edge sends the router under its name. A client that comes straight
+    // back races that end: whichever comes first, the new connection must stay up, never be
+    // taken over by the old session's end.
+    let connect = Connect {
+        level: 5,
+        client_id: b"comes-back",
+        keep_alive: 30,
+        ..Connect::default()
+    };
+    for round in 0..30 {
+        let (gone, ack) = Raw::connect(port, &connect).await;
+        assert_eq!(ack.kind(), Some(2), "round {round}: {ack:?}");
+        // The connection breaks (no DISCONNECT), and the client is back at once.
+        drop(gone);
+        let (mut back, ack) = Raw::connect(port, &connect).await;
+        assert_eq!(ack.kind(), Some(2), "round {round}: {ack:?}");
+        assert!(
+            !back.closed_within(Duration::from_millis(150)).await,
+            "round {round}: the new connection was ended by the old session's end"
+        );
+    }
+    edge.stop().await;
+}

@@ -249,7 +249,7 @@ pub(crate) async fn connect(
     };
     let key = session_key(proof_name, &identity.name, &client_id);
     ctx.returned(&key);
-    ctx.session_resumed(&key);
+    let conn = ctx.session_resumed(&key).await;
 
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         return Err(Refusal::answer(codec, Reason::Busy, "max_connections"));
@@ -334,6 +334,7 @@ pub(crate) async fn connect(
         client_max_packet,
         client_receive_max,
         client_topic_alias_max,
+        conn,
     }))
 }
 

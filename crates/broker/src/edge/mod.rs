@@ -98,6 +98,8 @@ pub(crate) struct EdgeContext {
     will_link: tokio::sync::Mutex<Option<(LinkTx, LinkRx)>>,
     /// MQTT 5 sessions stored for clients that went away, and their bounds.
     stored_sessions: std::sync::Mutex<expiry::Stored>,
+    /// Told when a session being ended has reached the router (see [`expiry`]).
+    session_gone: tokio::sync::Notify,
     pub(crate) session_limits: expiry::Limits,
     /// MQTT 5 message expiry's clock.
     pub(crate) clock: v5::Clock,
@@ -147,6 +149,7 @@ impl EdgeContext {
             connection_ids: AtomicU64::new(1),
             will_link: tokio::sync::Mutex::new(None),
             stored_sessions: std::sync::Mutex::default(),
+            session_gone: tokio::sync::Notify::new(),
             session_limits: expiry::Limits {
                 max_expiry: settings.max_session_expiry,
                 max_stored: settings.max_stored_sessions,

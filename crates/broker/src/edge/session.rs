@@ -133,6 +133,8 @@ pub(crate) struct Admitted {
     pub(crate) session_expiry: Option<Duration>,
     /// MQTT 5: the most server topic aliases the client takes (its Topic Alias Maximum).
     pub(crate) client_topic_alias_max: Option<u16>,
+    /// This connection's number (see [`EdgeContext::session_resumed`]).
+    pub(crate) conn: u64,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -329,7 +331,7 @@ const MAX_WRITE_BATCH: usize = 256 * 1024;
 impl Session {
     pub(crate) fn new(admitted: Admitted) -> Self {
         let rate = RateLimit::new(admitted.ctx.max_message_rate);
-        let conn = admitted.ctx.next_connection_id();
+        let conn = admitted.conn;
         let origin = admitted.ctx.origin(&admitted.key);
         let aliases = match admitted.codec {
             Codec::V5 => TopicAliases::new(
@@ -428,9 +430,16 @@ impl Session {
             && !matches!(end, End::RouterEnded(_))
         {
             self.ctx
-                .session_ended(self.key.clone(), self.identity_key.clone(), expiry)
+                .session_ended(
+                    self.key.clone(),
+                    self.identity_key.clone(),
+                    expiry,
+                    self.conn,
+                )
                 .await;
         }
+        // No longer this session's holder (if `session_ended` has not seen to it).
+        self.ctx.connection_ended(&self.key, self.conn);
         // The last words are not waited for long: the client may be the reason we stop.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             if matches!(end, End::Shutdown) && self.codec == Codec::V5 {
@@ -858,14 +867,18 @@ impl Session {
                         }
                         _ => publish,
                     };
-                    // What the router would lose goes with it (see `v5`).
-                    let properties = v5::stamp(
-                        properties,
-                        qos,
-                        publish.retain,
-                        self.origin,
-                        self.ctx.clock.now(),
-                    );
+                    // What the router would lose goes with it (see `v5`): a 3.1.1 client's
+                    // publish has only its QoS and retain flag to carry.
+                    let properties = match self.codec {
+                        Codec::V5 => v5::stamp(
+                            properties,
+                            qos,
+                            publish.retain,
+                            self.origin,
+                            self.ctx.clock.now(),
+                        ),
+                        Codec::V4 => v5::compact_stamp(qos, publish.retain),
+                    };
                     to_router.push(Packet::Publish(publish, Some(properties)));
                 }
                 Packet::PubRel(rel, _) => {
