@@ -1039,3 +1039,59 @@ async fn a_client_coming_straight_back_keeps_its_new_connection() {
     }
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_1_1_publishers_qos_and_retain_reach_mqtt5_subscribers_as_published() {
+    let (edge, port) = edge("").await;
+    // Granted QoS 2, Retain As Published.
+    let mut rap = filter("v4/#", QoS::ExactlyOnce);
+    rap.preserve_retain = true;
+    let (_s, _task, mut rx) = subscriber(port, "v4-fan", vec![(rap, None)]).await;
+    let connect = Connect {
+        level: 4,
+        client_id: b"v4-publisher",
+        keep_alive: 30,
+        ..Connect::default()
+    };
+    let (mut v4, ack) = Raw::connect(port, &connect).await;
+    assert_eq!(ack, Read::Packet(0x20, vec![0, 0]));
+    use common::raw::publish;
+    v4.send(&publish("v4/a", b"q0", 0, 0, false, None)).await;
+    v4.send(&publish("v4/a", b"q1", 1, 1, false, None)).await;
+    v4.send(&publish("v4/a", b"q2", 2, 2, false, None)).await;
+    let mut retained = publish("v4/kept", b"q1-retained", 1, 3, false, None);
+    retained[0] |= 1;
+    v4.send(&retained).await;
+    let got = all(&mut rx, Duration::from_secs(2)).await;
+    let seen: Vec<(String, u8, bool)> = got
+        .iter()
+        .map(|p| (payload(p), p.qos as u8, p.retain))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("q0".into(), 0, false),
+            ("q1".into(), 1, false),
+            ("q2".into(), 2, false),
+            ("q1-retained".into(), 1, true)
+        ]
+    );
+    // What carried them through the router is not the subscriber's to see.
+    assert!(got.iter().all(|p| p.properties.is_none()), "{got:?}");
+    // The retained one, to a new subscription: at its own QoS, retain set.
+    let (_s2, _task2, mut rx2) = subscriber(
+        port,
+        "v4-late",
+        vec![(filter("v4/kept", QoS::ExactlyOnce), None)],
+    )
+    .await;
+    let kept = next(&mut rx2, Duration::from_secs(5))
+        .await
+        .expect("retained");
+    assert_eq!(
+        (payload(&kept).as_str(), kept.qos as u8, kept.retain),
+        ("q1-retained", 1, true)
+    );
+    assert!(kept.properties.is_none());
+    edge.stop().await;
+}
