@@ -186,6 +186,10 @@ pub(crate) struct Session {
     acked: Vec<u16>,
     /// MQTT 5: this session as a publish's origin (see [`v5::Stamp`]).
     origin: u64,
+    /// MQTT 5: whether the session may hold a No Local subscription (one made on this
+    /// connection, or any from before if it was resumed): its publishes then carry their
+    /// origin (the full stamp, see [`v5`]).
+    may_no_local: bool,
     /// MQTT 5: the largest packet the client accepts.
     client_max_packet: usize,
     session_expiry: Option<Duration>,
@@ -376,6 +380,7 @@ impl Session {
             forwarded: Vec::new(),
             acked: Vec::new(),
             origin,
+            may_no_local: admitted.session_present,
             client_max_packet: admitted
                 .client_max_packet
                 .and_then(|max| usize::try_from(max).ok())
@@ -870,6 +875,11 @@ impl Session {
                     // What the router would lose goes with it (see `v5`): a 3.1.1 client's
                     // publish has only its QoS and retain flag to carry.
                     let properties = match self.codec {
+                        Codec::V5
+                            if !self.may_no_local && v5::fits_compact(properties.as_ref()) =>
+                        {
+                            v5::compact_stamp_onto(properties, qos, publish.retain)
+                        }
                         Codec::V5 => v5::stamp(
                             properties,
                             qos,
@@ -1104,6 +1114,7 @@ impl Session {
                     }
                     RetainForwardRule::Never => true,
                 };
+                self.may_no_local |= filter.nolocal;
                 let options = v5::Options {
                     no_local: filter.nolocal,
                     retain_as_published: filter.preserve_retain,

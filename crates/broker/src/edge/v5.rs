@@ -12,11 +12,14 @@
 //!   the QoS and retain flag as published, the publishing session, and when the message
 //!   expires (the Message Expiry Interval itself is kept from the router, whose own handling
 //!   of it shortens a retained message's life each time it is read);
-//!   A publish with nothing else to carry (a 3.1.1 client's, the gateway's own: no expiry,
-//!   no properties, no origin a No Local subscription could match) gets a **compact stamp**
-//!   instead, which costs no allocation in the edge nor in the router's log: its QoS and
-//!   retain flag in the Payload Format Indicator, as a value no client can send through the
-//!   edge (every MQTT 5 client's publish carries the full stamp, which takes precedence);
+//!   A publish with nothing else to carry gets a **compact stamp** instead, which costs no
+//!   allocation in the edge nor in the router's log: its QoS and retain flag in the Payload
+//!   Format Indicator, as a value MQTT 5 does not allow (a client's own copy is never read:
+//!   its publish carries the full stamp whenever it sets an indicator). That is a 3.1.1
+//!   client's publish, the gateway's own, and an MQTT 5 client's without an expiry or an
+//!   indicator from a session that has no No Local subscription (the origin matters only to
+//!   the publishing session's own subscriptions; a resumed session may have one from before,
+//!   so it always gets the full stamp);
 //! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client:
 //!   it holds the filter's options (No Local, Retain As Published, whether its retained
 //!   messages are sent) and the client's own subscription id, if any. Because the router
@@ -129,10 +132,31 @@ pub(crate) fn stamp(
 /// The compact stamp of a publish from a 3.1.1 client or the gateway itself (see the module
 /// documentation): QoS and retain as published, nothing else.
 pub(crate) fn compact_stamp(qos: u8, retain: bool) -> PublishProperties {
-    PublishProperties {
-        payload_format_indicator: Some(COMPACT | qos.min(2) << 1 | u8::from(retain)),
-        ..PublishProperties::default()
+    compact_stamp_onto(None, qos, retain)
+}
+
+/// Whether an MQTT 5 client's publish can carry the compact stamp (its session having no No
+/// Local subscription): no expiry to keep, no Payload Format Indicator of its own.
+pub(crate) fn fits_compact(properties: Option<&PublishProperties>) -> bool {
+    properties
+        .is_none_or(|p| p.message_expiry_interval.is_none() && p.payload_format_indicator.is_none())
+}
+
+/// The compact stamp on a publish's own properties (a client's copy of the full stamp
+/// dropped, so that it cannot pose as ours).
+pub(crate) fn compact_stamp_onto(
+    properties: Option<PublishProperties>,
+    qos: u8,
+    retain: bool,
+) -> PublishProperties {
+    let mut properties = properties.unwrap_or_default();
+    if !properties.user_properties.is_empty() {
+        properties
+            .user_properties
+            .retain(|(key, _)| key != STAMP_KEY);
     }
+    properties.payload_format_indicator = Some(COMPACT | qos.min(2) << 1 | u8::from(retain));
+    properties
 }
 
 /// Marks a compact stamp: MQTT 5 allows a Payload Format Indicator of 0 or 1 only.
@@ -327,9 +351,25 @@ mod tests {
             payload_format_indicator: Some(0x83),
             ..PublishProperties::default()
         };
+        assert!(!fits_compact(Some(&published)));
         let mut props = stamp(Some(published), 1, false, 7, 0);
         assert_eq!(unstamp(&mut props).map(|s| s.origin), Some(7));
         assert_eq!(props.payload_format_indicator, Some(0x83));
+        // A client's forged full stamp beside a compact one is dropped on the way in.
+        let forged = PublishProperties {
+            user_properties: vec![
+                (STAMP_KEY.to_owned(), "21ff".to_owned()),
+                ("kept".to_owned(), "yes".to_owned()),
+            ],
+            ..PublishProperties::default()
+        };
+        assert!(fits_compact(Some(&forged)));
+        let mut props = compact_stamp_onto(Some(forged), 0, false);
+        assert_eq!(
+            unstamp(&mut props).map(|s| (s.qos, s.retain)),
+            Some((0, false))
+        );
+        assert_eq!(props.user_properties, vec![("kept".into(), "yes".into())]);
     }
 
     #[test]
