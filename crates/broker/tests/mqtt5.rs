@@ -1097,19 +1097,23 @@ async fn a_3_1_1_publishers_qos_and_retain_reach_mqtt5_subscribers_as_published(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "known gap: rumqttd restores a resumed session's subscriptions but not their \
-            subscription ids (router/routing.rs: `subscription_ids` lives on the Connection), \
-            so the options the edge keeps in them are lost on resume"]
-async fn no_local_holds_for_a_resumed_session_too() {
+async fn a_resumed_sessions_subscriptions_keep_their_options_and_ids() {
     let (edge, port) = edge("").await;
     // A No Local subscription made on a first connection, kept with the session.
     let (c, mut events, _, _) = resume(port, "nl-resumed", Some(60)).await;
     let mut own = filter("nl/#", QoS::AtLeastOnce);
     own.nolocal = true;
-    c.subscribe_many([own]).await.unwrap();
+    let props = SubscribeProperties {
+        id: Some(7),
+        user_properties: Vec::new(),
+    };
+    c.subscribe_many_with_properties([own], props)
+        .await
+        .unwrap();
     subscribed(&mut events).await;
     leave(c, events).await;
-    // Back (Session Present): its own publishes still do not come back; others' do.
+    // Back (Session Present): its own publishes still do not come back; others' do, with the
+    // subscription's id.
     let (c, events, present, _) = resume(port, "nl-resumed", Some(60)).await;
     assert!(present);
     let (_task, mut rx) = collect(events);
@@ -1122,11 +1126,18 @@ async fn no_local_holds_for_a_resumed_session_too() {
         .publish("nl/x", QoS::AtLeastOnce, false, "other")
         .await
         .unwrap();
-    let got: Vec<String> = all(&mut rx, Duration::from_secs(2))
+    let got: Vec<(String, Vec<usize>)> = all(&mut rx, Duration::from_secs(2))
         .await
         .iter()
-        .map(payload)
+        .map(|p| {
+            let ids = p
+                .properties
+                .as_ref()
+                .map(|props| props.subscription_identifiers.clone())
+                .unwrap_or_default();
+            (payload(p), ids)
+        })
         .collect();
-    assert_eq!(got, ["other"]);
+    assert_eq!(got, [("other".to_owned(), vec![7])]);
     edge.stop().await;
 }

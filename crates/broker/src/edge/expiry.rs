@@ -17,6 +17,14 @@
 //!
 //! MQTT 3.1.1 persistent sessions are left as rumqttd keeps them.
 //!
+//! **A resumed session's subscription options.** rumqttd restores a resumed session's filters
+//! but not their subscription ids (it keeps those with the connection), and the edge keeps
+//! each MQTT 5 filter's options in its id (see `v5`). So the edge remembers every MQTT 5
+//! session's filters with their ids (bounded by the filters a session can hold, for the live
+//! and stored sessions) and, when the router says a session is present, subscribes them again
+//! under the resumed connection: for a filter it has, the router only takes the id (no
+//! retained messages sent again, nothing queued lost).
+//!
 //! **Races with a client coming back.** Each connection is numbered, and the store knows which
 //! connection holds each session now: a connection that ends after a newer one took its
 //! session up (the client came back before the edge saw the old one go) neither stores nor
@@ -79,6 +87,17 @@ fn lock(stored: &Mutex<Stored>) -> std::sync::MutexGuard<'_, Stored> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Every MQTT 5 session's filters: filter → (internal subscription id, granted QoS asked).
+pub(crate) type Subscriptions = HashMap<String, HashMap<String, (usize, u8)>>;
+
+fn lock_subscriptions(
+    subscriptions: &Mutex<Subscriptions>,
+) -> std::sync::MutexGuard<'_, Subscriptions> {
+    subscriptions
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 /// Longest a returning client waits for its session's end to reach the router (a link
 /// opened and closed in-process: milliseconds, unless the router is stuck).
 const ENDING_WAIT: Duration = Duration::from_secs(5);
@@ -107,6 +126,45 @@ impl EdgeContext {
             }
             let _ = tokio::time::timeout_at(deadline, gone).await;
         }
+    }
+
+    /// Session `key` subscribed `filter` with internal subscription id `id` at `qos`.
+    pub(crate) fn remember_subscription(&self, key: &str, filter: &str, id: usize, qos: u8) {
+        lock_subscriptions(&self.subscriptions)
+            .entry(key.to_owned())
+            .or_default()
+            .insert(filter.to_owned(), (id, qos));
+    }
+
+    /// Session `key` unsubscribed `filter`.
+    pub(crate) fn forget_subscription(&self, key: &str, filter: &str) {
+        let mut subscriptions = lock_subscriptions(&self.subscriptions);
+        if let Some(filters) = subscriptions.get_mut(key) {
+            filters.remove(filter);
+            if filters.is_empty() {
+                subscriptions.remove(key);
+            }
+        }
+    }
+
+    /// The filters of session `key` (resumed) to subscribe again; all of them forgotten when
+    /// the session is new (`present` false).
+    pub(crate) fn session_subscriptions(
+        &self,
+        key: &str,
+        present: bool,
+    ) -> Vec<(String, usize, u8)> {
+        let mut subscriptions = lock_subscriptions(&self.subscriptions);
+        if !present {
+            subscriptions.remove(key);
+            return Vec::new();
+        }
+        subscriptions.get(key).map_or_else(Vec::new, |filters| {
+            filters
+                .iter()
+                .map(|(filter, (id, qos))| (filter.clone(), *id, *qos))
+                .collect()
+        })
     }
 
     /// Connection `conn` of session `key` ended: it holds the session no more.
@@ -199,6 +257,7 @@ impl EdgeContext {
     }
 
     async fn drop_session(&self, key: &str) {
+        lock_subscriptions(&self.subscriptions).remove(key);
         let links = self.links.clone();
         let name = key.to_owned();
         match tokio::task::spawn_blocking(move || links(&name, true)).await {

@@ -100,6 +100,9 @@ pub(crate) struct EdgeContext {
     stored_sessions: std::sync::Mutex<expiry::Stored>,
     /// Told when a session being ended has reached the router (see [`expiry`]).
     session_gone: tokio::sync::Notify,
+    /// MQTT 5 sessions' filters, by session key: each with its internal subscription id and
+    /// QoS, put back into the router when the session is resumed (see [`expiry`]).
+    subscriptions: std::sync::Mutex<expiry::Subscriptions>,
     pub(crate) session_limits: expiry::Limits,
     /// MQTT 5 message expiry's clock.
     pub(crate) clock: v5::Clock,
@@ -150,6 +153,7 @@ impl EdgeContext {
             will_link: tokio::sync::Mutex::new(None),
             stored_sessions: std::sync::Mutex::default(),
             session_gone: tokio::sync::Notify::new(),
+            subscriptions: std::sync::Mutex::default(),
             session_limits: expiry::Limits {
                 max_expiry: settings.max_session_expiry,
                 max_stored: settings.max_stored_sessions,

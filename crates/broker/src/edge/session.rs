@@ -186,6 +186,8 @@ pub(crate) struct Session {
     acked: Vec<u16>,
     /// MQTT 5: this session as a publish's origin (see [`v5::Stamp`]).
     origin: u64,
+    /// MQTT 5, a resumed session: its filters to subscribe again (see [`super::expiry`]).
+    restore: Vec<(String, usize, u8)>,
     /// MQTT 5: whether the session may hold a No Local subscription (one made on this
     /// connection, or any from before if it was resumed): its publishes then carry their
     /// origin (the full stamp, see [`v5`]).
@@ -337,6 +339,12 @@ impl Session {
         let rate = RateLimit::new(admitted.ctx.max_message_rate);
         let conn = admitted.conn;
         let origin = admitted.ctx.origin(&admitted.key);
+        let restore = match admitted.codec {
+            Codec::V5 => admitted
+                .ctx
+                .session_subscriptions(&admitted.key, admitted.session_present),
+            Codec::V4 => Vec::new(),
+        };
         let aliases = match admitted.codec {
             Codec::V5 => TopicAliases::new(
                 admitted
@@ -381,6 +389,7 @@ impl Session {
             acked: Vec::new(),
             origin,
             may_no_local: admitted.session_present,
+            restore,
             client_max_packet: admitted
                 .client_max_packet
                 .and_then(|max| usize::try_from(max).ok())
@@ -498,6 +507,16 @@ impl Session {
 
     async fn pump(&mut self, io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> End {
         let mut out = BytesMut::with_capacity(4096);
+        // A resumed MQTT 5 session's filters get their options back (see `expiry`).
+        if !self.restore.is_empty() {
+            let packets = std::mem::take(&mut self.restore)
+                .into_iter()
+                .map(|(path, id, qos)| restore_subscribe(path, id, qos))
+                .collect();
+            if let Err(why) = self.forward(packets).await {
+                return End::Lost(why);
+            }
+        }
         // Bytes that came with the CONNECT (a client need not wait for the CONNACK).
         if !buf.is_empty() {
             match self.inbound(buf, &mut out) {
@@ -981,6 +1000,9 @@ impl Session {
                 Packet::Unsubscribe(ref unsubscribe, _) => {
                     for filter in &unsubscribe.filters {
                         self.ctx.lag.unsubscribed(&self.key, self.conn, filter);
+                        if self.codec == Codec::V5 {
+                            self.ctx.forget_subscription(&self.key, filter);
+                        }
                     }
                     to_router.push(packet);
                 }
@@ -1121,6 +1143,12 @@ impl Session {
                     skip_retained,
                     id,
                 };
+                self.ctx.remember_subscription(
+                    &self.key,
+                    &filter.path,
+                    options.encode(),
+                    filter.qos as u8,
+                );
                 let properties = SubscribeProperties {
                     id: Some(options.encode()),
                     user_properties: Vec::new(),
@@ -1164,6 +1192,9 @@ impl Session {
                 let start = out.len();
                 let packet: Option<Packet> = other.into();
                 match packet {
+                    // The router's answer to a resumed session's filters put back: not the
+                    // client's.
+                    Some(Packet::SubAck(ack, _)) if ack.pkid == RESTORE_PKID => {}
                     Some(Packet::SubAck(mut ack, properties)) => {
                         // An MQTT 5 SUBSCRIBE went a filter at a time: one SUBACK for all.
                         if let Some((left, codes)) = self.split_subacks.get_mut(&ack.pkid) {
@@ -1426,6 +1457,31 @@ impl Session {
             self.write(Packet::Disconnect(Disconnect { reason_code }, None), out);
         }
     }
+}
+
+/// The packet id of the SUBSCRIBEs that put a resumed session's filters back: one no client
+/// uses (MQTT's ids start at 1).
+const RESTORE_PKID: u16 = 0;
+
+/// A SUBSCRIBE putting back filter `path` of a resumed session with internal subscription id
+/// `id` (the router has the filter: it takes the id, sends no retained message again).
+fn restore_subscribe(path: String, id: usize, qos: u8) -> Packet {
+    let filter = rumqttd::protocol::Filter {
+        path,
+        qos: rumqttd::protocol::qos(qos).unwrap_or(rumqttd::protocol::QoS::AtMostOnce),
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::Never,
+    };
+    let subscribe = Subscribe {
+        pkid: RESTORE_PKID,
+        filters: vec![filter],
+    };
+    let properties = SubscribeProperties {
+        id: Some(id),
+        user_properties: Vec::new(),
+    };
+    Packet::Subscribe(subscribe, Some(properties))
 }
 
 /// Why a stuck subscriber's connection ends.

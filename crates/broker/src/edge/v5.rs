@@ -22,9 +22,9 @@
 //!   so it always gets the full stamp);
 //! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client:
 //!   it holds the filter's options (No Local, Retain As Published, whether its retained
-//!   messages are sent) and the client's own subscription id, if any. Because the router
-//!   keeps it with the session, it holds for a persistent session too; the edge keeps no
-//!   per-subscription state of its own.
+//!   messages are sent) and the client's own subscription id, if any. The router keeps it
+//!   with the connection only, not with a stored session: the edge remembers each session's
+//!   ids and puts them back when the session is resumed (see `expiry`).
 //!
 //! 3.1.1 clients see none of it: their packets are written without properties.
 
