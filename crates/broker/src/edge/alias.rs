@@ -246,8 +246,11 @@ mod tests {
         out
     }
 
-    /// Reads back what `put` wrote: (topic, alias, packet id, payload, user properties).
-    fn read(out: &mut BytesMut) -> (String, Option<u16>, Option<u16>, Vec<(String, String)>) {
+    /// What a client reads back: topic, alias, packet id, user properties.
+    type Seen = (String, Option<u16>, Option<u16>, Vec<(String, String)>);
+
+    /// Reads back what `put` wrote (checking the payload).
+    fn read(out: &mut BytesMut) -> Seen {
         let pkid =
             crate::edge::codec::publish_qos_pkid(out).and_then(|(q, p)| (q > 0).then_some(p));
         match Codec::V5.read(out, usize::MAX) {
