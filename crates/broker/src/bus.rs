@@ -58,7 +58,7 @@ impl LocalBus for BrokerBus {
                 message.retain,
             );
             // MQTT 5 subscribers get it at the lower of its QoS and theirs (see `edge::v5`).
-            let properties = crate::edge::v5::stamp(None, message.qos as u8, message.retain, 0, 0);
+            let properties = crate::edge::v5::compact_stamp(message.qos as u8, message.retain);
             let mut publisher = self.publisher.lock().await;
             publisher
                 .tx

@@ -844,3 +844,300 @@ async fn a_session_lives_for_its_expiry_interval_and_no_longer() {
     assert!(present);
     edge.stop().await;
 }
+
+/// Resolves server topic aliases as the MQTT 5 specification says a client must (§3.3.2.3.4),
+/// from the raw publishes rumqttc reports (it reports them before it resolves them): the topic
+/// each one names, and whether it came by alias alone.
+struct AliasView {
+    known: std::collections::HashMap<u16, String>,
+    by_alias_only: usize,
+    largest_alias: u16,
+}
+
+impl AliasView {
+    fn new() -> Self {
+        Self {
+            known: std::collections::HashMap::new(),
+            by_alias_only: 0,
+            largest_alias: 0,
+        }
+    }
+
+    fn resolve(&mut self, p: &Publish) -> String {
+        let alias = p.properties.as_ref().and_then(|props| props.topic_alias);
+        let topic = String::from_utf8(p.topic.to_vec()).unwrap();
+        match alias {
+            None => topic,
+            Some(alias) => {
+                self.largest_alias = self.largest_alias.max(alias);
+                if topic.is_empty() {
+                    self.by_alias_only += 1;
+                    self.known
+                        .get(&alias)
+                        .unwrap_or_else(|| panic!("alias {alias} used before it was given"))
+                        .clone()
+                } else {
+                    self.known.insert(alias, topic.clone());
+                    topic
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_topic_aliases_name_every_topic_right_even_once_the_table_is_full() {
+    let (edge, port) = edge("max_topic_aliases = 3").await;
+    // Takes up to 10 aliases: it gets the broker's 3.
+    let (sub, mut events, _) = client(port, "alias-sub", |o| {
+        o.set_topic_alias_max(Some(10));
+    })
+    .await;
+    sub.subscribe("alias/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    let (_task, mut rx) = collect(events);
+    // Takes none (rumqttc's default, no Topic Alias Maximum): never sent one.
+    let (none, mut none_events, _) = client(port, "alias-none", |_| {}).await;
+    none.subscribe("alias/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut none_events).await;
+    let (_none_task, mut none_rx) = collect(none_events);
+
+    let (publisher, pub_events, _) = client(port, "alias-pub", |_| {}).await;
+    let _driver = drive(pub_events);
+    // Five topics through three aliases, in an order that makes the table hand aliases
+    // over and come back to topics that lost theirs; QoS 0 and 1 mixed.
+    let order = [0, 1, 0, 2, 0, 1, 3, 3, 0, 4, 2, 4, 1, 0, 3, 2, 2, 4, 0, 1];
+    for (i, t) in order.iter().enumerate() {
+        let qos = if i % 3 == 0 {
+            QoS::AtMostOnce
+        } else {
+            QoS::AtLeastOnce
+        };
+        let topic = format!("alias/sensor-{t}/temperature");
+        publisher
+            .publish(topic.clone(), qos, false, topic)
+            .await
+            .unwrap();
+    }
+    let mut view = AliasView::new();
+    for i in 0..order.len() {
+        let p = next(&mut rx, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("publish {i} did not arrive"));
+        // Each payload is its topic: the alias named the right one.
+        assert_eq!(view.resolve(&p), payload(&p), "publish {i}");
+    }
+    // Least recently used handed over: 7 of the 20 go by alias alone.
+    assert!(
+        view.by_alias_only >= 5,
+        "repeated topics go by alias: {}",
+        view.by_alias_only
+    );
+    assert_eq!(
+        view.largest_alias, 3,
+        "no more aliases than the broker's maximum"
+    );
+    assert_eq!(view.known.len(), 3);
+    for i in 0..order.len() {
+        let p = next(&mut none_rx, Duration::from_secs(10))
+            .await
+            .unwrap_or_else(|| panic!("publish {i} did not arrive where no alias is taken"));
+        assert_eq!(p.properties.and_then(|props| props.topic_alias), None);
+        assert_eq!(String::from_utf8_lossy(&p.topic), payload_text(&p.payload));
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aliases_follow_the_order_publishes_reach_the_client_under_its_receive_maximum() {
+    let (edge, port) = edge("").await;
+    // One QoS 1 publish in flight at a time: later QoS 1 ones wait at the edge while QoS 0
+    // ones overtake them, so an alias given when a waiting publish was encoded would reach
+    // the client after a publish that uses it.
+    let (sub, mut events, _) = client(port, "order-sub", |o| {
+        o.set_topic_alias_max(Some(2));
+        o.set_receive_maximum(Some(1));
+        o.set_manual_acks(true);
+    })
+    .await;
+    sub.subscribe("order/#", QoS::AtLeastOnce).await.unwrap();
+    subscribed(&mut events).await;
+    let (_task, mut rx) = collect(events);
+    let (publisher, pub_events, _) = client(port, "order-pub", |_| {}).await;
+    let _driver = drive(pub_events);
+    let order = [
+        (0, 1),
+        (1, 1),
+        (1, 0),
+        (2, 1),
+        (2, 0),
+        (0, 0),
+        (3, 1),
+        (3, 0),
+        (1, 0),
+    ];
+    for (t, qos) in order {
+        let qos = if qos == 1 {
+            QoS::AtLeastOnce
+        } else {
+            QoS::AtMostOnce
+        };
+        let topic = format!("order/device-{t}/state");
+        publisher
+            .publish(topic.clone(), qos, false, topic)
+            .await
+            .unwrap();
+    }
+    let mut view = AliasView::new();
+    let mut received = 0;
+    while received < order.len() {
+        let batch = all(&mut rx, Duration::from_millis(500)).await;
+        assert!(!batch.is_empty(), "{received} of {} arrived", order.len());
+        for p in &batch {
+            assert_eq!(view.resolve(p), payload(p));
+            received += 1;
+        }
+        // Acknowledged one at a time, the waiting ones come.
+        for p in &batch {
+            if p.qos == QoS::AtLeastOnce {
+                sub.ack(p).await.unwrap();
+            }
+        }
+    }
+    assert!(view.by_alias_only > 0, "aliases were used");
+    edge.stop().await;
+}
+
+fn payload_text(payload: &[u8]) -> String {
+    String::from_utf8_lossy(payload).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_coming_straight_back_keeps_its_new_connection() {
+    let (edge, port) = edge("").await;
+    // No Session Expiry Interval (MQTT 5's default, 0): the session ends with the connection,
+    // by a clean link the edge sends the router under its name. A client that comes straight
+    // back races that end: whichever comes first, the new connection must stay up, never be
+    // taken over by the old session's end.
+    let connect = Connect {
+        level: 5,
+        client_id: b"comes-back",
+        keep_alive: 30,
+        ..Connect::default()
+    };
+    for round in 0..30 {
+        let (gone, ack) = Raw::connect(port, &connect).await;
+        assert_eq!(ack.kind(), Some(2), "round {round}: {ack:?}");
+        // The connection breaks (no DISCONNECT), and the client is back at once.
+        drop(gone);
+        let (mut back, ack) = Raw::connect(port, &connect).await;
+        assert_eq!(ack.kind(), Some(2), "round {round}: {ack:?}");
+        assert!(
+            !back.closed_within(Duration::from_millis(150)).await,
+            "round {round}: the new connection was ended by the old session's end"
+        );
+    }
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_1_1_publishers_qos_and_retain_reach_mqtt5_subscribers_as_published() {
+    let (edge, port) = edge("").await;
+    // Granted QoS 2, Retain As Published.
+    let mut rap = filter("v4/#", QoS::ExactlyOnce);
+    rap.preserve_retain = true;
+    let (_s, _task, mut rx) = subscriber(port, "v4-fan", vec![(rap, None)]).await;
+    let connect = Connect {
+        level: 4,
+        client_id: b"v4-publisher",
+        keep_alive: 30,
+        ..Connect::default()
+    };
+    let (mut v4, ack) = Raw::connect(port, &connect).await;
+    assert_eq!(ack, Read::Packet(0x20, vec![0, 0]));
+    use common::raw::publish;
+    v4.send(&publish("v4/a", b"q0", 0, 0, false, None)).await;
+    v4.send(&publish("v4/a", b"q1", 1, 1, false, None)).await;
+    v4.send(&publish("v4/a", b"q2", 2, 2, false, None)).await;
+    let mut retained = publish("v4/kept", b"q1-retained", 1, 3, false, None);
+    retained[0] |= 1;
+    v4.send(&retained).await;
+    let got = all(&mut rx, Duration::from_secs(2)).await;
+    let seen: Vec<(String, u8, bool)> = got
+        .iter()
+        .map(|p| (payload(p), p.qos as u8, p.retain))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            ("q0".into(), 0, false),
+            ("q1".into(), 1, false),
+            ("q2".into(), 2, false),
+            ("q1-retained".into(), 1, true)
+        ]
+    );
+    // What carried them through the router is not the subscriber's to see.
+    assert!(got.iter().all(|p| p.properties.is_none()), "{got:?}");
+    // The retained one, to a new subscription: at its own QoS, retain set.
+    let (_s2, _task2, mut rx2) = subscriber(
+        port,
+        "v4-late",
+        vec![(filter("v4/kept", QoS::ExactlyOnce), None)],
+    )
+    .await;
+    let kept = next(&mut rx2, Duration::from_secs(5))
+        .await
+        .expect("retained");
+    assert_eq!(
+        (payload(&kept).as_str(), kept.qos as u8, kept.retain),
+        ("q1-retained", 1, true)
+    );
+    assert!(kept.properties.is_none());
+    edge.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resumed_sessions_subscriptions_keep_their_options_and_ids() {
+    let (edge, port) = edge("").await;
+    // A No Local subscription made on a first connection, kept with the session.
+    let (c, mut events, _, _) = resume(port, "nl-resumed", Some(60)).await;
+    let mut own = filter("nl/#", QoS::AtLeastOnce);
+    own.nolocal = true;
+    let props = SubscribeProperties {
+        id: Some(7),
+        user_properties: Vec::new(),
+    };
+    c.subscribe_many_with_properties([own], props)
+        .await
+        .unwrap();
+    subscribed(&mut events).await;
+    leave(c, events).await;
+    // Back (Session Present): its own publishes still do not come back; others' do, with the
+    // subscription's id.
+    let (c, events, present, _) = resume(port, "nl-resumed", Some(60)).await;
+    assert!(present);
+    let (_task, mut rx) = collect(events);
+    c.publish("nl/x", QoS::AtLeastOnce, false, "own")
+        .await
+        .unwrap();
+    let (other, other_events, _) = client(port, "nl-other", |_| {}).await;
+    let _driver = drive(other_events);
+    other
+        .publish("nl/x", QoS::AtLeastOnce, false, "other")
+        .await
+        .unwrap();
+    let got: Vec<(String, Vec<usize>)> = all(&mut rx, Duration::from_secs(2))
+        .await
+        .iter()
+        .map(|p| {
+            let ids = p
+                .properties
+                .as_ref()
+                .map(|props| props.subscription_identifiers.clone())
+                .unwrap_or_default();
+            (payload(p), ids)
+        })
+        .collect();
+    assert_eq!(got, [("other".to_owned(), vec![7])]);
+    edge.stop().await;
+}

@@ -16,6 +16,11 @@
 //!
 //! `BENCH_CASES=<text>` runs only the cases whose name contains it (e.g.
 //! `BENCH_CASES="QoS 1 10→1"`, `BENCH_CASES="v5+props"`).
+//!
+//! `BENCH_REFERENCE=<path>` adds another fieldlink binary (e.g. a release build of an older
+//! commit) as a third broker in the same runs, "fieldlink-ref", with the same configuration,
+//! and prints fieldlink / fieldlink-ref ratios too: how a change moved the edge's speed, with
+//! the machine's load the same for both.
 
 #![allow(clippy::print_stdout)] // a benchmark reports on stdout
 
@@ -422,25 +427,20 @@ async fn bench() {
     let config = write(
         dir.path(),
         "fieldlink.toml",
-        &format!(
-            "[gateway]\ndata_dir = \"{}\"\n[broker]\nmax_message_rate = 1000000\n\
-             [[broker.listeners]]\nname = \"plain\"\nport = {fl_plain}\n\
-             [[broker.listeners]]\nname = \"tls\"\nport = {fl_tls}\nbind = \"127.0.0.1\"\nanonymous = true\n\
-             tls = \"server-auth\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
-            dir.path().join("data").display(),
-            cert.display(),
-            key.display()
-        ),
+        &fieldlink_config(&dir.path().join("data"), fl_plain, fl_tls, &cert, &key),
     );
-    let mut fieldlink: Child = Command::new(env!("CARGO_BIN_EXE_fieldlink"))
-        .arg("--config")
-        .arg(&config)
-        .arg("run")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_for_port(([127, 0, 0, 1], fl_tls).into(), Duration::from_secs(20));
+    let fieldlink = spawn_fieldlink(env!("CARGO_BIN_EXE_fieldlink"), &config, fl_tls);
+    // The reference binary, if any, on its own ports and data directory.
+    let reference = std::env::var("BENCH_REFERENCE").ok().map(|binary| {
+        let (plain, tls) = (free_port(), free_port());
+        let config = write(
+            dir.path(),
+            "reference.toml",
+            &fieldlink_config(&dir.path().join("ref-data"), plain, tls, &cert, &key),
+        );
+        let child = spawn_fieldlink(&binary, &config, tls);
+        (child, plain, tls)
+    });
 
     // mosquitto as shipped, but quiet (no per-message log) and with TCP_NODELAY like ours.
     let (mq_plain, mq_tls) = (free_port(), free_port());
@@ -461,7 +461,7 @@ async fn bench() {
             key.display()
         ),
     );
-    let mut mosquitto: Child = Command::new("mosquitto")
+    let mosquitto: Child = Command::new("mosquitto")
         .arg("-c")
         .arg(&mq_config)
         .stdout(Stdio::null())
@@ -470,7 +470,7 @@ async fn bench() {
         .expect("mosquitto is installed");
     wait_for_port(([127, 0, 0, 1], mq_tls).into(), Duration::from_secs(10));
 
-    let brokers = [
+    let mut brokers = vec![
         Broker {
             name: "fieldlink",
             plain: fl_plain,
@@ -484,6 +484,14 @@ async fn bench() {
             pid: mosquitto.id(),
         },
     ];
+    if let Some((child, plain, tls)) = &reference {
+        brokers.push(Broker {
+            name: "fieldlink-ref",
+            plain: *plain,
+            tls: *tls,
+            pid: child.id(),
+        });
+    }
 
     println!(
         "| case | broker | delivered msgs/s | lost | broker CPU µs/msg | p50 ms @{FIXED_RATE}/s | p99 ms | p99.9 ms |"
@@ -512,7 +520,7 @@ async fn bench() {
         if !case.name().contains(&only) {
             continue;
         }
-        let mut summaries = [Summary::default(), Summary::default()];
+        let mut summaries: Vec<Summary> = brokers.iter().map(|_| Summary::default()).collect();
         for _ in 0..RUNS {
             for (b, broker) in brokers.iter().enumerate() {
                 let tls_config = tls.then_some(&client_tls);
@@ -546,15 +554,61 @@ async fn bench() {
                 median(s.p999),
             );
         }
-        ratios.push((case.name(), rates[0] / rates[1]));
+        ratios.push((
+            case.name(),
+            rates[0] / rates[1],
+            rates.get(2).map(|r| rates[0] / r),
+        ));
     }
     println!();
     println!("fieldlink / mosquitto delivered msgs/s (median of {RUNS}):");
-    for (name, ratio) in ratios {
+    for (name, ratio, _) in &ratios {
         println!("  {name}: {ratio:.2}×");
     }
-    for child in [&mut fieldlink, &mut mosquitto] {
+    if reference.is_some() {
+        println!("fieldlink / fieldlink-ref delivered msgs/s (median of {RUNS}):");
+        for (name, _, to_reference) in &ratios {
+            println!("  {name}: {:.2}×", to_reference.unwrap_or(f64::NAN));
+        }
+    }
+    let mut children = vec![fieldlink, mosquitto];
+    children.extend(reference.map(|(child, _, _)| child));
+    for mut child in children {
         let _ = child.kill();
         let _ = child.wait();
     }
+}
+
+/// The configuration both fieldlink binaries run with: the broker only (no routes, no
+/// uplink), a plain and a TLS listener, no rate limit in the way.
+fn fieldlink_config(
+    data: &std::path::Path,
+    plain: u16,
+    tls: u16,
+    cert: &std::path::Path,
+    key: &std::path::Path,
+) -> String {
+    format!(
+        "[gateway]\ndata_dir = \"{}\"\n[broker]\nmax_message_rate = 1000000\n\
+         [[broker.listeners]]\nname = \"plain\"\nport = {plain}\n\
+         [[broker.listeners]]\nname = \"tls\"\nport = {tls}\nbind = \"127.0.0.1\"\nanonymous = true\n\
+         tls = \"server-auth\"\ncert_file = \"{}\"\nkey_file = \"{}\"\n",
+        data.display(),
+        cert.display(),
+        key.display()
+    )
+}
+
+/// Starts a fieldlink binary and waits for its TLS listener (the last one it opens).
+fn spawn_fieldlink(binary: &str, config: &std::path::Path, tls: u16) -> Child {
+    let child = Command::new(binary)
+        .arg("--config")
+        .arg(config)
+        .arg("run")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(20));
+    child
 }

@@ -56,6 +56,8 @@ pub struct BrokerFile {
     pub max_stored_sessions: Option<Spanned<i64>>,
     /// Most of those of one identity.
     pub max_stored_sessions_per_identity: Option<Spanned<i64>>,
+    /// Most server topic aliases per MQTT 5 connection (0: none).
+    pub max_topic_aliases: Option<Spanned<i64>>,
     /// `[[broker.listeners]]`.
     pub listeners: Option<Spanned<Vec<Spanned<ListenerFile>>>>,
     /// The credentials file (`name:<argon2 PHC string>[:groups]` lines, mode 0600).

@@ -79,6 +79,10 @@ pub const DEFAULT_MAX_SESSION_EXPIRY: Duration = Duration::from_secs(86_400);
 pub const DEFAULT_MAX_STORED_SESSIONS: usize = 256;
 /// Most stored MQTT 5 sessions of one identity.
 pub const DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY: usize = 16;
+/// Most server topic aliases per MQTT 5 connection (each holds one topic name): enough for
+/// a subscriber's usual set of topics, a few kilobytes per connection at most for common
+/// topic lengths.
+pub const DEFAULT_MAX_TOPIC_ALIASES: u16 = 32;
 /// How long a TLS handshake may take before the connection is dropped.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Most TLS handshakes in progress at once per listener.
@@ -144,6 +148,9 @@ pub struct BrokerSettings {
     pub max_stored_sessions: usize,
     /// Most stored MQTT 5 sessions of one identity (anonymous clients together are one).
     pub max_stored_sessions_per_identity: usize,
+    /// Most server topic aliases given to one MQTT 5 connection (fewer if the client's Topic
+    /// Alias Maximum says so; none if it says 0 or this is 0).
+    pub max_topic_aliases: u16,
     /// Who may connect, and what each client may publish and subscribe to.
     pub access: AccessSettings,
 }
@@ -173,6 +180,7 @@ impl Default for BrokerSettings {
             max_session_expiry: DEFAULT_MAX_SESSION_EXPIRY,
             max_stored_sessions: DEFAULT_MAX_STORED_SESSIONS,
             max_stored_sessions_per_identity: DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY,
+            max_topic_aliases: DEFAULT_MAX_TOPIC_ALIASES,
             access: AccessSettings::default(),
         }
     }

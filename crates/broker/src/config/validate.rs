@@ -15,9 +15,9 @@ use super::{
     DEFAULT_MAX_FILTERS_PER_IDENTITY, DEFAULT_MAX_INFLIGHT, DEFAULT_MAX_KEEP_ALIVE,
     DEFAULT_MAX_MESSAGE_RATE, DEFAULT_MAX_PACKET_SIZE, DEFAULT_MAX_SESSION_EXPIRY,
     DEFAULT_MAX_STORED_SESSIONS, DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY,
-    DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_MAX_WILL_DELAY,
-    DEFAULT_SEGMENT_COUNT, DEFAULT_SEGMENT_SIZE, DEFAULT_SLOW_SUBSCRIBER_TIMEOUT,
-    DEFAULT_WRITE_TIMEOUT, ListenerSettings,
+    DEFAULT_MAX_TOPIC_ALIASES, DEFAULT_MAX_UNAUTHENTICATED,
+    DEFAULT_MAX_UNAUTHENTICATED_PER_ADDRESS, DEFAULT_MAX_WILL_DELAY, DEFAULT_SEGMENT_COUNT,
+    DEFAULT_SEGMENT_SIZE, DEFAULT_SLOW_SUBSCRIBER_TIMEOUT, DEFAULT_WRITE_TIMEOUT, ListenerSettings,
 };
 
 /// Validates `[broker]`, recording every mistake in `c`.
@@ -161,6 +161,14 @@ pub fn settings(file: &BrokerFile, c: &mut Collector<'_>) -> BrokerSettings {
             0..=100_000,
         )
         .unwrap_or(DEFAULT_MAX_STORED_SESSIONS_PER_IDENTITY),
+        // MQTT 5 carries an alias in two bytes, 0 meaning none.
+        max_topic_aliases: int(
+            c,
+            "broker.max_topic_aliases",
+            &file.max_topic_aliases,
+            0..=65_535,
+        )
+        .unwrap_or(DEFAULT_MAX_TOPIC_ALIASES),
         access: super::access::settings(file.credentials_file.as_ref(), &file.acl, c),
     }
 }

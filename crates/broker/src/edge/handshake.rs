@@ -227,6 +227,8 @@ pub(crate) async fn connect(
         Codec::V4 => None,
     };
     let client_receive_max = props.as_ref().and_then(|p| p.receive_maximum);
+    // MQTT 5: server topic aliases, if the client takes any (see `alias`).
+    let client_topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max);
     let will_delay = Duration::from_secs(u64::from(
         will_props
             .as_ref()
@@ -246,12 +248,13 @@ pub(crate) async fn connect(
         Proof::Psk => "psk",
     };
     let key = session_key(proof_name, &identity.name, &client_id);
-    ctx.returned(&key);
-    ctx.session_resumed(&key);
-
     let Ok(permit) = ctx.connections.clone().try_acquire_owned() else {
         return Err(Refusal::answer(codec, Reason::Busy, "max_connections"));
     };
+    // Back (and admitted: a refused reconnect leaves its will waiting and its stored session
+    // counting down).
+    ctx.returned(&key);
+    let conn = ctx.session_resumed(&key).await;
 
     let links = ctx.links.clone();
     let (link_key, clean) = (key.clone(), connect.clean_session);
@@ -269,6 +272,7 @@ pub(crate) async fn connect(
     })
     .await;
     let Ok(Ok((link_tx, link_rx, connack))) = built else {
+        ctx.connection_ended(&key, conn);
         return Err(Refusal::answer(codec, Reason::Unavailable, "router"));
     };
     let mut out = BytesMut::new();
@@ -294,15 +298,21 @@ pub(crate) async fn connect(
         }
         (_, packet) => packet,
     });
+    // (Not served after all: no longer the session's holder.)
     let Some(connack) = connack else {
+        ctx.connection_ended(&key, conn);
         return Err(Refusal::quiet("router"));
     };
     if codec.write(connack, &mut out).is_err() {
+        ctx.connection_ended(&key, conn);
         return Err(Refusal::quiet("router"));
     }
     match tokio::time::timeout(ctx.write_timeout, io.write_all(&out)).await {
         Ok(Ok(())) => {}
-        _ => return Err(Refusal::quiet("connack_write")),
+        _ => {
+            ctx.connection_ended(&key, conn);
+            return Err(Refusal::quiet("connack_write"));
+        }
     }
     let keep_alive = match keep_alive {
         // A client that asks for no keep-alive still goes after ten silent minutes, so an
@@ -331,6 +341,8 @@ pub(crate) async fn connect(
         session_expiry: session_expiry.map(|secs| Duration::from_secs(u64::from(secs))),
         client_max_packet,
         client_receive_max,
+        client_topic_alias_max,
+        conn,
     }))
 }
 

@@ -21,6 +21,7 @@
 //!   disconnected.
 
 mod admission;
+mod alias;
 mod codec;
 mod expiry;
 pub(crate) mod handshake;
@@ -70,6 +71,8 @@ pub(crate) struct EdgeContext {
     pub(crate) write_timeout: Duration,
     /// Longest keep-alive granted to an MQTT 5 client, in seconds (Server Keep Alive).
     pub(crate) max_keep_alive: u16,
+    /// Most server topic aliases per MQTT 5 connection (see [`alias`]).
+    pub(crate) max_topic_aliases: u16,
     /// Connections not yet authenticated.
     pub(crate) admission: Arc<admission::Admission>,
     /// Password checks waiting or running.
@@ -95,6 +98,11 @@ pub(crate) struct EdgeContext {
     will_link: tokio::sync::Mutex<Option<(LinkTx, LinkRx)>>,
     /// MQTT 5 sessions stored for clients that went away, and their bounds.
     stored_sessions: std::sync::Mutex<expiry::Stored>,
+    /// Told when a session being ended has reached the router (see [`expiry`]).
+    session_gone: tokio::sync::Notify,
+    /// MQTT 5 sessions' filters, by session key: each with its internal subscription id and
+    /// QoS, put back into the router when the session is resumed (see [`expiry`]).
+    subscriptions: std::sync::Mutex<expiry::Subscriptions>,
     pub(crate) session_limits: expiry::Limits,
     /// MQTT 5 message expiry's clock.
     pub(crate) clock: v5::Clock,
@@ -125,6 +133,7 @@ impl EdgeContext {
             max_keep_alive: u16::try_from(settings.max_keep_alive.as_secs())
                 .unwrap_or(u16::MAX)
                 .max(1),
+            max_topic_aliases: settings.max_topic_aliases,
             admission: admission::Admission::new(
                 settings.max_unauthenticated,
                 settings.max_unauthenticated_per_address,
@@ -143,6 +152,8 @@ impl EdgeContext {
             connection_ids: AtomicU64::new(1),
             will_link: tokio::sync::Mutex::new(None),
             stored_sessions: std::sync::Mutex::default(),
+            session_gone: tokio::sync::Notify::new(),
+            subscriptions: std::sync::Mutex::default(),
             session_limits: expiry::Limits {
                 max_expiry: settings.max_session_expiry,
                 max_stored: settings.max_stored_sessions,

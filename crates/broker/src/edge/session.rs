@@ -41,6 +41,7 @@ use rumqttd::protocol::{
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use super::admission::Ticket;
+use super::alias::TopicAliases;
 use super::codec::{self, Codec, FrameError};
 use super::handshake;
 use super::lag::{Admission, Demand, Forwarded};
@@ -130,6 +131,10 @@ pub(crate) struct Admitted {
     /// MQTT 5: how long the session outlives the connection (`None`: 3.1.1, as the router
     /// keeps it).
     pub(crate) session_expiry: Option<Duration>,
+    /// MQTT 5: the most server topic aliases the client takes (its Topic Alias Maximum).
+    pub(crate) client_topic_alias_max: Option<u16>,
+    /// This connection's number (see [`EdgeContext::session_resumed`]).
+    pub(crate) conn: u64,
 }
 
 /// Where an inbound QoS 2 publish stands.
@@ -181,6 +186,12 @@ pub(crate) struct Session {
     acked: Vec<u16>,
     /// MQTT 5: this session as a publish's origin (see [`v5::Stamp`]).
     origin: u64,
+    /// MQTT 5, a resumed session: its filters to subscribe again (see [`super::expiry`]).
+    restore: Vec<(String, usize, u8)>,
+    /// MQTT 5: whether the session may hold a No Local subscription (one made on this
+    /// connection, or any from before if it was resumed): its publishes then carry their
+    /// origin (the full stamp, see [`v5`]).
+    may_no_local: bool,
     /// MQTT 5: the largest packet the client accepts.
     client_max_packet: usize,
     session_expiry: Option<Duration>,
@@ -207,6 +218,11 @@ pub(crate) struct Session {
     /// MQTT 5 SUBSCRIBEs sent to the router a filter at a time (each with its own options):
     /// the SUBACKs still to come, and the codes so far.
     split_subacks: HashMap<u16, (usize, Vec<SubscribeReasonCode>)>,
+    /// MQTT 5: the server topic aliases of this connection, if the client takes any.
+    aliases: Option<TopicAliases>,
+    /// Where a forward is encoded before its alias is put in (reused: no allocation per
+    /// publish).
+    scratch: BytesMut,
 }
 
 /// A batch whose publishes are durable, going to the router a part at a time as lagging
@@ -321,8 +337,23 @@ const MAX_WRITE_BATCH: usize = 256 * 1024;
 impl Session {
     pub(crate) fn new(admitted: Admitted) -> Self {
         let rate = RateLimit::new(admitted.ctx.max_message_rate);
-        let conn = admitted.ctx.next_connection_id();
+        let conn = admitted.conn;
         let origin = admitted.ctx.origin(&admitted.key);
+        let restore = match admitted.codec {
+            Codec::V5 => admitted
+                .ctx
+                .session_subscriptions(&admitted.key, admitted.session_present),
+            Codec::V4 => Vec::new(),
+        };
+        let aliases = match admitted.codec {
+            Codec::V5 => TopicAliases::new(
+                admitted
+                    .client_topic_alias_max
+                    .unwrap_or(0)
+                    .min(admitted.ctx.max_topic_aliases),
+            ),
+            Codec::V4 => None,
+        };
         let kick = admitted.ctx.lag.connected(
             &admitted.key,
             &admitted.client_id,
@@ -357,6 +388,8 @@ impl Session {
             forwarded: Vec::new(),
             acked: Vec::new(),
             origin,
+            may_no_local: admitted.session_present,
+            restore,
             client_max_packet: admitted
                 .client_max_packet
                 .and_then(|max| usize::try_from(max).ok())
@@ -371,6 +404,8 @@ impl Session {
             downgraded: HashSet::new(),
             completing: HashSet::new(),
             split_subacks: HashMap::new(),
+            aliases,
+            scratch: BytesMut::new(),
         }
     }
 
@@ -409,9 +444,16 @@ impl Session {
             && !matches!(end, End::RouterEnded(_))
         {
             self.ctx
-                .session_ended(self.key.clone(), self.identity_key.clone(), expiry)
+                .session_ended(
+                    self.key.clone(),
+                    self.identity_key.clone(),
+                    expiry,
+                    self.conn,
+                )
                 .await;
         }
+        // No longer this session's holder (if `session_ended` has not seen to it).
+        self.ctx.connection_ended(&self.key, self.conn);
         // The last words are not waited for long: the client may be the reason we stop.
         let _ = tokio::time::timeout(Duration::from_secs(1), async {
             if matches!(end, End::Shutdown) && self.codec == Codec::V5 {
@@ -465,6 +507,16 @@ impl Session {
 
     async fn pump(&mut self, io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> End {
         let mut out = BytesMut::with_capacity(4096);
+        // A resumed MQTT 5 session's filters get their options back (see `expiry`).
+        if !self.restore.is_empty() {
+            let packets = std::mem::take(&mut self.restore)
+                .into_iter()
+                .map(|(path, id, qos)| restore_subscribe(path, id, qos))
+                .collect();
+            if let Err(why) = self.forward(packets).await {
+                return End::Lost(why);
+            }
+        }
         // Bytes that came with the CONNECT (a client need not wait for the CONNACK).
         if !buf.is_empty() {
             match self.inbound(buf, &mut out) {
@@ -779,9 +831,10 @@ impl Session {
             match packet {
                 Packet::Publish(publish, properties) => {
                     let (qos, pkid) = peeked.unwrap_or((0, 0));
-                    // The CONNACK offers no topic aliases (Topic Alias Maximum 0): a client
-                    // that uses one breaks the protocol, and every publish must carry its topic
-                    // for the ACL check.
+                    // The CONNACK offers the client no topic aliases of its own (Topic Alias
+                    // Maximum 0): a client that uses one breaks the protocol, and every publish
+                    // must carry its topic for the ACL check. (Aliases the other way, from the
+                    // edge to the client, are `alias`'s.)
                     if properties.as_ref().is_some_and(|p| p.topic_alias.is_some()) {
                         self.disconnect_with(out, DisconnectReasonCode::TopicAliasInvalid);
                         return Err("topic alias used, none offered".into());
@@ -838,14 +891,23 @@ impl Session {
                         }
                         _ => publish,
                     };
-                    // What the router would lose goes with it (see `v5`).
-                    let properties = v5::stamp(
-                        properties,
-                        qos,
-                        publish.retain,
-                        self.origin,
-                        self.ctx.clock.now(),
-                    );
+                    // What the router would lose goes with it (see `v5`): a 3.1.1 client's
+                    // publish has only its QoS and retain flag to carry.
+                    let properties = match self.codec {
+                        Codec::V5
+                            if !self.may_no_local && v5::fits_compact(properties.as_ref()) =>
+                        {
+                            v5::compact_stamp_onto(properties, qos, publish.retain)
+                        }
+                        Codec::V5 => v5::stamp(
+                            properties,
+                            qos,
+                            publish.retain,
+                            self.origin,
+                            self.ctx.clock.now(),
+                        ),
+                        Codec::V4 => v5::compact_stamp(qos, publish.retain),
+                    };
                     to_router.push(Packet::Publish(publish, Some(properties)));
                 }
                 Packet::PubRel(rel, _) => {
@@ -938,6 +1000,9 @@ impl Session {
                 Packet::Unsubscribe(ref unsubscribe, _) => {
                     for filter in &unsubscribe.filters {
                         self.ctx.lag.unsubscribed(&self.key, self.conn, filter);
+                        if self.codec == Codec::V5 {
+                            self.ctx.forget_subscription(&self.key, filter);
+                        }
                     }
                     to_router.push(packet);
                 }
@@ -1071,12 +1136,19 @@ impl Session {
                     }
                     RetainForwardRule::Never => true,
                 };
+                self.may_no_local |= filter.nolocal;
                 let options = v5::Options {
                     no_local: filter.nolocal,
                     retain_as_published: filter.preserve_retain,
                     skip_retained,
                     id,
                 };
+                self.ctx.remember_subscription(
+                    &self.key,
+                    &filter.path,
+                    options.encode(),
+                    filter.qos as u8,
+                );
                 let properties = SubscribeProperties {
                     id: Some(options.encode()),
                     user_properties: Vec::new(),
@@ -1120,6 +1192,9 @@ impl Session {
                 let start = out.len();
                 let packet: Option<Packet> = other.into();
                 match packet {
+                    // The router's answer to a resumed session's filters put back: not the
+                    // client's.
+                    Some(Packet::SubAck(ack, _)) if ack.pkid == RESTORE_PKID => {}
                     Some(Packet::SubAck(mut ack, properties)) => {
                         // An MQTT 5 SUBSCRIBE went a filter at a time: one SUBACK for all.
                         if let Some((left, codes)) = self.split_subacks.get_mut(&ack.pkid) {
@@ -1275,6 +1350,16 @@ impl Session {
                 self.inflight_out += 1;
             }
         }
+        // Going out now (not dropped, not waiting): its topic alias is decided here, in the
+        // order the client reads (a waiting one gets its alias when it is released).
+        if out.len() > start
+            && let Some(aliases) = self.aliases.as_mut()
+        {
+            self.scratch.clear();
+            self.scratch.extend_from_slice(&out[start..]);
+            out.truncate(start);
+            aliases.put(&self.scratch, self.client_max_packet, out);
+        }
         match (router_qos, client_acks) {
             (1, 0) => {
                 let ack = PubAck {
@@ -1308,7 +1393,10 @@ impl Session {
         while self.inflight_out < self.client_receive_max
             && let Some(next) = self.waiting_out.pop_front()
         {
-            out.extend_from_slice(&next);
+            match self.aliases.as_mut() {
+                Some(aliases) => aliases.put(&next, self.client_max_packet, out),
+                None => out.extend_from_slice(&next),
+            }
             self.inflight_out += 1;
         }
     }
@@ -1371,6 +1459,31 @@ impl Session {
     }
 }
 
+/// The packet id of the SUBSCRIBEs that put a resumed session's filters back: one no client
+/// uses (MQTT's ids start at 1).
+const RESTORE_PKID: u16 = 0;
+
+/// A SUBSCRIBE putting back filter `path` of a resumed session with internal subscription id
+/// `id` (the router has the filter: it takes the id, sends no retained message again).
+fn restore_subscribe(path: String, id: usize, qos: u8) -> Packet {
+    let filter = rumqttd::protocol::Filter {
+        path,
+        qos: rumqttd::protocol::qos(qos).unwrap_or(rumqttd::protocol::QoS::AtMostOnce),
+        nolocal: false,
+        preserve_retain: false,
+        retain_forward_rule: RetainForwardRule::Never,
+    };
+    let subscribe = Subscribe {
+        pkid: RESTORE_PKID,
+        filters: vec![filter],
+    };
+    let properties = SubscribeProperties {
+        id: Some(id),
+        user_properties: Vec::new(),
+    };
+    Packet::Subscribe(subscribe, Some(properties))
+}
+
 /// Why a stuck subscriber's connection ends.
 const TOO_SLOW: &str = "lagged behind for longer than broker.slow_subscriber_timeout: disconnected";
 
@@ -1387,7 +1500,7 @@ fn granted_qos(code: &SubscribeReasonCode) -> Option<u8> {
 
 /// The same publish at QoS 1 with packet id `pkid` (rumqttd keeps QoS and packet id private:
 /// its own serialized form is the one way to set them).
-fn as_qos1(publish: &Publish, pkid: u16) -> Publish {
+pub(crate) fn as_qos1(publish: &Publish, pkid: u16) -> Publish {
     let mut raw = BytesMut::with_capacity(5 + publish.topic.len() + publish.payload.len());
     raw.put_u8(0b0011_0010 | u8::from(publish.retain));
     raw.put_u16(pkid);

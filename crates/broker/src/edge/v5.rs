@@ -12,11 +12,19 @@
 //!   the QoS and retain flag as published, the publishing session, and when the message
 //!   expires (the Message Expiry Interval itself is kept from the router, whose own handling
 //!   of it shortens a retained message's life each time it is read);
+//!   A publish with nothing else to carry gets a **compact stamp** instead, which costs no
+//!   allocation in the edge nor in the router's log: its QoS and retain flag in the Payload
+//!   Format Indicator, as a value MQTT 5 does not allow (a client's own copy is never read:
+//!   its publish carries the full stamp whenever it sets an indicator). That is a 3.1.1
+//!   client's publish, the gateway's own, and an MQTT 5 client's without an expiry or an
+//!   indicator from a session that has no No Local subscription (the origin matters only to
+//!   the publishing session's own subscriptions; a resumed session may have one from before,
+//!   so it always gets the full stamp);
 //! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client:
 //!   it holds the filter's options (No Local, Retain As Published, whether its retained
-//!   messages are sent) and the client's own subscription id, if any. Because the router
-//!   keeps it with the session, it holds for a persistent session too; the edge keeps no
-//!   per-subscription state of its own.
+//!   messages are sent) and the client's own subscription id, if any. The router keeps it
+//!   with the connection only, not with a stored session: the edge remembers each session's
+//!   ids and puts them back when the session is resumed (see `expiry`).
 //!
 //! 3.1.1 clients see none of it: their packets are written without properties.
 
@@ -42,10 +50,14 @@ pub(crate) struct Stamp {
 
 impl Stamp {
     fn encode(&self) -> String {
-        let mut text = format!("{}{}{:x}", self.qos, u8::from(self.retain), self.origin);
+        use std::fmt::Write as _;
+        // One allocation, sized for the longest stamp: 2 + 16 hex digits + ':' + 20 digits.
+        let mut text = String::with_capacity(39);
+        text.push(char::from(b'0' + self.qos.min(2)));
+        text.push(if self.retain { '1' } else { '0' });
+        let _ = write!(text, "{:x}", self.origin);
         if let Some(at) = self.expires_at {
-            text.push(':');
-            text.push_str(&at.to_string());
+            let _ = write!(text, ":{at}");
         }
         text
     }
@@ -117,12 +129,58 @@ pub(crate) fn stamp(
     properties
 }
 
-/// Takes the stamp off a publish on its way to a client (the last one: the edge's).
+/// The compact stamp of a publish from a 3.1.1 client or the gateway itself (see the module
+/// documentation): QoS and retain as published, nothing else.
+pub(crate) fn compact_stamp(qos: u8, retain: bool) -> PublishProperties {
+    compact_stamp_onto(None, qos, retain)
+}
+
+/// Whether an MQTT 5 client's publish can carry the compact stamp (its session having no No
+/// Local subscription): no expiry to keep, no Payload Format Indicator of its own.
+pub(crate) fn fits_compact(properties: Option<&PublishProperties>) -> bool {
+    properties
+        .is_none_or(|p| p.message_expiry_interval.is_none() && p.payload_format_indicator.is_none())
+}
+
+/// The compact stamp on a publish's own properties (a client's copy of the full stamp
+/// dropped, so that it cannot pose as ours).
+pub(crate) fn compact_stamp_onto(
+    properties: Option<PublishProperties>,
+    qos: u8,
+    retain: bool,
+) -> PublishProperties {
+    let mut properties = properties.unwrap_or_default();
+    if !properties.user_properties.is_empty() {
+        properties
+            .user_properties
+            .retain(|(key, _)| key != STAMP_KEY);
+    }
+    properties.payload_format_indicator = Some(COMPACT | qos.min(2) << 1 | u8::from(retain));
+    properties
+}
+
+/// Marks a compact stamp: MQTT 5 allows a Payload Format Indicator of 0 or 1 only.
+const COMPACT: u8 = 0x80;
+
+/// Takes the stamp off a publish on its way to a client (the last one: the edge's), or the
+/// compact stamp if it has no full one.
 pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<Stamp> {
-    let at = properties
+    let Some(at) = properties
         .user_properties
         .iter()
-        .rposition(|(key, _)| key == STAMP_KEY)?;
+        .rposition(|(key, _)| key == STAMP_KEY)
+    else {
+        let compact = properties
+            .payload_format_indicator
+            .filter(|value| value & COMPACT != 0)?;
+        properties.payload_format_indicator = None;
+        return Some(Stamp {
+            qos: (compact >> 1 & 0b11).min(2),
+            retain: compact & 1 != 0,
+            origin: 0,
+            expires_at: None,
+        });
+    };
     let (_, text) = properties.user_properties.remove(at);
     Stamp::decode(&text)
 }
@@ -269,6 +327,47 @@ mod tests {
                 origin: 7,
                 expires_at: None
             })
+        );
+        assert_eq!(props.user_properties, vec![("kept".into(), "yes".into())]);
+    }
+
+    #[test]
+    fn a_compact_stamp_reads_back_and_leaves_nothing_behind() {
+        for (qos, retain) in [(0, false), (1, true), (2, false), (2, true)] {
+            let mut props = compact_stamp(qos, retain);
+            assert_eq!(
+                unstamp(&mut props),
+                Some(Stamp {
+                    qos,
+                    retain,
+                    origin: 0,
+                    expires_at: None
+                })
+            );
+            assert!(is_empty(&props));
+        }
+        // A client's own indicator, beside the full stamp, is its own: kept as sent.
+        let published = PublishProperties {
+            payload_format_indicator: Some(0x83),
+            ..PublishProperties::default()
+        };
+        assert!(!fits_compact(Some(&published)));
+        let mut props = stamp(Some(published), 1, false, 7, 0);
+        assert_eq!(unstamp(&mut props).map(|s| s.origin), Some(7));
+        assert_eq!(props.payload_format_indicator, Some(0x83));
+        // A client's forged full stamp beside a compact one is dropped on the way in.
+        let forged = PublishProperties {
+            user_properties: vec![
+                (STAMP_KEY.to_owned(), "21ff".to_owned()),
+                ("kept".to_owned(), "yes".to_owned()),
+            ],
+            ..PublishProperties::default()
+        };
+        assert!(fits_compact(Some(&forged)));
+        let mut props = compact_stamp_onto(Some(forged), 0, false);
+        assert_eq!(
+            unstamp(&mut props).map(|s| (s.qos, s.retain)),
+            Some((0, false))
         );
         assert_eq!(props.user_properties, vec![("kept".into(), "yes".into())]);
     }
