@@ -445,36 +445,36 @@ pub(crate) async fn select_next(
     Ok(rows.iter().filter_map(leased_row).collect())
 }
 
-/// Up to `limit` rows after `(priority, id)` in lease order: the rest of that priority lane,
-/// then the lower lanes. Two index range scans, however many rows lie before the position.
-pub(crate) async fn select_after(
+/// One page of a stream: up to `limit` rows after id `after`, in id order, through the
+/// (stream, id) index; how many rows were read and the last id read (damaged rows, which are
+/// skipped, count: the next page starts after them).
+pub(crate) struct StreamPage {
+    pub(crate) rows: Vec<Leased>,
+    pub(crate) read: usize,
+    pub(crate) last_id: Option<i64>,
+}
+
+/// Reads one [`StreamPage`].
+pub(crate) async fn select_stream_after(
     conn: &mut SqliteConnection,
-    (priority, id): (i64, i64),
+    stream: &str,
+    after: i64,
     limit: i64,
-) -> Result<Vec<Leased>, sqlx::Error> {
-    let mut rows = sqlx::query(
+) -> Result<StreamPage, sqlx::Error> {
+    let rows = sqlx::query(
         "SELECT id, stream, priority, topic, payload, qos, retain, properties, enqueued_ms \
-         FROM messages WHERE priority = ? AND id > ? ORDER BY priority DESC, id LIMIT ?",
+         FROM messages WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
     )
-    .bind(priority)
-    .bind(id)
+    .bind(stream)
+    .bind(after)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let left = limit - rows.len() as i64;
-    if left > 0 {
-        rows.extend(
-            sqlx::query(
-                "SELECT id, stream, priority, topic, payload, qos, retain, properties, \
-                 enqueued_ms FROM messages WHERE priority < ? ORDER BY priority DESC, id LIMIT ?",
-            )
-            .bind(priority)
-            .bind(left)
-            .fetch_all(&mut *conn)
-            .await?,
-        );
-    }
-    Ok(rows.iter().filter_map(leased_row).collect())
+    Ok(StreamPage {
+        read: rows.len(),
+        last_id: rows.last().map(|r| r.get(0)),
+        rows: rows.iter().filter_map(leased_row).collect(),
+    })
 }
 
 fn leased_row(row: &SqliteRow) -> Option<Leased> {

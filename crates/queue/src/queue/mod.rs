@@ -2,6 +2,7 @@
 //! is a request to the one writer task ([`writer`]), which applies the limits ([`limits`])
 //! and exports its counters ([`telemetry`]).
 
+mod lease;
 mod limits;
 mod telemetry;
 mod writer;
@@ -154,7 +155,7 @@ impl Queue {
             delivered: HashSet::new(),
             last_delete: None,
             clock,
-            cursor: None,
+            cursors: HashMap::new(),
             stats: Stats {
                 corrupt_file_moved_to: corrupt,
                 opened_after_clean_close,
