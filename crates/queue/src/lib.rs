@@ -47,8 +47,10 @@
 //!
 //! # Schema
 //! `migrations/`: one table `messages` (id, stream, priority, topic, payload, qos, retain,
-//! properties, enqueued_ms, queue_ms), indexed by (priority DESC, id) for leasing and by
-//! (stream, id) for per-stream drop-oldest, and the one-row `queue_clock`. Embedded with
+//! properties, enqueued_ms, queue_ms), indexed by (stream, id) for leasing (streams take
+//! turns, see `queue/lease.rs`) and per-stream drop-oldest, and by (priority DESC, id) (kept:
+//! the schema is unchanged, so earlier releases read the file as before), and the one-row
+//! `queue_clock`. Embedded with
 //! `sqlx::migrate!`. A release older than a file's newest migration refuses the file with a
 //! migration error (sqlx's check): nothing is moved aside or lost.
 //!

@@ -39,7 +39,10 @@ struct Model {
 impl Model {
     fn leasable(&self, n: usize) -> Vec<i64> {
         let leased: BTreeSet<i64> = self.leased.iter().copied().collect();
-        Self::turns(self.stored.iter().filter(|(id, ..)| !leased.contains(id)), n)
+        Self::turns(
+            self.stored.iter().filter(|(id, ..)| !leased.contains(id)),
+            n,
+        )
     }
 
     /// Everything, in delivery order (what a peek shows).

@@ -34,17 +34,17 @@ struct Head {
 }
 
 /// What a lease (or a peek, `lease` false) needs from the writer.
-pub(super) struct Lessor<'a> {
-    pub(super) conn: &'a mut SqliteConnection,
-    pub(super) leased: &'a mut HashSet<i64>,
-    pub(super) delivered: &'a HashSet<i64>,
-    pub(super) cursors: &'a mut HashMap<String, i64>,
+pub(crate) struct Lessor<'a> {
+    pub(crate) conn: &'a mut SqliteConnection,
+    pub(crate) leased: &'a mut HashSet<i64>,
+    pub(crate) delivered: &'a HashSet<i64>,
+    pub(crate) cursors: &'a mut HashMap<String, i64>,
 }
 
 impl Lessor<'_> {
     /// Up to `max` messages in lease order; with `lease`, they are marked leased and the
     /// cursors move.
-    pub(super) async fn next<'s>(
+    pub(crate) async fn next<'s>(
         &mut self,
         streams: impl Iterator<Item = &'s String>,
         max: usize,
@@ -126,8 +126,7 @@ impl Lessor<'_> {
         let read = store::select_stream_after(self.conn, &head.stream, head.read_to, limit).await?;
         head.exhausted = read.read < page;
         for row in read.rows {
-            let skip =
-                self.delivered.contains(&row.id) || (lease && self.leased.contains(&row.id));
+            let skip = self.delivered.contains(&row.id) || (lease && self.leased.contains(&row.id));
             if !skip {
                 head.rows.push_back(row);
             } else if head.rows.is_empty() {

@@ -24,6 +24,7 @@ pub use crate::store::Leased;
 use crate::store::{self, Removed};
 use crate::{DB_FILE, DiskSpace, QueueError};
 
+pub(crate) use self::lease::Lessor;
 use self::telemetry::Exported;
 use self::writer::{Writer, resume_clock};
 
