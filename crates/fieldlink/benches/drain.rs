@@ -210,7 +210,10 @@ impl Counter {
         loop {
             tokio::time::sleep(Duration::from_millis(20)).await;
             let now = self.count.load(Ordering::Relaxed);
-            assert!(back.elapsed() < limit, "only {now} of {n:?} after {limit:?}");
+            assert!(
+                back.elapsed() < limit,
+                "only {now} of {n:?} after {limit:?}"
+            );
             match n {
                 Some(n) if now >= n => break,
                 Some(_) => {}
