@@ -226,8 +226,7 @@ impl Drain {
         };
         self.status.send_modify(|s| {
             s.backlog = backlog;
-            s.time_to_empty = (draining && s.drain_rate >= 1.0)
-                .then(|| Duration::from_secs_f64(backlog as f64 / s.drain_rate));
+            s.time_to_empty = time_to_empty(draining, backlog, s.drain_rate);
         });
     }
 
@@ -703,6 +702,9 @@ impl Drain {
         let now = SystemTime::now();
         self.status.send_modify(|s| {
             s.acked_total += acked;
+            // Between the queue's counts (once a tick), the backlog follows the acknowledgements.
+            s.backlog = s.backlog.saturating_sub(acked);
+            s.time_to_empty = time_to_empty(s.time_to_empty.is_some(), s.backlog, s.drain_rate);
             s.last_ack = Some(now);
             s.inflight = self.unsent.len() + self.by_pkid.len();
         });
@@ -858,6 +860,11 @@ fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
             || format!("{}{local}", settings.topic_prefix),
             |t| t.as_str().to_owned(),
         )
+}
+
+/// The time to empty `backlog` at `rate`, while draining at a measurable rate.
+fn time_to_empty(draining: bool, backlog: u64, rate: f64) -> Option<Duration> {
+    (draining && rate >= 1.0).then(|| Duration::from_secs_f64(backlog as f64 / rate))
 }
 
 /// The lease on its way, if any (pending for ever when there is none). Cancel-safe: the lease
