@@ -108,12 +108,21 @@ impl QueueReader {
         Ok(stats)
     }
 
-    /// The first `max` messages in delivery order (priority, then age).
+    /// The first `max` messages in delivery order (the service's lease order: higher priority
+    /// first, streams taking turns, each stream oldest first).
     pub async fn peek(&mut self, max: usize) -> Result<Vec<Leased>, QueueError> {
-        let limit = i64::try_from(max).unwrap_or(i64::MAX);
-        store::select_next(&mut self.conn, limit)
+        let streams = store::streams(&mut self.conn)
             .await
-            .map_err(|e| self.error(e))
+            .map_err(|e| self.error(e))?;
+        let (mut leased, delivered, mut cursors) = Default::default();
+        let mut lessor = crate::queue::Lessor {
+            conn: &mut self.conn,
+            leased: &mut leased,
+            delivered: &delivered,
+            cursors: &mut cursors,
+        };
+        let result = lessor.next(streams.iter(), max, false).await;
+        result.map_err(|e| self.error(e))
     }
 
     /// Closes the connection.

@@ -12,7 +12,9 @@
 //! - Ids are assigned by SQLite `AUTOINCREMENT`: strictly increasing, never reused, so the cloud
 //!   can drop duplicates by id.
 //! - Within a stream, messages are leased in id order (all of a stream's messages share its
-//!   route's priority). Across streams, higher priority is leased first, then older first.
+//!   route's priority). Across streams, higher priority is leased first; streams of the same
+//!   priority take turns, one message each (the oldest head first), so that a live message on
+//!   one route is not held behind another route's backlog.
 //! - A message is leased to at most one holder at a time; leases live in memory only, so after
 //!   a restart every unacknowledged message is leasable again (in order).
 //! - Ages are measured in queue time (`clock.rs`), which wall-clock steps do not move: a board
@@ -33,7 +35,7 @@
 //! delivered messages ride along with the next commit instead of costing one each; a crash
 //! before it sends them again (at least once, recognisable by id). Reads are served at once
 //! (stats, peek and purge after committing what waits). Leasing continues after the last row
-//! leased (a cursor), so a large set of leased rows costs nothing per lease.
+//! leased (a cursor per stream), so a large set of leased rows costs nothing per lease.
 //!
 //! Free pages are given back and the WAL folded in only once writes pause for a few seconds;
 //! under load SQLite reuses free pages and checkpoints by itself, every 4 MiB of WAL (a longer
@@ -45,8 +47,10 @@
 //!
 //! # Schema
 //! `migrations/`: one table `messages` (id, stream, priority, topic, payload, qos, retain,
-//! properties, enqueued_ms, queue_ms), indexed by (priority DESC, id) for leasing and by
-//! (stream, id) for per-stream drop-oldest, and the one-row `queue_clock`. Embedded with
+//! properties, enqueued_ms, queue_ms), indexed by (stream, id) for leasing (streams take
+//! turns, see `queue/lease.rs`) and per-stream drop-oldest, and by (priority DESC, id) (kept:
+//! the schema is unchanged, so earlier releases read the file as before), and the one-row
+//! `queue_clock`. Embedded with
 //! `sqlx::migrate!`. A release older than a file's newest migration refuses the file with a
 //! migration error (sqlx's check): nothing is moved aside or lost.
 //!

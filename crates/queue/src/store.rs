@@ -341,13 +341,28 @@ pub(crate) async fn insert(
     Ok(ids)
 }
 
-/// Deletes the rows with these ids.
+/// Deletes the rows with these ids. A drain acknowledges long runs of consecutive ids: each
+/// run of at least [`MIN_RUN`] goes as one range (a walk along the table instead of a lookup
+/// per id, and no parameter per id); the rest in lists of at most 500.
 pub(crate) async fn delete_ids(
     conn: &mut SqliteConnection,
     ids: &[i64],
 ) -> Result<Vec<Removed>, sqlx::Error> {
     let mut removed = Vec::with_capacity(ids.len());
-    for chunk in ids.chunks(500) {
+    let (runs, singles) = runs_of(ids);
+    for (first, last) in runs {
+        let rows = sqlx::query(concat!(
+            "DELETE FROM messages WHERE id BETWEEN ? AND ? RETURNING stream, ",
+            size_sql!(),
+            ", id"
+        ))
+        .bind(first)
+        .bind(last)
+        .fetch_all(&mut *conn)
+        .await?;
+        removed.extend(rows.iter().map(removed_row));
+    }
+    for chunk in singles.chunks(500) {
         let mut delete = QueryBuilder::<Sqlite>::new("DELETE FROM messages WHERE id IN (");
         let mut list = delete.separated(", ");
         for id in chunk {
@@ -364,6 +379,32 @@ pub(crate) async fn delete_ids(
         );
     }
     Ok(removed)
+}
+
+/// Runs shorter than this are deleted by a list.
+const MIN_RUN: usize = 8;
+
+/// Splits `ids` into ranges of consecutive ids (every id of a range is in `ids`, so a range
+/// deletes nothing else) of at least [`MIN_RUN`], and the ids left.
+fn runs_of(ids: &[i64]) -> (Vec<(i64, i64)>, Vec<i64>) {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let (mut runs, mut singles) = (Vec::new(), Vec::new());
+    let mut start = 0;
+    for i in 1..=sorted.len() {
+        if i < sorted.len() && sorted[i] == sorted[i - 1] + 1 {
+            continue;
+        }
+        let run = &sorted[start..i];
+        if run.len() >= MIN_RUN {
+            runs.push((run[0], run[run.len() - 1]));
+        } else {
+            singles.extend_from_slice(run);
+        }
+        start = i;
+    }
+    (runs, singles)
 }
 
 /// Deletes up to `n` of the oldest rows: of `stream` if given, else of the lowest priority lane.
@@ -430,51 +471,43 @@ fn removed_row(row: &SqliteRow) -> Removed {
     }
 }
 
-/// The first `limit` rows in lease order (priority, then id).
-pub(crate) async fn select_next(
-    conn: &mut SqliteConnection,
-    limit: i64,
-) -> Result<Vec<Leased>, sqlx::Error> {
-    let rows = sqlx::query(
-        "SELECT id, stream, priority, topic, payload, qos, retain, properties, enqueued_ms \
-         FROM messages ORDER BY priority DESC, id LIMIT ?",
-    )
-    .bind(limit)
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.iter().filter_map(leased_row).collect())
+/// The streams that hold messages.
+pub(crate) async fn streams(conn: &mut SqliteConnection) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT DISTINCT stream FROM messages")
+        .fetch_all(&mut *conn)
+        .await
 }
 
-/// Up to `limit` rows after `(priority, id)` in lease order: the rest of that priority lane,
-/// then the lower lanes. Two index range scans, however many rows lie before the position.
-pub(crate) async fn select_after(
+/// One page of a stream: up to `limit` rows after id `after`, in id order, through the
+/// (stream, id) index; how many rows were read and the last id read (damaged rows, which are
+/// skipped, count: the next page starts after them).
+pub(crate) struct StreamPage {
+    pub(crate) rows: Vec<Leased>,
+    pub(crate) read: usize,
+    pub(crate) last_id: Option<i64>,
+}
+
+/// Reads one [`StreamPage`].
+pub(crate) async fn select_stream_after(
     conn: &mut SqliteConnection,
-    (priority, id): (i64, i64),
+    stream: &str,
+    after: i64,
     limit: i64,
-) -> Result<Vec<Leased>, sqlx::Error> {
-    let mut rows = sqlx::query(
+) -> Result<StreamPage, sqlx::Error> {
+    let rows = sqlx::query(
         "SELECT id, stream, priority, topic, payload, qos, retain, properties, enqueued_ms \
-         FROM messages WHERE priority = ? AND id > ? ORDER BY priority DESC, id LIMIT ?",
+         FROM messages WHERE stream = ? AND id > ? ORDER BY id LIMIT ?",
     )
-    .bind(priority)
-    .bind(id)
+    .bind(stream)
+    .bind(after)
     .bind(limit)
     .fetch_all(&mut *conn)
     .await?;
-    let left = limit - rows.len() as i64;
-    if left > 0 {
-        rows.extend(
-            sqlx::query(
-                "SELECT id, stream, priority, topic, payload, qos, retain, properties, \
-                 enqueued_ms FROM messages WHERE priority < ? ORDER BY priority DESC, id LIMIT ?",
-            )
-            .bind(priority)
-            .bind(left)
-            .fetch_all(&mut *conn)
-            .await?,
-        );
-    }
-    Ok(rows.iter().filter_map(leased_row).collect())
+    Ok(StreamPage {
+        read: rows.len(),
+        last_id: rows.last().map(|r| r.get(0)),
+        rows: rows.iter().filter_map(leased_row).collect(),
+    })
 }
 
 fn leased_row(row: &SqliteRow) -> Option<Leased> {
@@ -742,4 +775,23 @@ async fn free_pages(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
     sqlx::query_scalar("PRAGMA freelist_count")
         .fetch_one(&mut *conn)
         .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::runs_of;
+
+    #[test]
+    fn only_runs_of_consecutive_ids_become_ranges() {
+        let mut ids: Vec<i64> = (10..30).collect();
+        ids.extend([3, 5, 6, 40]);
+        ids.extend(50..58);
+        ids.push(12); // twice
+        let (runs, mut singles) = runs_of(&ids);
+        singles.sort_unstable();
+        assert_eq!(runs, [(10, 29), (50, 57)]);
+        assert_eq!(singles, [3, 5, 6, 40]);
+        assert_eq!(runs_of(&[]), (vec![], vec![]));
+        assert_eq!(runs_of(&[1, 2, 3]), (vec![], vec![1, 2, 3]));
+    }
 }

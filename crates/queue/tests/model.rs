@@ -3,7 +3,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use proptest::prelude::*;
 
@@ -28,10 +28,10 @@ fn step() -> impl Strategy<Value = Step> {
     ]
 }
 
-/// What the queue must hold: ids in order with their payloads, and which are leased.
+/// What the queue must hold: ids in order with their stream and payload, and which are leased.
 #[derive(Default)]
 struct Model {
-    stored: Vec<(i64, Vec<u8>)>,
+    stored: Vec<(i64, u8, Vec<u8>)>,
     leased: Vec<i64>,
     next_payload: u64,
 }
@@ -39,12 +39,42 @@ struct Model {
 impl Model {
     fn leasable(&self, n: usize) -> Vec<i64> {
         let leased: BTreeSet<i64> = self.leased.iter().copied().collect();
-        self.stored
-            .iter()
-            .map(|(id, _)| *id)
-            .filter(|id| !leased.contains(id))
-            .take(n)
-            .collect()
+        Self::turns(
+            self.stored.iter().filter(|(id, ..)| !leased.contains(id)),
+            n,
+        )
+    }
+
+    /// Everything, in delivery order (what a peek shows).
+    fn order(&self) -> Vec<i64> {
+        Self::turns(self.stored.iter(), usize::MAX)
+    }
+
+    /// Lease order: streams (all of one priority here) take turns, one message each, the
+    /// oldest head first; each stream in id order.
+    fn turns<'a>(rows: impl Iterator<Item = &'a (i64, u8, Vec<u8>)>, n: usize) -> Vec<i64> {
+        let mut streams: BTreeMap<u8, VecDeque<i64>> = BTreeMap::new();
+        for (id, stream, _) in rows {
+            streams.entry(*stream).or_default().push_back(*id);
+        }
+        let mut out = Vec::new();
+        while out.len() < n {
+            let mut turn: Vec<(i64, u8)> = streams
+                .iter()
+                .filter_map(|(s, q)| q.front().map(|id| (*id, *s)))
+                .collect();
+            if turn.is_empty() {
+                break;
+            }
+            turn.sort_unstable();
+            for (_, s) in turn {
+                out.extend(streams.get_mut(&s).and_then(VecDeque::pop_front));
+                if out.len() == n {
+                    break;
+                }
+            }
+        }
+        out
     }
 }
 
@@ -67,9 +97,9 @@ proptest! {
                         let payloads: Vec<Vec<u8>> = entries.iter().map(|e| e.message.payload.clone()).collect();
                         let ids = queue.append(entries).await.unwrap();
                         assert_eq!(ids.len(), usize::from(count));
-                        let last = model.stored.last().map_or(0, |(id, _)| *id);
+                        let last = model.stored.last().map_or(0, |(id, ..)| *id);
                         assert!(ids[0] > last && ids.windows(2).all(|w| w[0] < w[1]), "{ids:?} after {last}");
-                        model.stored.extend(ids.into_iter().zip(payloads));
+                        model.stored.extend(ids.into_iter().zip(payloads).map(|(id, p)| (id, stream, p)));
                     }
                     Step::Lease(n) => {
                         let expected = model.leasable(usize::from(n));
@@ -77,7 +107,7 @@ proptest! {
                         let ids: Vec<i64> = got.iter().map(|l| l.id).collect();
                         assert_eq!(ids, expected);
                         for leased in &got {
-                            let (_, payload) = model.stored.iter().find(|(id, _)| *id == leased.id).unwrap();
+                            let (_, _, payload) = model.stored.iter().find(|(id, ..)| *id == leased.id).unwrap();
                             assert_eq!(&leased.message.payload, payload);
                         }
                         model.leased.extend(ids);
@@ -85,7 +115,7 @@ proptest! {
                     Step::Ack(i) if !model.leased.is_empty() => {
                         let id = model.leased.remove(usize::from(i) % model.leased.len());
                         queue.ack(vec![id]).await.unwrap();
-                        model.stored.retain(|(s, _)| *s != id);
+                        model.stored.retain(|(s, ..)| *s != id);
                     }
                     Step::Nack(i) if !model.leased.is_empty() => {
                         let id = model.leased.remove(usize::from(i) % model.leased.len());
@@ -106,7 +136,7 @@ proptest! {
                 assert_eq!(stats.leased, model.leased.len() as u64);
             }
             let all: Vec<i64> = queue.peek(10_000).await.unwrap().iter().map(|l| l.id).collect();
-            let expected: Vec<i64> = model.stored.iter().map(|(id, _)| *id).collect();
+            let expected = model.order();
             assert_eq!(all, expected);
         });
     }

@@ -482,3 +482,38 @@ async fn the_wal_has_its_working_size_from_the_start_and_keeps_it() {
     queue.close().await;
     assert_eq!(std::fs::metadata(&wal).map_or(0, |m| m.len()), 0);
 }
+
+#[tokio::test]
+async fn streams_take_turns_so_a_live_message_is_not_held_behind_another_streams_backlog() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    queue
+        .append((0..1000).map(|n| entry("bulk", n)).collect())
+        .await
+        .unwrap();
+    assert_eq!(queue.lease(10).await.unwrap().len(), 10);
+    queue.append(vec![entry("live", 5000)]).await.unwrap();
+    let next = queue.lease(4).await.unwrap();
+    let streams: Vec<&str> = next.iter().map(|l| l.stream.as_str()).collect();
+    // The oldest head goes first in a turn: bulk's 11th, then the live one, then bulk again.
+    assert_eq!(streams, ["bulk", "live", "bulk", "bulk"]);
+    assert_eq!(
+        payloads(&next),
+        ["00000010", "00005000", "00000011", "00000012"]
+    );
+}
+
+#[tokio::test]
+async fn a_lease_after_a_nack_moves_past_a_long_run_of_leased_rows() {
+    let dir = tempfile::tempdir().unwrap();
+    let queue = open(dir.path(), settings()).await;
+    queue
+        .append((0..300).map(|n| entry("t", n)).collect())
+        .await
+        .unwrap();
+    let first = queue.lease(200).await.unwrap();
+    queue.nack(vec![first[0].id]).await.unwrap();
+    // The nacked row first, then what follows the 199 still leased: never an empty lease.
+    let next = queue.lease(3).await.unwrap();
+    assert_eq!(payloads(&next), ["00000000", "00000200", "00000201"]);
+}

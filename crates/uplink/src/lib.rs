@@ -10,6 +10,14 @@
 //! next CONNACK: duplicates are possible only within one inflight window per reconnect, and each
 //! message's queue id lets the cloud side drop them.
 //!
+//! # Drain speed
+//! The window (`uplink.inflight`, lowered to an MQTT 5 cloud's Receive Maximum) is kept full:
+//! up to one more window is leased ahead, so a PUBACK frees room for the next publish at once
+//! and the lease (a round trip to the queue's writer and SQLite) is never what the link waits
+//! for. Acknowledgements go to the queue and the status in batches of half a window. The
+//! queue's streams take turns, so a live message on one route goes out within a window or two
+//! of another route's backlog.
+//!
 //! # TLS
 //! Every mode is built by `fieldlink_core::tls::TlsPolicy` (TLS 1.2 minimum or 1.3 only, AEAD
 //! only): server-auth and mutual TLS with rustls (CA file or the system's roots, CRLs re-read

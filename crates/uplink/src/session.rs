@@ -14,8 +14,9 @@ use crate::credentials::Login;
 /// What happened on the session.
 #[derive(Debug)]
 pub(crate) enum SessionEvent {
-    /// The broker accepted the connection.
-    Connected,
+    /// The broker accepted the connection; an MQTT 5 broker may say how many QoS 1 publishes
+    /// it takes unacknowledged (its Receive Maximum).
+    Connected { receive_maximum: Option<u16> },
     /// A publish left with this packet id (0 for QoS 0).
     Sent(u16),
     /// The broker acknowledged a publish; `refused` holds its reason when it refused it (v5).
@@ -106,7 +107,9 @@ impl Session {
     pub(crate) async fn poll(&mut self) -> Result<SessionEvent, SessionError> {
         match self {
             Self::V4 { events, .. } => Ok(match events.poll().await? {
-                Event::Incoming(Incoming::ConnAck(_)) => SessionEvent::Connected,
+                Event::Incoming(Incoming::ConnAck(_)) => SessionEvent::Connected {
+                    receive_maximum: None,
+                },
                 Event::Incoming(Incoming::PubAck(ack)) => SessionEvent::Acked {
                     pkid: ack.pkid,
                     refused: None,
@@ -130,7 +133,9 @@ impl Session {
                 _ => SessionEvent::Other,
             }),
             Self::V5 { events, .. } => Ok(match events.poll().await? {
-                rumqttc::v5::Event::Incoming(Packet5::ConnAck(_)) => SessionEvent::Connected,
+                rumqttc::v5::Event::Incoming(Packet5::ConnAck(ack)) => SessionEvent::Connected {
+                    receive_maximum: ack.properties.and_then(|p| p.receive_max),
+                },
                 rumqttc::v5::Event::Incoming(Packet5::PubAck(ack)) => {
                     let refused = match ack.reason {
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => None,

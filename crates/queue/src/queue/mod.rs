@@ -2,6 +2,7 @@
 //! is a request to the one writer task ([`writer`]), which applies the limits ([`limits`])
 //! and exports its counters ([`telemetry`]).
 
+mod lease;
 mod limits;
 mod telemetry;
 mod writer;
@@ -23,6 +24,7 @@ pub use crate::store::Leased;
 use crate::store::{self, Removed};
 use crate::{DB_FILE, DiskSpace, QueueError};
 
+pub(crate) use self::lease::Lessor;
 use self::telemetry::Exported;
 use self::writer::{Writer, resume_clock};
 
@@ -154,7 +156,7 @@ impl Queue {
             delivered: HashSet::new(),
             last_delete: None,
             clock,
-            cursor: None,
+            cursors: HashMap::new(),
             stats: Stats {
                 corrupt_file_moved_to: corrupt,
                 opened_after_clean_close,

@@ -11,6 +11,7 @@ use sqlx::{Connection as _, SqliteConnection};
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::sleep_until;
 
+use super::lease::Lessor;
 use super::limits::{DiskRoom, Limits, disk_room, make_room};
 use super::telemetry::Exported;
 use super::{AppendReply, AppendRequest, Depth, Leased, Op, REQUEST_CAPACITY, Stats};
@@ -48,10 +49,9 @@ pub(super) struct Writer {
     pub(super) last_delete: Option<std::time::Instant>,
     /// Queue time, which ages are measured in (see `clock.rs`).
     pub(super) clock: QueueClock,
-    /// The last row leased, in lease order (priority, id), while every row before it is
-    /// leased: the next lease starts after it instead of skipping every leased row. Reset by
-    /// a nack, a purge, and an append to a higher priority lane.
-    pub(super) cursor: Option<(i64, i64)>,
+    /// Per stream, the last row known leased or delivered with every row of the stream before
+    /// it: the next lease reads after it (see `lease.rs`). Forgotten at a nack and a purge.
+    pub(super) cursors: HashMap<String, i64>,
     pub(super) stats: Stats,
     /// Writes since the last checkpoint.
     pub(super) unchecked_writes: bool,
@@ -150,8 +150,8 @@ impl Writer {
                     for id in &ids {
                         self.leased.remove(id);
                     }
-                    // They are before the cursor again.
-                    self.cursor = None;
+                    // They are before the cursors again.
+                    self.cursors.clear();
                     let _ = reply.send(());
                 }
                 // Delivered rows are skipped until they are deleted; uncommitted appends
@@ -389,13 +389,6 @@ impl Writer {
         for entry in &batch {
             depth.add(&entry.stream, 1, entry_bytes(entry));
         }
-        // A message in a higher lane than the cursor's goes before it: lease from the start.
-        if batch
-            .iter()
-            .any(|e| self.cursor.is_some_and(|(p, _)| e.priority as i64 > p))
-        {
-            self.cursor = None;
-        }
         stats.appended_total += batch.len() as u64;
         self.forget(&dropped);
         if !batch.is_empty() {
@@ -446,40 +439,22 @@ impl Writer {
     }
 
     async fn next(&mut self, max: usize, lease: bool) -> Result<Vec<Leased>, QueueError> {
-        let rows = match self.cursor.filter(|_| lease) {
-            // Everything before the cursor is leased: start after it.
-            Some(after) => {
-                let limit = i64::try_from(max).unwrap_or(i64::MAX);
-                store::select_after(&mut self.conn, after, limit).await
-            }
-            // Leased rows are skipped in memory; asking for that many more keeps it one query.
-            None => {
-                let skip = self.delivered.len() + if lease { self.leased.len() } else { 0 };
-                let limit = i64::try_from(max.saturating_add(skip)).unwrap_or(i64::MAX);
-                store::select_next(&mut self.conn, limit).await
-            }
-        }
-        .map_err(|e| self.db_error(e))?;
-        let mut out = Vec::with_capacity(max.min(rows.len()));
-        for row in rows {
-            if out.len() == max {
-                break;
-            }
-            if self.delivered.contains(&row.id) || (lease && !self.leased.insert(row.id)) {
-                continue;
-            }
-            out.push(row);
-        }
-        // A cursor is only worth what its invariant is: after a scan from the start it holds
-        // only when nothing else was leased (a row leased earlier may lie after this lease's
-        // last one); after the cursor it holds by induction.
-        let from_cursor = self.cursor.is_some();
-        if let Some(last) = out.last().filter(|_| lease)
-            && (from_cursor || (self.leased.len() == out.len() && self.delivered.is_empty()))
-        {
-            self.cursor = Some((last.priority as i64, last.id));
-        }
-        Ok(out)
+        let Self {
+            conn,
+            leased,
+            delivered,
+            cursors,
+            depth,
+            ..
+        } = self;
+        let mut lessor = Lessor {
+            conn,
+            leased,
+            delivered,
+            cursors,
+        };
+        let result = lessor.next(depth.streams.keys(), max, lease).await;
+        result.map_err(|e| self.db_error(e))
     }
 
     async fn current_stats(&mut self) -> Result<Stats, QueueError> {
@@ -512,7 +487,7 @@ impl Writer {
         self.depth = Depth::default();
         self.leased.clear();
         self.delivered.clear();
-        self.cursor = None;
+        self.cursors.clear();
         self.last_write = Some(std::time::Instant::now());
         self.unchecked_writes = true;
         let _ = store::reclaim(&mut self.conn).await;

@@ -5,13 +5,15 @@ mod commands;
 mod expiry_watch;
 
 use std::collections::{HashMap, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use fieldlink_core::metrics::{
     UPLINK_LAST_ACK_TIMESTAMP_SECONDS, UPLINK_REJECTED_TOTAL, UPLINK_STALLS_TOTAL, UPLINK_STATE,
 };
-use fieldlink_core::ports::{Backlog, LocalBus, StoredMessage};
+use fieldlink_core::ports::{Backlog, BacklogError, LocalBus, StoredMessage};
 use fieldlink_core::shutdown::Shutdown;
 use fieldlink_core::topic::TopicName;
 pub use fieldlink_core::uplink_state::UplinkState;
@@ -33,9 +35,17 @@ const TICK: Duration = Duration::from_secs(1);
 /// gateway's shutdown grace).
 const SETTLE_AT_STOP: Duration = Duration::from_secs(1);
 
-/// Acknowledged ids waiting for the ack writer: past this, the drain stops reading the
-/// cloud's answers until the queue has caught up (memory stays bounded whatever the rate).
-const ACKS_WAITING: usize = 8192;
+/// Batches of acknowledged ids waiting for the ack writer: past this, the drain stops reading
+/// the cloud's answers until the queue has caught up (memory stays bounded whatever the rate:
+/// a batch holds at most one window).
+const ACKS_WAITING: usize = 64;
+
+/// The drain rate is measured over this many ticks (a 5 s sliding window): close to the true
+/// rate two seconds into a drain, steady within it.
+const RATE_TICKS: usize = 5;
+
+/// A lease on its way from the queue (owned, so that it survives the select loop's turns).
+type Leasing = Pin<Box<dyn Future<Output = Result<Vec<StoredMessage>, BacklogError>> + Send>>;
 
 pub(crate) struct Drain {
     settings: UplinkSettings,
@@ -50,12 +60,31 @@ pub(crate) struct Drain {
     unsent: VecDeque<Option<i64>>,
     /// Packet id → queue id, for what awaits its PUBACK.
     by_pkid: HashMap<u16, i64>,
+    /// Most messages in flight: `uplink.inflight`, or the cloud's Receive Maximum when lower.
+    window: u16,
+    /// Leased ahead and not published yet (at most one window): a PUBACK frees room for the
+    /// next message at once, without waiting for the queue (see [`Drain::lease_ahead`]).
+    ready: VecDeque<StoredMessage>,
+    /// The lease asked for, while the queue answers, and how many rows it asked for.
+    leasing: Option<Leasing>,
+    lease_asked: usize,
+    /// The last lease came back short: the backlog is drained until the queue says it
+    /// stored more (or the next tick).
+    drained: bool,
     /// Refused by the cloud, to be retried after a delay.
     parked: Vec<(Instant, i64)>,
-    acks: mpsc::Sender<i64>,
-    acks_rx: Option<mpsc::Receiver<i64>>,
+    acks: mpsc::Sender<Vec<i64>>,
+    acks_rx: Option<mpsc::Receiver<Vec<i64>>>,
+    /// Acknowledged (or dropped) this round, for the ack writer.
+    acked_now: Vec<i64>,
+    /// Acknowledged this round, for the status.
+    acked_unreported: u64,
     warned: HashMap<String, u64>,
+    /// Acknowledged since the last tick, and the acknowledgements of the last ticks with
+    /// their durations (the drain rate's sliding window).
     acked_in_tick: u64,
+    rate: VecDeque<(u64, Duration)>,
+    last_tick: Option<Instant>,
     /// A keep-alive ping awaits its answer.
     ping_outstanding: bool,
     /// Since when something (a publish, a ping) awaits the cloud's answer.
@@ -89,6 +118,7 @@ impl Drain {
         status: watch::Sender<UplinkStatus>,
     ) -> Self {
         let (acks, acks_rx) = mpsc::channel(ACKS_WAITING);
+        let window = settings.inflight;
         Self {
             backoff: Backoff::new(settings.reconnect_min, settings.reconnect_max),
             settings,
@@ -98,11 +128,20 @@ impl Drain {
             status,
             unsent: VecDeque::new(),
             by_pkid: HashMap::new(),
+            window,
+            ready: VecDeque::new(),
+            leasing: None,
+            lease_asked: 0,
+            drained: false,
             parked: Vec::new(),
             acks,
             acks_rx: Some(acks_rx),
+            acked_now: Vec::new(),
+            acked_unreported: 0,
             warned: HashMap::new(),
             acked_in_tick: 0,
+            rate: VecDeque::with_capacity(RATE_TICKS),
+            last_tick: None,
             ping_outstanding: false,
             awaiting_since: None,
             last_packet: None,
@@ -187,8 +226,7 @@ impl Drain {
         };
         self.status.send_modify(|s| {
             s.backlog = backlog;
-            s.time_to_empty = (draining && s.drain_rate >= 1.0)
-                .then(|| Duration::from_secs_f64(backlog as f64 / s.drain_rate));
+            s.time_to_empty = time_to_empty(draining, backlog, s.drain_rate);
         });
     }
 
@@ -248,11 +286,26 @@ impl Drain {
         loop {
             let window_open = connected_at.is_some()
                 && self.renewing_since.is_none()
-                && self.inflight() < usize::from(self.settings.inflight);
+                && self.inflight() < usize::from(self.window);
             tokio::select! {
                 event = session.poll() => match event {
-                    Ok(SessionEvent::Connected) => {
+                    Ok(SessionEvent::Connected { receive_maximum }) => {
                         connected_at = Some(Instant::now());
+                        // An MQTT 5 broker's Receive Maximum bounds the window (rumqttc holds
+                        // back what is above it; the drain keeps no more than that in flight).
+                        self.window = receive_maximum
+                            .filter(|r| *r > 0)
+                            .map_or(self.settings.inflight, |r| r.min(self.settings.inflight));
+                        if self.window < self.settings.inflight {
+                            tracing::info!(
+                                inflight = self.settings.inflight,
+                                receive_maximum = self.window,
+                                "The cloud takes fewer unacknowledged messages than uplink.inflight: its Receive Maximum is the window"
+                            );
+                        }
+                        // The drain rate is this connection's.
+                        self.rate.clear();
+                        self.last_tick = None;
                         self.last_packet = connected_at;
                         tracing::info!(host = %self.settings.host, "Uplink connected");
                         // The files this handshake used are proven (a renewed certificate
@@ -287,10 +340,14 @@ impl Drain {
                     }
                     Ok(SessionEvent::Acked { pkid, refused }) => {
                         self.last_packet = Some(Instant::now());
-                        self.acked(pkid, refused).await;
-                        if self.inflight() <= usize::from(self.settings.inflight) / 2 {
-                            self.refill(&mut session).await;
+                        self.acked(pkid, refused);
+                        // The acknowledgements go on to the queue and the status in batches
+                        // of half a window (or when the window runs low).
+                        let half = usize::from(self.window).div_ceil(2);
+                        if self.acked_now.len() >= half || self.inflight() <= half {
+                            self.report_acks().await;
                         }
+                        self.refill(&mut session).await;
                     }
                     Ok(_) => {}
                     Err(e) if diagnose::credentials_refused(e.as_ref()).is_some() => {
@@ -334,11 +391,31 @@ impl Drain {
                         return;
                     }
                 },
-                () = self.backlog.stored(), if window_open => self.refill(&mut session).await,
+                () = self.backlog.stored(), if window_open => {
+                    self.drained = false;
+                    self.refill(&mut session).await;
+                }
+                leased = next_lease(&mut self.leasing) => {
+                    self.leasing = None;
+                    match leased {
+                        Ok(rows) => {
+                            self.drained = rows.len() < self.lease_asked;
+                            self.ready.extend(rows);
+                        }
+                        Err(e) => {
+                            tracing::error!(error = %e, "Uplink cannot read the queue");
+                            self.drained = true;
+                        }
+                    }
+                    if connected_at.is_some() {
+                        self.refill(&mut session).await;
+                    }
+                }
                 // Not while connecting: rumqttc's poll is not cancel-safe until the CONNACK
                 // (a dropped poll abandons its half-open connection and the next one dials
                 // again), so nothing but shutdown may interrupt it then.
                 _ = tick.tick(), if connected_at.is_some() => {
+                    self.report_acks().await;
                     self.on_tick(connected_at);
                     if self.stalled() {
                         self.connector.bridge.demote_link();
@@ -351,6 +428,8 @@ impl Drain {
                     }
                     self.refresh_backlog(true).await;
                     if connected_at.is_some() {
+                        // Whatever the queue said last, look again once a second.
+                        self.drained = false;
                         self.refill(&mut session).await;
                     }
                     self.connector.review_crls_when_due();
@@ -523,27 +602,21 @@ impl Drain {
         self.unsent.len() + self.by_pkid.len()
     }
 
-    /// Leases what fits in the window and publishes it.
+    /// Publishes what is leased while the window has room, and leases ahead.
     async fn refill(&mut self, session: &mut Session) {
         if self.renewing_since.is_some() {
             // Renewing: what is in flight is acknowledged first, nothing new is sent.
             return;
         }
         self.unpark().await;
-        let room = usize::from(self.settings.inflight).saturating_sub(self.inflight());
-        if room == 0 {
-            return;
-        }
-        let leased = match self.backlog.lease(room).await {
-            Ok(leased) => leased,
-            Err(e) => {
-                tracing::error!(error = %e, "Uplink cannot read the queue");
-                return;
-            }
-        };
-        for message in leased {
-            let id = message.id;
-            let StoredMessage { message, .. } = message;
+        let window = usize::from(self.window);
+        let mut failed = Vec::new();
+        while self.inflight() < window {
+            let Some(stored) = self.ready.pop_front() else {
+                break;
+            };
+            let id = stored.id;
+            let StoredMessage { message, .. } = stored;
             let topic = cloud_topic(&self.settings, &message.topic);
             let tag = self
                 .settings
@@ -553,31 +626,41 @@ impl Drain {
             if let Err(e) = session.publish(topic, message.payload, message.retain, tag) {
                 // The request channel is sized for the window; this means the session is gone.
                 tracing::warn!(error = %e, "Uplink publish not queued; it goes back to the queue");
-                let _ = self.backlog.nack(vec![id]).await;
+                failed.push(id);
                 continue;
             }
             self.unsent.push_back(Some(id));
         }
-        self.status
-            .send_modify(|s| s.inflight = self.unsent.len() + self.by_pkid.len());
+        if !failed.is_empty() {
+            let _ = self.backlog.nack(failed).await;
+        }
+        self.lease_ahead();
     }
 
-    async fn acked(&mut self, pkid: u16, refused: Option<String>) {
+    /// Asks the queue for the next rows while half of the ready window is left, so that the
+    /// lease (a round trip to the queue's writer and SQLite) is never what the link waits for:
+    /// at most one window is leased ahead, at most one lease is on its way.
+    fn lease_ahead(&mut self) {
+        let window = usize::from(self.window);
+        if self.leasing.is_some() || self.drained || self.ready.len() > window / 2 {
+            return;
+        }
+        let asked = window - self.ready.len();
+        let backlog = self.backlog.clone();
+        self.lease_asked = asked;
+        self.leasing = Some(Box::pin(async move { backlog.lease(asked).await }));
+    }
+
+    /// A PUBACK: the row is kept for the ack writer (see [`Drain::report_acks`]), or parked
+    /// when the cloud refused it.
+    fn acked(&mut self, pkid: u16, refused: Option<String>) {
         let Some(id) = self.by_pkid.remove(&pkid) else {
             return;
         };
         match refused {
             None => {
-                let _ = self.acks.send(id).await;
-                self.acked_in_tick += 1;
-                let now = SystemTime::now();
-                self.status.send_modify(|s| {
-                    s.acked_total += 1;
-                    s.last_ack = Some(now);
-                });
-                if let Ok(t) = now.duration_since(UNIX_EPOCH) {
-                    metrics::gauge!(UPLINK_LAST_ACK_TIMESTAMP_SECONDS).set(t.as_secs_f64());
-                }
+                self.acked_now.push(id);
+                self.acked_unreported += 1;
             }
             Some(reason) => {
                 self.status.send_modify(|s| s.rejected_total += 1);
@@ -593,10 +676,40 @@ impl Drain {
                     }
                     OnRejected::Drop => {
                         tracing::error!(id, %reason, "The cloud refused a message; dropped as uplink.on_rejected = \"drop\" says");
-                        let _ = self.acks.send(id).await;
+                        self.acked_now.push(id);
                     }
                 }
             }
+        }
+    }
+
+    /// Hands the acknowledged rows to the ack writer (which deletes them) and counts them in
+    /// the status, once for a batch: per message, the wake-ups of the writer and of every
+    /// status watcher cost more than the rest of the drain.
+    async fn report_acks(&mut self) {
+        if !self.acked_now.is_empty() {
+            let batch = std::mem::replace(
+                &mut self.acked_now,
+                Vec::with_capacity(usize::from(self.window)),
+            );
+            let _ = self.acks.send(batch).await;
+        }
+        let acked = std::mem::take(&mut self.acked_unreported);
+        if acked == 0 {
+            return;
+        }
+        self.acked_in_tick += acked;
+        let now = SystemTime::now();
+        self.status.send_modify(|s| {
+            s.acked_total += acked;
+            // Between the queue's counts (once a tick), the backlog follows the acknowledgements.
+            s.backlog = s.backlog.saturating_sub(acked);
+            s.time_to_empty = time_to_empty(s.time_to_empty.is_some(), s.backlog, s.drain_rate);
+            s.last_ack = Some(now);
+            s.inflight = self.unsent.len() + self.by_pkid.len();
+        });
+        if let Ok(t) = now.duration_since(UNIX_EPOCH) {
+            metrics::gauge!(UPLINK_LAST_ACK_TIMESTAMP_SECONDS).set(t.as_secs_f64());
         }
     }
 
@@ -619,9 +732,30 @@ impl Drain {
         if connected_at.is_some_and(|at| at.elapsed() >= backoff::STABLE_AFTER) {
             self.backoff.reset();
         }
-        let acked = std::mem::take(&mut self.acked_in_tick) as f64 / TICK.as_secs_f64();
-        self.status
-            .send_modify(|s| s.drain_rate = 0.7 * s.drain_rate + 0.3 * acked);
+        // The rate over the last ticks, each as long as it really was (a busy loop may see a
+        // tick late), counted from the connection: acknowledged / time covered.
+        let now = Instant::now();
+        let since = self
+            .last_tick
+            .filter(|t| connected_at.is_some_and(|c| *t >= c))
+            .or(connected_at)
+            .unwrap_or(now);
+        self.last_tick = Some(now);
+        if self.rate.len() == RATE_TICKS {
+            self.rate.pop_front();
+        }
+        self.rate
+            .push_back((std::mem::take(&mut self.acked_in_tick), now - since));
+        let (acked, covered) = self
+            .rate
+            .iter()
+            .fold((0, Duration::ZERO), |(n, d), (a, t)| (n + a, d + *t));
+        let rate = if covered.is_zero() {
+            0.0
+        } else {
+            acked as f64 / covered.as_secs_f64()
+        };
+        self.status.send_modify(|s| s.drain_rate = rate);
     }
 
     /// At shutdown: what the cloud has in hand gets its PUBACK, for up to [`SETTLE_AT_STOP`],
@@ -640,7 +774,7 @@ impl Drain {
                         self.by_pkid.insert(pkid, id);
                     }
                 }
-                Ok(SessionEvent::Acked { pkid, refused }) => self.acked(pkid, refused).await,
+                Ok(SessionEvent::Acked { pkid, refused }) => self.acked(pkid, refused),
                 Ok(_) => {}
                 Err(_) => return,
             }
@@ -650,7 +784,17 @@ impl Drain {
     /// Everything leased and not acknowledged goes back to the backlog, to be sent again in
     /// order after the next CONNACK.
     async fn return_inflight(&mut self) {
+        // What the cloud has acknowledged is deleted, not sent again.
+        self.report_acks().await;
         let mut ids: Vec<i64> = self.unsent.drain(..).flatten().collect();
+        // A lease on its way is taken to its end: its rows are leased in the queue.
+        if let Some(lease) = self.leasing.take()
+            && let Ok(rows) = lease.await
+        {
+            ids.extend(rows.iter().map(|m| m.id));
+        }
+        ids.extend(self.ready.drain(..).map(|m| m.id));
+        self.drained = false;
         ids.extend(self.by_pkid.drain().map(|(_, id)| id));
         ids.extend(self.parked.drain(..).map(|(_, id)| id));
         if !ids.is_empty() {
@@ -718,14 +862,26 @@ fn cloud_topic(settings: &UplinkSettings, local: &TopicName) -> String {
         )
 }
 
-async fn ack_writer(mut rx: mpsc::Receiver<i64>, backlog: Arc<dyn Backlog>) {
-    let mut batch = Vec::new();
-    while let Some(first) = rx.recv().await {
-        batch.push(first);
-        while let Ok(id) = rx.try_recv() {
-            batch.push(id);
+/// The time to empty `backlog` at `rate`, while draining at a measurable rate.
+fn time_to_empty(draining: bool, backlog: u64, rate: f64) -> Option<Duration> {
+    (draining && rate >= 1.0).then(|| Duration::from_secs_f64(backlog as f64 / rate))
+}
+
+/// The lease on its way, if any (pending for ever when there is none). Cancel-safe: the lease
+/// itself stays in `leasing`.
+async fn next_lease(leasing: &mut Option<Leasing>) -> Result<Vec<StoredMessage>, BacklogError> {
+    match leasing {
+        Some(lease) => lease.await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn ack_writer(mut rx: mpsc::Receiver<Vec<i64>>, backlog: Arc<dyn Backlog>) {
+    while let Some(mut batch) = rx.recv().await {
+        while let Ok(more) = rx.try_recv() {
+            batch.extend(more);
         }
-        if let Err(e) = backlog.ack(std::mem::take(&mut batch)).await {
+        if let Err(e) = backlog.ack(batch).await {
             // Not deleted: they will be sent again after a restart (at least once).
             tracing::warn!(error = %e, "Uplink could not delete acknowledged messages");
         }
