@@ -31,12 +31,11 @@ pub struct HashError(String);
 pub fn hash_password(password: &[u8]) -> Result<String, HashError> {
     let salt = argon2::password_hash::try_generate_salt()
         .map_err(|e| HashError(format!("no randomness for a salt: {e}")))?;
-    let hashed = hasher()
+    heap::keep_large_blocks_mapped();
+    hasher()
         .hash_password_with_salt(password, &salt)
         .map(|h| h.to_string())
-        .map_err(|e| HashError(e.to_string()));
-    heap::give_back();
-    hashed
+        .map_err(|e| HashError(e.to_string()))
 }
 
 /// Reads a stored PHC string: argon2id only, within the cost ceiling. The error says what is
@@ -56,9 +55,8 @@ pub fn parse_hash(phc: &str) -> Result<PasswordHash, &'static str> {
 /// Whether `password` matches `hash`. Blocking: tens to hundreds of milliseconds.
 pub fn verify(hash: &PasswordHash, password: &[u8]) -> bool {
     // The parameters come from the hash (checked by `parse_hash`), not from `hasher()`.
-    let right = hasher().verify_password(password, hash).is_ok();
-    heap::give_back();
-    right
+    heap::keep_large_blocks_mapped();
+    hasher().verify_password(password, hash).is_ok()
 }
 
 /// Costs what checking a real user's password costs, for a name that is no user: a login
@@ -75,25 +73,29 @@ const DUMMY_PHC: &str = "$argon2id$v=19$m=19456,t=2,p=1$ZkCf8dIJ0xi0qXpMxbrAbQ$B
 static DUMMY_HASH: LazyLock<Option<PasswordHash>> =
     LazyLock::new(|| PasswordHash::new(DUMMY_PHC).ok());
 
-/// Each hash takes 19 MiB for its run. glibc's malloc serves a block that size from `mmap` only
-/// until the first one is freed, then raises its threshold and keeps such blocks in the arena of
-/// the thread that freed them: with logins spread over the runtime's blocking threads, each
-/// with its own arena, 20 logins kept about 250 MiB resident (measured with the web UI's bench).
-/// Trimming after each hash gives the pages back at once.
+/// Each hash takes 19 MiB for its run. glibc's malloc serves a block that size from `mmap`
+/// only until the first one is freed; then it raises its threshold and keeps such blocks in the
+/// arena of the thread that freed them (and `malloc_trim` does not release an arena's top):
+/// 20 web logins left ~250 MiB resident, measured with the web UI's bench. A fixed threshold of
+/// 1 MiB keeps every block that large in `mmap`, returned to the kernel when freed.
 #[allow(unsafe_code)]
 mod heap {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    pub(super) fn give_back() {
-        // SAFETY: malloc_trim only returns free memory of the allocator's own arenas to the
-        // kernel; it takes no pointer of ours and is safe to call from any thread at any time.
-        unsafe {
-            libc::malloc_trim(0);
-        }
+    pub(super) fn keep_large_blocks_mapped() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: mallopt only changes the allocator's own tuning; it takes no pointer of
+            // ours, and M_MMAP_THRESHOLD with a value within its range (up to 32 MiB) is valid
+            // at any time.
+            unsafe {
+                libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+            }
+        });
     }
 
-    /// Other allocators (musl's) return large blocks to the kernel themselves.
+    /// Other allocators (musl's) map large blocks and return them by themselves.
     #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-    pub(super) fn give_back() {}
+    pub(super) fn keep_large_blocks_mapped() {}
 }
 
 fn hasher() -> Argon2<'static> {

@@ -190,7 +190,7 @@ async fn main() {
         p50.as_secs_f64() * 1e3,
         p99.as_secs_f64() * 1e3
     );
-    let mut sessions = Vec::new();
+    let mut browsers = Vec::new();
     for _ in 0..20 {
         let mut browser = web.client();
         let login = browser
@@ -200,6 +200,15 @@ async fn main() {
             )
             .await;
         assert_eq!(login.status, 303);
+        browsers.push(browser);
+    }
+    println!(
+        "RSS after 20 more logins: {} KiB (+{} KiB over the gateway without [web])",
+        web.rss_kib(),
+        web.rss_kib() as i64 - rss_plain as i64
+    );
+    let mut sessions = Vec::new();
+    for mut browser in browsers {
         sessions.push(tokio::spawn(async move {
             browser
                 .stream_until("/events", Duration::from_secs(3600), || {}, |_| false)

@@ -174,6 +174,15 @@ async fn guard(
         // serve a route nobody declared.
         return (StatusCode::FORBIDDEN, "forbidden\n").into_response();
     };
+    if method != Method::GET && method != Method::HEAD && from_another_site(request.headers()) {
+        // A form another site makes a browser post: refused even where no session is needed
+        // (a login or setup planted from elsewhere would log the victim into the attacker's
+        // account); SameSite=Strict and the CSRF token guard the rest.
+        return pages::refused(
+            StatusCode::FORBIDDEN,
+            "This request came from another site.",
+        );
+    }
     if access == Access::Public {
         return next.run(request).await;
     }
@@ -211,6 +220,25 @@ async fn guard(
     let mut request = request;
     request.extensions_mut().insert(session);
     next.run(request).await
+}
+
+/// Whether the browser says the request comes from another origin: `Sec-Fetch-Site:
+/// cross-site` (or `same-site`: another host of the same site), or an `Origin` whose host is
+/// not the `Host` asked for. Clients that send neither (scripts, curl) are judged by their
+/// session and CSRF token alone.
+fn from_another_site(headers: &axum::http::HeaderMap) -> bool {
+    let fetch_site = headers.get("sec-fetch-site").and_then(|v| v.to_str().ok());
+    if matches!(fetch_site, Some("cross-site" | "same-site")) {
+        return true;
+    }
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let host = headers.get(header::HOST).and_then(|v| v.to_str().ok());
+    let origin_host = origin
+        .strip_prefix("https://")
+        .or_else(|| origin.strip_prefix("http://"));
+    origin == "null" || origin_host.is_none() || origin_host != host
 }
 
 /// The request, if it carries the session's CSRF token: in the `X-CSRF-Token` header, or as the

@@ -566,3 +566,46 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
         "slots come back"
     );
 }
+
+#[tokio::test]
+async fn a_form_posted_from_another_site_is_refused_even_the_login() {
+    let ui = Ui::start(&[("ada", Role::Admin, "admin-password")], |_| {}).await;
+    let body = form(&[("username", "ada"), ("password", "admin-password")]);
+    let host = ui.addr.to_string();
+    for (name, value) in [
+        ("origin", "https://evil.example".to_owned()),
+        ("origin", "null".to_owned()),
+        ("sec-fetch-site", "cross-site".to_owned()),
+    ] {
+        let mut client = ui.client();
+        let answer = client
+            .send(
+                "POST",
+                "/login",
+                &[
+                    ("content-type", "application/x-www-form-urlencoded"),
+                    (name, &value),
+                ],
+                &body,
+            )
+            .await;
+        assert_eq!(answer.status, 403, "{name}: {value}");
+        assert!(client.cookie.is_none());
+    }
+    // The UI's own pages post with their own origin: accepted.
+    let mut client = ui.client();
+    let own = format!("https://{host}");
+    let answer = client
+        .send(
+            "POST",
+            "/login",
+            &[
+                ("content-type", "application/x-www-form-urlencoded"),
+                ("origin", &own),
+                ("sec-fetch-site", "same-origin"),
+            ],
+            &body,
+        )
+        .await;
+    assert_eq!(answer.status, 303, "{}", answer.body);
+}
