@@ -289,7 +289,8 @@ fn csrf_field(body: &[u8]) -> Option<String> {
 }
 
 /// Headers on every response: a strict content security policy (our own scripts and styles
-/// only, no framing), HSTS, no sniffing, no referrer, and no caching of anything but assets.
+/// only, no framing), HSTS, no sniffing, no referrer to other sites, and no caching of anything
+/// but assets.
 async fn security_headers(mut response: Response) -> Response {
     let headers = response.headers_mut();
     let mut set = |name: header::HeaderName, value: &'static str| {
@@ -303,7 +304,9 @@ async fn security_headers(mut response: Response) -> Response {
     set(header::X_FRAME_OPTIONS, "DENY");
     set(header::STRICT_TRANSPORT_SECURITY, "max-age=31536000");
     set(header::X_CONTENT_TYPE_OPTIONS, "nosniff");
-    set(header::REFERRER_POLICY, "no-referrer");
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the UI's own form posts,
+    // which the cross-site check must refuse. `same-origin` still tells no other site anything.
+    set(header::REFERRER_POLICY, "same-origin");
     headers
         .entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
