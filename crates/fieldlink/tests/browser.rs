@@ -333,12 +333,7 @@ async fn an_admin_writes_a_setpoint_to_a_real_modbus_device_and_sees_the_answer(
         .click()
         .await
         .unwrap();
-    until_text(
-        &browser,
-        "#write-result",
-        "boiler/setpoint: ok (value 22.5)",
-    )
-    .await;
+    until_text(&browser, "#outcome", "boiler/setpoint: ok (value 22.5)").await;
     assert_eq!(peer.cmd("get hr 1 1"), "225");
     browser.close().await.unwrap();
 }

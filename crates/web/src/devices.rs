@@ -12,7 +12,7 @@ use maud::{Markup, html};
 use serde::Deserialize;
 
 use crate::app::App;
-use crate::pages::{layout, panels};
+use crate::pages::{Outcome, banner, layout, panels, status_of};
 use crate::sessions::Session;
 use crate::users::Role;
 
@@ -137,16 +137,14 @@ pub(crate) async fn page(
     view(&app, &session, None)
 }
 
-fn view(app: &App, session: &Session, message: Option<(bool, String)>) -> Markup {
+fn view(app: &App, session: &Session, outcome: Option<&Outcome>) -> Markup {
     let devices = app.gateway.devices();
     layout(
         "Devices",
         Some(session),
         "/devices",
         html! {
-            @if let Some((ok, text)) = message {
-                p.message class=(if ok { "ok" } else { "bad" }) role="status" #write-result { (text) }
-            }
+            (banner(outcome))
             @if devices.is_empty() { p.muted { "No field devices are configured ([[devices]])." } }
             @for device in &devices {
                 section.panel id=(format!("device-{}", device.name)) {
@@ -221,7 +219,7 @@ pub(crate) async fn write_from_form(
     Extension(session): Extension<Session>,
     Form(form): Form<WriteForm>,
 ) -> Response {
-    let result = if form.confirm != "yes" {
+    let outcome = if form.confirm != "yes" {
         Err("Nothing written: tick confirm to write.".to_owned())
     } else {
         write(&app, &session.user, &form.device, &form.point, &form.value)
@@ -229,16 +227,7 @@ pub(crate) async fn write_from_form(
             .map(|answer| format!("{}/{}: {answer}", form.device, form.point))
             .map_err(|why| format!("{}/{}: {why}", form.device, form.point))
     };
-    let status = if result.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    let message = match result {
-        Ok(text) => (true, text),
-        Err(text) => (false, text),
-    };
-    (status, view(&app, &session, Some(message))).into_response()
+    (status_of(&outcome), view(&app, &session, Some(&outcome))).into_response()
 }
 
 pub(crate) async fn api_list(State(app): State<Arc<App>>) -> Response {

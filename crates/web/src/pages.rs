@@ -74,6 +74,29 @@ pub(crate) fn refused(status: StatusCode, why: &str) -> Response {
     (status, page).into_response()
 }
 
+/// What a form's action did, in words: said at the top of the page it answers with.
+pub(crate) type Outcome = Result<String, String>;
+
+/// The banner for `outcome` (`#outcome`, for people and for the browser tests).
+pub(crate) fn banner(outcome: Option<&Outcome>) -> Markup {
+    html! {
+        @match outcome {
+            Some(Ok(text)) => p.message.ok role="status" #outcome { (text) }
+            Some(Err(text)) => p.message.bad role="status" #outcome { (text) }
+            None => {}
+        }
+    }
+}
+
+/// 200 for a done action, 400 for one refused.
+pub(crate) fn status_of(outcome: &Outcome) -> StatusCode {
+    if outcome.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    }
+}
+
 // --- login, setup, logout ---------------------------------------------------------------
 
 #[derive(Deserialize)]
@@ -321,16 +344,14 @@ pub(crate) async fn queue_page(
     queue_view(&app, &session, None).await
 }
 
-async fn queue_view(app: &App, session: &Session, message: Option<(bool, String)>) -> Markup {
+async fn queue_view(app: &App, session: &Session, outcome: Option<&Outcome>) -> Markup {
     let detail = app.gateway.queue().await;
     layout(
         "Queue",
         Some(session),
         "/queue",
         html! {
-            @if let Some((ok, text)) = message {
-                p.message class=(if ok { "ok" } else { "bad" }) role="status" { (text) }
-            }
+            (banner(outcome))
             @match detail {
                 Err(e) => p.message.bad { "The queue cannot be read: " (e) }
                 Ok(q) => {
@@ -388,25 +409,19 @@ pub(crate) async fn purge(
     Extension(session): Extension<Session>,
     Form(form): Form<PurgeForm>,
 ) -> Response {
-    if form.confirm.trim() != "purge" {
-        let page = queue_view(
-            &app,
-            &session,
-            Some((false, "Nothing deleted: type purge to confirm.".into())),
-        )
-        .await;
-        return (StatusCode::BAD_REQUEST, page).into_response();
-    }
-    let message = match app.gateway.purge_queue().await {
-        Ok(n) => {
-            tracing::warn!(user = %session.user, messages = n, "Queue purged from the web UI");
-            (true, format!("Deleted {n} queued messages."))
+    let outcome = if form.confirm.trim() != "purge" {
+        Err("Nothing deleted: type purge to confirm.".to_owned())
+    } else {
+        match app.gateway.purge_queue().await {
+            Ok(n) => {
+                tracing::warn!(user = %session.user, messages = n, "Queue purged from the web UI");
+                Ok(format!("Deleted {n} queued messages."))
+            }
+            Err(e) => Err(format!("The queue could not be purged: {e}")),
         }
-        Err(e) => (false, format!("The queue could not be purged: {e}")),
     };
-    queue_view(&app, &session, Some(message))
-        .await
-        .into_response()
+    let page = queue_view(&app, &session, Some(&outcome)).await;
+    (status_of(&outcome), page).into_response()
 }
 
 // --- certificates --------------------------------------------------------------------------
@@ -478,16 +493,14 @@ pub(crate) async fn users_page(
     users_view(&app, &session, None)
 }
 
-fn users_view(app: &App, session: &Session, message: Option<(bool, String)>) -> Markup {
+fn users_view(app: &App, session: &Session, outcome: Option<&Outcome>) -> Markup {
     let users = app.accounts.current();
     layout(
         "Users",
         Some(session),
         "/users",
         html! {
-            @if let Some((ok, text)) = message {
-                p.message class=(if ok { "ok" } else { "bad" }) role="status" { (text) }
-            }
+            (banner(outcome))
             section.panel {
                 h2 { "Accounts" }
                 table {
@@ -548,17 +561,12 @@ pub(crate) async fn remove_user(
     respond_users(&app, &session, result)
 }
 
-fn respond_users(app: &App, session: &Session, result: Result<String, String>) -> Response {
-    let status = if result.is_ok() {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
-    let message = match result {
-        Ok(text) => (true, text),
-        Err(text) => (false, text),
-    };
-    (status, users_view(app, session, Some(message))).into_response()
+fn respond_users(app: &App, session: &Session, outcome: Outcome) -> Response {
+    (
+        status_of(&outcome),
+        users_view(app, session, Some(&outcome)),
+    )
+        .into_response()
 }
 
 /// Adds `name` or sets its role and password; its other sessions end. Shared with the API.
