@@ -30,6 +30,9 @@ pub(crate) struct DeviceWatch {
     bridge: BridgeSettings,
     devices: Vec<DeviceSettings>,
     bus: Arc<dyn LocalBus>,
+    /// Each point's value topic and the (device, point) it belongs to, made once: a value
+    /// message costs one lookup, not a topic rendered per point.
+    points_by_topic: HashMap<String, (String, String)>,
     readings: Mutex<HashMap<(String, String), Reading>>,
     online: Mutex<HashMap<String, bool>>,
     next_id: AtomicU64,
@@ -43,7 +46,26 @@ impl DeviceWatch {
         bus: Arc<dyn LocalBus>,
         tasks: &Shutdown,
     ) -> anyhow::Result<Arc<Self>> {
+        let value_topic = |device: &str, point: &str| {
+            bridge.value_topic.render(TemplateVars {
+                site: &bridge.site,
+                device,
+                point,
+            })
+        };
+        let points_by_topic = devices
+            .iter()
+            .flat_map(|d| {
+                d.points.iter().map(|p| {
+                    (
+                        value_topic(&d.name, &p.name),
+                        (d.name.clone(), p.name.clone()),
+                    )
+                })
+            })
+            .collect();
         let watch = Arc::new(Self {
+            points_by_topic,
             bridge,
             devices,
             bus,
@@ -74,7 +96,7 @@ impl DeviceWatch {
                         if is_status {
                             watch.saw_status(&name, &message.payload);
                         } else {
-                            watch.saw_value(&name, &message);
+                            watch.saw_value(&message);
                         }
                     }
                 });
@@ -105,14 +127,9 @@ impl DeviceWatch {
         lock(&self.online).insert(device.to_owned(), online);
     }
 
-    fn saw_value(&self, device: &str, message: &Message) {
-        let Some(spec) = self.devices.iter().find(|d| d.name == device) else {
-            return;
-        };
-        // The value filter may also match the snapshot and status topics: points only.
-        let Some(point) = spec.points.iter().find(|p| {
-            self.topic(&self.bridge.value_topic, device, &p.name) == message.topic.as_str()
-        }) else {
+    fn saw_value(&self, message: &Message) {
+        // The value filter also matches the snapshot and status topics: points only.
+        let Some(key) = self.points_by_topic.get(message.topic.as_str()) else {
             return;
         };
         let Ok(json) = serde_json::from_slice::<serde_json::Value>(&message.payload) else {
@@ -126,7 +143,7 @@ impl DeviceWatch {
                 .map(str::to_owned),
             at: Instant::now(),
         };
-        lock(&self.readings).insert((device.to_owned(), point.name.clone()), reading);
+        lock(&self.readings).insert(key.clone(), reading);
     }
 
     /// Every device as the page shows it; `errors` gives each device's error counters.
