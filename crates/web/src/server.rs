@@ -1,7 +1,8 @@
 //! The HTTPS server: our own accept loop (rustls, then hyper's HTTP/1.1), so that what a
 //! client can hold before it has logged in is bounded here: connections served at once
 //! (`web.max_connections`; more are closed at once), the TLS handshake's time, the time to
-//! send a request's headers, the headers' size, and the body's (see `routes::MAX_BODY`).
+//! send a request's headers, the time to answer it (body included), the headers' size, and the
+//! body's (see `routes::MAX_BODY`).
 
 use std::net::SocketAddr;
 use std::path::Path;
@@ -26,6 +27,10 @@ use crate::{Gateway, WebError, identity, users_file, web_dir};
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// A request's headers must arrive within this (also the idle time of a kept-alive connection).
 const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
+/// A request must be answered within this, its body read included: hyper's header timeout
+/// does not cover a body trickled a byte at a time, which would hold a connection slot before
+/// any login. (A live stream's answer starts at once; its body is not bounded by this.)
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The most a request's headers may take in the read buffer.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
@@ -161,7 +166,17 @@ async fn accept_loop(
             };
             let service = hyper::service::service_fn(move |mut request| {
                 request.extensions_mut().insert(Peer(peer));
-                router.clone().call(request)
+                let answer = router.clone().call(request);
+                async move {
+                    match tokio::time::timeout(REQUEST_TIMEOUT, answer).await {
+                        Ok(answered) => answered,
+                        Err(_) => Ok(axum::response::IntoResponse::into_response((
+                            axum::http::StatusCode::REQUEST_TIMEOUT,
+                            [(axum::http::header::CONNECTION, "close")],
+                            "the request took too long\n",
+                        ))),
+                    }
+                }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())

@@ -609,3 +609,53 @@ async fn a_form_posted_from_another_site_is_refused_even_the_login() {
         .await;
     assert_eq!(answer.status, 303, "{}", answer.body);
 }
+
+#[tokio::test]
+async fn a_body_that_never_comes_does_not_hold_a_connection_before_login() {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let ui = Ui::start(&[("ada", Role::Admin, "admin-password")], |s| {
+        s.max_connections = 1
+    })
+    .await;
+    // A login whose body is announced and never sent, over a real TLS connection.
+    let roots = {
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in fieldlink_core::tls::read_certs(&ui.cert()).unwrap() {
+            roots.add(cert).unwrap();
+        }
+        roots
+    };
+    let tls = fieldlink_core::tls::TlsPolicy::default()
+        .client_config(roots)
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(ui.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::IpAddress(ui.addr.ip().into());
+    let mut hostile = tokio_rustls::TlsConnector::from(Arc::new(tls))
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    hostile
+        .write_all(
+            b"POST /login HTTP/1.1\r\nhost: x\r\ncontent-type: application/x-www-form-urlencoded\r\n\
+              content-length: 1000\r\n\r\nusername=a",
+        )
+        .await
+        .unwrap();
+    // It holds the only slot for now...
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let start = std::time::Instant::now();
+    let mut answer = Vec::new();
+    let read =
+        tokio::time::timeout(Duration::from_secs(40), hostile.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "the connection was never ended");
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(
+        start.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        start.elapsed()
+    );
+    // ...and gives it back: a real client gets in.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(ui.client().get("/healthz").await.status, 200);
+}
