@@ -17,10 +17,16 @@
 use sqlx::SqliteConnection;
 
 /// This release's queue format: the number of its migrations.
-pub const FORMAT: i64 = 4;
+pub const FORMAT: i64 = 5;
 
 /// The oldest format that can read a file this release wrote. Format 3 cannot (it refuses any
 /// migration it does not know); from here on, additive changes keep this value.
+///
+/// Format 5 (the commit journal, `journal.rs`) is additive: after a clean stop (an update
+/// stops the service first) the database holds every message and format 4 reads it as before.
+/// After a crash the last seconds of appends are in the journal only, which format 4 does not
+/// read: it goes on without them, and they are applied when a release with the journal opens
+/// the queue again (with new ids where format 4 has used theirs meanwhile).
 pub const READABLE_FROM: i64 = 4;
 
 /// What a file says of its format.

@@ -77,12 +77,14 @@ mod disk;
 mod error;
 pub mod format;
 mod inspect;
+mod journal;
 mod queue;
 mod store;
 
 pub use disk::{DiskSpace, StatvfsDisk};
 pub use error::{Full, QueueError};
 pub use inspect::QueueReader;
+pub use journal::JOURNAL_FILE;
 pub use queue::{Leased, Queue, Stats, StreamStats};
 
 /// The database file's name inside the data directory.

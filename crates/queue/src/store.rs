@@ -341,6 +341,80 @@ pub(crate) async fn insert(
     Ok(ids)
 }
 
+/// Inserts messages read back from the journal with the ids they were given, except where a
+/// row has that id or an id at or below `fresh_at_or_below` was given meanwhile (a release
+/// without the journal wrote the file after a crash): those get new ids. Returns how many
+/// needed new ids.
+pub(crate) async fn insert_replayed(
+    conn: &mut SqliteConnection,
+    commit: &crate::journal::Commit,
+    fresh_at_or_below: i64,
+) -> Result<u64, sqlx::Error> {
+    let mut renumbered = 0;
+    for (id, entry) in &commit.messages {
+        let id = (*id > fresh_at_or_below).then_some(*id);
+        renumbered += u64::from(id.is_none());
+        sqlx::query(
+            "INSERT INTO messages \
+             (id, stream, priority, topic, payload, qos, retain, properties, enqueued_ms, queue_ms) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id)
+        .bind(entry.stream.as_str())
+        .bind(entry.priority as i64)
+        .bind(entry.message.topic.as_str())
+        .bind(entry.message.payload.as_slice())
+        .bind(entry.message.qos as i64)
+        .bind(entry.message.retain)
+        .bind(entry.properties.as_deref())
+        .bind(commit.enqueued_ms)
+        .bind(commit.queue_ms)
+        .execute(&mut *conn)
+        .await?;
+    }
+    Ok(renumbered)
+}
+
+/// The highest id ever given (AUTOINCREMENT's record), 0 for none.
+pub(crate) async fn last_id_given(conn: &mut SqliteConnection) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar("SELECT seq FROM sqlite_sequence WHERE name = 'messages'")
+        .fetch_optional(&mut *conn)
+        .await
+        .map(|seq: Option<i64>| seq.unwrap_or(0))
+}
+
+/// The generation of the journal whose commits the database holds (see migration 0005).
+pub(crate) async fn folded_generation(
+    conn: &mut SqliteConnection,
+) -> Result<Option<u64>, sqlx::Error> {
+    sqlx::query_scalar("SELECT generation FROM journal_folded WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await
+        .map(|g: Option<i64>| g.map(|g| g as u64))
+}
+
+/// Records, in the fold's transaction, that the database holds the commits of `generation`.
+pub(crate) async fn set_folded_generation(
+    conn: &mut SqliteConnection,
+    generation: u64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("INSERT OR REPLACE INTO journal_folded (id, generation) VALUES (1, ?)")
+        .bind(generation as i64)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Runs one statement of transaction control (`BEGIN IMMEDIATE`, `SAVEPOINT round`, ...). The
+/// writer keeps a transaction open between folds, which sqlx's `Transaction` (a borrow of the
+/// connection) cannot express; nothing else begins one while it is open.
+pub(crate) async fn control(
+    conn: &mut SqliteConnection,
+    sql: &'static str,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(sql).execute(&mut *conn).await.map(drop)
+}
+
 /// Deletes the rows with these ids. A drain acknowledges long runs of consecutive ids: each
 /// run of at least [`MIN_RUN`] goes as one range (a walk along the table instead of a lookup
 /// per id, and no parameter per id); the rest in lists of at most 500.
@@ -379,6 +453,36 @@ pub(crate) async fn delete_ids(
         );
     }
     Ok(removed)
+}
+
+/// Deletes every row in the ranges (first, last): ranges in which every id was deleted.
+pub(crate) async fn delete_ranges(
+    conn: &mut SqliteConnection,
+    ranges: &[(i64, i64)],
+) -> Result<(), sqlx::Error> {
+    for (first, last) in ranges {
+        sqlx::query("DELETE FROM messages WHERE id BETWEEN ? AND ?")
+            .bind(first)
+            .bind(last)
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// `ids` as ranges of consecutive ids, (first, last) each.
+pub(crate) fn ranges_of(ids: &[i64]) -> Vec<(i64, i64)> {
+    let mut sorted = ids.to_vec();
+    sorted.sort_unstable();
+    sorted.dedup();
+    let mut ranges: Vec<(i64, i64)> = Vec::new();
+    for id in sorted {
+        match ranges.last_mut() {
+            Some((_, last)) if *last + 1 == id => *last = id,
+            _ => ranges.push((id, id)),
+        }
+    }
+    ranges
 }
 
 /// Runs shorter than this are deleted by a list.
@@ -793,5 +897,14 @@ mod tests {
         assert_eq!(singles, [3, 5, 6, 40]);
         assert_eq!(runs_of(&[]), (vec![], vec![]));
         assert_eq!(runs_of(&[1, 2, 3]), (vec![], vec![1, 2, 3]));
+    }
+
+    #[test]
+    fn ids_become_ranges_of_consecutive_ids() {
+        assert_eq!(
+            super::ranges_of(&[7, 3, 4, 5, 9, 4]),
+            [(3, 5), (7, 7), (9, 9)]
+        );
+        assert!(super::ranges_of(&[]).is_empty());
     }
 }

@@ -4,6 +4,7 @@
 
 mod lease;
 mod limits;
+mod replay;
 mod telemetry;
 mod writer;
 
@@ -19,7 +20,8 @@ use fieldlink_core::ports::{
 use fieldlink_core::shutdown::Shutdown;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::config::{QueueSettings, StreamLimits};
+use crate::config::{Durability, QueueSettings, StreamLimits};
+use crate::journal::Journal;
 pub use crate::store::Leased;
 use crate::store::{self, Removed};
 use crate::{DB_FILE, DiskSpace, QueueError};
@@ -76,6 +78,10 @@ pub struct Stats {
     /// skipped the full integrity check (which reads the whole file); after a power cut or a
     /// kill it checks and counts every row.
     pub opened_after_clean_close: bool,
+    /// Messages put back from the commit journal at open, after an unclean stop. Those the
+    /// cloud had acknowledged in the last commit interval before the stop are among them and
+    /// go again (at least once; the cloud recognises them by id).
+    pub replayed_at_open: u64,
 }
 
 type AppendReply = oneshot::Sender<Result<Vec<i64>, QueueError>>;
@@ -131,6 +137,30 @@ impl Queue {
             path: path.clone(),
             source,
         };
+        // The journal (see `journal.rs`): what was committed since the last fold before an
+        // unclean stop is applied now.
+        let journal_path = dir.join(crate::JOURNAL_FILE);
+        let io = |source| QueueError::Io {
+            path: journal_path.clone(),
+            source,
+        };
+        fieldlink_core::private_fs::private_file(&journal_path)?;
+        let (mut journal, found) = Journal::open(
+            &journal_path,
+            settings.durability == Durability::PowerSafe,
+            prefill,
+        )
+        .map_err(io)?;
+        let replayed = replay::apply(&mut conn, &mut journal, found).await?;
+        if replayed.messages > 0 {
+            tracing::warn!(
+                messages = replayed.messages,
+                renumbered = replayed.renumbered,
+                "Applied the queue journal after an unclean stop: messages the cloud had \
+                 acknowledged just before it may be sent again (at least once)"
+            );
+        }
+        let clean_depth = clean_depth.filter(|_| replayed.messages == 0);
         let opened_after_clean_close = clean_depth.is_some();
         // After a clean close the saved depth; else a scan of every row.
         let streams_depth = match clean_depth {
@@ -160,12 +190,18 @@ impl Queue {
             stats: Stats {
                 corrupt_file_moved_to: corrupt,
                 opened_after_clean_close,
+                replayed_at_open: replayed.messages,
                 ..Stats::default()
             },
             unchecked_writes: true,
             last_commit: None,
             last_write: None,
             exported: Exported::default(),
+            journal,
+            tx_began: None,
+            unjournaled: Vec::new(),
+            broken: false,
+            direct: !prefill,
         };
         tasks.spawn_vital("queue", "the queue writer", writer.run(rx));
         Ok(Self {

@@ -17,6 +17,7 @@ use super::telemetry::Exported;
 use super::{AppendReply, AppendRequest, Depth, Leased, Op, REQUEST_CAPACITY, Stats};
 use crate::clock::QueueClock;
 use crate::config::{QueueSettings, StreamLimits};
+use crate::journal::{self, Journal};
 use crate::store::{self, Removed, entry_bytes};
 use crate::{DiskSpace, QueueError};
 
@@ -32,6 +33,11 @@ const DELETE_EVERY: Duration = Duration::from_secs(5);
 const QUIET_AFTER: Duration = Duration::from_secs(5);
 /// How often age expiry and space reclaim run.
 const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
+/// The open transaction is committed (one fsync, and the journal starts over) at least this
+/// often. Longer folds write a page changed by many commits once, and most messages are
+/// delivered and deleted before their fold, so they never reach the database file at all;
+/// other processes reading the queue (`fieldlink queue stats`) see it this late at most.
+const FOLD_EVERY: Duration = Duration::from_secs(5);
 
 pub(super) struct Writer {
     pub(super) stored: Arc<tokio::sync::Notify>,
@@ -60,6 +66,21 @@ pub(super) struct Writer {
     pub(super) last_write: Option<std::time::Instant>,
     /// What was last handed to the metrics facade.
     pub(super) exported: Exported,
+    /// What makes each commit durable until the next fold (see `journal.rs`).
+    pub(super) journal: Journal,
+    /// When the open SQLite transaction (everything since the last fold) began; `None`
+    /// when none is open.
+    pub(super) tx_began: Option<std::time::Instant>,
+    /// Ids deleted in the open transaction that no journal commit names yet: they go with
+    /// the next one (a crash before it sends them again: at least once).
+    pub(super) unjournaled: Vec<i64>,
+    /// The open transaction was lost to an error: the database is rebuilt from the journal
+    /// before anything else is done.
+    pub(super) broken: bool,
+    /// Each round is a SQLite commit of its own and the journal is not written: on a disk
+    /// short of room above the reserve at open, where the WAL of a fold could not be given
+    /// its room in advance (`Queue::open`). Correct, but it wears the card as before.
+    pub(super) direct: bool,
 }
 
 /// Writes waiting for their commit.
@@ -138,6 +159,7 @@ impl Writer {
         round: Vec<Op>,
         pending: &mut Pending,
     ) -> Option<Vec<oneshot::Sender<()>>> {
+        self.heal().await;
         let mut round = round.into_iter();
         for op in round.by_ref() {
             match op {
@@ -239,7 +261,11 @@ impl Writer {
     /// Saves the queue clock, checkpoints, so that the WAL is folded into the database, and
     /// closes the connection.
     async fn shut(mut self) {
+        self.heal().await;
         self.save_clock().await;
+        if let Err(e) = self.fold().await {
+            tracing::error!(error = %e, "Queue fold at close failed: the next start applies the journal");
+        }
         let depth: Vec<store::StreamDepth> = self
             .depth
             .streams
@@ -306,9 +332,41 @@ impl Writer {
         }
     }
 
-    /// One transaction for the whole round: acks first, then every append's limits (which
-    /// may delete old rows), then one multi-row insert of everything kept.
+    /// One round in the open transaction (within a savepoint, undone whole if it fails):
+    /// acks first, then every append's limits (which may delete old rows), then one
+    /// multi-row insert of everything kept; then the journal commit that makes it durable.
     async fn write_transaction(
+        &mut self,
+        appends: &mut [AppendRequest],
+        delete: &[i64],
+    ) -> Result<Vec<Planned>, sqlx::Error> {
+        self.make_journal_room(appends, delete).await?;
+        self.begin().await?;
+        store::control(&mut self.conn, "SAVEPOINT round").await?;
+        match self.round(appends, delete).await {
+            Ok(planned) => {
+                store::control(&mut self.conn, "RELEASE round").await?;
+                if self.direct {
+                    self.fold().await?;
+                }
+                Ok(planned)
+            }
+            Err(e) => {
+                let undone = match store::control(&mut self.conn, "ROLLBACK TO round").await {
+                    Ok(()) => store::control(&mut self.conn, "RELEASE round").await,
+                    Err(e) => Err(e),
+                };
+                if undone.is_err() {
+                    // SQLite ended the transaction itself (a full disk or an I/O error can):
+                    // what it held since the fold is rebuilt from the journal.
+                    self.broken = true;
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn round(
         &mut self,
         appends: &mut [AppendRequest],
         delete: &[i64],
@@ -329,9 +387,8 @@ impl Writer {
             path,
             ..
         } = self;
-        let mut tx = conn.begin().await?;
         if !delete.is_empty() {
-            let removed = store::delete_ids(&mut tx, delete).await?;
+            let removed = store::delete_ids(conn, delete).await?;
             depth.remove(&removed);
         }
         // What the file system can still take above the reserve, as a ceiling on the bytes of
@@ -339,7 +396,7 @@ impl Writer {
         let disk = if appends.is_empty() {
             None
         } else {
-            let file = store::file_space(&mut tx).await?;
+            let file = store::file_space(conn).await?;
             Some(DiskRoom {
                 path: path.clone(),
                 available,
@@ -355,7 +412,7 @@ impl Writer {
         };
         let mut planned = Vec::with_capacity(appends.len());
         let mut batch: Vec<OutboxEntry> = Vec::new();
-        // Rows that drop-oldest deleted: forgotten once the transaction is committed.
+        // Rows that drop-oldest deleted: forgotten once the round is durable.
         let mut dropped: Vec<Removed> = Vec::new();
         // What this round adds, on top of what is stored.
         let mut round = Depth::default();
@@ -365,7 +422,7 @@ impl Writer {
                 streams,
                 disk: disk.as_ref(),
             };
-            match make_room(&mut tx, depth, &round, stats, limits, entries, &mut dropped).await? {
+            match make_room(conn, depth, &round, stats, limits, entries, &mut dropped).await? {
                 Err(e) => planned.push(Planned::Refused(e)),
                 Ok(keep) => {
                     let before = batch.len();
@@ -379,22 +436,32 @@ impl Writer {
                 }
             }
         }
-        let mut ids = store::insert(&mut tx, &batch, wall_ms, queue_ms)
-            .await?
-            .into_iter();
-        tx.commit().await?;
+        let ids = store::insert(conn, &batch, wall_ms, queue_ms).await?;
+        self.unjournaled.extend_from_slice(delete);
+        self.unjournaled.extend(dropped.iter().map(|r| r.id));
+        if !batch.is_empty() && !self.direct {
+            // The round is durable once its journal commit is: then producers are answered.
+            let messages: Vec<(i64, &OutboxEntry)> = ids.iter().copied().zip(&batch).collect();
+            let removed = store::ranges_of(&self.unjournaled);
+            self.journal
+                .append(wall_ms, queue_ms, &messages, &removed)
+                .await
+                .map_err(sqlx::Error::Io)?;
+            self.unjournaled.clear();
+        }
         if let Some(disk) = &disk {
-            disk.report(settings.when_full);
+            disk.report(self.settings.when_full);
         }
         for entry in &batch {
-            depth.add(&entry.stream, 1, entry_bytes(entry));
+            self.depth.add(&entry.stream, 1, entry_bytes(entry));
         }
-        stats.appended_total += batch.len() as u64;
+        self.stats.appended_total += batch.len() as u64;
         self.forget(&dropped);
         if !batch.is_empty() {
             // A permit is kept if nobody waits now: the next waiter returns at once.
             self.stored.notify_one();
         }
+        let mut ids = ids.into_iter();
         Ok(planned
             .into_iter()
             .map(|p| match p {
@@ -402,6 +469,106 @@ impl Writer {
                 other => other,
             })
             .collect())
+    }
+
+    /// Folds first when this round's journal commit would not fit in the journal's working
+    /// size (a commit that does not fit after a fold either grows the file).
+    async fn make_journal_room(
+        &mut self,
+        appends: &[AppendRequest],
+        delete: &[i64],
+    ) -> Result<(), sqlx::Error> {
+        let entries = appends.iter().map(|(e, _)| e.len()).sum();
+        let bytes = appends
+            .iter()
+            .flat_map(|(e, _)| e)
+            .map(|e| entry_bytes(e) + e.stream.len() as u64)
+            .sum();
+        let estimate = journal::estimate(entries, bytes, delete.len() + self.unjournaled.len());
+        if self.journal.holds_commits() && !self.journal.has_room_for(estimate) {
+            self.fold().await?;
+        }
+        Ok(())
+    }
+
+    /// Opens the transaction that holds everything until the next fold.
+    async fn begin(&mut self) -> Result<(), sqlx::Error> {
+        if self.tx_began.is_none() {
+            store::control(&mut self.conn, "BEGIN IMMEDIATE").await?;
+            self.tx_began = Some(std::time::Instant::now());
+        }
+        Ok(())
+    }
+
+    /// Commits the open transaction (with `synchronous=FULL`, one fsync of the WAL), saying in
+    /// it that the journal's commits are in, then starts the journal over.
+    async fn fold(&mut self) -> Result<(), sqlx::Error> {
+        if self.tx_began.is_none() {
+            return Ok(());
+        }
+        let generation = self.journal.generation();
+        let committed = match store::set_folded_generation(&mut self.conn, generation).await {
+            Ok(()) => store::control(&mut self.conn, "COMMIT").await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = committed {
+            self.broken = true;
+            return Err(e);
+        }
+        self.tx_began = None;
+        self.unjournaled.clear();
+        if !self.journal.holds_commits() {
+            return Ok(());
+        }
+        // Should the reset fail, the journal writes it before its next commit.
+        if let Err(e) = self.journal.reset().await {
+            tracing::warn!(path = %self.journal.path().display(), error = %e, "Queue journal reset failed; retried before the next commit");
+        }
+        Ok(())
+    }
+
+    /// After the open transaction was lost: the database as of the last fold, plus the
+    /// journal's commits since, again.
+    async fn heal(&mut self) {
+        if !self.broken {
+            return;
+        }
+        let _ = store::control(&mut self.conn, "ROLLBACK").await;
+        self.tx_began = None;
+        self.unjournaled.clear();
+        let found = match self.journal.reread() {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::error!(path = %self.journal.path().display(), error = %e, "Cannot read the queue journal; retried");
+                return;
+            }
+        };
+        match super::replay::apply(&mut self.conn, &mut self.journal, found).await {
+            Ok(replayed) => {
+                tracing::warn!(
+                    messages = replayed.messages,
+                    "The queue's open transaction was lost to an error; rebuilt from its journal"
+                );
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot rebuild the queue from its journal; retried");
+                return;
+            }
+        }
+        match store::depth_by_stream(&mut self.conn).await {
+            Ok(rows) => {
+                self.depth = Depth::default();
+                for (stream, messages, bytes) in rows {
+                    self.depth.add(&stream, messages, bytes);
+                }
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "Cannot count the queue after rebuilding it; retried");
+                return;
+            }
+        }
+        self.cursors.clear();
+        self.broken = false;
     }
 
     async fn read(&mut self, op: Op) {
@@ -479,11 +646,14 @@ impl Writer {
     }
 
     async fn purge(&mut self) -> Result<u64, QueueError> {
+        self.begin().await.map_err(|e| self.db_error(e))?;
         let removed = sqlx::query("DELETE FROM messages")
             .execute(&mut self.conn)
             .await
             .map_err(|e| self.db_error(e))?
             .rows_affected();
+        // Durable at once, and the journal (which holds some of them) starts over.
+        self.fold().await.map_err(|e| self.db_error(e))?;
         self.depth = Depth::default();
         self.leased.clear();
         self.delivered.clear();
@@ -497,6 +667,7 @@ impl Writer {
     /// Queue time, age expiry and, once writes pause, space reclaim and a checkpoint. Writes
     /// nothing when there is nothing to do: an idle gateway does not wear its SD card.
     async fn maintain(&mut self) {
+        self.heal().await;
         self.tend_clock().await;
         let oldest = store::oldest_queue_ms(&mut self.conn).await.ok().flatten();
         if let (Some(max_age), Some(oldest)) = (self.settings.max_age, oldest) {
@@ -504,8 +675,16 @@ impl Writer {
                 .clock
                 .now_ms()
                 .saturating_sub(i64::try_from(max_age.as_millis()).unwrap_or(i64::MAX));
-            if oldest < cutoff {
+            if oldest < cutoff && self.begin().await.is_ok() {
                 self.expire(cutoff, max_age).await;
+            }
+        }
+        if self
+            .tx_began
+            .is_some_and(|began| began.elapsed() >= FOLD_EVERY)
+        {
+            if let Err(e) = self.fold().await {
+                tracing::error!(error = %e, "Queue fold failed");
             }
         }
         let oldest = store::oldest_queue_ms(&mut self.conn).await.ok().flatten();
@@ -518,6 +697,12 @@ impl Writer {
         // leaves the disk too.
         let quiet = self.last_write.is_none_or(|at| at.elapsed() >= QUIET_AFTER);
         if quiet && std::mem::take(&mut self.unchecked_writes) {
+            // VACUUM and a checkpoint need the transaction committed.
+            if let Err(e) = self.fold().await {
+                tracing::error!(error = %e, "Queue fold failed");
+                self.unchecked_writes = true;
+                return;
+            }
             if let Err(e) = store::reclaim(&mut self.conn).await {
                 tracing::warn!(error = %e, "Queue space reclaim failed");
             }
@@ -623,8 +808,11 @@ pub(super) fn clone_err(e: &sqlx::Error) -> sqlx::Error {
     sqlx::Error::Protocol(e.to_string())
 }
 
-/// SQLITE_FULL (13), with or without an extended code.
+/// SQLITE_FULL (13), with or without an extended code, or ENOSPC from the journal.
 fn is_disk_full(e: &sqlx::Error) -> bool {
+    if let sqlx::Error::Io(io) = e {
+        return io.raw_os_error() == Some(nix::libc::ENOSPC);
+    }
     let sqlx::Error::Database(db) = e else {
         return false;
     };
