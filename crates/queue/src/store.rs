@@ -341,9 +341,9 @@ pub(crate) async fn insert(
     Ok(ids)
 }
 
-/// Inserts messages read back from the journal with the ids they were given, except where a
-/// row has that id or an id at or below `fresh_at_or_below` was given meanwhile (a release
-/// without the journal wrote the file after a crash): those get new ids. Returns how many
+/// Inserts messages read back from the journal with the ids they were given, except those
+/// at or below `fresh_at_or_below`, an id given meanwhile (a release without the journal
+/// wrote the file after a crash): those get new ids, after the others. Returns how many
 /// needed new ids.
 pub(crate) async fn insert_replayed(
     conn: &mut SqliteConnection,
@@ -351,8 +351,17 @@ pub(crate) async fn insert_replayed(
     fresh_at_or_below: i64,
 ) -> Result<u64, sqlx::Error> {
     let mut renumbered = 0;
-    for (id, entry) in &commit.messages {
-        let id = (*id > fresh_at_or_below).then_some(*id);
+    // Those that keep their ids first: a new id is above every id given, theirs included.
+    let (keep, renumber): (Vec<_>, Vec<_>) = commit
+        .messages
+        .iter()
+        .partition(|(id, _)| *id > fresh_at_or_below);
+    let renumber = renumber.into_iter().map(|(_, entry)| (None, entry));
+    for (id, entry) in keep
+        .into_iter()
+        .map(|(id, e)| (Some(*id), e))
+        .chain(renumber)
+    {
         renumbered += u64::from(id.is_none());
         sqlx::query(
             "INSERT INTO messages \

@@ -151,7 +151,7 @@ impl Queue {
             prefill,
         )
         .map_err(io)?;
-        let replayed = replay::apply(&mut conn, &mut journal, found).await?;
+        let replayed = replay::apply(&mut conn, &path, &mut journal, found).await?;
         if replayed.messages > 0 {
             tracing::warn!(
                 messages = replayed.messages,

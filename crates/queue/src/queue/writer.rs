@@ -24,10 +24,10 @@ use crate::{DiskSpace, QueueError};
 /// Messages (appended or acknowledged) that are committed at once rather than wait for the
 /// commit interval: bounds the memory pending writes hold.
 const MAX_PENDING_MESSAGES: usize = 10_000;
-/// Delivered messages are deleted at most this often (or when [`MAX_PENDING_MESSAGES`] wait):
-/// a batch of deletions touches each page once. A crash before the deletion sends them
+/// Delivered messages with no append to ride along with are deleted this long after (or when
+/// [`MAX_PENDING_MESSAGES`] wait). A crash before the next journal commit or fold sends them
 /// again: at least once, recognisable by id.
-const DELETE_EVERY: Duration = Duration::from_secs(5);
+const DELETE_EVERY: Duration = Duration::from_secs(1);
 /// Free pages are given back and the WAL folded into the file once writes have paused this
 /// long, not between every burst of a steady trickle.
 const QUIET_AFTER: Duration = Duration::from_secs(5);
@@ -235,16 +235,9 @@ impl Writer {
     /// deleted in it when their turn has come (every [`DELETE_EVERY`], or when many wait).
     async fn commit(&mut self, pending: &mut Pending) {
         let Pending { appends, .. } = std::mem::take(pending);
-        let delete_due = self
-            .last_delete
-            .is_none_or(|at| at.elapsed() >= DELETE_EVERY)
-            || self.delivered.len() >= MAX_PENDING_MESSAGES
-            || appends.is_empty();
-        let delete: Vec<i64> = if delete_due {
-            self.delivered.iter().copied().collect()
-        } else {
-            Vec::new()
-        };
+        // Deleting costs no write of its own (the open transaction's pages are in memory):
+        // every round deletes what was delivered, and its journal commit records it.
+        let delete: Vec<i64> = self.delivered.iter().copied().collect();
         if appends.is_empty() && delete.is_empty() {
             return;
         }
@@ -543,7 +536,7 @@ impl Writer {
                 return;
             }
         };
-        match super::replay::apply(&mut self.conn, &mut self.journal, found).await {
+        match super::replay::apply(&mut self.conn, &self.path, &mut self.journal, found).await {
             Ok(replayed) => {
                 tracing::warn!(
                     messages = replayed.messages,
