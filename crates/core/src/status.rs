@@ -75,6 +75,10 @@ pub struct QueueView {
     pub dropped_total: u64,
     /// Appends refused since start, all reasons.
     pub refused_total: u64,
+    /// Messages recovered from the queue's commit journal at start, after an unclean stop
+    /// (a kill, a power cut): those the cloud acknowledged just before it go again.
+    #[serde(default)]
+    pub recovered_at_start: u64,
 }
 
 /// The uplink, as the status shows it.

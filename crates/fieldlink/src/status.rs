@@ -147,6 +147,7 @@ pub async fn snapshot(
             oldest_age_s: stats.oldest_age.map(|a| a.as_secs()),
             dropped_total: stats.dropped_total.values().sum(),
             refused_total: stats.refused_total.values().sum(),
+            recovered_at_start: stats.replayed_at_open,
         },
         Err(e) => {
             tracing::debug!(error = %e, "No queue statistics for the status file");
@@ -322,9 +323,17 @@ pub fn render(status: &GatewayStatus, age: Duration) -> String {
         out += &format!(", oldest {age}s");
     }
     out += &format!(
-        "; {} dropped, {} refused since start\n",
+        "; {} dropped, {} refused since start",
         q.dropped_total, q.refused_total
     );
+    if q.recovered_at_start > 0 {
+        out += &format!(
+            "; {} recovered after an unclean stop (those acknowledged just before it are sent \
+             again)",
+            q.recovered_at_start
+        );
+    }
+    out += "\n";
     let d = &status.disk;
     out += &format!(
         "disk     {} written since start, ~{}/day at the recent rate\n",

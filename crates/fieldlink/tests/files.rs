@@ -79,6 +79,7 @@ fn queue_and_status_files_are_private_with_umask_022() {
         (data.join("queue.db"), 0o600),
         (wal, 0o600),
         (data.join("queue.db-shm"), 0o600),
+        (data.join("queue.journal"), 0o600),
         (status, 0o600),
     ];
     let modes: Vec<(String, u32, u32)> = files

@@ -56,6 +56,18 @@ pub enum QueueError {
         /// This release's format.
         ours: i64,
     },
+    /// Another process has the queue open (the service, or a second gateway on the same data
+    /// directory): two writers would each take the other's journal commits for their own.
+    #[error(
+        "the queue in {dir:?} is in use by another fieldlink process (the service, or another \
+         gateway with the same data directory): stop it first (e.g. `sudo systemctl stop \
+         fieldlink`), or give this one its own gateway.data_dir; a running gateway's queue can be \
+         purged from its web UI"
+    )]
+    InUse {
+        /// The data directory.
+        dir: PathBuf,
+    },
     /// The queue's directory or files could not be made private (0700 / 0600).
     #[error("queue files: {0}")]
     NotPrivate(#[from] fieldlink_core::private_fs::PrivateError),
@@ -74,6 +86,7 @@ impl QueueError {
             | Self::Migration { .. }
             | Self::TooNew { .. }
             | Self::Io { .. }
+            | Self::InUse { .. }
             | Self::Closed => Fault::Environment,
             Self::NotPrivate(e) => e.fault(),
         }
@@ -85,7 +98,7 @@ impl QueueError {
         let cause = match self {
             Self::Database { .. } => StorageCause::Database,
             Self::Migration { .. } | Self::TooNew { .. } => StorageCause::Schema,
-            Self::Io { .. } | Self::NotPrivate(_) => StorageCause::Io,
+            Self::Io { .. } | Self::NotPrivate(_) | Self::InUse { .. } => StorageCause::Io,
             Self::Full(_) | Self::Closed => return None,
         };
         Some(StorageFailure {

@@ -48,6 +48,22 @@ const VERSION: u32 = 1;
 const COMMIT_HEAD: usize = 4 + 8 + 4 + 4 + 4;
 const CRC: crc::Crc<u32> = crc::Crc::<u32>::new(&crc::CRC_32_ISCSI);
 
+/// Opens the journal file at `path` (made if absent) and takes the lock that makes this
+/// process its only writer; `None` when another process holds it.
+pub(crate) fn lock(path: &Path) -> io::Result<Option<File>> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(file)),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(e),
+    }
+}
+
 /// One commit: messages appended (with the ids SQLite gave them) and ids deleted.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Commit {
@@ -83,14 +99,13 @@ pub(crate) struct Found {
 
 impl Journal {
     /// Opens the journal at `path`, made (with its working size when `prefill`) if absent,
-    /// and reads back what it holds.
-    pub(crate) fn open(path: &Path, sync: bool, prefill: bool) -> io::Result<(Self, Found)> {
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(path)?;
+    /// and reads back what it holds. `file` is `path` opened and locked by [`lock`].
+    pub(crate) fn open(
+        file: File,
+        path: &Path,
+        sync: bool,
+        prefill: bool,
+    ) -> io::Result<(Self, Found)> {
         // New, or made empty by the caller (which creates it private first).
         let fresh = file.metadata()?.len() == 0;
         let mut journal = Self {
@@ -467,7 +482,18 @@ mod tests {
     }
 
     async fn open(path: &Path) -> (Journal, Found) {
-        Journal::open(path, true, true).unwrap()
+        let file = lock(path).unwrap().expect("not locked by another");
+        Journal::open(file, path, true, true).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_second_opener_finds_the_journal_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(JOURNAL_FILE);
+        let (journal, _) = open(&path).await;
+        assert!(lock(&path).unwrap().is_none());
+        drop(journal);
+        assert!(lock(&path).unwrap().is_some());
     }
 
     #[tokio::test]

@@ -517,3 +517,35 @@ async fn a_lease_after_a_nack_moves_past_a_long_run_of_leased_rows() {
     let next = queue.lease(3).await.unwrap();
     assert_eq!(payloads(&next), ["00000000", "00000200", "00000201"]);
 }
+
+/// Two writers on one queue would each take the other's journal commits for their own: the
+/// second is refused with what to do, and the queue opens once the first has closed it.
+#[tokio::test]
+async fn a_queue_open_in_another_writer_is_refused_until_it_is_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let first = open(dir.path(), settings()).await;
+    first.append(vec![entry("s", 1)]).await.unwrap();
+    let second = Queue::open(
+        dir.path(),
+        settings(),
+        HashMap::new(),
+        Arc::new(StatvfsDisk),
+        &fieldlink_core::shutdown::Shutdown::new(),
+    )
+    .await;
+    let Err(refused) = second else {
+        panic!("a second writer was let in");
+    };
+    assert!(matches!(refused, QueueError::InUse { .. }), "{refused}");
+    let text = refused.to_string();
+    assert!(
+        text.contains(&dir.path().display().to_string()) && text.contains("stop it first"),
+        "{text}"
+    );
+    // The first one is untouched by the attempt.
+    first.append(vec![entry("s", 2)]).await.unwrap();
+    first.close().await;
+    let again = open(dir.path(), settings()).await;
+    assert_eq!(payloads(&again.peek(10).await.unwrap()), ["00000001", "00000002"]);
+    again.close().await;
+}

@@ -23,8 +23,8 @@ pub const DEFAULT_MAX_BYTES: u64 = 512 * 1024 * 1024;
 pub const DEFAULT_MAX_MESSAGES: u64 = 5_000_000;
 /// A week: longer than any outage worth buffering for; older readings are rarely wanted.
 pub const DEFAULT_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// At most ten append commits (fsyncs) a second, whatever the rate: SD cards wear by the
-/// commits they take; a PUBACK waits at most this long for company.
+/// At most ten append commits (journal syncs) a second, whatever the rate: SD cards wear by
+/// the commits they take; a PUBACK waits at most this long for company.
 pub const DEFAULT_COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// Keep 64 MiB free so that the system (logs, updates) never runs out of disk because of us.
 pub const DEFAULT_DISK_RESERVE: u64 = 64 * 1024 * 1024;
@@ -52,11 +52,12 @@ pub struct QueueSettings {
 /// What a committed message survives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Durability {
-    /// A power cut: every commit is fsynced before producers get their acknowledgement.
+    /// A power cut: every journal commit is synced before producers get their
+    /// acknowledgement, and every fold of the database.
     #[default]
     PowerSafe,
-    /// A crash of the process, not a power cut: no fsync per commit (the WAL is synced at
-    /// checkpoints). For boards on a UPS.
+    /// A crash of the process, not a power cut: nothing is synced per commit or fold (the WAL
+    /// is synced at checkpoints). For boards on a UPS.
     ProcessCrash,
 }
 

@@ -118,6 +118,18 @@ impl Queue {
     ) -> Result<Self, QueueError> {
         let path = dir.join(DB_FILE);
         store::make_private(dir, &path)?;
+        // This process is the queue's only writer from here on (the lock is the journal's).
+        let journal_path = dir.join(crate::JOURNAL_FILE);
+        let io = |source| QueueError::Io {
+            path: journal_path.clone(),
+            source,
+        };
+        fieldlink_core::private_fs::private_file(&journal_path)?;
+        let Some(journal_file) = crate::journal::lock(&journal_path).map_err(io)? else {
+            return Err(QueueError::InUse {
+                dir: dir.to_owned(),
+            });
+        };
         let store::OpenStore {
             mut conn,
             corrupt_moved_to: corrupt,
@@ -139,13 +151,8 @@ impl Queue {
         };
         // The journal (see `journal.rs`): what was committed since the last fold before an
         // unclean stop is applied now.
-        let journal_path = dir.join(crate::JOURNAL_FILE);
-        let io = |source| QueueError::Io {
-            path: journal_path.clone(),
-            source,
-        };
-        fieldlink_core::private_fs::private_file(&journal_path)?;
         let (mut journal, found) = Journal::open(
+            journal_file,
             &journal_path,
             settings.durability == Durability::PowerSafe,
             prefill,

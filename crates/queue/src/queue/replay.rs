@@ -120,8 +120,9 @@ mod tests {
             .await
             .unwrap()
             .conn;
-        let (mut journal, _) =
-            Journal::open(&dir.path().join(crate::JOURNAL_FILE), true, false).unwrap();
+        let path = dir.path().join(crate::JOURNAL_FILE);
+        let file = crate::journal::lock(&path).unwrap().unwrap();
+        let (mut journal, _) = Journal::open(file, &path, true, false).unwrap();
         // A fold committed generation 7, then the process died before the journal's reset.
         store::set_folded_generation(&mut conn, 7).await.unwrap();
         let done = apply(
@@ -159,8 +160,9 @@ mod tests {
             .await
             .unwrap()
             .conn;
-        let (mut journal, _) =
-            Journal::open(&dir.path().join(crate::JOURNAL_FILE), true, false).unwrap();
+        let path = dir.path().join(crate::JOURNAL_FILE);
+        let file = crate::journal::lock(&path).unwrap().unwrap();
+        let (mut journal, _) = Journal::open(file, &path, true, false).unwrap();
         // A release without the journal appended after the crash and took ids 1 and 2.
         store::insert(&mut conn, &[entry("old1"), entry("old2")], 0, 0)
             .await
