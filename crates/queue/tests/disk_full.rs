@@ -84,7 +84,19 @@ fn disk_alarm(path: &Path) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_under_reject_and_intake_resumes_when_space_returns() {
-    let Some(disk) = SmallDisk::mount("4m") else {
+    refuses_and_resumes("4m").await;
+}
+
+/// With room for the WAL's and the journal's working size at open, the queue runs with its
+/// commit journal and one SQLite transaction per fold (on 4 MiB it commits every round):
+/// the same refusal, nothing confirmed lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_disk_refuses_under_reject_with_the_commit_journal_too() {
+    refuses_and_resumes("40m").await;
+}
+
+async fn refuses_and_resumes(size: &str) {
+    let Some(disk) = SmallDisk::mount(size) else {
         return;
     };
     let queue = open(&disk.path(), FullPolicy::Reject).await;
