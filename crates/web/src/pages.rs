@@ -56,6 +56,7 @@ fn nav(role: Role) -> Vec<(&'static str, &'static str)> {
         ("/queue", "Queue"),
         ("/live", "Live data"),
         ("/certificates", "Certificates"),
+        ("/config", "Configuration"),
     ];
     if role == Role::Admin {
         links.push(("/users", "Users"));
@@ -327,6 +328,7 @@ pub(crate) async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+pub(crate) mod config;
 pub(crate) mod panels;
 
 // --- queue ---------------------------------------------------------------------------------

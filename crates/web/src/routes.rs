@@ -100,6 +100,15 @@ fn table() -> Table {
     )
     .add(get.clone(), "/live", Session, crate::live::page)
     .add(get.clone(), "/live/events", Session, crate::live::events)
+    .add(get.clone(), "/config", Session, pages::config::page)
+    .add(post.clone(), "/config/check", Session, pages::config::check)
+    .add(post.clone(), "/config/apply", Admin, pages::config::apply)
+    .add(
+        post.clone(),
+        "/config/restore",
+        Admin,
+        pages::config::restore,
+    )
     .add(get.clone(), "/users", Admin, pages::users_page)
     .add(post.clone(), "/users", Admin, pages::add_user)
     .add(post.clone(), "/users/remove", Admin, pages::remove_user)
@@ -120,6 +129,24 @@ fn table() -> Table {
     )
     .add(get.clone(), "/api/v1/queue", Session, api::queue)
     .add(post.clone(), "/api/v1/queue/purge", Admin, api::purge)
+    .add(
+        get.clone(),
+        "/api/v1/config",
+        Session,
+        pages::config::api_get,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/config/check",
+        Session,
+        pages::config::api_check,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/config/apply",
+        Admin,
+        pages::config::api_apply,
+    )
     .add(get.clone(), "/api/v1/users", Admin, api::users)
     .add(post.clone(), "/api/v1/users", Admin, api::add_user)
     .add(delete, "/api/v1/users/{name}", Admin, api::remove_user)
