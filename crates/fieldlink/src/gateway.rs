@@ -39,14 +39,15 @@ pub(crate) struct Front {
     tasks: Shutdown,
     pub(crate) port: Arc<web::UiGateway>,
     pub(crate) editor: Option<Arc<Editor>>,
-    applies: Option<tokio::sync::mpsc::Receiver<ApplyRequest>>,
+    applies: Option<tokio::sync::mpsc::Receiver<Box<ApplyRequest>>>,
 }
 
 /// What `run_until` waits for.
 enum Event {
     Stop(&'static str),
     Failed(TaskFailure),
-    Apply(ApplyRequest),
+    /// Boxed: settings are large, and events are many.
+    Apply(Box<ApplyRequest>),
     Tick,
 }
 
@@ -218,7 +219,7 @@ impl Gateway {
                 }
                 Event::Apply(request) => {
                     let restarted = {
-                        let apply = crate::restart::apply(self, request);
+                        let apply = crate::restart::apply(self, *request);
                         tokio::pin!(apply);
                         loop {
                             let tick = async {

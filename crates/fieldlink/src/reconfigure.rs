@@ -52,14 +52,14 @@ pub(crate) struct Editor {
     site: SiteStore,
     running: Mutex<Running>,
     state: Mutex<ApplyState>,
-    requests: tokio::sync::mpsc::Sender<ApplyRequest>,
+    requests: tokio::sync::mpsc::Sender<Box<ApplyRequest>>,
 }
 
 impl Editor {
     pub(crate) fn new(
         editable: Editable,
         settings: Settings,
-        requests: tokio::sync::mpsc::Sender<ApplyRequest>,
+        requests: tokio::sync::mpsc::Sender<Box<ApplyRequest>>,
     ) -> Self {
         Self {
             source: editable.source,
@@ -167,7 +167,7 @@ impl Editor {
             layers: loaded.layers,
             by: user.to_owned(),
         };
-        self.requests.try_send(request).map_err(|_| {
+        self.requests.try_send(Box::new(request)).map_err(|_| {
             ApplyRefusal::Refused(
                 "the gateway takes no new configuration now (it is stopping)".into(),
             )

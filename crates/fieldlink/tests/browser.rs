@@ -371,13 +371,13 @@ async fn click(browser: &Client, css: &str) {
 async fn edit_config(browser: &Client, text: &str) {
     browser
         .goto(
-            &browser
+            browser
                 .current_url()
                 .await
                 .unwrap()
                 .join("/config")
                 .unwrap()
-                .to_string(),
+                .as_str(),
         )
         .await
         .unwrap();
