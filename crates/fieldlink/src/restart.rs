@@ -50,11 +50,19 @@ pub(crate) async fn apply(gateway: &mut Gateway, request: ApplyRequest) -> Resul
         return Ok(());
     }
 
+    let restart = std::time::Instant::now();
     stop_components(gateway).await;
     let tried = match gateway.start_core(request.settings.clone()).await {
         Err(e) => Err(format!("the gateway did not start on it: {e:#}.")),
         Ok(()) => match gateway.running() {
-            Some(core) => health_check(core, &before, uplink_was_connected, window).await,
+            Some(core) => {
+                tracing::info!(
+                    ms = restart.elapsed().as_millis() as u64,
+                    check_s = window.as_secs(),
+                    "Components restarted on the proposed configuration: checking their health"
+                );
+                health_check(core, &before, uplink_was_connected, window).await
+            }
             None => Err("the gateway did not start on it.".into()),
         },
     };

@@ -243,6 +243,14 @@ async fn screenshots() {
             .status
             .success()
     );
+    // A site layer for the Configuration page to show.
+    let site = gateway.dir.path().join("data/config");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(
+        site.join("site.toml"),
+        "# Site settings of boiler room 2\n[queue]\nmax_age = \"7d\"\n\n[[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n",
+    )
+    .unwrap();
     gateway.run();
     for i in 0..5 {
         gateway.publish(
@@ -262,6 +270,7 @@ async fn screenshots() {
         ("/devices", "devices"),
         ("/queue", "queue"),
         ("/certificates", "certificates"),
+        ("/config", "config"),
         ("/users", "users"),
     ] {
         browser.goto(&gateway.url(path)).await.unwrap();
