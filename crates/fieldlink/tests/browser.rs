@@ -281,6 +281,25 @@ async fn screenshots() {
         )
         .unwrap();
     }
+    // A check with two mistakes, each under its line.
+    edit_config(
+        &browser,
+        "# Site settings of boiler room 2\n[queue]\nmax_age = \"7 days\"\n\n[[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\nqos = 3\n",
+    )
+    .await;
+    click(&browser, "button[formaction='/config/check']").await;
+    until_contains(
+        &browser,
+        "#check-result",
+        &["2 problems"],
+        Duration::from_secs(20),
+    )
+    .await;
+    std::fs::write(
+        out.join("config-check.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
     browser
         .goto(&gateway.url("/live?filter=site%2F%23"))
         .await

@@ -252,10 +252,19 @@ fn annotated(text: &str, problems: &BTreeMap<usize, Vec<&Problem>>) -> Markup {
 }
 
 fn describe(problem: &Problem) -> String {
-    match (problem.key.is_empty(), problem.column) {
-        (true, _) => problem.text.clone(),
-        (false, Some(column)) => format!("column {column}, {}: {}", problem.key, problem.text),
-        (false, None) => format!("{}: {}", problem.key, problem.text),
+    if problem.key.is_empty() {
+        return problem.text.clone();
+    }
+    // The text starts with "= value: " when it shows the value written.
+    let sep = if problem.text.starts_with("= ") {
+        " "
+    } else {
+        ": "
+    };
+    let what = format!("{}{sep}{}", problem.key, problem.text);
+    match problem.column {
+        Some(column) => format!("column {column}, {what}"),
+        None => what,
     }
 }
 
