@@ -70,7 +70,7 @@ struct Shared {
 }
 
 /// The order in which the gateway stops, one [`Shutdown`] per step.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Phases {
     /// What takes messages in: the broker's listeners and sessions, the field-device bridge.
     intake: Shutdown,
@@ -92,8 +92,39 @@ pub enum Ended {
 }
 
 impl Core {
-    /// Builds and starts every component but the web UI.
+    /// Builds and starts every component but the web UI. When one cannot start, those
+    /// started before it are stopped before this returns: the queue's file is closed, the
+    /// ports are free, and a start on another configuration (a rollback) finds them so.
     async fn start(settings: Settings, shared: &Shared) -> anyhow::Result<Self> {
+        let upkeep = Shutdown::new();
+        let phases = Phases {
+            intake: upkeep.phase(),
+            delivery: upkeep.phase(),
+            storage: upkeep.phase(),
+            upkeep,
+        };
+        let grace = settings.gateway.shutdown_grace;
+        match Self::start_on(settings, shared, phases.clone()).await {
+            Ok(core) => Ok(core),
+            Err(e) => {
+                // The queue writer ends once every handle on the queue is gone: those of the
+                // tasks first, in every phase, then its own.
+                phases.upkeep.trigger();
+                phases.intake.trigger();
+                phases.delivery.trigger();
+                let done = phases.intake.drain(grace).await
+                    && phases.delivery.drain(grace).await
+                    && phases.upkeep.drain(grace).await
+                    && phases.storage.drain(grace).await;
+                if !done {
+                    tracing::warn!("A component that had started did not stop in time");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    async fn start_on(settings: Settings, shared: &Shared, phases: Phases) -> anyhow::Result<Self> {
         let status = StatusBoard::default();
 
         let data_dir = settings.gateway.resolved_data_dir();
@@ -104,13 +135,6 @@ impl Core {
         tracing::info!(runtime_dir = %runtime_dir.display(), "Runtime directory ready");
         create_private_dir(&runtime_dir).context("the runtime directory")?;
 
-        let upkeep = Shutdown::new();
-        let phases = Phases {
-            intake: upkeep.phase(),
-            delivery: upkeep.phase(),
-            storage: upkeep.phase(),
-            upkeep,
-        };
         let queue_status = status.register("queue");
         let queue = open_queue(&settings, &data_dir, &phases.storage).await?;
         queue_status.set(Health::Up);

@@ -273,3 +273,45 @@ async fn a_proposal_is_checked_then_applied_and_kept_one_apply_at_a_time() {
     assert_eq!(apply_ended(&mut admin).await["state"], "kept");
     assert_eq!(json(&admin.get("/api/v1/config").await.body)["text"], good);
 }
+
+#[tokio::test]
+async fn a_proposal_the_components_cannot_start_on_is_rolled_back_and_nothing_is_lost() {
+    let mut gateway = Gateway::configure_with("apply_check = \"2s\"\n");
+    let added = gateway.users(&["add", "ada", "--role", "admin"], "admin-password\n");
+    assert!(added.status.success());
+    gateway.run();
+    let (mut admin, csrf) = logged_in(&gateway, "ada", "admin-password").await;
+    gateway.publish("site/boiler/temp", "21.5");
+    queued(&mut admin, 1).await;
+
+    // A second listener on a port something else holds: valid, but the broker cannot bind it.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let proposal = format!(
+        "[[broker.listeners]]\nname = \"l\"\nbind = \"127.0.0.1\"\nport = {}\n\
+         [[broker.listeners]]\nname = \"second\"\nbind = \"127.0.0.1\"\nport = {}\n",
+        gateway.mqtt,
+        taken.local_addr().unwrap().port()
+    );
+    let started = post_json(
+        &mut admin,
+        &csrf,
+        "/api/v1/config/apply",
+        serde_json::json!({ "text": proposal }),
+    )
+    .await;
+    assert_eq!(started.status, 202, "{}", started.body);
+    let ended = apply_ended(&mut admin).await;
+    assert_eq!(ended["state"], "rolled_back", "{ended}");
+    let why = ended["why"].as_str().unwrap();
+    assert!(
+        why.contains("did not start on it") && why.contains("second"),
+        "{why}"
+    );
+
+    // Back on the previous configuration: nothing written, the queue as it was and taking more.
+    assert!(!gateway.dir.path().join("data/config/site.toml").exists());
+    assert_eq!(admin.get("/api/v1/session").await.status, 200);
+    gateway.publish("site/boiler/temp", "21.6");
+    let queue = queued(&mut admin, 2).await;
+    assert_eq!(queue["messages"], 2, "{queue}");
+}
