@@ -71,9 +71,11 @@ impl Gateway {
             web::prometheus();
         }
         let (status_tx, status_feed) = web::status_feed();
+        // Key files and keys in PKCS#11 tokens, for the listeners, the uplink and the UI.
+        let pkcs11 = Arc::new(fieldlink_keys::Pkcs11Keys::new(&settings.keys));
         let shared = Shared {
-            // Key files and keys in PKCS#11 tokens, for the listeners, the uplink and the UI.
-            keys: Arc::new(fieldlink_keys::Pkcs11Keys::new(&settings.keys)),
+            keys: pkcs11.clone(),
+            pkcs11,
             status_tx,
             status_feed,
         };
@@ -83,8 +85,14 @@ impl Gateway {
             Some(web_settings) => {
                 let tasks = Shutdown::new();
                 let (requests, applies) = tokio::sync::mpsc::channel(1);
-                let editor =
-                    editable.map(|e| Arc::new(Editor::new(e, core.settings.clone(), requests)));
+                let editor = editable.map(|e| {
+                    Arc::new(Editor::new(
+                        e,
+                        core.settings.clone(),
+                        requests,
+                        shared.pkcs11.clone(),
+                    ))
+                });
                 let port = Arc::new(web::UiGateway::new(
                     shared.status_feed.clone(),
                     editor.clone(),

@@ -28,6 +28,7 @@ pub mod supervisor;
 mod systemd;
 mod users_cli;
 mod web;
+mod web_certs;
 mod web_devices;
 
 use std::collections::HashMap;
@@ -65,6 +66,8 @@ struct Core {
 /// session for the process) and the status feed the web UI follows.
 struct Shared {
     keys: Arc<dyn fieldlink_core::tls::KeyResolver>,
+    /// The same, as the keys crate's own type (certificate requests from the web UI).
+    pkcs11: Arc<fieldlink_keys::Pkcs11Keys>,
     status_tx: tokio::sync::watch::Sender<Option<Arc<fieldlink_core::status::GatewayStatus>>>,
     status_feed: fieldlink_web::StatusFeed,
 }

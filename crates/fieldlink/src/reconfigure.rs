@@ -38,6 +38,12 @@ pub(crate) struct ApplyRequest {
     pub(crate) layers: Layers,
     /// Who asked.
     pub(crate) by: String,
+    /// Whether `text` becomes the site layer once kept (not for a new certificate, which
+    /// restarts on the same configuration).
+    pub(crate) save_site: bool,
+    /// A file written for this apply and its previous contents (`None`: it did not exist),
+    /// put back on a rollback.
+    pub(crate) restore_file: Option<(std::path::PathBuf, Option<Vec<u8>>)>,
 }
 
 /// The running configuration: what a proposal is compared with.
@@ -53,6 +59,8 @@ pub(crate) struct Editor {
     running: Mutex<Running>,
     state: Mutex<ApplyState>,
     requests: tokio::sync::mpsc::Sender<Box<ApplyRequest>>,
+    /// The keys, for the uplink's certificate request and the check of a new certificate.
+    keys: std::sync::Arc<fieldlink_keys::Pkcs11Keys>,
 }
 
 impl Editor {
@@ -60,6 +68,7 @@ impl Editor {
         editable: Editable,
         settings: Settings,
         requests: tokio::sync::mpsc::Sender<Box<ApplyRequest>>,
+        keys: std::sync::Arc<fieldlink_keys::Pkcs11Keys>,
     ) -> Self {
         Self {
             source: editable.source,
@@ -70,6 +79,7 @@ impl Editor {
             }),
             state: Mutex::new(ApplyState::Idle),
             requests,
+            keys,
         }
     }
 
@@ -166,19 +176,77 @@ impl Editor {
             settings: loaded.settings,
             layers: loaded.layers,
             by: user.to_owned(),
+            save_site: true,
+            restore_file: None,
         };
+        tracing::info!(user, "Web UI: applying a new site configuration");
+        self.start(&mut state, request, check_s)
+    }
+
+    /// Hands `request` to the service loop; `state` is held by the caller.
+    fn start(
+        &self,
+        state: &mut ApplyState,
+        request: ApplyRequest,
+        check_s: u64,
+    ) -> Result<(), ApplyRefusal> {
+        let by = request.by.clone();
         self.requests.try_send(Box::new(request)).map_err(|_| {
             ApplyRefusal::Refused(
                 "the gateway takes no new configuration now (it is stopping)".into(),
             )
         })?;
-        tracing::info!(user, "Web UI: applying a new site configuration");
         *state = ApplyState::Applying {
-            by: user.to_owned(),
+            by,
             started_s: now_s(),
             check_s,
         };
         Ok(())
+    }
+
+    /// A certificate request for the uplink's key (PEM).
+    pub(crate) fn uplink_csr(&self) -> Result<String, String> {
+        let settings = self.running().settings.clone();
+        crate::web_certs::uplink_csr(&settings, &self.keys)
+    }
+
+    /// Checks `pem` as the uplink's new certificate, writes it where `uplink.cert_file`
+    /// points and restarts the components on it like an apply: kept if the gateway stays
+    /// healthy (the uplink connected again), else the previous file returns.
+    pub(crate) fn upload_uplink_cert(&self, pem: &str, user: &str) -> Result<(), ApplyRefusal> {
+        let mut state = self.state();
+        if matches!(*state, ApplyState::Applying { .. }) {
+            return Err(ApplyRefusal::Busy);
+        }
+        let (settings, layers) = {
+            let running = self.running();
+            (running.settings.clone(), running.layers.clone())
+        };
+        let (path, text) = crate::web_certs::checked_upload(&settings, &self.keys, pem)
+            .map_err(ApplyRefusal::Refused)?;
+        let previous = match std::fs::read(&path) {
+            Ok(bytes) => Some(bytes),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => {
+                return Err(ApplyRefusal::Refused(format!(
+                    "cannot read {}: {e}",
+                    path.display()
+                )));
+            }
+        };
+        fieldlink_core::private_fs::replace_atomically(&path, text.as_bytes())
+            .map_err(|e| ApplyRefusal::Refused(format!("cannot write {}: {e}", path.display())))?;
+        let check_s = settings.web.as_ref().map_or(0, |w| w.apply_check.as_secs());
+        tracing::info!(user, path = %path.display(), "Web UI: applying a new uplink certificate");
+        let request = ApplyRequest {
+            text: String::new(),
+            settings,
+            layers,
+            by: user.to_owned(),
+            save_site: false,
+            restore_file: Some((path, previous)),
+        };
+        self.start(&mut state, request, check_s)
     }
 
     /// The apply passed its check: it is the running configuration now.

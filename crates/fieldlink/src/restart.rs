@@ -42,7 +42,9 @@ pub(crate) async fn apply(gateway: &mut Gateway, request: ApplyRequest) -> Resul
         .web
         .as_ref()
         .map_or(Duration::from_secs(20), |w| w.apply_check);
-    if let Err(e) = editor.site().write_trial(&request.text) {
+    if request.save_site
+        && let Err(e) = editor.site().write_trial(&request.text)
+    {
         editor.rolled_back(
             request.by,
             format!("the proposal could not be written aside ({e}); nothing was changed."),
@@ -67,6 +69,9 @@ pub(crate) async fn apply(gateway: &mut Gateway, request: ApplyRequest) -> Resul
         },
     };
     let kept = tried.and_then(|summary| {
+        if !request.save_site {
+            return Ok(summary);
+        }
         editor
             .site()
             .write(&request.text)
@@ -81,8 +86,20 @@ pub(crate) async fn apply(gateway: &mut Gateway, request: ApplyRequest) -> Resul
             editor.kept_now(request, summary);
             Ok(())
         }
-        Err(why) => {
+        Err(mut why) => {
             stop_components(gateway).await;
+            if let Some((path, previous)) = &request.restore_file {
+                let put_back = match previous {
+                    Some(bytes) => fieldlink_core::private_fs::replace_atomically(path, bytes),
+                    None => std::fs::remove_file(path),
+                };
+                if let Err(e) = put_back {
+                    why.push_str(&format!(
+                        " The previous {} could not be put back: {e}.",
+                        path.display()
+                    ));
+                }
+            }
             let again = gateway.start_core(previous).await;
             match again {
                 Ok(()) => {

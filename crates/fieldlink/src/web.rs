@@ -252,6 +252,20 @@ impl fieldlink_web::Gateway for UiGateway {
         self.editor()?.site_config()
     }
 
+    fn uplink_csr(&self) -> Result<String, String> {
+        self.editor()?.uplink_csr()
+    }
+
+    fn upload_uplink_cert(
+        &self,
+        pem: &str,
+        user: &str,
+    ) -> Result<(), fieldlink_web::editing::ApplyRefusal> {
+        self.editor()
+            .map_err(fieldlink_web::editing::ApplyRefusal::Refused)?
+            .upload_uplink_cert(pem, user)
+    }
+
     fn check_config(&self, text: &str) -> Result<fieldlink_web::editing::Checked, String> {
         self.editor()?.check(text).map(|(checked, _)| checked)
     }

@@ -65,6 +65,8 @@
     });
   }
   if (document.querySelector("[data-applying]")) {
-    setTimeout(function () { window.location.assign("/config"); }, 2000);
+    // The page's own GET path (an answer to a form post has the form's path).
+    const page = window.location.pathname.startsWith("/certificates") ? "/certificates" : "/config";
+    setTimeout(function () { window.location.assign(page); }, 2000);
   }
 })();

@@ -135,6 +135,17 @@ pub trait Gateway: Send + Sync + 'static {
         let _ = text;
         Err(editing::NOT_EDITABLE.into())
     }
+    /// A certificate request (PEM) for the uplink's key, its subject the uplink's client id.
+    fn uplink_csr(&self) -> Result<String, String> {
+        Err(editing::NOT_EDITABLE.into())
+    }
+    /// Checks `pem` as the uplink's new certificate (parses, its key, chains to the configured
+    /// CA, valid now), writes it where the configuration points and applies it like a
+    /// configuration: restart, health check, kept or the previous file back.
+    fn upload_uplink_cert(&self, pem: &str, user: &str) -> Result<(), editing::ApplyRefusal> {
+        let _ = (pem, user);
+        Err(editing::ApplyRefusal::Refused(editing::NOT_EDITABLE.into()))
+    }
     /// The text of kept version `number`.
     fn kept_config(&self, number: u64) -> Result<String, String> {
         let _ = number;

@@ -91,6 +91,18 @@ fn table() -> Table {
     .add(get.clone(), "/queue", Session, pages::queue_page)
     .add(post.clone(), "/queue/purge", Admin, pages::purge)
     .add(get.clone(), "/certificates", Session, pages::certificates)
+    .add(
+        get.clone(),
+        "/certificates/uplink.csr",
+        Admin,
+        pages::certs::csr_download,
+    )
+    .add(
+        post.clone(),
+        "/certificates/uplink",
+        Admin,
+        pages::certs::upload,
+    )
     .add(get.clone(), "/devices", Session, crate::devices::page)
     .add(
         post.clone(),
@@ -146,6 +158,18 @@ fn table() -> Table {
         "/api/v1/config/apply",
         Admin,
         pages::config::api_apply,
+    )
+    .add(
+        get.clone(),
+        "/api/v1/certificates/uplink/csr",
+        Admin,
+        pages::certs::api_csr,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/certificates/uplink",
+        Admin,
+        pages::certs::api_upload,
     )
     .add(get.clone(), "/api/v1/users", Admin, api::users)
     .add(post.clone(), "/api/v1/users", Admin, api::add_user)

@@ -124,7 +124,8 @@ fn apply_from_page(app: &App, session: &Session, text: &str) -> Response {
     }
 }
 
-const BUSY: &str = "Another configuration is being applied: wait for its health check to end.";
+pub(crate) const BUSY: &str =
+    "Another configuration is being applied: wait for its health check to end.";
 
 fn answer(app: &App, session: &Session, text: &str, outcome: Outcome) -> Response {
     let shown = Shown {
@@ -161,7 +162,7 @@ fn view(app: &App, session: &Session, shown: Shown<'_>) -> Markup {
     )
 }
 
-fn apply_state(state: &ApplyState) -> Markup {
+pub(crate) fn apply_state(state: &ApplyState) -> Markup {
     html! {
         @match state {
             ApplyState::Idle => {}
