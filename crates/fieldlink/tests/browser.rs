@@ -125,6 +125,24 @@ async fn login(browser: &Client, gateway: &Gateway, name: &str, password: &str) 
     submit(browser).await;
 }
 
+/// A gateway configured with `extra`, an admin `ada`, and a browser logged in as her on the
+/// dashboard. Keep the driver: its drop ends the browser.
+async fn admin_in_browser(extra: &str) -> (Gateway, Driver, Client) {
+    let mut gateway = Gateway::configure_with(extra);
+    assert!(
+        gateway
+            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    login(&browser, &gateway, "ada", "admin-password").await;
+    until_text(&browser, "h1", "Dashboard").await;
+    (gateway, driver, browser)
+}
+
 #[tokio::test]
 async fn first_admin_then_logins_and_the_dashboard_updates_live() {
     let mut gateway = Gateway::configure();
@@ -314,18 +332,7 @@ async fn screenshots() {
 async fn an_admin_writes_a_setpoint_to_a_real_modbus_device_and_sees_the_answer() {
     let mut peer = web_gateway::ModbusPeer::start();
     assert_eq!(peer.cmd("set ir 0 215"), "ok");
-    let mut gateway = Gateway::configure_with(&web_gateway::boiler(&peer));
-    assert!(
-        gateway
-            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
-            .status
-            .success()
-    );
-    gateway.run();
-    let driver = Driver::start();
-    let browser = driver.browser().await;
-    login(&browser, &gateway, "ada", "admin-password").await;
-    until_text(&browser, "h1", "Dashboard").await;
+    let (gateway, _driver, browser) = admin_in_browser(&web_gateway::boiler(&peer)).await;
 
     // The value read from the device, with its unit and quality.
     let start = Instant::now();
@@ -415,18 +422,7 @@ async fn edit_config(browser: &Client, text: &str) {
 
 #[tokio::test]
 async fn two_mistakes_show_at_their_lines_and_the_fixed_config_is_applied_and_kept() {
-    let mut gateway = Gateway::configure_with("apply_check = \"2s\"\n");
-    assert!(
-        gateway
-            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
-            .status
-            .success()
-    );
-    gateway.run();
-    let driver = Driver::start();
-    let browser = driver.browser().await;
-    login(&browser, &gateway, "ada", "admin-password").await;
-    until_text(&browser, "h1", "Dashboard").await;
+    let (gateway, _driver, browser) = admin_in_browser("apply_check = \"2s\"\n").await;
 
     // Lines 2 and 7 are wrong: a word for a size, and a key no route has.
     edit_config(
@@ -519,19 +515,13 @@ async fn an_uplink_that_cannot_connect_is_rolled_back_and_the_page_says_why() {
         key.display()
     ));
     wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(10));
-    let mut gateway = Gateway::configure_with(&format!(
+    let (gateway, _driver, browser) = admin_in_browser(&format!(
         "apply_check = \"3s\"\n\
          [uplink]\nhost = \"localhost\"\nport = {tls}\nclient_id = \"gw-web\"\nca_file = \"{}\"\n\
          reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
         ca_file.display()
-    ));
-    assert!(
-        gateway
-            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
-            .status
-            .success()
-    );
-    gateway.run();
+    ))
+    .await;
     let mut api = gateway.client();
     let login_api = api
         .post_form(
@@ -543,27 +533,7 @@ async fn an_uplink_that_cannot_connect_is_rolled_back_and_the_page_says_why() {
         )
         .await;
     assert_eq!(login_api.status, 303);
-    let uplink_connected = async |api: &mut fieldlink_test_support::web_client::WebClient| {
-        let start = Instant::now();
-        loop {
-            let answer = api.get("/api/v1/status").await;
-            if answer.body.contains("\"state\":\"connected\"") {
-                return;
-            }
-            assert!(
-                start.elapsed() < Duration::from_secs(30),
-                "uplink never connected: {}",
-                answer.body
-            );
-            tokio::time::sleep(Duration::from_millis(300)).await;
-        }
-    };
-    uplink_connected(&mut api).await;
-
-    let driver = Driver::start();
-    let browser = driver.browser().await;
-    login(&browser, &gateway, "ada", "admin-password").await;
-    until_text(&browser, "h1", "Dashboard").await;
+    web_gateway::uplink_connected(&mut api).await;
 
     // The uplink to a port where nothing listens.
     let closed = free_port();
@@ -585,7 +555,7 @@ async fn an_uplink_that_cannot_connect_is_rolled_back_and_the_page_says_why() {
 
     // Back on the old configuration: nothing written, the uplink connected to the real broker.
     assert!(!gateway.dir.path().join("data/config/site.toml").exists());
-    uplink_connected(&mut api).await;
+    web_gateway::uplink_connected(&mut api).await;
     // The browser's session lived through both restarts.
     browser.goto(&gateway.url("/queue")).await.unwrap();
     until_text(&browser, "h1", "Queue").await;

@@ -11,45 +11,9 @@ use std::os::unix::fs::PermissionsExt as _;
 use std::time::{Duration, Instant};
 
 use fieldlink_test_support::certs::{Leaf, TestCa, write};
-use fieldlink_test_support::web_client::{Answer, WebClient, form};
+use fieldlink_test_support::web_client::form;
 use fieldlink_test_support::{Mosquitto, free_port, wait_for_port};
-use web_gateway::Gateway;
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
-
-async fn post_json(
-    client: &mut WebClient,
-    csrf: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> Answer {
-    client
-        .send(
-            "POST",
-            path,
-            &[("content-type", "application/json"), ("x-csrf-token", csrf)],
-            &body.to_string(),
-        )
-        .await
-}
-
-async fn uplink_connected(client: &mut WebClient) {
-    let start = Instant::now();
-    loop {
-        let answer = client.get("/api/v1/status").await;
-        if answer.status == 200 && json(&answer.body)["uplink"]["state"] == "connected" {
-            return;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "uplink never connected: {}",
-            answer.body
-        );
-        tokio::time::sleep(Duration::from_millis(300)).await;
-    }
-}
+use web_gateway::{Gateway, json, post_json, uplink_connected};
 
 #[tokio::test]
 async fn the_uplink_certificate_is_requested_checked_uploaded_and_used() {

@@ -8,12 +8,8 @@ mod web_gateway;
 
 use std::time::{Duration, Instant};
 
-use fieldlink_test_support::web_client::{Answer, WebClient, form};
-use web_gateway::Gateway;
-
-fn json(body: &str) -> serde_json::Value {
-    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
-}
+use fieldlink_test_support::web_client::{WebClient, form};
+use web_gateway::{Gateway, json, post_json};
 
 async fn logged_in(gateway: &Gateway, name: &str, password: &str) -> (WebClient, String) {
     let mut client = gateway.client();
@@ -29,22 +25,6 @@ async fn logged_in(gateway: &Gateway, name: &str, password: &str) -> (WebClient,
         .unwrap()
         .to_owned();
     (client, csrf)
-}
-
-async fn post_json(
-    client: &mut WebClient,
-    csrf: &str,
-    path: &str,
-    body: serde_json::Value,
-) -> Answer {
-    client
-        .send(
-            "POST",
-            path,
-            &[("content-type", "application/json"), ("x-csrf-token", csrf)],
-            &body.to_string(),
-        )
-        .await
 }
 
 /// Polls `GET /api/v1/config` until the apply has ended; its state.

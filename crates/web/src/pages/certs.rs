@@ -87,14 +87,7 @@ pub(crate) async fn api_upload(
     let error =
         |status: StatusCode, text: &str| (status, Json(json!({ "error": text }))).into_response();
     match app.gateway.upload_uplink_cert(&body.pem, &session.user) {
-        Ok(()) => {
-            let apply = app
-                .gateway
-                .site_config()
-                .map(|s| s.apply)
-                .unwrap_or_default();
-            (StatusCode::ACCEPTED, Json(json!({ "apply": apply }))).into_response()
-        }
+        Ok(()) => crate::pages::config::accepted(&app),
         Err(ApplyRefusal::Busy) => error(StatusCode::CONFLICT, crate::pages::config::BUSY),
         Err(ApplyRefusal::Refused(why)) => error(StatusCode::BAD_REQUEST, &why),
         Err(ApplyRefusal::Invalid(_)) => {

@@ -399,14 +399,7 @@ pub(crate) async fn api_apply(
         }
     };
     match app.gateway.apply_config(&text, &session.user) {
-        Ok(()) => {
-            let apply = app
-                .gateway
-                .site_config()
-                .map(|s| s.apply)
-                .unwrap_or_default();
-            (StatusCode::ACCEPTED, Json(json!({ "apply": apply }))).into_response()
-        }
+        Ok(()) => accepted(&app),
         Err(ApplyRefusal::Busy) => problem_json(StatusCode::CONFLICT, BUSY),
         Err(ApplyRefusal::Invalid(checked)) => (
             StatusCode::BAD_REQUEST,
@@ -418,4 +411,14 @@ pub(crate) async fn api_apply(
             .into_response(),
         Err(ApplyRefusal::Refused(why)) => problem_json(StatusCode::BAD_REQUEST, why),
     }
+}
+
+/// `202` with the apply just started, to follow with `GET /api/v1/config`.
+pub(crate) fn accepted(app: &App) -> Response {
+    let apply = app
+        .gateway
+        .site_config()
+        .map(|s| s.apply)
+        .unwrap_or_default();
+    (StatusCode::ACCEPTED, Json(json!({ "apply": apply }))).into_response()
 }
