@@ -202,12 +202,20 @@ pub fn main() -> ExitCode {
         Command::Demo => crate::demo::main(),
         Command::Run => {
             fieldlink_core::logging::init();
-            let (settings, origin) = match config::load(&source) {
+            let loaded = match config::load_layers(&source) {
                 Ok(loaded) => loaded,
                 Err(errors) => return bad_config(&errors),
             };
-            tracing::info!(version = VERSION, config = %describe(&origin, &source), "Starting fieldlink");
-            match run(settings) {
+            for warning in &loaded.warnings {
+                tracing::warn!("{warning}");
+            }
+            tracing::info!(version = VERSION, config = %describe(&loaded.origin, &source), "Starting fieldlink");
+            let editable = crate::Editable {
+                source: source.clone(),
+                layers: loaded.layers,
+                site: loaded.site,
+            };
+            match run(loaded.settings, editable) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
@@ -254,7 +262,7 @@ fn check_token_keys(settings: &Settings) -> Vec<String> {
     problems
 }
 
-fn run(settings: Settings) -> anyhow::Result<()> {
+fn run(settings: Settings, editable: crate::Editable) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .thread_name("fieldlink")
@@ -265,7 +273,7 @@ fn run(settings: Settings) -> anyhow::Result<()> {
         // Watch the signals before anything starts: a SIGTERM that arrives during start-up (or
         // right after READY=1) must stop us cleanly, not kill us by default action.
         let signals = Signals::install()?;
-        let gateway = Gateway::start(settings).await?;
+        let mut gateway = Gateway::start_editable(settings, editable).await?;
         systemd::notify("READY=1");
         let watchdog = systemd::watchdog_interval().map(|every| Watchdog {
             every,

@@ -5,41 +5,51 @@
 //! until asked to stop or until a component fails; [`Gateway::stop`] stops them in data-path
 //! order within the configured grace period. The CLI ([`cli`]) is a thin layer over this, so
 //! tests can run the whole gateway in-process.
+//!
+//! Two parts: the components (`Core`: broker, queue, bridge, uplink, OTA, status), which
+//! `run_until` may stop and start again in process on a configuration applied from the web UI
+//! (`restart`), and the web UI, which is started once and outlives those restarts (its
+//! sessions with it): it reaches the components of the moment through `web::UiGateway`.
 
 pub mod cli;
 pub mod config;
 mod config_cli;
 mod credentials_cli;
 mod demo;
+mod gateway;
 mod ingress;
 mod keys_cli;
 mod ota_cli;
+mod reconfigure;
+mod restart;
 pub mod service;
 pub mod status;
 pub mod supervisor;
 mod systemd;
 mod users_cli;
 mod web;
+mod web_certs;
 mod web_devices;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::Arc;
 
 use crate::config::Settings;
 use anyhow::Context as _;
 use fieldlink_broker::{BrokerBus, RunningBroker};
-use fieldlink_core::ports::{Health, Ingress, LocalBus, StatusBoard};
+use fieldlink_core::ports::{Health, StatusBoard};
 use fieldlink_core::shutdown::{Shutdown, TaskFailure};
 use fieldlink_queue::{Queue, StatvfsDisk};
 use fieldlink_uplink::Uplink;
 
+pub use gateway::Gateway;
+pub use reconfigure::Editable;
+
 /// The version, as `fieldlink version` prints it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
-/// A running gateway.
-#[derive(Debug)]
-pub struct Gateway {
+/// The components, all but the web UI: started on one configuration, stopped as a whole.
+struct Core {
     settings: Settings,
     phases: Phases,
     status: StatusBoard,
@@ -48,11 +58,22 @@ pub struct Gateway {
     ingress: Arc<ingress::RoutedIngress>,
     queue: Queue,
     uplink: Option<Uplink>,
-    web: Option<fieldlink_web::WebUi>,
+    /// What the web UI sees of these components, when it runs.
+    view: Option<Arc<web::WebGateway>>,
+}
+
+/// What every start of the components shares with the one before: the keys (one PKCS#11
+/// session for the process) and the status feed the web UI follows.
+struct Shared {
+    keys: Arc<dyn fieldlink_core::tls::KeyResolver>,
+    /// The same, as the keys crate's own type (certificate requests from the web UI).
+    pkcs11: Arc<fieldlink_keys::Pkcs11Keys>,
+    status_tx: tokio::sync::watch::Sender<Option<Arc<fieldlink_core::status::GatewayStatus>>>,
+    status_feed: fieldlink_web::StatusFeed,
 }
 
 /// The order in which the gateway stops, one [`Shutdown`] per step.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Phases {
     /// What takes messages in: the broker's listeners and sessions, the field-device bridge.
     intake: Shutdown,
@@ -73,14 +94,40 @@ pub enum Ended {
     Failed(TaskFailure),
 }
 
-impl Gateway {
-    /// Builds and starts every component.
-    pub async fn start(settings: Settings) -> anyhow::Result<Self> {
-        fieldlink_core::tls::install_default_provider();
-        if settings.web.is_some() {
-            // Before any component emits: metrics recorded earlier would go nowhere.
-            web::prometheus();
+impl Core {
+    /// Builds and starts every component but the web UI. When one cannot start, those
+    /// started before it are stopped before this returns: the queue's file is closed, the
+    /// ports are free, and a start on another configuration (a rollback) finds them so.
+    async fn start(settings: Settings, shared: &Shared) -> anyhow::Result<Self> {
+        let upkeep = Shutdown::new();
+        let phases = Phases {
+            intake: upkeep.phase(),
+            delivery: upkeep.phase(),
+            storage: upkeep.phase(),
+            upkeep,
+        };
+        let grace = settings.gateway.shutdown_grace;
+        match Self::start_on(settings, shared, phases.clone()).await {
+            Ok(core) => Ok(core),
+            Err(e) => {
+                // The queue writer ends once every handle on the queue is gone: those of the
+                // tasks first, in every phase, then its own.
+                phases.upkeep.trigger();
+                phases.intake.trigger();
+                phases.delivery.trigger();
+                let done = phases.intake.drain(grace).await
+                    && phases.delivery.drain(grace).await
+                    && phases.upkeep.drain(grace).await
+                    && phases.storage.drain(grace).await;
+                if !done {
+                    tracing::warn!("A component that had started did not stop in time");
+                }
+                Err(e)
+            }
         }
+    }
+
+    async fn start_on(settings: Settings, shared: &Shared, phases: Phases) -> anyhow::Result<Self> {
         let status = StatusBoard::default();
 
         let data_dir = settings.gateway.resolved_data_dir();
@@ -91,20 +138,11 @@ impl Gateway {
         tracing::info!(runtime_dir = %runtime_dir.display(), "Runtime directory ready");
         create_private_dir(&runtime_dir).context("the runtime directory")?;
 
-        let upkeep = Shutdown::new();
-        let phases = Phases {
-            intake: upkeep.phase(),
-            delivery: upkeep.phase(),
-            storage: upkeep.phase(),
-            upkeep,
-        };
         let queue_status = status.register("queue");
         let queue = open_queue(&settings, &data_dir, &phases.storage).await?;
         queue_status.set(Health::Up);
 
-        // Key files and keys in PKCS#11 tokens, for the broker's listeners and the uplink.
-        let keys: Arc<dyn fieldlink_core::tls::KeyResolver> =
-            Arc::new(fieldlink_keys::Pkcs11Keys::new(&settings.keys));
+        let keys = shared.keys.clone();
         let broker_status = status.register("broker");
         let mut broker = RunningBroker::start_with_keys(&settings.broker, keys.clone())
             .context("cannot start the local broker")?;
@@ -188,13 +226,12 @@ impl Gateway {
             )?;
         }
 
-        let (status_tx, status_feed) = web::status_feed();
         phases.upkeep.spawn(status::publish(
             runtime_dir,
             status.clone(),
             queue.clone(),
             uplink.as_ref().map(Uplink::watch),
-            status_tx,
+            shared.status_tx.clone(),
             settings.ota.as_ref().map(|ota| {
                 ota.download_dir
                     .clone()
@@ -203,9 +240,9 @@ impl Gateway {
             phases.upkeep.clone(),
         ));
 
-        let web = match &settings.web {
+        let view = match &settings.web {
             None => None,
-            Some(web) => {
+            Some(_) => {
                 let devices = if settings.devices.is_empty() {
                     None
                 } else {
@@ -219,24 +256,13 @@ impl Gateway {
                         .context("cannot follow the field devices for the web UI")?,
                     )
                 };
-                let ui = fieldlink_web::start(
-                    web,
-                    &data_dir,
-                    keys.as_ref(),
-                    Arc::new(web::WebGateway {
-                        status: status_feed,
-                        queue: queue.clone(),
-                        bus: bus.clone(),
-                        access: access.clone(),
-                        devices,
-                    }),
-                    &phases.intake,
-                )
-                .context("cannot start the web UI")?;
-                phases
-                    .upkeep
-                    .spawn(web::upkeep_metrics(phases.upkeep.clone()));
-                Some(ui)
+                Some(Arc::new(web::WebGateway {
+                    status: shared.status_feed.clone(),
+                    queue: queue.clone(),
+                    bus: bus.clone(),
+                    access: access.clone(),
+                    devices,
+                }))
             }
         };
 
@@ -249,88 +275,13 @@ impl Gateway {
             ingress,
             queue,
             uplink,
-            web,
+            view,
         })
-    }
-
-    /// The SHA-256 fingerprint of the web UI's certificate, when it runs.
-    pub fn web_fingerprint(&self) -> Option<&str> {
-        self.web.as_ref().map(fieldlink_web::WebUi::fingerprint)
-    }
-
-    /// Where the web UI listens, when it runs.
-    pub fn web_addr(&self) -> Option<SocketAddr> {
-        self.web.as_ref().map(fieldlink_web::WebUi::addr)
-    }
-
-    /// Where the local broker's listeners are bound, in configuration order.
-    pub fn broker_addrs(&self) -> &[SocketAddr] {
-        self.broker.listen_addrs()
-    }
-
-    /// The way in for messages produced inside the gateway (routed, stored, then published).
-    pub fn ingress(&self) -> Arc<dyn Ingress> {
-        self.ingress.clone()
-    }
-
-    /// The local broker, seen from inside the process.
-    pub fn bus(&self) -> Arc<dyn LocalBus> {
-        self.bus.clone()
-    }
-
-    /// The store-and-forward queue.
-    pub fn queue(&self) -> &Queue {
-        &self.queue
-    }
-
-    /// The uplink, when one is configured.
-    pub fn uplink(&self) -> Option<&Uplink> {
-        self.uplink.as_ref()
-    }
-
-    /// Every component's health.
-    pub fn status(&self) -> &StatusBoard {
-        &self.status
-    }
-
-    /// Serves until `stop` resolves or a component fails, pinging `watchdog` meanwhile while
-    /// every component works (if degraded, as in a cloud outage); a component down stops the
-    /// pings at once, before anything else.
-    pub async fn run_until(
-        &self,
-        stop: impl std::future::Future<Output = &'static str>,
-        watchdog: Option<supervisor::Watchdog>,
-    ) -> Ended {
-        tokio::pin!(stop);
-        let failed = self.failed();
-        tokio::pin!(failed);
-        let mut watchdog = watchdog.map(|w| (tokio::time::interval(w.every), w.ping));
-        loop {
-            let tick = async {
-                match watchdog.as_mut() {
-                    Some((interval, _)) => drop(interval.tick().await),
-                    None => std::future::pending().await,
-                }
-            };
-            tokio::select! {
-                signal = &mut stop => return Ended::Asked(signal),
-                failure = &mut failed => {
-                    // Shown down by the time the caller hears of it.
-                    self.status.fail(failure.component, failure.to_string());
-                    return Ended::Failed(failure);
-                }
-                () = tick => {
-                    if let Some((_, ping)) = watchdog.as_mut().filter(|_| self.status.serving()) {
-                        ping();
-                    }
-                }
-            }
-        }
     }
 
     /// Resolves with the first failure of a component: it is then down, and the gateway must
     /// be stopped and started again.
-    pub async fn failed(&self) -> TaskFailure {
+    async fn failed(&self) -> TaskFailure {
         let mut failures = self.phases.upkeep.failures();
         match failures.wait_for(|all| !all.is_empty()).await {
             Ok(all) => all[0].clone(),
@@ -344,7 +295,7 @@ impl Gateway {
     /// the acknowledgements it has received; then the queue, which commits all of that and
     /// closes its file; the status file last. Returns `false` when the grace period ran out
     /// before everything finished.
-    pub async fn stop(self) -> bool {
+    async fn stop(self) -> bool {
         let deadline = tokio::time::Instant::now() + self.settings.gateway.shutdown_grace;
         let left = || deadline.saturating_duration_since(tokio::time::Instant::now());
         // Probes first: a queue closing on purpose is no failure.

@@ -157,3 +157,130 @@ pub(crate) fn status_feed() -> (
 ) {
     tokio::sync::watch::channel(None)
 }
+
+/// What the web UI holds for the whole life of the process: the status feed (renewed by
+/// whichever set of components runs), the components running now (none while they restart
+/// on a new configuration), and the configuration editor. The UI and its sessions outlive a
+/// restart; each request reaches the components of the moment.
+pub(crate) struct UiGateway {
+    status: StatusFeed,
+    current: std::sync::RwLock<Option<Arc<WebGateway>>>,
+    editor: Option<Arc<crate::reconfigure::Editor>>,
+}
+
+/// What a request that needs the components hears while they restart.
+const RESTARTING: &str = "the gateway is restarting on a new configuration: try again in a moment";
+
+impl UiGateway {
+    pub(crate) fn new(status: StatusFeed, editor: Option<Arc<crate::reconfigure::Editor>>) -> Self {
+        Self {
+            status,
+            current: std::sync::RwLock::new(None),
+            editor,
+        }
+    }
+
+    /// Points the UI at `components` (`None` while they restart).
+    pub(crate) fn attach(&self, components: Option<Arc<WebGateway>>) {
+        *self
+            .current
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = components;
+    }
+
+    fn components(&self) -> Result<Arc<WebGateway>, String> {
+        self.current
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| RESTARTING.to_owned())
+    }
+
+    fn editor(&self) -> Result<&crate::reconfigure::Editor, String> {
+        self.editor
+            .as_deref()
+            .ok_or_else(|| fieldlink_web::editing::NOT_EDITABLE.to_owned())
+    }
+}
+
+impl fieldlink_web::Gateway for UiGateway {
+    fn status(&self) -> StatusFeed {
+        self.status.clone()
+    }
+
+    fn queue(&self) -> BoxFuture<'_, Result<QueueDetail, String>> {
+        let components = self.components();
+        Box::pin(async move { components?.queue().await })
+    }
+
+    fn purge_queue(&self) -> BoxFuture<'_, Result<u64, String>> {
+        let components = self.components();
+        Box::pin(async move { components?.purge_queue().await })
+    }
+
+    fn devices(&self) -> Vec<fieldlink_web::devices::DeviceView> {
+        self.components().map(|c| c.devices()).unwrap_or_default()
+    }
+
+    fn write_point(
+        &self,
+        device: &str,
+        point: &str,
+        value: fieldlink_web::devices::WriteValue,
+    ) -> BoxFuture<'_, Result<String, String>> {
+        let components = self.components();
+        let (device, point) = (device.to_owned(), point.to_owned());
+        Box::pin(async move { components?.write_point(&device, &point, value).await })
+    }
+
+    fn watch_topics(
+        &self,
+        user: &str,
+        filter: &TopicFilter,
+    ) -> Result<tokio::sync::mpsc::Receiver<Message>, String> {
+        self.components()?.watch_topics(user, filter)
+    }
+
+    fn metrics(&self) -> String {
+        match self.components() {
+            Ok(components) => components.metrics(),
+            Err(e) => format!("# {e}\n"),
+        }
+    }
+
+    fn site_config(&self) -> Result<fieldlink_web::editing::SiteConfig, String> {
+        self.editor()?.site_config()
+    }
+
+    fn uplink_csr(&self) -> Result<String, String> {
+        self.editor()?.uplink_csr()
+    }
+
+    fn upload_uplink_cert(
+        &self,
+        pem: &str,
+        user: &str,
+    ) -> Result<(), fieldlink_web::editing::ApplyRefusal> {
+        self.editor()
+            .map_err(fieldlink_web::editing::ApplyRefusal::Refused)?
+            .upload_uplink_cert(pem, user)
+    }
+
+    fn check_config(&self, text: &str) -> Result<fieldlink_web::editing::Checked, String> {
+        self.editor()?.check(text).map(|(checked, _)| checked)
+    }
+
+    fn kept_config(&self, number: u64) -> Result<String, String> {
+        self.editor()?.kept(number)
+    }
+
+    fn apply_config(
+        &self,
+        text: &str,
+        user: &str,
+    ) -> Result<(), fieldlink_web::editing::ApplyRefusal> {
+        self.editor()
+            .map_err(fieldlink_web::editing::ApplyRefusal::Refused)?
+            .apply(text, user)
+    }
+}

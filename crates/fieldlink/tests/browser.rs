@@ -125,6 +125,24 @@ async fn login(browser: &Client, gateway: &Gateway, name: &str, password: &str) 
     submit(browser).await;
 }
 
+/// A gateway configured with `extra`, an admin `ada`, and a browser logged in as her on the
+/// dashboard. Keep the driver: its drop ends the browser.
+async fn admin_in_browser(extra: &str) -> (Gateway, Driver, Client) {
+    let mut gateway = Gateway::configure_with(extra);
+    assert!(
+        gateway
+            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
+            .status
+            .success()
+    );
+    gateway.run();
+    let driver = Driver::start();
+    let browser = driver.browser().await;
+    login(&browser, &gateway, "ada", "admin-password").await;
+    until_text(&browser, "h1", "Dashboard").await;
+    (gateway, driver, browser)
+}
+
 #[tokio::test]
 async fn first_admin_then_logins_and_the_dashboard_updates_live() {
     let mut gateway = Gateway::configure();
@@ -243,6 +261,14 @@ async fn screenshots() {
             .status
             .success()
     );
+    // A site layer for the Configuration page to show.
+    let site = gateway.dir.path().join("data/config");
+    std::fs::create_dir_all(&site).unwrap();
+    std::fs::write(
+        site.join("site.toml"),
+        "# Site settings of boiler room 2\n[queue]\nmax_age = \"7d\"\n\n[[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n",
+    )
+    .unwrap();
     gateway.run();
     for i in 0..5 {
         gateway.publish(
@@ -262,6 +288,7 @@ async fn screenshots() {
         ("/devices", "devices"),
         ("/queue", "queue"),
         ("/certificates", "certificates"),
+        ("/config", "config"),
         ("/users", "users"),
     ] {
         browser.goto(&gateway.url(path)).await.unwrap();
@@ -272,6 +299,25 @@ async fn screenshots() {
         )
         .unwrap();
     }
+    // A check with two mistakes, each under its line.
+    edit_config(
+        &browser,
+        "# Site settings of boiler room 2\n[queue]\nmax_age = \"7 days\"\n\n[[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\nqos = 3\n",
+    )
+    .await;
+    click(&browser, "button[formaction='/config/check']").await;
+    until_contains(
+        &browser,
+        "#check-result",
+        &["2 problems"],
+        Duration::from_secs(20),
+    )
+    .await;
+    std::fs::write(
+        out.join("config-check.png"),
+        browser.screenshot().await.unwrap(),
+    )
+    .unwrap();
     browser
         .goto(&gateway.url("/live?filter=site%2F%23"))
         .await
@@ -286,18 +332,7 @@ async fn screenshots() {
 async fn an_admin_writes_a_setpoint_to_a_real_modbus_device_and_sees_the_answer() {
     let mut peer = web_gateway::ModbusPeer::start();
     assert_eq!(peer.cmd("set ir 0 215"), "ok");
-    let mut gateway = Gateway::configure_with(&web_gateway::boiler(&peer));
-    assert!(
-        gateway
-            .users(&["add", "ada", "--role", "admin"], "admin-password\n")
-            .status
-            .success()
-    );
-    gateway.run();
-    let driver = Driver::start();
-    let browser = driver.browser().await;
-    login(&browser, &gateway, "ada", "admin-password").await;
-    until_text(&browser, "h1", "Dashboard").await;
+    let (gateway, _driver, browser) = admin_in_browser(&web_gateway::boiler(&peer)).await;
 
     // The value read from the device, with its unit and quality.
     let start = Instant::now();
@@ -335,5 +370,194 @@ async fn an_admin_writes_a_setpoint_to_a_real_modbus_device_and_sees_the_answer(
         .unwrap();
     until_text(&browser, "#outcome", "boiler/setpoint: ok (value 22.5)").await;
     assert_eq!(peer.cmd("get hr 1 1"), "225");
+    browser.close().await.unwrap();
+}
+
+/// Waits until the element at `css` contains each of `words`.
+async fn until_contains(browser: &Client, css: &str, words: &[&str], limit: Duration) -> String {
+    let start = Instant::now();
+    loop {
+        if let Ok(element) = browser.find(Locator::Css(css)).await
+            && let Ok(text) = element.text().await
+            && words.iter().all(|w| text.contains(w))
+        {
+            return text;
+        }
+        assert!(
+            start.elapsed() < limit,
+            "{css} never showed {words:?}; page:\n{}",
+            browser.source().await.unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}
+
+async fn click(browser: &Client, css: &str) {
+    browser
+        .find(Locator::Css(css))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+}
+
+/// Puts `text` in the configuration page's editor.
+async fn edit_config(browser: &Client, text: &str) {
+    browser
+        .goto(
+            browser
+                .current_url()
+                .await
+                .unwrap()
+                .join("/config")
+                .unwrap()
+                .as_str(),
+        )
+        .await
+        .unwrap();
+    until_text(browser, "h1", "Configuration").await;
+    fill(browser, "text", text).await;
+}
+
+#[tokio::test]
+async fn two_mistakes_show_at_their_lines_and_the_fixed_config_is_applied_and_kept() {
+    let (gateway, _driver, browser) = admin_in_browser("apply_check = \"2s\"\n").await;
+
+    // Lines 2 and 7 are wrong: a word for a size, and a key no route has.
+    edit_config(
+        &browser,
+        "[queue]\nmax_bytes = \"lots\"\n\n[[routes]]\nname = \"alarms\"\nfilter = \"alarm/#\"\ncolour = \"red\"\n",
+    )
+    .await;
+    click(&browser, "button[formaction='/config/check']").await;
+    until_contains(
+        &browser,
+        "#check-result",
+        &["2 problems"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let at_2 = text_of(&browser, "tr.problem[data-line='2']").await;
+    assert!(at_2.contains("queue.max_bytes"), "{at_2}");
+    let at_7 = text_of(&browser, "tr.problem[data-line='7']").await;
+    assert!(at_7.contains("colour"), "{at_7}");
+    assert_eq!(
+        browser
+            .find_all(Locator::Css("#problems li"))
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+    // The line numbers beside the text.
+    assert!(text_of(&browser, "#gutter").await.starts_with("1\n2\n3"));
+
+    // Fixed: the diff shows the new route, Apply restarts the gateway on it and keeps it.
+    edit_config(
+        &browser,
+        "[[routes]]\nname = \"telemetry\"\nfilter = \"site/#\"\n\n[[routes]]\nname = \"alarms\"\nfilter = \"alarm/#\"\n",
+    )
+    .await;
+    click(&browser, "button[formaction='/config/check']").await;
+    until_contains(
+        &browser,
+        "#check-result",
+        &["Valid"],
+        Duration::from_secs(20),
+    )
+    .await;
+    let changes = text_of(&browser, "#changes").await;
+    assert!(
+        changes.contains("routes[1].filter") && changes.contains("\"alarm/#\""),
+        "{changes}"
+    );
+    click(&browser, "button[formaction='/config/apply']").await;
+    until_contains(
+        &browser,
+        "#apply-state",
+        &["Applied and kept"],
+        Duration::from_secs(60),
+    )
+    .await;
+
+    // The same session goes on: no login page, and the new route takes messages.
+    browser.goto(&gateway.url("/queue")).await.unwrap();
+    until_text(&browser, "h1", "Queue").await;
+    gateway.publish("alarm/boiler", "overheat");
+    let start = Instant::now();
+    loop {
+        browser.goto(&gateway.url("/queue")).await.unwrap();
+        if browser.source().await.unwrap().contains("alarm/boiler") {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(20), "no alarm queued");
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    browser.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn an_uplink_that_cannot_connect_is_rolled_back_and_the_page_says_why() {
+    use fieldlink_test_support::Mosquitto;
+    use fieldlink_test_support::certs::{TestCa, write};
+    let ca = TestCa::new("cloud CA");
+    let server = ca.issue("cloud", &["localhost"]);
+    let pki = tempfile::tempdir().unwrap();
+    let ca_file = write(pki.path(), "ca.pem", ca.pem());
+    let cert = write(pki.path(), "server.pem", &server.cert_pem);
+    let key = write(pki.path(), "server.key", &server.key_pem);
+    let tls = free_port();
+    let _cloud = Mosquitto::start(&format!(
+        "listener {tls} 127.0.0.1\ncafile {}\ncertfile {}\nkeyfile {}\n",
+        ca_file.display(),
+        cert.display(),
+        key.display()
+    ));
+    wait_for_port(([127, 0, 0, 1], tls).into(), Duration::from_secs(10));
+    let (gateway, _driver, browser) = admin_in_browser(&format!(
+        "apply_check = \"3s\"\n\
+         [uplink]\nhost = \"localhost\"\nport = {tls}\nclient_id = \"gw-web\"\nca_file = \"{}\"\n\
+         reconnect_min = \"100ms\"\nreconnect_max = \"1s\"\n",
+        ca_file.display()
+    ))
+    .await;
+    let mut api = gateway.client();
+    let login_api = api
+        .post_form(
+            "/login",
+            &fieldlink_test_support::web_client::form(&[
+                ("username", "ada"),
+                ("password", "admin-password"),
+            ]),
+        )
+        .await;
+    assert_eq!(login_api.status, 303);
+    web_gateway::uplink_connected(&mut api).await;
+
+    // The uplink to a port where nothing listens.
+    let closed = free_port();
+    edit_config(&browser, &format!("[uplink]\nport = {closed}\n")).await;
+    click(&browser, "button[formaction='/config/apply']").await;
+    // The page follows the apply by itself, then says why it was rolled back.
+    let said = until_contains(
+        &browser,
+        "#apply-state",
+        &["Rolled back", "uplink", "did not connect again"],
+        Duration::from_secs(60),
+    )
+    .await;
+    assert!(said.contains("previous configuration"), "{said}");
+    assert!(
+        said.to_lowercase().contains("refused"),
+        "the uplink's last error: {said}"
+    );
+
+    // Back on the old configuration: nothing written, the uplink connected to the real broker.
+    assert!(!gateway.dir.path().join("data/config/site.toml").exists());
+    web_gateway::uplink_connected(&mut api).await;
+    // The browser's session lived through both restarts.
+    browser.goto(&gateway.url("/queue")).await.unwrap();
+    until_text(&browser, "h1", "Queue").await;
     browser.close().await.unwrap();
 }

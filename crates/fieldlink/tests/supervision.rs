@@ -43,7 +43,9 @@ async fn until(what: &str, mut done: impl FnMut() -> bool) {
 async fn a_dead_queue_writer_takes_the_queue_down_stops_the_watchdog_and_ends_the_run() {
     let dir = tempfile::tempdir().unwrap();
     let settings = parse(&config(dir.path(), free_port()), Origin::BuiltIn).unwrap();
-    let gateway = Gateway::start(settings).await.unwrap();
+    let mut gateway = Gateway::start(settings).await.unwrap();
+    // The running queue, reached while `run_until` holds the gateway.
+    let queue = gateway.queue().clone();
     let pings = Arc::new(AtomicUsize::new(0));
     let counter = pings.clone();
     let watchdog = Watchdog {
@@ -60,7 +62,7 @@ async fn a_dead_queue_writer_takes_the_queue_down_stops_the_watchdog_and_ends_th
             ended = &mut run => panic!("ended early: {ended:?}"),
             () = until("watchdog pings", || pings.load(Ordering::SeqCst) >= 3) => {}
         }
-        gateway.queue().crash_writer().await;
+        queue.crash_writer().await;
         within(Duration::from_secs(10), "the run to end", &mut run).await
     };
     let Ended::Failed(failure) = ended else {

@@ -48,3 +48,25 @@
   };
   window.addEventListener("pagehide", function () { source.close(); });
 })();
+
+// Configuration page: the line numbers beside the text follow it as it is edited (the text area
+// grows with it, so numbers and lines stay side by side); while an apply is being checked, the
+// page reloads itself until it has ended.
+(function () {
+  const text = document.getElementById("config-text");
+  const gutter = document.getElementById("gutter");
+  if (text && gutter) {
+    text.addEventListener("input", function () {
+      const lines = text.value.split("\n").length;
+      let numbers = "";
+      for (let n = 1; n <= lines; n++) numbers += n + "\n";
+      gutter.textContent = numbers;
+      text.rows = lines + 1;
+    });
+  }
+  if (document.querySelector("[data-applying]")) {
+    // The page's own GET path (an answer to a form post has the form's path).
+    const page = window.location.pathname.startsWith("/certificates") ? "/certificates" : "/config";
+    setTimeout(function () { window.location.assign(page); }, 2000);
+  }
+})();

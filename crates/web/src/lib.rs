@@ -12,6 +12,8 @@
 //!   middleware (a route cannot be added without saying who may use it);
 //! - `live`: the local broker's messages on a topic filter, streamed to the page (ACL-checked,
 //!   rate-bounded, ended with the page);
+//! - [`editing`], `pages::config`: the site configuration edited, checked (every mistake at
+//!   its line), diffed against the running one and applied with automatic rollback;
 //! - `pages`, `api`: server-rendered HTML (escaped by construction), our own small script for
 //!   the live dashboard (server-sent events), and the same data as JSON under `/api/v1`.
 //!
@@ -28,6 +30,7 @@ mod api;
 mod app;
 mod assets;
 pub mod devices;
+pub mod editing;
 mod live;
 mod pages;
 mod routes;
@@ -122,6 +125,39 @@ pub trait Gateway: Send + Sync + 'static {
         user: &str,
         filter: &TopicFilter,
     ) -> Result<tokio::sync::mpsc::Receiver<Message>, String>;
+    /// The site configuration, its kept versions and the last apply.
+    fn site_config(&self) -> Result<editing::SiteConfig, String> {
+        Err(editing::NOT_EDITABLE.into())
+    }
+    /// `text` as the site layer, read on top of the shipped file by the same reader as
+    /// `check-config`: every mistake, else what it changes against the running configuration.
+    fn check_config(&self, text: &str) -> Result<editing::Checked, String> {
+        let _ = text;
+        Err(editing::NOT_EDITABLE.into())
+    }
+    /// A certificate request (PEM) for the uplink's key, its subject the uplink's client id.
+    fn uplink_csr(&self) -> Result<String, String> {
+        Err(editing::NOT_EDITABLE.into())
+    }
+    /// Checks `pem` as the uplink's new certificate (parses, its key, chains to the configured
+    /// CA, valid now), writes it where the configuration points and applies it like a
+    /// configuration: restart, health check, kept or the previous file back.
+    fn upload_uplink_cert(&self, pem: &str, user: &str) -> Result<(), editing::ApplyRefusal> {
+        let _ = (pem, user);
+        Err(editing::ApplyRefusal::Refused(editing::NOT_EDITABLE.into()))
+    }
+    /// The text of kept version `number`.
+    fn kept_config(&self, number: u64) -> Result<String, String> {
+        let _ = number;
+        Err(editing::NOT_EDITABLE.into())
+    }
+    /// Starts applying `text` as the site layer on behalf of `user`: the gateway restarts on it
+    /// in process (the UI keeps running), is health-checked, then keeps it or rolls back. Its
+    /// progress is [`editing::SiteConfig::apply`].
+    fn apply_config(&self, text: &str, user: &str) -> Result<(), editing::ApplyRefusal> {
+        let _ = (text, user);
+        Err(editing::ApplyRefusal::Refused(editing::NOT_EDITABLE.into()))
+    }
 }
 
 /// Why the web UI cannot start.

@@ -56,6 +56,7 @@ fn nav(role: Role) -> Vec<(&'static str, &'static str)> {
         ("/queue", "Queue"),
         ("/live", "Live data"),
         ("/certificates", "Certificates"),
+        ("/config", "Configuration"),
     ];
     if role == Role::Admin {
         links.push(("/users", "Users"));
@@ -327,6 +328,8 @@ pub(crate) async fn events(
     Sse::new(stream).keep_alive(KeepAlive::default())
 }
 
+pub(crate) mod certs;
+pub(crate) mod config;
 pub(crate) mod panels;
 
 // --- queue ---------------------------------------------------------------------------------
@@ -430,13 +433,24 @@ pub(crate) async fn certificates(
     State(app): State<Arc<App>>,
     Extension(session): Extension<Session>,
 ) -> Markup {
+    certificates_view(&app, &session, None)
+}
+
+pub(crate) fn certificates_view(app: &App, session: &Session, outcome: Option<&Outcome>) -> Markup {
     let status = app.gateway.status().borrow().clone();
     let now_s = panels::now_s();
+    let apply = app
+        .gateway
+        .site_config()
+        .map(|s| s.apply)
+        .unwrap_or_default();
     layout(
         "Certificates",
-        Some(&session),
+        Some(session),
         "/certificates",
         html! {
+            (banner(outcome))
+            (config::apply_state(&apply))
             section.panel {
                 h2 { "This web UI" }
                 table {
@@ -463,6 +477,20 @@ pub(crate) async fn certificates(
                         @for (name, days) in &u.certificates {
                             tr { td { (name) } td.num { (panels::days_badge(Some(*days))) } }
                         }
+                    }
+                }
+                @if session.role == Role::Admin && status.as_ref().is_some_and(|s| s.uplink.is_some()) {
+                    h2 { "Renew the uplink's certificate" }
+                    p { a #uplink-csr href="/certificates/uplink.csr" { "Download a certificate request" }
+                        " (signed by the uplink's key, its subject the uplink's client id) for your CA; then paste
+                         the certificate it issues. It is used only if it matches the key, chains to "
+                        code { "[keys] ca_file" } " and is valid now; the gateway then restarts on it and goes
+                         back to the previous certificate if the uplink does not connect again." }
+                    form.stack method="post" action="/certificates/uplink" {
+                        input type="hidden" name="csrf" value=(session.csrf);
+                        label { "Certificate (PEM, the uplink's first, then intermediates)"
+                            textarea name="pem" rows="8" spellcheck="false" {} }
+                        button type="submit" { "Use this certificate" }
                     }
                 }
             }

@@ -91,6 +91,18 @@ fn table() -> Table {
     .add(get.clone(), "/queue", Session, pages::queue_page)
     .add(post.clone(), "/queue/purge", Admin, pages::purge)
     .add(get.clone(), "/certificates", Session, pages::certificates)
+    .add(
+        get.clone(),
+        "/certificates/uplink.csr",
+        Admin,
+        pages::certs::csr_download,
+    )
+    .add(
+        post.clone(),
+        "/certificates/uplink",
+        Admin,
+        pages::certs::upload,
+    )
     .add(get.clone(), "/devices", Session, crate::devices::page)
     .add(
         post.clone(),
@@ -100,6 +112,15 @@ fn table() -> Table {
     )
     .add(get.clone(), "/live", Session, crate::live::page)
     .add(get.clone(), "/live/events", Session, crate::live::events)
+    .add(get.clone(), "/config", Session, pages::config::page)
+    .add(post.clone(), "/config/check", Session, pages::config::check)
+    .add(post.clone(), "/config/apply", Admin, pages::config::apply)
+    .add(
+        post.clone(),
+        "/config/restore",
+        Admin,
+        pages::config::restore,
+    )
     .add(get.clone(), "/users", Admin, pages::users_page)
     .add(post.clone(), "/users", Admin, pages::add_user)
     .add(post.clone(), "/users/remove", Admin, pages::remove_user)
@@ -120,6 +141,36 @@ fn table() -> Table {
     )
     .add(get.clone(), "/api/v1/queue", Session, api::queue)
     .add(post.clone(), "/api/v1/queue/purge", Admin, api::purge)
+    .add(
+        get.clone(),
+        "/api/v1/config",
+        Session,
+        pages::config::api_get,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/config/check",
+        Session,
+        pages::config::api_check,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/config/apply",
+        Admin,
+        pages::config::api_apply,
+    )
+    .add(
+        get.clone(),
+        "/api/v1/certificates/uplink/csr",
+        Admin,
+        pages::certs::api_csr,
+    )
+    .add(
+        post.clone(),
+        "/api/v1/certificates/uplink",
+        Admin,
+        pages::certs::api_upload,
+    )
     .add(get.clone(), "/api/v1/users", Admin, api::users)
     .add(post.clone(), "/api/v1/users", Admin, api::add_user)
     .add(delete, "/api/v1/users/{name}", Admin, api::remove_user)

@@ -132,6 +132,32 @@ impl SiteStore {
         Ok(())
     }
 
+    /// Where a proposed site layer is written aside while the gateway tries it (the web UI's
+    /// apply): `site.toml` itself changes only once the proposal has passed its health check,
+    /// so a crash or power cut during the trial starts the gateway on the previous version.
+    pub fn trial_path(&self) -> PathBuf {
+        self.dir.join("site.trial.toml")
+    }
+
+    /// Writes `text` aside as the layer on trial (see [`Self::trial_path`]).
+    pub fn write_trial(&self, text: &str) -> Result<(), SiteError> {
+        private_fs::private_dir(&self.dir)?;
+        self.give_to_data_dir_owner(&[&self.dir])?;
+        let path = self.trial_path();
+        private_fs::replace_atomically(&path, text.as_bytes())
+            .map_err(|source| SiteError::Io { path, source })
+    }
+
+    /// Removes the layer on trial, kept or rolled back.
+    pub fn remove_trial(&self) -> Result<(), SiteError> {
+        let path = self.trial_path();
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(SiteError::Io { path, source }),
+        }
+    }
+
     /// The kept versions, oldest first.
     pub fn history(&self) -> Result<Vec<Version>, SiteError> {
         let dir = self.history_dir();
@@ -247,6 +273,23 @@ mod tests {
             format!("# version {}\n", KEEP + 1)
         );
         assert!(matches!(store.version(1), Err(SiteError::NoSuchVersion(1))));
+    }
+
+    #[test]
+    fn a_layer_on_trial_leaves_the_site_layer_and_its_history_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SiteStore::new(dir.path());
+        store.write("a = 1\n").unwrap();
+        store.write_trial("a = 2\n").unwrap();
+        assert_eq!(store.read().unwrap().as_deref(), Some("a = 1\n"));
+        assert_eq!(
+            std::fs::read_to_string(store.trial_path()).unwrap(),
+            "a = 2\n"
+        );
+        assert!(store.history().unwrap().is_empty());
+        store.remove_trial().unwrap();
+        store.remove_trial().unwrap();
+        assert!(!store.trial_path().exists());
     }
 
     #[test]

@@ -88,7 +88,7 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
         fieldlink_web::users::Role::Admin,
         password.as_bytes(),
     )?;
-    let gateway = Gateway::start(settings)
+    let mut gateway = Gateway::start(settings)
         .await
         .context("cannot start the gateway")?;
 
@@ -106,7 +106,7 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
     ));
 
     let ended = {
-        let summary = summary_loop(&gateway);
+        let summary = summary_loop(gateway.queue().clone(), gateway.uplink().map(|u| u.watch()));
         tokio::pin!(summary);
         tokio::select! {
             ended = gateway.run_until(signals.wait(), None) => ended,
@@ -125,7 +125,12 @@ async fn demo(dir: &Path) -> anyhow::Result<()> {
 }
 
 /// One line, rewritten in place on a terminal (a new line every few seconds otherwise).
-async fn summary_loop(gateway: &Gateway) -> std::convert::Infallible {
+/// The demo's gateway is not editable (built in code, no file), so its components never
+/// restart: the queue and the uplink's status taken at start stay the running ones.
+async fn summary_loop(
+    queue: fieldlink_queue::Queue,
+    uplink: Option<tokio::sync::watch::Receiver<fieldlink_uplink::UplinkStatus>>,
+) -> std::convert::Infallible {
     let tty = std::io::stdout().is_terminal();
     let mut tick = tokio::time::interval(Duration::from_secs(if tty { 1 } else { 3 }));
     loop {
@@ -134,14 +139,9 @@ async fn summary_loop(gateway: &Gateway) -> std::convert::Infallible {
             .map(|h| h.render())
             .unwrap_or_default();
         let read: u64 = metric_sum(&metrics, "fieldlink_serial_values_total");
-        let queued = gateway
-            .queue()
-            .stats()
-            .await
-            .map(|s| s.messages)
-            .unwrap_or(0);
-        let (state, delivered) = gateway.uplink().map_or(("none".into(), 0), |u| {
-            let status = u.watch().borrow().clone();
+        let queued = queue.stats().await.map(|s| s.messages).unwrap_or(0);
+        let (state, delivered) = uplink.as_ref().map_or(("none".into(), 0), |u| {
+            let status = u.borrow().clone();
             (status.state.name().to_owned(), status.acked_total)
         });
         let line = format!(

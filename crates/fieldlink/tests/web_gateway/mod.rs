@@ -227,3 +227,42 @@ pub fn boiler(peer: &ModbusPeer) -> String {
         peer.port
     )
 }
+
+/// A JSON answer's body.
+pub fn json(body: &str) -> serde_json::Value {
+    serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
+}
+
+/// A JSON request that changes something: with the session's CSRF token.
+pub async fn post_json(
+    client: &mut WebClient,
+    csrf: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> fieldlink_test_support::web_client::Answer {
+    client
+        .send(
+            "POST",
+            path,
+            &[("content-type", "application/json"), ("x-csrf-token", csrf)],
+            &body.to_string(),
+        )
+        .await
+}
+
+/// Waits until `/api/v1/status` shows the uplink connected.
+pub async fn uplink_connected(client: &mut WebClient) {
+    let start = Instant::now();
+    loop {
+        let answer = client.get("/api/v1/status").await;
+        if answer.status == 200 && json(&answer.body)["uplink"]["state"] == "connected" {
+            return;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the uplink never connected: {}",
+            answer.body
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+}

@@ -29,4 +29,7 @@ pub struct WebFile {
     pub session_max: Option<Spanned<String>>,
     /// Connections served at once; more wait in the kernel's backlog.
     pub max_connections: Option<Spanned<i64>>,
+    /// How long a configuration applied from the page must keep the gateway healthy before it
+    /// is kept, e.g. `"20s"`; otherwise the previous one is restored.
+    pub apply_check: Option<Spanned<String>>,
 }

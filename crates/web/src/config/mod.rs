@@ -29,6 +29,8 @@ pub const DEFAULT_SESSION_IDLE: Duration = Duration::from_secs(30 * 60);
 pub const DEFAULT_SESSION_MAX: Duration = Duration::from_secs(12 * 3600);
 /// Connections served at once.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// How long a configuration applied from the page must keep the gateway healthy.
+pub const DEFAULT_APPLY_CHECK: Duration = Duration::from_secs(20);
 
 /// The certificate the UI presents.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,22 @@ pub struct WebSettings {
     pub session_max: Duration,
     /// Connections served at once.
     pub max_connections: usize,
+    /// How long a configuration applied from the page must keep the gateway healthy before
+    /// it is kept.
+    pub apply_check: Duration,
+}
+
+impl WebSettings {
+    /// Whether `other` serves the UI the same way: only the apply check's time may differ. A
+    /// change of anything else would move or re-key the UI itself, which an apply from the
+    /// page cannot do without cutting the browser off.
+    pub fn same_ui(&self, other: &Self) -> bool {
+        *self
+            == Self {
+                apply_check: self.apply_check,
+                ..other.clone()
+            }
+    }
 }
 
 impl Default for WebSettings {
@@ -70,6 +88,7 @@ impl Default for WebSettings {
             session_idle: DEFAULT_SESSION_IDLE,
             session_max: DEFAULT_SESSION_MAX,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            apply_check: DEFAULT_APPLY_CHECK,
         }
     }
 }
@@ -156,5 +175,12 @@ pub fn settings(entry: &Spanned<WebFile>, c: &mut Collector<'_>) -> Option<WebSe
         session_max,
         max_connections: int(c, "web.max_connections", &file.max_connections, 1..=1024)
             .unwrap_or(d.max_connections),
+        apply_check: duration(
+            c,
+            "web.apply_check",
+            &file.apply_check,
+            Duration::from_secs(1)..=Duration::from_secs(600),
+            d.apply_check,
+        ),
     })
 }
