@@ -546,6 +546,9 @@ async fn a_queue_open_in_another_writer_is_refused_until_it_is_closed() {
     first.append(vec![entry("s", 2)]).await.unwrap();
     first.close().await;
     let again = open(dir.path(), settings()).await;
-    assert_eq!(payloads(&again.peek(10).await.unwrap()), ["00000001", "00000002"]);
+    assert_eq!(
+        payloads(&again.peek(10).await.unwrap()),
+        ["00000001", "00000002"]
+    );
     again.close().await;
 }

@@ -209,6 +209,7 @@ impl Queue {
             unjournaled: Vec::new(),
             broken: false,
             direct: !prefill,
+            changed: 0,
         };
         tasks.spawn_vital("queue", "the queue writer", writer.run(rx));
         Ok(Self {

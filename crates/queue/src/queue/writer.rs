@@ -38,6 +38,20 @@ const MAINTENANCE_EVERY: Duration = Duration::from_secs(1);
 /// delivered and deleted before their fold, so they never reach the database file at all;
 /// other processes reading the queue (`fieldlink queue stats`) see it this late at most.
 const FOLD_EVERY: Duration = Duration::from_secs(5);
+/// ... and once the rows inserted and deleted since the last fold come to this many bytes
+/// (with [`ROW_OVERHEAD`] each): what a fold writes to the WAL stays well within the WAL's
+/// working size (written at open, so a fold never needs new disk space) and within SQLite's
+/// page cache (`store.rs`, `cache_size`), so pages are never spilled one at a time. A drain
+/// of a backlog folds a few times a second.
+const FOLD_BYTES: u64 = 1 << 20;
+/// What a row costs beyond its bytes: its header and two index entries, about.
+const ROW_OVERHEAD: u64 = 64;
+/// Delivered messages deleted in one round at most, so that one round stays within a fold.
+const MAX_DELETE_PER_ROUND: usize = 2_000;
+/// Disk space kept free above `disk_reserve` when the journal is used: a fold can take a few
+/// MiB of WAL beyond the WAL's working size (rows with overflow pages, a checkpoint not yet
+/// due), and a fold that finds the disk full fails whole.
+const FOLD_HEADROOM: u64 = 4 << 20;
 
 pub(super) struct Writer {
     pub(super) stored: Arc<tokio::sync::Notify>,
@@ -81,6 +95,8 @@ pub(super) struct Writer {
     /// short of room above the reserve at open, where the WAL of a fold could not be given
     /// its room in advance (`Queue::open`). Correct, but it wears the card as before.
     pub(super) direct: bool,
+    /// Bytes of rows inserted or deleted since the last fold (see [`FOLD_BYTES`]).
+    pub(super) changed: u64,
 }
 
 /// Writes waiting for their commit.
@@ -237,7 +253,12 @@ impl Writer {
         let Pending { appends, .. } = std::mem::take(pending);
         // Deleting costs no write of its own (the open transaction's pages are in memory):
         // every round deletes what was delivered, and its journal commit records it.
-        let delete: Vec<i64> = self.delivered.iter().copied().collect();
+        let delete: Vec<i64> = self
+            .delivered
+            .iter()
+            .copied()
+            .take(MAX_DELETE_PER_ROUND)
+            .collect();
         if appends.is_empty() && delete.is_empty() {
             return;
         }
@@ -339,7 +360,7 @@ impl Writer {
         match self.round(appends, delete).await {
             Ok(planned) => {
                 store::control(&mut self.conn, "RELEASE round").await?;
-                if self.direct {
+                if self.direct || self.changed >= FOLD_BYTES {
                     self.fold().await?;
                 }
                 Ok(planned)
@@ -369,7 +390,10 @@ impl Writer {
         let available = if appends.is_empty() {
             u64::MAX
         } else {
-            self.disk.available(&self.path).unwrap_or(u64::MAX)
+            let headroom = if self.direct { 0 } else { FOLD_HEADROOM };
+            self.disk
+                .available(&self.path)
+                .map_or(u64::MAX, |free| free.saturating_sub(headroom))
         };
         let Self {
             conn,
@@ -380,9 +404,11 @@ impl Writer {
             path,
             ..
         } = self;
+        let mut deleted = 0;
         if !delete.is_empty() {
             let removed = store::delete_ids(conn, delete).await?;
             depth.remove(&removed);
+            deleted = removed.iter().map(|r| r.bytes + ROW_OVERHEAD).sum();
         }
         // What the file system can still take above the reserve, as a ceiling on the bytes of
         // messages held: the queue's policy applies to it like to max_bytes.
@@ -430,6 +456,12 @@ impl Writer {
             }
         }
         let ids = store::insert(conn, &batch, wall_ms, queue_ms).await?;
+        self.changed += deleted
+            + batch
+                .iter()
+                .map(|e| entry_bytes(e) + ROW_OVERHEAD)
+                .sum::<u64>()
+            + dropped.iter().map(|r| r.bytes + ROW_OVERHEAD).sum::<u64>();
         self.unjournaled.extend_from_slice(delete);
         self.unjournaled.extend(dropped.iter().map(|r| r.id));
         if !batch.is_empty() && !self.direct {
@@ -510,6 +542,7 @@ impl Writer {
         }
         self.tx_began = None;
         self.unjournaled.clear();
+        self.changed = 0;
         if !self.journal.holds_commits() {
             return Ok(());
         }
@@ -672,13 +705,11 @@ impl Writer {
                 self.expire(cutoff, max_age).await;
             }
         }
-        if self
+        let fold_due = self
             .tx_began
-            .is_some_and(|began| began.elapsed() >= FOLD_EVERY)
-        {
-            if let Err(e) = self.fold().await {
-                tracing::error!(error = %e, "Queue fold failed");
-            }
+            .is_some_and(|began| began.elapsed() >= FOLD_EVERY);
+        if fold_due && let Err(e) = self.fold().await {
+            tracing::error!(error = %e, "Queue fold failed");
         }
         let oldest = store::oldest_queue_ms(&mut self.conn).await.ok().flatten();
         let age = oldest.map_or(Duration::ZERO, |ms| self.age(ms));
