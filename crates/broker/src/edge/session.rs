@@ -1295,14 +1295,18 @@ impl Session {
     ) -> Option<Option<u16>> {
         let start = out.len();
         let mut props = properties.unwrap_or_default();
-        let delivery = v5::deliver(
+        let (delivery, own) = v5::deliver(
             &mut props,
             &mut publish.retain,
             self.origin,
             self.ctx.clock.now(),
         );
         let props = (!v5::is_empty(&props)).then_some(props);
-        self.write(Packet::Publish(publish, props), out);
+        if own.is_empty() {
+            self.write(Packet::Publish(publish, props), out);
+        } else {
+            self.write_with(publish, props, &own, out);
+        }
         // The QoS the router sent it at (it keeps that private): read off the bytes.
         let (router_qos, pkid) = codec::publish_qos_pkid(&out[start..])?;
         let mut dropped = match delivery {
@@ -1444,6 +1448,29 @@ impl Session {
             self.release_order.push_back((rec.pkid, None));
         }
         self.router_acks.push(ack);
+    }
+
+    /// Writes an MQTT 5 publish with the publisher's own properties, `own` (encoded, as the
+    /// full stamp carried them through the router), after those the edge sets.
+    fn write_with(
+        &mut self,
+        mut publish: Publish,
+        props: Option<PublishProperties>,
+        own: &[u8],
+        out: &mut BytesMut,
+    ) {
+        let payload = std::mem::take(&mut publish.payload);
+        self.scratch.clear();
+        if let Err(e) = self
+            .codec
+            .write(Packet::Publish(publish, props), &mut self.scratch)
+        {
+            tracing::warn!(client_id = %self.client_id, error = %e, "A packet could not be encoded");
+            return;
+        }
+        if !codec::put_publish_with(&self.scratch, own, &payload, out) {
+            tracing::warn!(client_id = %self.client_id, "A publish could not be encoded");
+        }
     }
 
     fn write(&self, packet: Packet, out: &mut BytesMut) {
