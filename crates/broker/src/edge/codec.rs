@@ -5,7 +5,7 @@
 //! writer panics on them), so a v5 publisher's user properties reach 3.1.1 subscribers as a
 //! plain publish.
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol, v4::V4, v5::V5};
 
 /// The protocol a client speaks, with its codec.
@@ -237,6 +237,54 @@ pub(crate) fn put_publish_with(
     out.extend_from_slice(&head[parts.properties]);
     out.extend_from_slice(properties);
     out.extend_from_slice(payload);
+    true
+}
+
+/// The pieces of the MQTT 5 PUBLISH at the start of `buf` if it is there whole, with a
+/// remaining length of at most `max` (the codec's own bound), and its length.
+pub(crate) fn whole_publish(buf: &[u8], max: usize) -> Option<(PublishParts, usize)> {
+    let (header, remaining) = fixed_header(buf)?;
+    let frame_len = header + remaining;
+    if remaining > max {
+        return None;
+    }
+    let parts = PublishParts::read(buf.get(..frame_len)?)?;
+    Some((parts, frame_len))
+}
+
+/// Rewrites the whole PUBLISH at the start of `buf` (its `parts`, `frame_len` bytes) in place
+/// as the same publish without properties: its header, topic and packet id moved up to the
+/// payload, over the properties, and the bytes before them dropped. No allocation, and the
+/// codec then reads a publish whose properties cost nothing.
+/// `false`, `buf` untouched, if the publish has no properties to cut.
+pub(crate) fn cut_properties(buf: &mut BytesMut, parts: &PublishParts, frame_len: usize) -> bool {
+    if parts.properties.is_empty() || buf.len() < frame_len {
+        return false;
+    }
+    let first = buf[0];
+    // The topic (with its two-byte length) and the packet id, kept as they are.
+    let kept = parts.topic.start - 2..parts.pkid.end;
+    let remaining = kept.len() + 1 + (frame_len - parts.properties.end);
+    let header = 1 + varint_len(remaining);
+    // The new frame ends where the old one does: a zero property length just before the
+    // payload, the topic and packet id before it, the fixed header before them. Never to the
+    // left of where they are: at least a length byte and one property are cut.
+    let start = parts.properties.end - 1 - kept.len() - header;
+    buf.copy_within(kept.clone(), start + header);
+    buf[parts.properties.end - 1] = 0;
+    buf[start] = first;
+    let mut at = start + 1;
+    let mut value = remaining;
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        buf[at] = if value > 0 { byte | 0x80 } else { byte };
+        at += 1;
+        if value == 0 {
+            break;
+        }
+    }
+    buf.advance(start);
     true
 }
 

@@ -815,6 +815,12 @@ impl Session {
         let mut open = true;
         while !buf.is_empty() {
             let peeked = codec::publish_qos_pkid(buf);
+            // An MQTT 5 publish's own properties, taken off its frame as they are (see
+            // `v5::take_own`); `None`: the codec reads them, if any.
+            let own = match (self.codec, peeked) {
+                (Codec::V5, Some(_)) => v5::take_own(buf, self.ctx.max_packet_size),
+                _ => None,
+            };
             let packet = match self.codec.read(buf, self.ctx.max_packet_size) {
                 Ok(packet) => packet,
                 Err(FrameError::Incomplete) => break,
@@ -893,20 +899,27 @@ impl Session {
                     };
                     // What the router would lose goes with it (see `v5`): a 3.1.1 client's
                     // publish has only its QoS and retain flag to carry.
-                    let properties = match self.codec {
-                        Codec::V5
+                    let properties = match (self.codec, own) {
+                        (Codec::V5, Some(own)) => v5::stamp_own(
+                            own,
+                            qos,
+                            publish.retain,
+                            self.origin,
+                            self.ctx.clock.now(),
+                        ),
+                        (Codec::V5, None)
                             if !self.may_no_local && v5::fits_compact(properties.as_ref()) =>
                         {
                             v5::compact_stamp_onto(properties, qos, publish.retain)
                         }
-                        Codec::V5 => v5::stamp(
+                        (Codec::V5, None) => v5::stamp(
                             properties,
                             qos,
                             publish.retain,
                             self.origin,
                             self.ctx.clock.now(),
                         ),
-                        Codec::V4 => v5::compact_stamp(qos, publish.retain),
+                        (Codec::V4, _) => v5::compact_stamp(qos, publish.retain),
                     };
                     to_router.push(Packet::Publish(publish, Some(properties)));
                 }

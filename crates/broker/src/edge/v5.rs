@@ -35,6 +35,8 @@ use std::time::Instant;
 use bytes::{BufMut as _, Bytes, BytesMut};
 use rumqttd::protocol::PublishProperties;
 
+use super::codec;
+
 /// A user property named so is dropped from a client's publish: the name of the stamp of
 /// earlier versions, kept from subscribers as it always was.
 pub(crate) const STAMP_KEY: &str = "$fieldlink";
@@ -83,16 +85,124 @@ pub(crate) fn stamp(
         .message_expiry_interval
         .map(|secs| now.saturating_add(u64::from(secs) * 1000));
     let mut carried = BytesMut::with_capacity(HEADER + own_len(&properties));
-    carried.put_u64(origin);
-    carried.put_u64(expires_at.unwrap_or(NEVER));
+    carried.put_bytes(0, HEADER);
     put_own(&properties, &mut carried);
+    let mut stamped = full_stamp(carried, qos, retain, origin, expires_at);
+    // A publisher's subscription ids go on as they came: the router refuses them.
+    stamped.subscription_identifiers = properties.subscription_identifiers;
+    stamped
+}
+
+/// A publisher's own properties, read straight off its frame (see [`take_own`]).
+#[derive(Debug)]
+pub(crate) struct Own {
+    /// Its Message Expiry Interval, if any.
+    expiry: Option<u32>,
+    /// Room for the full stamp's header, then the properties as its subscribers get them.
+    carried: BytesMut,
+}
+
+/// Takes the properties off the MQTT 5 PUBLISH at the start of `buf` (complete, and within
+/// `max`) when the full stamp can carry them as they were sent; the frame is left without
+/// any, so the codec reading it next builds none (rumqttd's reader makes a `String` of every
+/// user property's key and value, each dropped again once the stamp has encoded them).
+/// `None`, and `buf` untouched, for everything else, which the codec then reads and judges
+/// as before: no properties, a Topic Alias or Subscription Identifier, a user property
+/// named [`STAMP_KEY`], a property that may appear once given twice, or anything malformed.
+pub(crate) fn take_own(buf: &mut BytesMut, max: usize) -> Option<Own> {
+    let (parts, frame_len) = codec::whole_publish(buf, max)?;
+    if parts.properties.is_empty() {
+        return None;
+    }
+    let own = read_own(&buf[parts.properties.clone()])?;
+    codec::cut_properties(buf, &parts, frame_len).then_some(own)
+}
+
+/// The full stamp on properties [`take_own`] took off a publish.
+pub(crate) fn stamp_own(
+    own: Own,
+    qos: u8,
+    retain: bool,
+    origin: u64,
+    now: u64,
+) -> PublishProperties {
+    let expires_at = own
+        .expiry
+        .map(|secs| now.saturating_add(u64::from(secs) * 1000));
+    full_stamp(own.carried, qos, retain, origin, expires_at)
+}
+
+/// The full stamp: `carried` is the header's room, then the publisher's own properties.
+fn full_stamp(
+    mut carried: BytesMut,
+    qos: u8,
+    retain: bool,
+    origin: u64,
+    expires_at: Option<u64>,
+) -> PublishProperties {
+    carried[..8].copy_from_slice(&origin.to_be_bytes());
+    carried[8..HEADER].copy_from_slice(&expires_at.unwrap_or(NEVER).to_be_bytes());
     PublishProperties {
         payload_format_indicator: Some(FULL | qos.min(2) << 1 | u8::from(retain)),
         correlation_data: Some(carried.freeze()),
-        // A publisher's subscription ids go on as they came: the router refuses them.
-        subscription_identifiers: properties.subscription_identifiers,
         ..PublishProperties::default()
     }
+}
+
+/// Reads a publish's property block as [`take_own`] takes it: the Message Expiry Interval
+/// apart, every other property copied as it is.
+fn read_own(mut block: &[u8]) -> Option<Own> {
+    let mut carried = BytesMut::with_capacity(HEADER + block.len());
+    carried.put_bytes(0, HEADER);
+    let mut expiry = None;
+    // The properties that may appear once, by identifier (all below 16).
+    let mut seen = 0u16;
+    while let Some((&id, rest)) = block.split_first() {
+        let len = match id {
+            PAYLOAD_FORMAT_INDICATOR => 1,
+            MESSAGE_EXPIRY_INTERVAL => 4,
+            CONTENT_TYPE | RESPONSE_TOPIC => text_len(rest)?,
+            CORRELATION_DATA => field_len(rest)?,
+            USER_PROPERTY => {
+                let key = text_len(rest)?;
+                if rest.get(2..key)? == STAMP_KEY.as_bytes() {
+                    return None;
+                }
+                key + text_len(rest.get(key..)?)?
+            }
+            // A Topic Alias, Subscription Identifiers, or not a publish's property at all.
+            _ => return None,
+        };
+        if id != USER_PROPERTY {
+            let bit = 1 << id;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+        }
+        let value = rest.get(..len)?;
+        if id == MESSAGE_EXPIRY_INTERVAL {
+            expiry = Some(u32::from_be_bytes(value.try_into().ok()?));
+        } else {
+            carried.put_u8(id);
+            carried.extend_from_slice(value);
+        }
+        block = &rest[len..];
+    }
+    Some(Own { expiry, carried })
+}
+
+/// The length of the binary field at the start of `bytes`, its two length bytes included.
+fn field_len(bytes: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
+    (bytes.len() >= 2 + len).then_some(2 + len)
+}
+
+/// As [`field_len`], for a UTF-8 string (valid, as the codec would insist).
+fn text_len(bytes: &[u8]) -> Option<usize> {
+    let len = field_len(bytes)?;
+    std::str::from_utf8(&bytes[2..len]).ok()?;
+    Some(len)
 }
 
 /// The compact stamp of a publish from a 3.1.1 client or the gateway itself (see the module
@@ -161,6 +271,7 @@ pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<(Stamp, Byte
 
 /// MQTT 5 property identifiers of a publisher's own properties (MQTT 5 §2.2.2.2).
 const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
 const CONTENT_TYPE: u8 = 0x03;
 const RESPONSE_TOPIC: u8 = 0x08;
 const CORRELATION_DATA: u8 = 0x09;
@@ -438,6 +549,135 @@ mod tests {
         let stamped = stamp(None, 0, false, 5, 0);
         let (_, props) = delivered(stamped, Options::default().encode(), 0);
         assert_eq!(props, None);
+    }
+
+    /// `properties` on a QoS 1 publish, as a client's frame.
+    fn frame(properties: Option<PublishProperties>) -> BytesMut {
+        let publish = Publish::new(
+            Bytes::from_static(b"a/b"),
+            Bytes::from_static(b"payload"),
+            true,
+        );
+        let publish = crate::edge::session::as_qos1(&publish, 7);
+        let mut frame = BytesMut::new();
+        Codec::V5
+            .write(Packet::Publish(publish, properties), &mut frame)
+            .unwrap();
+        frame
+    }
+
+    #[test]
+    fn properties_taken_off_the_frame_go_out_as_those_the_codec_read() {
+        let published = PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(10),
+            response_topic: Some("svc/replies/x".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00req\xff")),
+            user_properties: vec![
+                ("site".into(), "north-field".into()),
+                ("unit".into(), "celsius".into()),
+                ("note".into(), "n".repeat(200)),
+                ("site".into(), "twice is fine".into()),
+            ],
+            content_type: Some("application/json".into()),
+            ..PublishProperties::default()
+        };
+        for properties in [
+            published.clone(),
+            PublishProperties {
+                message_expiry_interval: Some(1),
+                ..PublishProperties::default()
+            },
+        ] {
+            let mut buf = frame(Some(properties.clone()));
+            buf.extend_from_slice(b"\xe0\x00"); // the next packet, untouched
+            let own = take_own(&mut buf, usize::MAX).expect("taken");
+            let Ok(Packet::Publish(publish, None)) = Codec::V5.read(&mut buf, usize::MAX) else {
+                panic!("a publish without properties left");
+            };
+            let Ok(Packet::Publish(expected, _)) =
+                Codec::V5.read(&mut frame(Some(properties.clone())), usize::MAX)
+            else {
+                panic!("a publish");
+            };
+            assert_eq!(publish, expected, "all but the properties as sent");
+            assert_eq!(&buf[..], b"\xe0\x00");
+            let id = Options::default().encode();
+            let taken = delivered(stamp_own(own, 1, true, 5, 1_000), id, 4_500);
+            let read = delivered(stamp(Some(properties), 1, true, 5, 1_000), id, 4_500);
+            assert_eq!(taken, read);
+        }
+        assert_eq!(
+            delivered(stamp(Some(published), 1, true, 5, 1_000), 1, 4_500)
+                .1
+                .map(|p| p.user_properties.len()),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn properties_the_codec_is_to_judge_are_left_on_the_frame() {
+        let with = |properties: PublishProperties| frame(Some(properties));
+        let mut twice = with(PublishProperties {
+            content_type: Some("a".into()),
+            ..PublishProperties::default()
+        });
+        // The content type given twice: the frame's properties grow by the same 4 bytes.
+        twice[1] += 4;
+        let props_at = 1 + 1 + 2 + 3 + 2;
+        twice[props_at] += 4;
+        let mut bytes = twice.to_vec();
+        let again = bytes[props_at + 1..props_at + 5].to_vec();
+        bytes.splice(props_at + 5..props_at + 5, again);
+        let twice = BytesMut::from(&bytes[..]);
+        let mut bad_utf8 = with(PublishProperties {
+            content_type: Some("ab".into()),
+            ..PublishProperties::default()
+        });
+        let last = props_at + 5;
+        bad_utf8[last] = 0xff;
+        let cases = [
+            ("none", frame(None)),
+            ("empty", with(PublishProperties::default())),
+            (
+                "topic alias",
+                with(PublishProperties {
+                    topic_alias: Some(1),
+                    ..PublishProperties::default()
+                }),
+            ),
+            (
+                "subscription id",
+                with(PublishProperties {
+                    subscription_identifiers: vec![3],
+                    ..PublishProperties::default()
+                }),
+            ),
+            (
+                "the old stamp's name",
+                with(PublishProperties {
+                    user_properties: vec![(STAMP_KEY.into(), "21ff".into())],
+                    ..PublishProperties::default()
+                }),
+            ),
+            ("a property twice", twice),
+            ("not UTF-8", bad_utf8),
+        ];
+        for (why, buf) in cases {
+            let mut taken = buf.clone();
+            assert!(take_own(&mut taken, usize::MAX).is_none(), "{why}");
+            assert_eq!(taken, buf, "{why}: untouched");
+        }
+        // Incomplete, or past the codec's bound: the codec says so.
+        let whole = with(PublishProperties {
+            content_type: Some("a".into()),
+            ..PublishProperties::default()
+        });
+        let mut cut = BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(take_own(&mut cut, usize::MAX).is_none());
+        let mut large = whole.clone();
+        assert!(take_own(&mut large, whole.len() - 3).is_none());
+        assert_eq!(large, whole);
     }
 
     #[test]
