@@ -325,7 +325,7 @@ pub(crate) fn put_varint(mut value: usize, out: &mut BytesMut) {
 }
 
 /// Runs the edge's framing over any bytes, as a client could send them: the CONNECT peek, the
-/// PUBLISH peek and both protocols' reads, a packet at a time, and every publish read written
+/// PUBLISH peek, an MQTT 5 publish's properties taken off its frame, and both protocols' reads, a packet at a time, and every publish read written
 /// again for a 3.1.1 and an MQTT 5 client (as the router hands them on). For the fuzz target
 /// (`fuzz/fuzz_targets/edge_frames.rs`): nothing here may panic, whatever the bytes.
 #[doc(hidden)]
@@ -337,6 +337,9 @@ pub fn fuzz_frames(data: &[u8]) {
         for _ in 0..=data.len() / 2 {
             let _ = publish_qos_pkid(&buf);
             let _ = peek_connect(&buf);
+            if codec == Codec::V5 {
+                let _ = super::v5::take_own(&mut buf, 64 * 1024);
+            }
             match codec.read(&mut buf, 64 * 1024) {
                 Ok(Packet::Publish(publish, properties)) => {
                     for to in [Codec::V4, Codec::V5] {

@@ -680,6 +680,84 @@ mod tests {
         assert_eq!(large, whole);
     }
 
+    /// One property as a client may encode it, or a few bytes of anything.
+    fn piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let field = |id: u8, bytes: Vec<u8>| {
+            let mut out = vec![id];
+            out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            out.extend_from_slice(&bytes);
+            out
+        };
+        let text = "\\PC{0,6}".prop_map(String::into_bytes);
+        let raw = proptest::collection::vec(any::<u8>(), 0..6);
+        prop_oneof![
+            any::<u8>().prop_map(|b| vec![PAYLOAD_FORMAT_INDICATOR, b]),
+            any::<u32>().prop_map(|s| {
+                let mut out = vec![MESSAGE_EXPIRY_INTERVAL];
+                out.extend_from_slice(&s.to_be_bytes());
+                out
+            }),
+            text.clone().prop_map(move |t| field(CONTENT_TYPE, t)),
+            text.clone().prop_map(move |t| field(RESPONSE_TOPIC, t)),
+            raw.clone().prop_map(move |d| field(CORRELATION_DATA, d)),
+            (text.clone(), text).prop_map(move |(k, v)| {
+                let mut out = field(USER_PROPERTY, k);
+                out.extend_from_slice(&field(0, v)[1..]);
+                out
+            }),
+            // A string that is not UTF-8, a topic alias, anything at all.
+            raw.clone()
+                .prop_map(move |d| field(CONTENT_TYPE, [&d[..], &[0xff]].concat())),
+            any::<u16>().prop_map(|a| [&[0x23][..], &a.to_be_bytes()].concat()),
+            raw,
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever property bytes a client puts in a publish, they are either taken as the
+        /// codec would read them, with the rest of the publish as it was, or left for the
+        /// codec, the frame untouched.
+        #[test]
+        fn any_property_block_is_taken_whole_or_left_alone(
+            pieces in proptest::collection::vec(piece(), 1..8),
+        ) {
+            let block: Vec<u8> = pieces.concat();
+            let mut buf = frame(None);
+            let props_at = 1 + 1 + 2 + 3 + 2;
+            let mut bytes = buf.to_vec();
+            let mut len = BytesMut::new();
+            codec::put_varint(block.len(), &mut len);
+            bytes.splice(props_at..=props_at, len.iter().copied().chain(block.iter().copied()));
+            let remaining = bytes.len() - 2;
+            let mut framed = BytesMut::new();
+            framed.put_u8(bytes[0]);
+            codec::put_varint(remaining, &mut framed);
+            framed.extend_from_slice(&bytes[2..]);
+            buf = framed.clone();
+            match take_own(&mut buf, usize::MAX) {
+                None => proptest::prop_assert_eq!(&buf, &framed),
+                Some(own) => {
+                    let Ok(Packet::Publish(publish, None)) = Codec::V5.read(&mut buf, usize::MAX)
+                    else {
+                        panic!("a publish without properties left");
+                    };
+                    let Ok(Packet::Publish(sent, Some(properties))) =
+                        Codec::V5.read(&mut framed, usize::MAX)
+                    else {
+                        panic!("the codec reads what was taken");
+                    };
+                    proptest::prop_assert_eq!(publish, sent);
+                    let id = Options::default().encode();
+                    proptest::prop_assert_eq!(
+                        delivered(stamp_own(own, 1, false, 5, 0), id, 0),
+                        delivered(stamp(Some(properties), 1, false, 5, 0), id, 0)
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn a_client_cannot_forge_a_stamp() {
         // An indicator with the stamp's bits, Correlation Data looking like the edge's and a
