@@ -516,9 +516,10 @@ mod tests {
         assert_eq!(unstamp(&mut PublishProperties::default()), None);
     }
 
-    #[test]
-    fn a_publishers_own_properties_go_out_as_published() {
-        let published = PublishProperties {
+    /// Every property a publisher may set, a user property long enough that the properties'
+    /// length takes two bytes, and one user property given twice (which MQTT allows).
+    fn every_property() -> PublishProperties {
+        PublishProperties {
             payload_format_indicator: Some(1),
             message_expiry_interval: Some(10),
             response_topic: Some("svc/replies/x".into()),
@@ -526,12 +527,17 @@ mod tests {
             user_properties: vec![
                 ("site".into(), "north-field".into()),
                 ("unit".into(), "celsius".into()),
-                // Long enough that the properties' length takes two bytes.
                 ("note".into(), "n".repeat(200)),
+                ("site".into(), "twice is fine".into()),
             ],
             content_type: Some("application/json".into()),
             ..PublishProperties::default()
-        };
+        }
+    }
+
+    #[test]
+    fn a_publishers_own_properties_go_out_as_published() {
+        let published = every_property();
         let stamped = stamp(Some(published.clone()), 1, false, 5, 1_000);
         let own = Options {
             id: Some(42),
@@ -568,20 +574,7 @@ mod tests {
 
     #[test]
     fn properties_taken_off_the_frame_go_out_as_those_the_codec_read() {
-        let published = PublishProperties {
-            payload_format_indicator: Some(1),
-            message_expiry_interval: Some(10),
-            response_topic: Some("svc/replies/x".into()),
-            correlation_data: Some(Bytes::from_static(b"\x00req\xff")),
-            user_properties: vec![
-                ("site".into(), "north-field".into()),
-                ("unit".into(), "celsius".into()),
-                ("note".into(), "n".repeat(200)),
-                ("site".into(), "twice is fine".into()),
-            ],
-            content_type: Some("application/json".into()),
-            ..PublishProperties::default()
-        };
+        let published = every_property();
         for properties in [
             published.clone(),
             PublishProperties {
