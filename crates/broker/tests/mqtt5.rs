@@ -1141,3 +1141,79 @@ async fn a_resumed_sessions_subscriptions_keep_their_options_and_ids() {
     assert_eq!(got, [("other".to_owned(), vec![7])]);
     edge.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publishers_properties_reach_another_implementations_subscriber_as_sent() {
+    // mosquitto's MQTT 5 clients (libmosquitto, not rumqtt's code) on both ends: the edge
+    // writes the publisher's properties as it received them, behind its own.
+    let (edge, port) = edge("").await;
+    let p = port.to_string();
+    let out = tokio::task::spawn_blocking(move || {
+        let sub = fieldlink_test_support::Subscriber::start(&[
+            "-V",
+            "5",
+            "-p",
+            &p,
+            "-t",
+            "m/#",
+            "-q",
+            "1",
+            "-C",
+            "2",
+            "-W",
+            "10",
+            "-F",
+            "%t %p | %P | expiry=%E ct=%C rt=%R",
+        ]);
+        let publish = |args: &[&str]| {
+            let status = std::process::Command::new("mosquitto_pub")
+                .args(["-V", "5", "-p", &p])
+                .args(args)
+                .status()
+                .expect("mosquitto_pub is installed");
+            assert!(status.success(), "mosquitto_pub {args:?}");
+        };
+        publish(&[
+            "-t",
+            "m/props",
+            "-m",
+            "hello",
+            "-q",
+            "1",
+            "-D",
+            "publish",
+            "user-property",
+            "site",
+            "north-field",
+            "-D",
+            "publish",
+            "user-property",
+            "unit",
+            "celsius",
+            "-D",
+            "publish",
+            "message-expiry-interval",
+            "30",
+            "-D",
+            "publish",
+            "content-type",
+            "text/plain",
+            "-D",
+            "publish",
+            "response-topic",
+            "r/x",
+        ]);
+        publish(&["-t", "m/plain", "-m", "plain", "-q", "0"]);
+        sub.finish()
+    })
+    .await
+    .unwrap();
+    assert_eq!(
+        out.stdout,
+        "m/props hello | site:north-field unit:celsius | expiry=30 ct=text/plain rt=r/x\n\
+         m/plain plain |  | expiry= ct= rt=\n",
+        "{}",
+        out.stderr
+    );
+    edge.stop().await;
+}

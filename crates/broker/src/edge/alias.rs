@@ -19,6 +19,8 @@ use std::collections::HashMap;
 
 use bytes::{BufMut as _, BytesMut};
 
+use super::codec::{PublishParts as Parts, put_varint, varint_len};
+
 /// One connection's server topic aliases.
 pub(crate) struct TopicAliases {
     /// Topic → its alias.
@@ -104,43 +106,7 @@ impl TopicAliases {
     }
 }
 
-/// Where the pieces of an encoded MQTT 5 PUBLISH are.
-struct Parts {
-    /// The topic name (without its length).
-    topic: std::ops::Range<usize>,
-    /// The packet id, if any (QoS 1 and 2).
-    pkid: std::ops::Range<usize>,
-    /// The properties (without their length).
-    properties: std::ops::Range<usize>,
-    /// From the payload's start to the end.
-    payload: usize,
-}
-
 impl Parts {
-    fn read(frame: &[u8]) -> Option<Self> {
-        let first = *frame.first()?;
-        if first >> 4 != 3 {
-            return None;
-        }
-        let (remaining, header) = varint(frame.get(1..)?)?;
-        if frame.len() != 1 + header + remaining {
-            return None;
-        }
-        let at = 1 + header;
-        let topic_len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
-        let topic = at + 2..at + 2 + topic_len;
-        let pkid_len = if (first >> 1) & 0b11 > 0 { 2 } else { 0 };
-        let pkid = topic.end..topic.end + pkid_len;
-        let (properties_len, len_len) = varint(frame.get(pkid.end..)?)?;
-        let properties = pkid.end + len_len..pkid.end + len_len + properties_len;
-        (properties.end <= frame.len()).then_some(Self {
-            topic,
-            pkid,
-            payload: properties.end,
-            properties,
-        })
-    }
-
     /// The frame's remaining length with an alias property added, the topic kept or not.
     fn remaining_with_alias(&self, keep_topic: bool, frame_len: usize) -> (usize, usize) {
         let properties = self.properties.len() + 3;
@@ -180,40 +146,6 @@ impl Parts {
         out.put_u8(TOPIC_ALIAS);
         out.put_u16(alias);
         out.extend_from_slice(&frame[self.payload..]);
-    }
-}
-
-/// An MQTT variable byte integer at the start of `bytes`: (value, its length).
-fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
-    let mut value = 0usize;
-    for (i, byte) in bytes.iter().take(4).enumerate() {
-        value |= usize::from(byte & 0x7f) << (7 * i);
-        if byte & 0x80 == 0 {
-            return Some((value, i + 1));
-        }
-    }
-    None
-}
-
-fn varint_len(value: usize) -> usize {
-    match value {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
-}
-
-fn put_varint(mut value: usize, out: &mut BytesMut) {
-    loop {
-        let byte = (value % 128) as u8;
-        value /= 128;
-        if value > 0 {
-            out.put_u8(byte | 0x80);
-        } else {
-            out.put_u8(byte);
-            return;
-        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! writer panics on them), so a v5 publisher's user properties reach 3.1.1 subscribers as a
 //! plain publish.
 
-use bytes::BytesMut;
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use rumqttd::protocol::{Error as ProtocolError, Packet, Protocol, v4::V4, v5::V5};
 
 /// The protocol a client speaks, with its codec.
@@ -169,8 +169,163 @@ pub(crate) fn publish_qos_pkid(buf: &[u8]) -> Option<(u8, u16)> {
     Some((qos, u16::from_be_bytes([*buf.get(at)?, *buf.get(at + 1)?])))
 }
 
+/// Where the pieces of an encoded MQTT 5 PUBLISH are.
+pub(crate) struct PublishParts {
+    /// The topic name (without its length).
+    pub(crate) topic: std::ops::Range<usize>,
+    /// The packet id, if any (QoS 1 and 2).
+    pub(crate) pkid: std::ops::Range<usize>,
+    /// The properties (without their length).
+    pub(crate) properties: std::ops::Range<usize>,
+    /// From the payload's start to the end.
+    pub(crate) payload: usize,
+}
+
+impl PublishParts {
+    /// The pieces of `frame`, one whole MQTT 5 PUBLISH; `None` if it is not one.
+    pub(crate) fn read(frame: &[u8]) -> Option<Self> {
+        let first = *frame.first()?;
+        if first >> 4 != 3 {
+            return None;
+        }
+        let (remaining, header) = varint(frame.get(1..)?)?;
+        if frame.len() != 1 + header + remaining {
+            return None;
+        }
+        let at = 1 + header;
+        let topic_len = usize::from(u16::from_be_bytes([*frame.get(at)?, *frame.get(at + 1)?]));
+        let topic = at + 2..at + 2 + topic_len;
+        let pkid_len = if (first >> 1) & 0b11 > 0 { 2 } else { 0 };
+        let pkid = topic.end..topic.end + pkid_len;
+        let (properties_len, len_len) = varint(frame.get(pkid.end..)?)?;
+        let properties = pkid.end + len_len..pkid.end + len_len + properties_len;
+        (properties.end <= frame.len()).then_some(Self {
+            topic,
+            pkid,
+            payload: properties.end,
+            properties,
+        })
+    }
+}
+
+/// Appends to `out` the MQTT 5 PUBLISH `head` (as the codec wrote it, without a payload) with
+/// `properties` (encoded already) added to its own and `payload` after them: how a publish
+/// whose properties travelled through the router as bytes goes out, without decoding them.
+/// `false` (nothing written) if `head` is not a PUBLISH without a payload.
+pub(crate) fn put_publish_with(
+    head: &[u8],
+    properties: &[u8],
+    payload: &[u8],
+    out: &mut BytesMut,
+) -> bool {
+    let Some(parts) = PublishParts::read(head).filter(|p| p.payload == head.len()) else {
+        return false;
+    };
+    let properties_len = parts.properties.len() + properties.len();
+    let remaining = 2
+        + parts.topic.len()
+        + parts.pkid.len()
+        + varint_len(properties_len)
+        + properties_len
+        + payload.len();
+    out.reserve(1 + varint_len(remaining) + remaining);
+    out.put_u8(head[0]);
+    put_varint(remaining, out);
+    // The topic with its length, then the packet id, as written.
+    out.extend_from_slice(&head[parts.topic.start - 2..parts.pkid.end]);
+    put_varint(properties_len, out);
+    out.extend_from_slice(&head[parts.properties]);
+    out.extend_from_slice(properties);
+    out.extend_from_slice(payload);
+    true
+}
+
+/// The pieces of the MQTT 5 PUBLISH at the start of `buf` if it is there whole, with a
+/// remaining length of at most `max` (the codec's own bound), and its length.
+pub(crate) fn whole_publish(buf: &[u8], max: usize) -> Option<(PublishParts, usize)> {
+    let (header, remaining) = fixed_header(buf)?;
+    let frame_len = header + remaining;
+    if remaining > max {
+        return None;
+    }
+    let parts = PublishParts::read(buf.get(..frame_len)?)?;
+    Some((parts, frame_len))
+}
+
+/// Rewrites the whole PUBLISH at the start of `buf` (its `parts`, `frame_len` bytes) in place
+/// as the same publish without properties: its header, topic and packet id moved up to the
+/// payload, over the properties, and the bytes before them dropped. No allocation, and the
+/// codec then reads a publish whose properties cost nothing.
+/// `false`, `buf` untouched, if the publish has no properties to cut.
+pub(crate) fn cut_properties(buf: &mut BytesMut, parts: &PublishParts, frame_len: usize) -> bool {
+    if parts.properties.is_empty() || buf.len() < frame_len {
+        return false;
+    }
+    let first = buf[0];
+    // The topic (with its two-byte length) and the packet id, kept as they are.
+    let kept = parts.topic.start - 2..parts.pkid.end;
+    let remaining = kept.len() + 1 + (frame_len - parts.properties.end);
+    let header = 1 + varint_len(remaining);
+    // The new frame ends where the old one does: a zero property length just before the
+    // payload, the topic and packet id before it, the fixed header before them. Never to the
+    // left of where they are: at least a length byte and one property are cut.
+    let start = parts.properties.end - 1 - kept.len() - header;
+    buf.copy_within(kept.clone(), start + header);
+    buf[parts.properties.end - 1] = 0;
+    buf[start] = first;
+    let mut at = start + 1;
+    let mut value = remaining;
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        buf[at] = if value > 0 { byte | 0x80 } else { byte };
+        at += 1;
+        if value == 0 {
+            break;
+        }
+    }
+    buf.advance(start);
+    true
+}
+
+/// An MQTT variable byte integer at the start of `bytes`: (value, its length).
+pub(crate) fn varint(bytes: &[u8]) -> Option<(usize, usize)> {
+    let mut value = 0usize;
+    for (i, byte) in bytes.iter().take(4).enumerate() {
+        value |= usize::from(byte & 0x7f) << (7 * i);
+        if byte & 0x80 == 0 {
+            return Some((value, i + 1));
+        }
+    }
+    None
+}
+
+/// How many bytes `value` takes as an MQTT variable byte integer.
+pub(crate) fn varint_len(value: usize) -> usize {
+    match value {
+        0..=127 => 1,
+        128..=16_383 => 2,
+        16_384..=2_097_151 => 3,
+        _ => 4,
+    }
+}
+
+/// Appends `value` as an MQTT variable byte integer.
+pub(crate) fn put_varint(mut value: usize, out: &mut BytesMut) {
+    loop {
+        let byte = (value % 128) as u8;
+        value /= 128;
+        if value > 0 {
+            out.put_u8(byte | 0x80);
+        } else {
+            out.put_u8(byte);
+            return;
+        }
+    }
+}
+
 /// Runs the edge's framing over any bytes, as a client could send them: the CONNECT peek, the
-/// PUBLISH peek and both protocols' reads, a packet at a time, and every publish read written
+/// PUBLISH peek, an MQTT 5 publish's properties taken off its frame, and both protocols' reads, a packet at a time, and every publish read written
 /// again for a 3.1.1 and an MQTT 5 client (as the router hands them on). For the fuzz target
 /// (`fuzz/fuzz_targets/edge_frames.rs`): nothing here may panic, whatever the bytes.
 #[doc(hidden)]
@@ -182,6 +337,9 @@ pub fn fuzz_frames(data: &[u8]) {
         for _ in 0..=data.len() / 2 {
             let _ = publish_qos_pkid(&buf);
             let _ = peek_connect(&buf);
+            if codec == Codec::V5 {
+                let _ = super::v5::take_own(&mut buf, 64 * 1024);
+            }
             match codec.read(&mut buf, 64 * 1024) {
                 Ok(Packet::Publish(publish, properties)) => {
                     for to in [Codec::V4, Codec::V5] {

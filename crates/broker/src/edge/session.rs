@@ -815,6 +815,12 @@ impl Session {
         let mut open = true;
         while !buf.is_empty() {
             let peeked = codec::publish_qos_pkid(buf);
+            // An MQTT 5 publish's own properties, taken off its frame as they are (see
+            // `v5::take_own`); `None`: the codec reads them, if any.
+            let own = match (self.codec, peeked) {
+                (Codec::V5, Some(_)) => v5::take_own(buf, self.ctx.max_packet_size),
+                _ => None,
+            };
             let packet = match self.codec.read(buf, self.ctx.max_packet_size) {
                 Ok(packet) => packet,
                 Err(FrameError::Incomplete) => break,
@@ -893,20 +899,27 @@ impl Session {
                     };
                     // What the router would lose goes with it (see `v5`): a 3.1.1 client's
                     // publish has only its QoS and retain flag to carry.
-                    let properties = match self.codec {
-                        Codec::V5
+                    let properties = match (self.codec, own) {
+                        (Codec::V5, Some(own)) => v5::stamp_own(
+                            own,
+                            qos,
+                            publish.retain,
+                            self.origin,
+                            self.ctx.clock.now(),
+                        ),
+                        (Codec::V5, None)
                             if !self.may_no_local && v5::fits_compact(properties.as_ref()) =>
                         {
                             v5::compact_stamp_onto(properties, qos, publish.retain)
                         }
-                        Codec::V5 => v5::stamp(
+                        (Codec::V5, None) => v5::stamp(
                             properties,
                             qos,
                             publish.retain,
                             self.origin,
                             self.ctx.clock.now(),
                         ),
-                        Codec::V4 => v5::compact_stamp(qos, publish.retain),
+                        (Codec::V4, _) => v5::compact_stamp(qos, publish.retain),
                     };
                     to_router.push(Packet::Publish(publish, Some(properties)));
                 }
@@ -1295,14 +1308,18 @@ impl Session {
     ) -> Option<Option<u16>> {
         let start = out.len();
         let mut props = properties.unwrap_or_default();
-        let delivery = v5::deliver(
+        let (delivery, own) = v5::deliver(
             &mut props,
             &mut publish.retain,
             self.origin,
             self.ctx.clock.now(),
         );
         let props = (!v5::is_empty(&props)).then_some(props);
-        self.write(Packet::Publish(publish, props), out);
+        if own.is_empty() {
+            self.write(Packet::Publish(publish, props), out);
+        } else {
+            self.write_with(publish, props, &own, out);
+        }
         // The QoS the router sent it at (it keeps that private): read off the bytes.
         let (router_qos, pkid) = codec::publish_qos_pkid(&out[start..])?;
         let mut dropped = match delivery {
@@ -1444,6 +1461,29 @@ impl Session {
             self.release_order.push_back((rec.pkid, None));
         }
         self.router_acks.push(ack);
+    }
+
+    /// Writes an MQTT 5 publish with the publisher's own properties, `own` (encoded, as the
+    /// full stamp carried them through the router), after those the edge sets.
+    fn write_with(
+        &mut self,
+        mut publish: Publish,
+        props: Option<PublishProperties>,
+        own: &[u8],
+        out: &mut BytesMut,
+    ) {
+        let payload = std::mem::take(&mut publish.payload);
+        self.scratch.clear();
+        if let Err(e) = self
+            .codec
+            .write(Packet::Publish(publish, props), &mut self.scratch)
+        {
+            tracing::warn!(client_id = %self.client_id, error = %e, "A packet could not be encoded");
+            return;
+        }
+        if !codec::put_publish_with(&self.scratch, own, &payload, out) {
+            tracing::warn!(client_id = %self.client_id, "A publish could not be encoded");
+        }
     }
 
     fn write(&self, packet: Packet, out: &mut BytesMut) {

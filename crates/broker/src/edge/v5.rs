@@ -7,19 +7,21 @@
 //! log (retained messages included) and adds the subscription id of the filter that matched.
 //! So the edge carries what it needs in those two places:
 //!
-//! - a **stamp**, a user property the edge adds to every publish on the way in (a client's
-//!   own copy of it is dropped first, so no client can forge one) and strips on the way out:
-//!   the QoS and retain flag as published, the publishing session, and when the message
-//!   expires (the Message Expiry Interval itself is kept from the router, whose own handling
-//!   of it shortens a retained message's life each time it is read);
-//!   A publish with nothing else to carry gets a **compact stamp** instead, which costs no
-//!   allocation in the edge nor in the router's log: its QoS and retain flag in the Payload
-//!   Format Indicator, as a value MQTT 5 does not allow (a client's own copy is never read:
-//!   its publish carries the full stamp whenever it sets an indicator). That is a 3.1.1
-//!   client's publish, the gateway's own, and an MQTT 5 client's without an expiry or an
-//!   indicator from a session that has no No Local subscription (the origin matters only to
-//!   the publishing session's own subscriptions; a resumed session may have one from before,
-//!   so it always gets the full stamp);
+//! - a **stamp**, which the edge puts on every publish on the way in and takes off on the way
+//!   out: the QoS and retain flag as published in the Payload Format Indicator, as a value
+//!   MQTT 5 does not allow (so it cannot be a client's: the client's own indicator, like all
+//!   its properties, travels elsewhere). A publish with properties of its own, or from a
+//!   session that may have a No Local subscription (a resumed session may have one from
+//!   before), gets the **full stamp**: the indicator says so, and the Correlation Data holds,
+//!   as one buffer, the publishing session, when the message expires (the Message Expiry
+//!   Interval itself is kept from the router, whose own handling of it shortens a retained
+//!   message's life each time it is read), and all the client's own properties, already
+//!   encoded as they go out to subscribers. The router clones a publish's properties for
+//!   every filter it matches and every read of its log: one shared buffer makes each of those
+//!   clones a reference count instead of an allocation per string, and the edge writes the
+//!   bytes out as they are, without decoding them again per subscriber. A publish with
+//!   nothing of its own gets the **compact stamp**, the indicator alone: a 3.1.1 client's,
+//!   the gateway's own, and an MQTT 5 client's without properties.
 //! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client:
 //!   it holds the filter's options (No Local, Retain As Published, whether its retained
 //!   messages are sent) and the client's own subscription id, if any. The router keeps it
@@ -30,9 +32,13 @@
 
 use std::time::Instant;
 
+use bytes::{BufMut as _, Bytes, BytesMut};
 use rumqttd::protocol::PublishProperties;
 
-/// The user property carrying the stamp.
+use super::codec;
+
+/// A user property named so is dropped from a client's publish: the name of the stamp of
+/// earlier versions, kept from subscribers as it always was.
 pub(crate) const STAMP_KEY: &str = "$fieldlink";
 
 /// What the router would lose about a publish.
@@ -46,42 +52,6 @@ pub(crate) struct Stamp {
     pub(crate) origin: u64,
     /// When it expires, in milliseconds of the edge's clock; `None`: never.
     pub(crate) expires_at: Option<u64>,
-}
-
-impl Stamp {
-    fn encode(&self) -> String {
-        use std::fmt::Write as _;
-        // One allocation, sized for the longest stamp: 2 + 16 hex digits + ':' + 20 digits.
-        let mut text = String::with_capacity(39);
-        text.push(char::from(b'0' + self.qos.min(2)));
-        text.push(if self.retain { '1' } else { '0' });
-        let _ = write!(text, "{:x}", self.origin);
-        if let Some(at) = self.expires_at {
-            let _ = write!(text, ":{at}");
-        }
-        text
-    }
-
-    fn decode(text: &str) -> Option<Self> {
-        let bytes = text.as_bytes();
-        let qos = bytes.first()?.checked_sub(b'0').filter(|q| *q <= 2)?;
-        let retain = match bytes.get(1)? {
-            b'0' => false,
-            b'1' => true,
-            _ => return None,
-        };
-        let rest = text.get(2..)?;
-        let (origin, expires_at) = match rest.split_once(':') {
-            Some((origin, at)) => (origin, Some(at.parse().ok()?)),
-            None => (rest, None),
-        };
-        Some(Self {
-            qos,
-            retain,
-            origin: u64::from_str_radix(origin, 16).ok()?,
-            expires_at,
-        })
-    }
 }
 
 /// The edge's clock for message expiry: milliseconds since the edge started.
@@ -98,7 +68,8 @@ impl Clock {
     }
 }
 
-/// Stamps a publish on its way to the router: a client's own stamp is dropped, ours added.
+/// Stamps a publish on its way to the router with the full stamp (see the module
+/// documentation): its own properties encoded once, behind the origin and the deadline.
 pub(crate) fn stamp(
     properties: Option<PublishProperties>,
     qos: u8,
@@ -106,27 +77,132 @@ pub(crate) fn stamp(
     origin: u64,
     now: u64,
 ) -> PublishProperties {
-    let mut properties = properties.unwrap_or_default();
-    properties
-        .user_properties
-        .retain(|(key, _)| key != STAMP_KEY);
+    let properties = properties.unwrap_or_default();
     // The router never sees the interval: it counts it in whole seconds, and takes the time
     // spent off a retained message's stored interval at every read, so a retained message read
     // a few times expires early. The stamp's deadline is the one kept.
     let expires_at = properties
         .message_expiry_interval
-        .take()
         .map(|secs| now.saturating_add(u64::from(secs) * 1000));
-    let stamp = Stamp {
-        qos,
-        retain,
-        origin,
-        expires_at,
-    };
-    properties
-        .user_properties
-        .push((STAMP_KEY.to_owned(), stamp.encode()));
-    properties
+    let mut carried = BytesMut::with_capacity(HEADER + own_len(&properties));
+    carried.put_bytes(0, HEADER);
+    put_own(&properties, &mut carried);
+    let mut stamped = full_stamp(carried, qos, retain, origin, expires_at);
+    // A publisher's subscription ids go on as they came: the router refuses them.
+    stamped.subscription_identifiers = properties.subscription_identifiers;
+    stamped
+}
+
+/// A publisher's own properties, read straight off its frame (see [`take_own`]).
+#[derive(Debug)]
+pub(crate) struct Own {
+    /// Its Message Expiry Interval, if any.
+    expiry: Option<u32>,
+    /// Room for the full stamp's header, then the properties as its subscribers get them.
+    carried: BytesMut,
+}
+
+/// Takes the properties off the MQTT 5 PUBLISH at the start of `buf` (complete, and within
+/// `max`) when the full stamp can carry them as they were sent; the frame is left without
+/// any, so the codec reading it next builds none (rumqttd's reader makes a `String` of every
+/// user property's key and value, each dropped again once the stamp has encoded them).
+/// `None`, and `buf` untouched, for everything else, which the codec then reads and judges
+/// as before: no properties, a Topic Alias or Subscription Identifier, a user property
+/// named [`STAMP_KEY`], a property that may appear once given twice, or anything malformed.
+pub(crate) fn take_own(buf: &mut BytesMut, max: usize) -> Option<Own> {
+    let (parts, frame_len) = codec::whole_publish(buf, max)?;
+    if parts.properties.is_empty() {
+        return None;
+    }
+    let own = read_own(&buf[parts.properties.clone()])?;
+    codec::cut_properties(buf, &parts, frame_len).then_some(own)
+}
+
+/// The full stamp on properties [`take_own`] took off a publish.
+pub(crate) fn stamp_own(
+    own: Own,
+    qos: u8,
+    retain: bool,
+    origin: u64,
+    now: u64,
+) -> PublishProperties {
+    let expires_at = own
+        .expiry
+        .map(|secs| now.saturating_add(u64::from(secs) * 1000));
+    full_stamp(own.carried, qos, retain, origin, expires_at)
+}
+
+/// The full stamp: `carried` is the header's room, then the publisher's own properties.
+fn full_stamp(
+    mut carried: BytesMut,
+    qos: u8,
+    retain: bool,
+    origin: u64,
+    expires_at: Option<u64>,
+) -> PublishProperties {
+    carried[..8].copy_from_slice(&origin.to_be_bytes());
+    carried[8..HEADER].copy_from_slice(&expires_at.unwrap_or(NEVER).to_be_bytes());
+    PublishProperties {
+        payload_format_indicator: Some(FULL | qos.min(2) << 1 | u8::from(retain)),
+        correlation_data: Some(carried.freeze()),
+        ..PublishProperties::default()
+    }
+}
+
+/// Reads a publish's property block as [`take_own`] takes it: the Message Expiry Interval
+/// apart, every other property copied as it is.
+fn read_own(mut block: &[u8]) -> Option<Own> {
+    let mut carried = BytesMut::with_capacity(HEADER + block.len());
+    carried.put_bytes(0, HEADER);
+    let mut expiry = None;
+    // The properties that may appear once, by identifier (all below 16).
+    let mut seen = 0u16;
+    while let Some((&id, rest)) = block.split_first() {
+        let len = match id {
+            PAYLOAD_FORMAT_INDICATOR => 1,
+            MESSAGE_EXPIRY_INTERVAL => 4,
+            CONTENT_TYPE | RESPONSE_TOPIC => text_len(rest)?,
+            CORRELATION_DATA => field_len(rest)?,
+            USER_PROPERTY => {
+                let key = text_len(rest)?;
+                if rest.get(2..key)? == STAMP_KEY.as_bytes() {
+                    return None;
+                }
+                key + text_len(rest.get(key..)?)?
+            }
+            // A Topic Alias, Subscription Identifiers, or not a publish's property at all.
+            _ => return None,
+        };
+        if id != USER_PROPERTY {
+            let bit = 1 << id;
+            if seen & bit != 0 {
+                return None;
+            }
+            seen |= bit;
+        }
+        let value = rest.get(..len)?;
+        if id == MESSAGE_EXPIRY_INTERVAL {
+            expiry = Some(u32::from_be_bytes(value.try_into().ok()?));
+        } else {
+            carried.put_u8(id);
+            carried.extend_from_slice(value);
+        }
+        block = &rest[len..];
+    }
+    Some(Own { expiry, carried })
+}
+
+/// The length of the binary field at the start of `bytes`, its two length bytes included.
+fn field_len(bytes: &[u8]) -> Option<usize> {
+    let len = usize::from(u16::from_be_bytes([*bytes.first()?, *bytes.get(1)?]));
+    (bytes.len() >= 2 + len).then_some(2 + len)
+}
+
+/// As [`field_len`], for a UTF-8 string (valid, as the codec would insist).
+fn text_len(bytes: &[u8]) -> Option<usize> {
+    let len = field_len(bytes)?;
+    std::str::from_utf8(&bytes[2..len]).ok()?;
+    Some(len)
 }
 
 /// The compact stamp of a publish from a 3.1.1 client or the gateway itself (see the module
@@ -136,53 +212,131 @@ pub(crate) fn compact_stamp(qos: u8, retain: bool) -> PublishProperties {
 }
 
 /// Whether an MQTT 5 client's publish can carry the compact stamp (its session having no No
-/// Local subscription): no expiry to keep, no Payload Format Indicator of its own.
+/// Local subscription): no properties of its own to carry (a publisher's subscription ids
+/// are an error the router answers).
 pub(crate) fn fits_compact(properties: Option<&PublishProperties>) -> bool {
-    properties
-        .is_none_or(|p| p.message_expiry_interval.is_none() && p.payload_format_indicator.is_none())
+    properties.is_none_or(|p| {
+        p.payload_format_indicator.is_none()
+            && p.message_expiry_interval.is_none()
+            && p.response_topic.is_none()
+            && p.correlation_data.is_none()
+            && p.user_properties.is_empty()
+            && p.content_type.is_none()
+    })
 }
 
-/// The compact stamp on a publish's own properties (a client's copy of the full stamp
-/// dropped, so that it cannot pose as ours).
+/// The compact stamp on a publish's properties that [`fits_compact`].
 pub(crate) fn compact_stamp_onto(
     properties: Option<PublishProperties>,
     qos: u8,
     retain: bool,
 ) -> PublishProperties {
     let mut properties = properties.unwrap_or_default();
-    if !properties.user_properties.is_empty() {
-        properties
-            .user_properties
-            .retain(|(key, _)| key != STAMP_KEY);
-    }
     properties.payload_format_indicator = Some(COMPACT | qos.min(2) << 1 | u8::from(retain));
     properties
 }
 
 /// Marks a compact stamp: MQTT 5 allows a Payload Format Indicator of 0 or 1 only.
 const COMPACT: u8 = 0x80;
+/// Marks a full stamp, whose Correlation Data is the edge's (see [`stamp`]).
+const FULL: u8 = 0x40;
+/// The full stamp's buffer starts with the origin and the deadline, 8 bytes each.
+const HEADER: usize = 16;
+/// The deadline of a message that never expires.
+const NEVER: u64 = u64::MAX;
 
-/// Takes the stamp off a publish on its way to a client (the last one: the edge's), or the
-/// compact stamp if it has no full one.
-pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<Stamp> {
-    let Some(at) = properties
-        .user_properties
-        .iter()
-        .rposition(|(key, _)| key == STAMP_KEY)
-    else {
-        let compact = properties
-            .payload_format_indicator
-            .filter(|value| value & COMPACT != 0)?;
-        properties.payload_format_indicator = None;
-        return Some(Stamp {
-            qos: (compact >> 1 & 0b11).min(2),
-            retain: compact & 1 != 0,
-            origin: 0,
-            expires_at: None,
-        });
+/// Takes the stamp off a publish on its way to a client: the stamp, and the publisher's own
+/// properties as encoded (empty for a compact stamp). `None` if it has none.
+pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<(Stamp, Bytes)> {
+    let marker = properties
+        .payload_format_indicator
+        .filter(|value| value & (COMPACT | FULL) != 0)?;
+    properties.payload_format_indicator = None;
+    let mut stamp = Stamp {
+        qos: (marker >> 1 & 0b11).min(2),
+        retain: marker & 1 != 0,
+        origin: 0,
+        expires_at: None,
     };
-    let (_, text) = properties.user_properties.remove(at);
-    Stamp::decode(&text)
+    if marker & COMPACT != 0 {
+        return Some((stamp, Bytes::new()));
+    }
+    let carried = properties.correlation_data.take()?;
+    let header = carried.get(..HEADER)?;
+    let (origin, at) = header.split_at(8);
+    stamp.origin = u64::from_be_bytes(origin.try_into().ok()?);
+    stamp.expires_at = Some(u64::from_be_bytes(at.try_into().ok()?)).filter(|at| *at != NEVER);
+    Some((stamp, carried.slice(HEADER..)))
+}
+
+/// MQTT 5 property identifiers of a publisher's own properties (MQTT 5 §2.2.2.2).
+const PAYLOAD_FORMAT_INDICATOR: u8 = 0x01;
+const MESSAGE_EXPIRY_INTERVAL: u8 = 0x02;
+const CONTENT_TYPE: u8 = 0x03;
+const RESPONSE_TOPIC: u8 = 0x08;
+const CORRELATION_DATA: u8 = 0x09;
+const USER_PROPERTY: u8 = 0x26;
+
+/// The encoded length of what [`put_own`] writes.
+fn own_len(properties: &PublishProperties) -> usize {
+    let field = |bytes: &[u8]| 2 + bytes.len().min(usize::from(u16::MAX));
+    properties.payload_format_indicator.map_or(0, |_| 2)
+        + properties
+            .response_topic
+            .as_ref()
+            .map_or(0, |t| 1 + field(t.as_bytes()))
+        + properties
+            .correlation_data
+            .as_ref()
+            .map_or(0, |d| 1 + field(d))
+        + properties
+            .user_properties
+            .iter()
+            .filter(|(key, _)| key != STAMP_KEY)
+            .map(|(key, value)| 1 + field(key.as_bytes()) + field(value.as_bytes()))
+            .sum::<usize>()
+        + properties
+            .content_type
+            .as_ref()
+            .map_or(0, |t| 1 + field(t.as_bytes()))
+}
+
+/// Encodes a publisher's own properties as its subscribers are to get them: all but the
+/// Message Expiry Interval (each gets what is left of it), the Topic Alias (refused, or the
+/// edge's own per connection) and the Subscription Identifiers (the subscriber's own).
+fn put_own(properties: &PublishProperties, out: &mut BytesMut) {
+    if let Some(indicator) = properties.payload_format_indicator {
+        out.put_u8(PAYLOAD_FORMAT_INDICATOR);
+        out.put_u8(indicator);
+    }
+    if let Some(topic) = &properties.response_topic {
+        out.put_u8(RESPONSE_TOPIC);
+        put_field(topic.as_bytes(), out);
+    }
+    if let Some(data) = &properties.correlation_data {
+        out.put_u8(CORRELATION_DATA);
+        put_field(data, out);
+    }
+    for (key, value) in &properties.user_properties {
+        if key != STAMP_KEY {
+            out.put_u8(USER_PROPERTY);
+            put_field(key.as_bytes(), out);
+            put_field(value.as_bytes(), out);
+        }
+    }
+    if let Some(content_type) = &properties.content_type {
+        out.put_u8(CONTENT_TYPE);
+        put_field(content_type.as_bytes(), out);
+    }
+}
+
+/// A string or binary field: two bytes of length, then the bytes (anything read off the wire
+/// fits; longer is cut, never written with a length that lies).
+fn put_field(bytes: &[u8], out: &mut BytesMut) {
+    let len = bytes.len().min(usize::from(u16::MAX));
+    // At most u16::MAX, just bounded.
+    out.put_u16(u16::try_from(len).unwrap_or(u16::MAX));
+    out.extend_from_slice(&bytes[..len]);
 }
 
 /// One MQTT 5 subscription's options, as the edge applies them.
@@ -234,14 +388,19 @@ pub(crate) enum Delivery {
 
 /// Decides a forward's fate and puts its properties in the form the client is to see:
 /// the stamp and the internal subscription id taken off, the client's own id put back, the
-/// remaining expiry interval set; `retain` made what the subscription asked for.
+/// remaining expiry interval set; `retain` made what the subscription asked for. Also
+/// returns the publisher's own properties, encoded, to be written after those (see
+/// [`crate::edge::codec::put_publish_with`]).
 pub(crate) fn deliver(
     properties: &mut PublishProperties,
     retain: &mut bool,
     session_origin: u64,
     now: u64,
-) -> Delivery {
-    let stamp = unstamp(properties);
+) -> (Delivery, Bytes) {
+    let (stamp, own) = match unstamp(properties) {
+        Some((stamp, own)) => (Some(stamp), own),
+        None => (None, Bytes::new()),
+    };
     // The router adds the id of the filter that matched last; a publisher cannot add one.
     let options = properties
         .subscription_identifiers
@@ -256,25 +415,25 @@ pub(crate) fn deliver(
     // because of a SUBSCRIBE.
     let from_store = *retain;
     if from_store && options.skip_retained {
-        return Delivery::Drop("retain_handling");
+        return (Delivery::Drop("retain_handling"), own);
     }
     let Some(stamp) = stamp else {
-        return Delivery::Send { max_qos: 2 };
+        return (Delivery::Send { max_qos: 2 }, own);
     };
     if options.no_local && stamp.origin == session_origin && stamp.origin != 0 {
-        return Delivery::Drop("no_local");
+        return (Delivery::Drop("no_local"), own);
     }
     if let Some(at) = stamp.expires_at {
         let left = at.saturating_sub(now);
         if left == 0 {
-            return Delivery::Drop("expired");
+            return (Delivery::Drop("expired"), own);
         }
         // Whole seconds, rounded up: a message is never told it expired before it did.
         properties.message_expiry_interval =
             Some(u32::try_from(left.div_ceil(1000)).unwrap_or(u32::MAX));
     }
     *retain = from_store || (options.retain_as_published && stamp.retain);
-    Delivery::Send { max_qos: stamp.qos }
+    (Delivery::Send { max_qos: stamp.qos }, own)
 }
 
 /// Whether the properties are empty, so the packet is written without any.
@@ -284,43 +443,332 @@ pub(crate) fn is_empty(properties: &PublishProperties) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+    use rumqttd::protocol::{Packet, Publish};
+
     use super::*;
+    use crate::edge::codec::{Codec, put_publish_with};
+
+    /// A publish with `properties` as the router forwards it (with the internal subscription
+    /// id `id` of the filter that matched) delivered at `now` and written for a client as the
+    /// edge writes it, then read back as the client reads it.
+    fn delivered(
+        properties: PublishProperties,
+        id: usize,
+        now: u64,
+    ) -> (Delivery, Option<PublishProperties>) {
+        let mut props = properties;
+        props.subscription_identifiers.push(id);
+        let mut retain = false;
+        let (delivery, own) = deliver(&mut props, &mut retain, 9, now);
+        let props = (!is_empty(&props)).then_some(props);
+        let publish = Publish::new(Bytes::from_static(b"a/b"), Bytes::new(), false);
+        let mut head = BytesMut::new();
+        Codec::V5
+            .write(Packet::Publish(publish, props), &mut head)
+            .unwrap();
+        let mut out = BytesMut::new();
+        assert!(put_publish_with(&head, &own, b"payload", &mut out));
+        match Codec::V5.read(&mut out, usize::MAX) {
+            Ok(Packet::Publish(publish, props)) => {
+                assert_eq!(&publish.payload[..], b"payload");
+                assert_eq!(&publish.topic[..], b"a/b");
+                assert!(out.is_empty(), "one whole frame");
+                (delivery, props)
+            }
+            other => panic!("not a publish: {other:?}"),
+        }
+    }
 
     #[test]
     fn a_stamp_reads_back_as_written() {
-        for stamp in [
-            Stamp {
-                qos: 0,
-                retain: false,
-                origin: 0,
-                expires_at: None,
-            },
-            Stamp {
-                qos: 2,
-                retain: true,
-                origin: u64::MAX,
-                expires_at: Some(123_456),
+        for (qos, retain, origin, expiry) in [
+            (0, false, 0, None),
+            (1, true, 7, Some(0)),
+            (2, true, u64::MAX, Some(u32::MAX)),
+        ] {
+            let published = PublishProperties {
+                message_expiry_interval: expiry,
+                ..PublishProperties::default()
+            };
+            let mut props = stamp(Some(published), qos, retain, origin, 1_000);
+            let (read, own) = unstamp(&mut props).expect("a stamp");
+            let expires_at = expiry.map(|secs| 1_000 + u64::from(secs) * 1000);
+            assert_eq!(
+                read,
+                Stamp {
+                    qos,
+                    retain,
+                    origin,
+                    expires_at
+                }
+            );
+            assert!(own.is_empty());
+            assert!(is_empty(&props), "nothing of the stamp left: {props:?}");
+        }
+        // Without the edge's buffer behind it, a full stamp's indicator is no stamp.
+        let mut cut = PublishProperties {
+            payload_format_indicator: Some(FULL | 2),
+            correlation_data: Some(Bytes::from_static(b"short")),
+            ..PublishProperties::default()
+        };
+        assert_eq!(unstamp(&mut cut), None);
+        assert_eq!(unstamp(&mut PublishProperties::default()), None);
+    }
+
+    /// Every property a publisher may set, a user property long enough that the properties'
+    /// length takes two bytes, and one user property given twice (which MQTT allows).
+    fn every_property() -> PublishProperties {
+        PublishProperties {
+            payload_format_indicator: Some(1),
+            message_expiry_interval: Some(10),
+            response_topic: Some("svc/replies/x".into()),
+            correlation_data: Some(Bytes::from_static(b"\x00req\xff")),
+            user_properties: vec![
+                ("site".into(), "north-field".into()),
+                ("unit".into(), "celsius".into()),
+                ("note".into(), "n".repeat(200)),
+                ("site".into(), "twice is fine".into()),
+            ],
+            content_type: Some("application/json".into()),
+            ..PublishProperties::default()
+        }
+    }
+
+    #[test]
+    fn a_publishers_own_properties_go_out_as_published() {
+        let published = every_property();
+        let stamped = stamp(Some(published.clone()), 1, false, 5, 1_000);
+        let own = Options {
+            id: Some(42),
+            ..Options::default()
+        };
+        let (delivery, props) = delivered(stamped, own.encode(), 4_500);
+        assert_eq!(delivery, Delivery::Send { max_qos: 1 });
+        let expected = PublishProperties {
+            message_expiry_interval: Some(7),
+            subscription_identifiers: vec![42],
+            ..published
+        };
+        assert_eq!(props, Some(expected));
+        // Nothing of its own: the edge's properties alone.
+        let stamped = stamp(None, 0, false, 5, 0);
+        let (_, props) = delivered(stamped, Options::default().encode(), 0);
+        assert_eq!(props, None);
+    }
+
+    /// `properties` on a QoS 1 publish, as a client's frame.
+    fn frame(properties: Option<PublishProperties>) -> BytesMut {
+        let publish = Publish::new(
+            Bytes::from_static(b"a/b"),
+            Bytes::from_static(b"payload"),
+            true,
+        );
+        let publish = crate::edge::session::as_qos1(&publish, 7);
+        let mut frame = BytesMut::new();
+        Codec::V5
+            .write(Packet::Publish(publish, properties), &mut frame)
+            .unwrap();
+        frame
+    }
+
+    #[test]
+    fn properties_taken_off_the_frame_go_out_as_those_the_codec_read() {
+        let published = every_property();
+        for properties in [
+            published.clone(),
+            PublishProperties {
+                message_expiry_interval: Some(1),
+                ..PublishProperties::default()
             },
         ] {
-            assert_eq!(Stamp::decode(&stamp.encode()), Some(stamp));
+            let mut buf = frame(Some(properties.clone()));
+            buf.extend_from_slice(b"\xe0\x00"); // the next packet, untouched
+            let own = take_own(&mut buf, usize::MAX).expect("taken");
+            let Ok(Packet::Publish(publish, None)) = Codec::V5.read(&mut buf, usize::MAX) else {
+                panic!("a publish without properties left");
+            };
+            let Ok(Packet::Publish(expected, _)) =
+                Codec::V5.read(&mut frame(Some(properties.clone())), usize::MAX)
+            else {
+                panic!("a publish");
+            };
+            assert_eq!(publish, expected, "all but the properties as sent");
+            assert_eq!(&buf[..], b"\xe0\x00");
+            let id = Options::default().encode();
+            let taken = delivered(stamp_own(own, 1, true, 5, 1_000), id, 4_500);
+            let read = delivered(stamp(Some(properties), 1, true, 5, 1_000), id, 4_500);
+            assert_eq!(taken, read);
         }
-        assert_eq!(Stamp::decode("3"), None);
-        assert_eq!(Stamp::decode("1x0"), None);
-        assert_eq!(Stamp::decode(""), None);
+        assert_eq!(
+            delivered(stamp(Some(published), 1, true, 5, 1_000), 1, 4_500)
+                .1
+                .map(|p| p.user_properties.len()),
+            Some(4)
+        );
+    }
+
+    #[test]
+    fn properties_the_codec_is_to_judge_are_left_on_the_frame() {
+        let with = |properties: PublishProperties| frame(Some(properties));
+        let mut twice = with(PublishProperties {
+            content_type: Some("a".into()),
+            ..PublishProperties::default()
+        });
+        // The content type given twice: the frame's properties grow by the same 4 bytes.
+        twice[1] += 4;
+        let props_at = 1 + 1 + 2 + 3 + 2;
+        twice[props_at] += 4;
+        let mut bytes = twice.to_vec();
+        let again = bytes[props_at + 1..props_at + 5].to_vec();
+        bytes.splice(props_at + 5..props_at + 5, again);
+        let twice = BytesMut::from(&bytes[..]);
+        let mut bad_utf8 = with(PublishProperties {
+            content_type: Some("ab".into()),
+            ..PublishProperties::default()
+        });
+        let last = props_at + 5;
+        bad_utf8[last] = 0xff;
+        let cases = [
+            ("none", frame(None)),
+            ("empty", with(PublishProperties::default())),
+            (
+                "topic alias",
+                with(PublishProperties {
+                    topic_alias: Some(1),
+                    ..PublishProperties::default()
+                }),
+            ),
+            (
+                "subscription id",
+                with(PublishProperties {
+                    subscription_identifiers: vec![3],
+                    ..PublishProperties::default()
+                }),
+            ),
+            (
+                "the old stamp's name",
+                with(PublishProperties {
+                    user_properties: vec![(STAMP_KEY.into(), "21ff".into())],
+                    ..PublishProperties::default()
+                }),
+            ),
+            ("a property twice", twice),
+            ("not UTF-8", bad_utf8),
+        ];
+        for (why, buf) in cases {
+            let mut taken = buf.clone();
+            assert!(take_own(&mut taken, usize::MAX).is_none(), "{why}");
+            assert_eq!(taken, buf, "{why}: untouched");
+        }
+        // Incomplete, or past the codec's bound: the codec says so.
+        let whole = with(PublishProperties {
+            content_type: Some("a".into()),
+            ..PublishProperties::default()
+        });
+        let mut cut = BytesMut::from(&whole[..whole.len() - 1]);
+        assert!(take_own(&mut cut, usize::MAX).is_none());
+        let mut large = whole.clone();
+        assert!(take_own(&mut large, whole.len() - 3).is_none());
+        assert_eq!(large, whole);
+    }
+
+    /// One property as a client may encode it, or a few bytes of anything.
+    fn piece() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        let field = |id: u8, bytes: Vec<u8>| {
+            let mut out = vec![id];
+            out.extend_from_slice(&(bytes.len() as u16).to_be_bytes());
+            out.extend_from_slice(&bytes);
+            out
+        };
+        let text = "\\PC{0,6}".prop_map(String::into_bytes);
+        let raw = proptest::collection::vec(any::<u8>(), 0..6);
+        prop_oneof![
+            any::<u8>().prop_map(|b| vec![PAYLOAD_FORMAT_INDICATOR, b]),
+            any::<u32>().prop_map(|s| {
+                let mut out = vec![MESSAGE_EXPIRY_INTERVAL];
+                out.extend_from_slice(&s.to_be_bytes());
+                out
+            }),
+            text.clone().prop_map(move |t| field(CONTENT_TYPE, t)),
+            text.clone().prop_map(move |t| field(RESPONSE_TOPIC, t)),
+            raw.clone().prop_map(move |d| field(CORRELATION_DATA, d)),
+            (text.clone(), text).prop_map(move |(k, v)| {
+                let mut out = field(USER_PROPERTY, k);
+                out.extend_from_slice(&field(0, v)[1..]);
+                out
+            }),
+            // A string that is not UTF-8, a topic alias, anything at all.
+            raw.clone()
+                .prop_map(move |d| field(CONTENT_TYPE, [&d[..], &[0xff]].concat())),
+            any::<u16>().prop_map(|a| [&[0x23][..], &a.to_be_bytes()].concat()),
+            raw,
+        ]
+    }
+
+    proptest::proptest! {
+        /// Whatever property bytes a client puts in a publish, they are either taken as the
+        /// codec would read them, with the rest of the publish as it was, or left for the
+        /// codec, the frame untouched.
+        #[test]
+        fn any_property_block_is_taken_whole_or_left_alone(
+            pieces in proptest::collection::vec(piece(), 1..8),
+        ) {
+            let block: Vec<u8> = pieces.concat();
+            let mut buf = frame(None);
+            let props_at = 1 + 1 + 2 + 3 + 2;
+            let mut bytes = buf.to_vec();
+            let mut len = BytesMut::new();
+            codec::put_varint(block.len(), &mut len);
+            bytes.splice(props_at..=props_at, len.iter().copied().chain(block.iter().copied()));
+            let remaining = bytes.len() - 2;
+            let mut framed = BytesMut::new();
+            framed.put_u8(bytes[0]);
+            codec::put_varint(remaining, &mut framed);
+            framed.extend_from_slice(&bytes[2..]);
+            buf = framed.clone();
+            match take_own(&mut buf, usize::MAX) {
+                None => proptest::prop_assert_eq!(&buf, &framed),
+                Some(own) => {
+                    let Ok(Packet::Publish(publish, None)) = Codec::V5.read(&mut buf, usize::MAX)
+                    else {
+                        panic!("a publish without properties left");
+                    };
+                    let Ok(Packet::Publish(sent, Some(properties))) =
+                        Codec::V5.read(&mut framed, usize::MAX)
+                    else {
+                        panic!("the codec reads what was taken");
+                    };
+                    proptest::prop_assert_eq!(publish, sent);
+                    let id = Options::default().encode();
+                    proptest::prop_assert_eq!(
+                        delivered(stamp_own(own, 1, false, 5, 0), id, 0),
+                        delivered(stamp(Some(properties), 1, false, 5, 0), id, 0)
+                    );
+                }
+            }
+        }
     }
 
     #[test]
     fn a_client_cannot_forge_a_stamp() {
+        // An indicator with the stamp's bits, Correlation Data looking like the edge's and a
+        // user property named like the stamp of earlier versions.
         let forged = PublishProperties {
+            payload_format_indicator: Some(COMPACT | FULL | 1),
+            correlation_data: Some(Bytes::from_static(&[0xff; 16])),
             user_properties: vec![
                 (STAMP_KEY.to_owned(), "00ff".to_owned()),
                 ("kept".to_owned(), "yes".to_owned()),
             ],
             ..PublishProperties::default()
         };
-        let mut props = stamp(Some(forged), 1, false, 7, 0);
+        assert!(!fits_compact(Some(&forged)));
+        let stamped = stamp(Some(forged), 1, false, 7, 0);
+        let mut props = stamped.clone();
         assert_eq!(
-            unstamp(&mut props),
+            unstamp(&mut props).map(|(stamp, _)| stamp),
             Some(Stamp {
                 qos: 1,
                 retain: false,
@@ -328,6 +776,11 @@ mod tests {
                 expires_at: None
             })
         );
+        // The client's own go to its subscribers as it sent them, but the old stamp's name.
+        let (_, props) = delivered(stamped, Options::default().encode(), 0);
+        let props = props.expect("the client's own properties");
+        assert_eq!(props.payload_format_indicator, Some(COMPACT | FULL | 1));
+        assert_eq!(props.correlation_data.as_deref(), Some(&[0xff; 16][..]));
         assert_eq!(props.user_properties, vec![("kept".into(), "yes".into())]);
     }
 
@@ -335,41 +788,38 @@ mod tests {
     fn a_compact_stamp_reads_back_and_leaves_nothing_behind() {
         for (qos, retain) in [(0, false), (1, true), (2, false), (2, true)] {
             let mut props = compact_stamp(qos, retain);
+            let (stamp, own) = unstamp(&mut props).expect("a stamp");
             assert_eq!(
-                unstamp(&mut props),
-                Some(Stamp {
+                stamp,
+                Stamp {
                     qos,
                     retain,
                     origin: 0,
                     expires_at: None
-                })
+                }
             );
+            assert!(own.is_empty());
             assert!(is_empty(&props));
         }
-        // A client's own indicator, beside the full stamp, is its own: kept as sent.
-        let published = PublishProperties {
-            payload_format_indicator: Some(0x83),
-            ..PublishProperties::default()
-        };
-        assert!(!fits_compact(Some(&published)));
-        let mut props = stamp(Some(published), 1, false, 7, 0);
-        assert_eq!(unstamp(&mut props).map(|s| s.origin), Some(7));
-        assert_eq!(props.payload_format_indicator, Some(0x83));
-        // A client's forged full stamp beside a compact one is dropped on the way in.
-        let forged = PublishProperties {
-            user_properties: vec![
-                (STAMP_KEY.to_owned(), "21ff".to_owned()),
-                ("kept".to_owned(), "yes".to_owned()),
-            ],
-            ..PublishProperties::default()
-        };
-        assert!(fits_compact(Some(&forged)));
-        let mut props = compact_stamp_onto(Some(forged), 0, false);
-        assert_eq!(
-            unstamp(&mut props).map(|s| (s.qos, s.retain)),
-            Some((0, false))
-        );
-        assert_eq!(props.user_properties, vec![("kept".into(), "yes".into())]);
+        // Any property of the client's own takes the full stamp.
+        for published in [
+            PublishProperties {
+                payload_format_indicator: Some(0),
+                ..PublishProperties::default()
+            },
+            PublishProperties {
+                user_properties: vec![("k".into(), "v".into())],
+                ..PublishProperties::default()
+            },
+            PublishProperties {
+                message_expiry_interval: Some(1),
+                ..PublishProperties::default()
+            },
+        ] {
+            assert!(!fits_compact(Some(&published)), "{published:?}");
+        }
+        assert!(fits_compact(None));
+        assert!(fits_compact(Some(&PublishProperties::default())));
     }
 
     #[test]
@@ -404,16 +854,15 @@ mod tests {
         let stamped = stamp(Some(published), 1, true, 5, 1_000);
         let mut props = stamped.clone();
         let mut retain = false;
-        assert_eq!(
-            deliver(&mut props, &mut retain, 9, 4_500),
-            Delivery::Send { max_qos: 1 }
-        );
+        let (delivery, own) = deliver(&mut props, &mut retain, 9, 4_500);
+        assert_eq!(delivery, Delivery::Send { max_qos: 1 });
+        assert!(own.is_empty());
         assert_eq!(props.message_expiry_interval, Some(7), "6.5 s left: 7");
         assert!(props.user_properties.is_empty());
         assert!(!retain, "not retain-as-published");
         let mut props = stamped;
         assert_eq!(
-            deliver(&mut props, &mut retain, 9, 11_000),
+            deliver(&mut props, &mut retain, 9, 11_000).0,
             Delivery::Drop("expired")
         );
     }
