@@ -1,12 +1,14 @@
 //! The HTTPS server: our own accept loop (rustls, then hyper's HTTP/1.1), so that what a
 //! client can hold before it has logged in is bounded here: connections served at once
-//! (`web.max_connections`; more are closed at once), the TLS handshake's time, the time to
+//! (`web.max_connections`; more are closed at once; one address at most half of them), the
+//! TLS handshake's time, the time to
 //! send a request's headers, the time to answer it (body included), the headers' size, and the
 //! body's (see `routes::MAX_BODY`).
 
-use std::net::SocketAddr;
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fieldlink_core::shutdown::Shutdown;
@@ -33,6 +35,59 @@ const HEADER_TIMEOUT: Duration = Duration::from_secs(15);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(20);
 /// The most a request's headers may take in the read buffer.
 const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Connections one address may hold at once: half of `web.max_connections`, so that one
+/// client (a compromised device on the LAN, a script) cannot take every slot from the
+/// technician's browser, which itself opens up to six.
+fn per_address_limit(max_connections: usize) -> usize {
+    (max_connections / 2).max(1)
+}
+
+/// Connections held per address (only addresses holding one are in the map).
+struct PerAddress {
+    held: Mutex<HashMap<IpAddr, usize>>,
+    limit: usize,
+}
+
+impl PerAddress {
+    fn take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let count = held.entry(ip).or_default();
+        if *count >= self.limit {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            owner: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One connection of an address; given back when dropped.
+struct AddressSlot {
+    owner: Arc<PerAddress>,
+    ip: IpAddr,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut held = self
+            .owner
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(count) = held.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                held.remove(&self.ip);
+            }
+        }
+    }
+}
 
 /// The peer's address, for the login throttle.
 #[derive(Debug, Clone, Copy)]
@@ -137,6 +192,10 @@ async fn accept_loop(
 ) {
     let router = crate::routes::router(app);
     let slots = Arc::new(Semaphore::new(max_connections));
+    let per_address = Arc::new(PerAddress {
+        held: Mutex::new(HashMap::new()),
+        limit: per_address_limit(max_connections),
+    });
     loop {
         let (tcp, peer) = tokio::select! {
             () = tasks.cancelled() => return,
@@ -150,6 +209,10 @@ async fn accept_loop(
                 }
             },
         };
+        let Some(address_slot) = per_address.take(peer.ip()) else {
+            tracing::debug!(%peer, "Web UI connection refused: this address holds half of web.max_connections");
+            continue;
+        };
         let Ok(slot) = slots.clone().try_acquire_owned() else {
             tracing::debug!(%peer, "Web UI connection refused: web.max_connections reached");
             continue;
@@ -158,7 +221,7 @@ async fn accept_loop(
         let router = router.clone();
         let stop = tasks.clone();
         tasks.spawn(async move {
-            let _slot = slot;
+            let _slots = (slot, address_slot);
             let Ok(Ok(tls)) = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await
             else {
                 tracing::debug!(%peer, "Web UI TLS handshake failed or timed out");

@@ -567,6 +567,31 @@ async fn connections_beyond_the_limit_are_closed_at_once() {
     );
 }
 
+/// One address (a compromised device on the LAN, a script) holds at most half of the slots:
+/// the technician's browser, from another address, still gets in.
+#[tokio::test]
+async fn one_address_cannot_take_every_connection() {
+    let ui = Ui::start(&[("ada", Role::Admin, "admin-password")], |s| {
+        s.max_connections = 4
+    })
+    .await;
+    let hostile = |_| async {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        socket.connect(ui.addr).await
+    };
+    // It connects as often as there are slots and says nothing.
+    let idle: Vec<_> = futures_util::future::join_all((0..4).map(hostile)).await;
+    assert!(idle.iter().all(Result::is_ok));
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        ui.client().get("/healthz").await.status,
+        200,
+        "another address is served"
+    );
+    drop(idle);
+}
+
 #[tokio::test]
 async fn a_form_posted_from_another_site_is_refused_even_the_login() {
     let ui = Ui::start(&[("ada", Role::Admin, "admin-password")], |_| {}).await;
