@@ -86,9 +86,11 @@ enum Command {
 
 #[derive(Debug, Subcommand)]
 enum QueueCommand {
-    /// Depth per stream, oldest message, drops and refusals.
+    /// Depth per stream, oldest message, drops and refusals. Beside a running gateway: as of
+    /// its queue's last fold (at most 5 s ago).
     Stats,
-    /// The next messages in delivery order (not leased, not removed).
+    /// The next messages in delivery order (not leased, not removed). Beside a running
+    /// gateway: as of its queue's last fold (at most 5 s ago).
     Peek {
         /// How many.
         #[arg(long, default_value_t = 10)]
