@@ -113,16 +113,22 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn commits_of_a_generation_the_database_holds_are_not_applied_twice() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut conn = store::open(&dir.path().join("q.db"), Durability::PowerSafe)
+    /// A new database and journal in `dir`.
+    async fn fresh(dir: &Path) -> (SqliteConnection, Journal) {
+        let conn = store::open(&dir.join("q.db"), Durability::PowerSafe)
             .await
             .unwrap()
             .conn;
-        let path = dir.path().join(crate::JOURNAL_FILE);
+        let path = dir.join(crate::JOURNAL_FILE);
         let file = crate::journal::lock(&path).unwrap().unwrap();
-        let (mut journal, _) = Journal::open(file, &path, true, false).unwrap();
+        let (journal, _) = Journal::open(file, &path, true, false).unwrap();
+        (conn, journal)
+    }
+
+    #[tokio::test]
+    async fn commits_of_a_generation_the_database_holds_are_not_applied_twice() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut conn, mut journal) = fresh(dir.path()).await;
         // A fold committed generation 7, then the process died before the journal's reset.
         store::set_folded_generation(&mut conn, 7).await.unwrap();
         let done = apply(
@@ -156,13 +162,7 @@ mod tests {
     #[tokio::test]
     async fn ids_an_older_release_gave_meanwhile_are_not_taken_from_it() {
         let dir = tempfile::tempdir().unwrap();
-        let mut conn = store::open(&dir.path().join("q.db"), Durability::PowerSafe)
-            .await
-            .unwrap()
-            .conn;
-        let path = dir.path().join(crate::JOURNAL_FILE);
-        let file = crate::journal::lock(&path).unwrap().unwrap();
-        let (mut journal, _) = Journal::open(file, &path, true, false).unwrap();
+        let (mut conn, mut journal) = fresh(dir.path()).await;
         // A release without the journal appended after the crash and took ids 1 and 2.
         store::insert(&mut conn, &[entry("old1"), entry("old2")], 0, 0)
             .await
