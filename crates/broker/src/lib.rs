@@ -9,9 +9,11 @@
 //! - **Sizing.** rumqttd keeps an in-memory commit log per subscription filter; we translate
 //!   `[broker]` into a log of `segment_size × segment_count` per filter and a bounded
 //!   connection count, so memory stays small on a board.
-//! - **Lifecycle.** The router runs on its own thread (rumqttd has no stop for it; it idles
-//!   once every link is gone). Listeners and sessions run on the gateway's runtime and end
-//!   with its shutdown token.
+//! - **Lifecycle.** The router runs on its own thread, one for the process ([`BrokerRouter`]):
+//!   rumqttd has no stop for it (the thread holds a sender to its own channel), so the
+//!   gateway starts it once and its components, restarted on an applied configuration, find
+//!   it again with its retained messages and sessions. Listeners and sessions run on the
+//!   gateway's runtime and end with its shutdown token.
 //! - **Slow subscribers** cost no acknowledged message: the edge measures each one's lag
 //!   against that log and holds back the publishers that would overrun it (`edge::lag`).
 //! - **Bind and file errors** are reported at start, before anything is served.
@@ -69,6 +71,15 @@ pub enum BrokerError {
         /// What is wrong.
         problem: SecurityError,
     },
+    /// Settings the running router was built with differ (see [`router_keys_changed`]).
+    #[error(
+        "{} cannot change while the gateway runs (they size the broker's router): restart the service for them (systemctl restart fieldlink)",
+        keys.join(", ")
+    )]
+    RouterSizing {
+        /// The `[broker]` keys, as the configuration names them.
+        keys: Vec<&'static str>,
+    },
 }
 
 impl BrokerError {
@@ -79,31 +90,153 @@ impl BrokerError {
         match self {
             Self::Bind { .. } => Fault::Environment,
             Self::Security { problem, .. } => problem.fault(),
+            Self::RouterSizing { .. } => Fault::Config,
         }
     }
 }
 
-/// The local broker: the router running, every listener bound, not yet serving.
+/// rumqttd's router, started once for the process, and what the edge keeps of its state
+/// (filters, stored MQTT 5 sessions, subscribers' lag). Cloned handles share it.
+#[derive(Clone)]
+pub struct BrokerRouter {
+    sizing: RouterSizing,
+    state: Arc<edge::RouterState>,
+    alive: Arc<dyn Fn() -> bool + Send + Sync>,
+}
+
+impl BrokerRouter {
+    /// Starts the router for `settings`. Stored sessions' clocks run on `lifetime`: trigger
+    /// it when the gateway stops for good.
+    pub fn start(settings: &BrokerSettings, lifetime: Shutdown) -> Self {
+        let sizing = RouterSizing::of(settings);
+        let router_tx = Router::new(0, sizing.router_config()).spawn();
+        let router = router_tx.clone();
+        // The router's thread holds the receiving end: gone, the thread has ended.
+        let alive = Arc::new(move || !router.is_disconnected());
+        let links: SessionLinks = Arc::new(move |client_id: &str, clean: bool| {
+            LinkBuilder::new(client_id, router_tx.clone())
+                .clean_session(clean)
+                // Clients may subscribe to any filter, not only pre-declared ones.
+                .dynamic_filters(true)
+                .build()
+                .map_err(|e: LinkError| e.to_string())
+        });
+        Self {
+            sizing,
+            state: Arc::new(edge::RouterState::new(links, settings, lifetime)),
+            alive,
+        }
+    }
+}
+
+impl std::fmt::Debug for BrokerRouter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerRouter")
+            .field("sizing", &self.sizing)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The `[broker]` keys whose values differ between `running` and `proposed` and that size
+/// the router: they take a new router, so a restart of the service (see [`BrokerRouter`]).
+pub fn router_keys_changed(
+    running: &BrokerSettings,
+    proposed: &BrokerSettings,
+) -> Vec<&'static str> {
+    RouterSizing::of(running).differing(&RouterSizing::of(proposed))
+}
+
+/// What the router is built with, from `[broker]`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct RouterSizing {
+    max_connections: usize,
+    max_inflight: u16,
+    segment_size: usize,
+    segment_count: usize,
+}
+
+impl RouterSizing {
+    fn of(settings: &BrokerSettings) -> Self {
+        Self {
+            max_connections: settings.max_connections,
+            max_inflight: settings.max_inflight,
+            segment_size: settings.segment_size,
+            segment_count: settings.segment_count,
+        }
+    }
+
+    fn differing(&self, other: &Self) -> Vec<&'static str> {
+        [
+            (
+                "broker.max_connections",
+                self.max_connections != other.max_connections,
+            ),
+            (
+                "broker.max_inflight",
+                self.max_inflight != other.max_inflight,
+            ),
+            (
+                "broker.segment_size",
+                self.segment_size != other.segment_size,
+            ),
+            (
+                "broker.segment_count",
+                self.segment_count != other.segment_count,
+            ),
+        ]
+        .into_iter()
+        .filter_map(|(key, differs)| differs.then_some(key))
+        .collect()
+    }
+
+    fn router_config(&self) -> RouterConfig {
+        RouterConfig {
+            // The edge's clients, plus the gateway's own links (bus, subscriptions).
+            max_connections: self.max_connections + 64,
+            // Deliveries a slow subscriber may have outstanding before rumqttd holds back.
+            max_outgoing_packet_count: u64::from(self.max_inflight).max(16),
+            max_segment_size: self.segment_size,
+            max_segment_count: self.segment_count,
+            ..RouterConfig::default()
+        }
+    }
+}
+
+/// The local broker: every listener bound, not yet serving, in front of the router.
 pub struct RunningBroker {
     settings: BrokerSettings,
     listeners: Vec<(Arc<ListenerSettings>, TcpListener, Security)>,
     addrs: Vec<SocketAddr>,
-    links: SessionLinks,
-    router_alive: Arc<dyn Fn() -> bool + Send + Sync>,
+    router: BrokerRouter,
+    /// A broker started on its own ([`RunningBroker::start`]): its router's lifetime, ended
+    /// with it.
+    own_router: Option<Shutdown>,
 }
 
 impl RunningBroker {
-    /// Starts the router, binds every listener of `settings` and loads their TLS files.
+    /// Starts a router of its own, binds every listener of `settings` and loads their TLS
+    /// files.
     pub fn start(settings: &BrokerSettings) -> Result<Self, BrokerError> {
-        Self::start_with_keys(settings, Arc::new(fieldlink_core::tls::FileKeys))
+        let lifetime = Shutdown::new();
+        let router = BrokerRouter::start(settings, lifetime.clone());
+        let mut broker =
+            Self::start_on(&router, settings, Arc::new(fieldlink_core::tls::FileKeys))?;
+        broker.own_router = Some(lifetime);
+        Ok(broker)
     }
 
-    /// [`RunningBroker::start`], with the listeners' keys (`key_file` or `key_uri`) resolved
-    /// by `keys`: the binary passes one that reaches PKCS#11 tokens.
-    pub fn start_with_keys(
+    /// Binds every listener of `settings` in front of `router` (started on the same sizing
+    /// keys, else [`BrokerError::RouterSizing`]), with the listeners' keys (`key_file` or
+    /// `key_uri`) resolved by `keys`: the binary passes one that reaches PKCS#11 tokens.
+    pub fn start_on(
+        router: &BrokerRouter,
         settings: &BrokerSettings,
         keys: Arc<dyn fieldlink_core::tls::KeyResolver>,
     ) -> Result<Self, BrokerError> {
+        let keys_changed = router.sizing.differing(&RouterSizing::of(settings));
+        if !keys_changed.is_empty() {
+            return Err(BrokerError::RouterSizing { keys: keys_changed });
+        }
         let mut listeners = Vec::with_capacity(settings.listeners.len());
         let mut addrs = Vec::with_capacity(settings.listeners.len());
         for listener in &settings.listeners {
@@ -127,30 +260,18 @@ impl RunningBroker {
             }
             listeners.push((Arc::new(listener.clone()), tcp, security));
         }
-        let router_tx = Router::new(0, router_config(settings)).spawn();
-        let router = router_tx.clone();
-        // The router's thread holds the receiving end: gone, the thread has ended.
-        let router_alive = Arc::new(move || !router.is_disconnected());
-        let links: SessionLinks = Arc::new(move |client_id: &str, clean: bool| {
-            LinkBuilder::new(client_id, router_tx.clone())
-                .clean_session(clean)
-                // Clients may subscribe to any filter, not only pre-declared ones.
-                .dynamic_filters(true)
-                .build()
-                .map_err(|e: LinkError| e.to_string())
-        });
         Ok(Self {
             settings: settings.clone(),
             listeners,
             addrs,
-            links,
-            router_alive,
+            router: router.clone(),
+            own_router: None,
         })
     }
 
     /// Tells whether rumqttd's router thread still runs (it ends only by a panic).
     pub fn router_liveness(&self) -> Arc<dyn Fn() -> bool + Send + Sync> {
-        self.router_alive.clone()
+        self.router.alive.clone()
     }
 
     /// The address each listener is bound to, in configuration order.
@@ -161,7 +282,7 @@ impl RunningBroker {
     /// The local broker seen from inside the process. Its links end when `shutdown` is
     /// cancelled. Blocks briefly while the router registers the link.
     pub fn bus(&self, shutdown: Shutdown) -> Result<BrokerBus, BusError> {
-        BrokerBus::new(self.links.clone(), shutdown)
+        BrokerBus::new(self.router.state.links.clone(), shutdown)
     }
 
     /// Serves every listener on the current tokio runtime until `shutdown`: client publishes
@@ -177,16 +298,14 @@ impl RunningBroker {
                 tracing::warn!(listener = %listener.name, "No [[broker.acl]] rules: every client of this network listener may publish and subscribe everywhere");
             }
         }
-        let lag = Arc::new(edge::lag::LagTracker::new(&self.settings));
         let ctx = Arc::new(edge::EdgeContext::new(
-            self.links.clone(),
+            self.router.state.clone(),
             ingress,
             access,
             &self.settings,
             shutdown.clone(),
-            lag.clone(),
         ));
-        shutdown.spawn(publish_lag(lag, shutdown.clone()));
+        shutdown.spawn(publish_lag(ctx.lag.clone(), shutdown.clone()));
         for (listener, tcp, security) in self.listeners.drain(..) {
             let bind = |source| BrokerError::Bind {
                 name: listener.name.clone(),
@@ -206,6 +325,14 @@ impl RunningBroker {
     }
 }
 
+impl Drop for RunningBroker {
+    fn drop(&mut self) {
+        if let Some(lifetime) = &self.own_router {
+            lifetime.trigger();
+        }
+    }
+}
+
 impl std::fmt::Debug for RunningBroker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RunningBroker")
@@ -222,17 +349,5 @@ async fn publish_lag(lag: Arc<edge::lag::LagTracker>, shutdown: Shutdown) {
             _ = every.tick() => lag.publish_metrics(),
             () = shutdown.cancelled() => return,
         }
-    }
-}
-
-fn router_config(settings: &BrokerSettings) -> RouterConfig {
-    RouterConfig {
-        // The edge's clients, plus the gateway's own links (bus, subscriptions).
-        max_connections: settings.max_connections + 64,
-        // Deliveries a slow subscriber may have outstanding before rumqttd holds back.
-        max_outgoing_packet_count: u64::from(settings.max_inflight).max(16),
-        max_segment_size: settings.segment_size,
-        max_segment_count: settings.segment_count,
-        ..RouterConfig::default()
     }
 }

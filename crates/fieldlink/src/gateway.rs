@@ -73,7 +73,10 @@ impl Gateway {
         let (status_tx, status_feed) = web::status_feed();
         // Key files and keys in PKCS#11 tokens, for the listeners, the uplink and the UI.
         let pkcs11 = Arc::new(fieldlink_keys::Pkcs11Keys::new(&settings.keys));
+        let router_tasks = Shutdown::new();
         let shared = Shared {
+            router: fieldlink_broker::BrokerRouter::start(&settings.broker, router_tasks.clone()),
+            router_tasks,
             keys: pkcs11.clone(),
             pkcs11,
             status_tx,
@@ -300,7 +303,10 @@ impl Gateway {
             Some(core) => core.stop().await,
             None => true,
         };
-        web && core
+        // Only clocks of stored sessions: they end at once.
+        self.shared.router_tasks.trigger();
+        let router = self.shared.router_tasks.drain(grace).await;
+        web && core && router
     }
 
     /// Takes the components out to restart them (see `crate::restart`).

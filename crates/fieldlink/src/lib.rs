@@ -63,8 +63,12 @@ struct Core {
 }
 
 /// What every start of the components shares with the one before: the keys (one PKCS#11
-/// session for the process) and the status feed the web UI follows.
+/// session for the process), the local broker's router (with its retained messages and
+/// sessions: rumqttd's cannot be stopped) and the status feed the web UI follows.
 struct Shared {
+    router: fieldlink_broker::BrokerRouter,
+    /// The router's own tasks (stored sessions' clocks): stopped after the last components.
+    router_tasks: Shutdown,
     keys: Arc<dyn fieldlink_core::tls::KeyResolver>,
     /// The same, as the keys crate's own type (certificate requests from the web UI).
     pkcs11: Arc<fieldlink_keys::Pkcs11Keys>,
@@ -144,7 +148,7 @@ impl Core {
 
         let keys = shared.keys.clone();
         let broker_status = status.register("broker");
-        let mut broker = RunningBroker::start_with_keys(&settings.broker, keys.clone())
+        let mut broker = RunningBroker::start_on(&shared.router, &settings.broker, keys.clone())
             .context("cannot start the local broker")?;
         supervisor::start(
             &phases.upkeep,

@@ -327,6 +327,16 @@ fn refusal(running: &Settings, proposed: &Settings) -> Result<(), String> {
             );
         }
     }
+    let router_keys = fieldlink_broker::router_keys_changed(&running.broker, &proposed.broker);
+    if !router_keys.is_empty() {
+        return Err(format!(
+            "it changes {}, which size the local broker's router: that takes a restart of the \
+             service (rumqttd's router cannot be replaced while the gateway runs). Change them \
+             with `fieldlink config set broker.KEY VALUE` and restart the service \
+             (systemctl restart fieldlink)",
+            router_keys.join(", ")
+        ));
+    }
     if running.keys != proposed.keys {
         return Err(
             "it changes [keys] (the token the UI's own key may be in). Change it with \

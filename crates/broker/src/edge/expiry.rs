@@ -110,12 +110,12 @@ impl EdgeContext {
         let conn = self.next_connection_id();
         let deadline = tokio::time::Instant::now() + ENDING_WAIT;
         loop {
-            let gone = self.session_gone.notified();
+            let gone = self.router.session_gone.notified();
             let mut gone = std::pin::pin!(gone);
             // Registered before the check: an end finishing in between still wakes it.
             gone.as_mut().enable();
             {
-                let mut stored = lock(&self.stored_sessions);
+                let mut stored = lock(&self.router.stored_sessions);
                 if !stored.ending.contains(key) || tokio::time::Instant::now() >= deadline {
                     if let Some(token) = stored.remove(key) {
                         token.cancel();
@@ -130,7 +130,7 @@ impl EdgeContext {
 
     /// Session `key` subscribed `filter` with internal subscription id `id` at `qos`.
     pub(crate) fn remember_subscription(&self, key: &str, filter: &str, id: usize, qos: u8) {
-        lock_subscriptions(&self.subscriptions)
+        lock_subscriptions(&self.router.subscriptions)
             .entry(key.to_owned())
             .or_default()
             .insert(filter.to_owned(), (id, qos));
@@ -138,7 +138,7 @@ impl EdgeContext {
 
     /// Session `key` unsubscribed `filter`.
     pub(crate) fn forget_subscription(&self, key: &str, filter: &str) {
-        let mut subscriptions = lock_subscriptions(&self.subscriptions);
+        let mut subscriptions = lock_subscriptions(&self.router.subscriptions);
         if let Some(filters) = subscriptions.get_mut(key) {
             filters.remove(filter);
             if filters.is_empty() {
@@ -154,7 +154,7 @@ impl EdgeContext {
         key: &str,
         present: bool,
     ) -> Vec<(String, usize, u8)> {
-        let mut subscriptions = lock_subscriptions(&self.subscriptions);
+        let mut subscriptions = lock_subscriptions(&self.router.subscriptions);
         if !present {
             subscriptions.remove(key);
             return Vec::new();
@@ -169,7 +169,7 @@ impl EdgeContext {
 
     /// Connection `conn` of session `key` ended: it holds the session no more.
     pub(crate) fn connection_ended(&self, key: &str, conn: u64) {
-        let mut stored = lock(&self.stored_sessions);
+        let mut stored = lock(&self.router.stored_sessions);
         if stored.holders.get(key) == Some(&conn) {
             stored.holders.remove(key);
         }
@@ -185,13 +185,15 @@ impl EdgeContext {
         expiry: Duration,
         conn: u64,
     ) {
-        // Stopping: the router's sessions go with the process anyway.
-        if self.shutdown.is_triggered() {
+        // Stopping for good: the router's sessions go with the process. (A restart of the
+        // components on an applied configuration keeps the router, so its sessions are
+        // stored as at any other end of a connection.)
+        if self.router.lifetime.is_triggered() {
             return;
         }
         let token = CancellationToken::new();
         let stored = {
-            let mut stored = lock(&self.stored_sessions);
+            let mut stored = lock(&self.router.stored_sessions);
             // A newer connection took the session up: it is that one's now.
             if stored.holders.get(&key) != Some(&conn) {
                 return;
@@ -223,31 +225,35 @@ impl EdgeContext {
             kept
         };
         if !stored {
-            self.end_session(&key).await;
+            self.router.end_session(&key).await;
             return;
         }
-        let ctx = self.clone();
-        self.shutdown.spawn(async move {
+        // The clock holds the router's state only: not this start's components, which a
+        // restart on an applied configuration replaces meanwhile.
+        let router = self.router.clone();
+        self.router.lifetime.spawn(async move {
             // (A block: the lock is released before the router is asked.)
             {
                 tokio::select! {
                     () = tokio::time::sleep(expiry) => {}
                     () = token.cancelled() => return,
-                    // Stopping: the router's sessions go with the process anyway.
-                    () = ctx.shutdown.cancelled() => return,
+                    // Stopping: the router's sessions go with the process.
+                    () = router.lifetime.cancelled() => return,
                 }
                 // Only if it is still this one's clock (the client may have come back).
-                let mut store = lock(&ctx.stored_sessions);
+                let mut store = lock(&router.stored_sessions);
                 if store.by_key.get(&key).is_none_or(|(t, _)| *t != token) {
                     return;
                 }
                 store.remove(&key);
                 store.ending.insert(key.clone());
             }
-            ctx.end_session(&key).await;
+            router.end_session(&key).await;
         });
     }
+}
 
+impl super::RouterState {
     /// Makes the router drop session `key` (marked as ending): a clean link under its name,
     /// closed at once; then a client waiting to take it up goes on.
     async fn end_session(&self, key: &str) {

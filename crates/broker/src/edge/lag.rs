@@ -34,6 +34,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use fieldlink_core::topic::{TopicFilter, TopicName};
@@ -41,6 +42,10 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::metric;
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
 
 /// Subscribers whose lag the metrics show, the largest first.
 pub(crate) const TOP_LAGGING: usize = 5;
@@ -158,7 +163,9 @@ pub(crate) struct LagTracker {
     /// Woken whenever some lag shrinks or a subscriber stops counting.
     room: Notify,
     limit: u64,
-    stuck_after: Duration,
+    /// `slow_subscriber_timeout` in milliseconds: the tracker lives as long as the router,
+    /// across restarts of the components that may change it (see [`Self::set_stuck_after`]).
+    stuck_after_ms: AtomicU64,
     /// The labels the lag gauge was last set for (zeroed once they leave the top).
     shown: Mutex<Vec<String>>,
 }
@@ -177,9 +184,22 @@ impl LagTracker {
             subscribers: Mutex::default(),
             room: Notify::new(),
             limit: safe / 4 * 3,
-            stuck_after: settings.slow_subscriber_timeout,
+            stuck_after_ms: AtomicU64::new(millis(settings.slow_subscriber_timeout)),
             shown: Mutex::default(),
         }
+    }
+
+    /// From now on a subscriber holding publishers back for `timeout` is disconnected.
+    pub(crate) fn set_stuck_after(&self, timeout: Duration) {
+        self.stuck_after_ms
+            .store(millis(timeout), std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn stuck_after(&self) -> Duration {
+        Duration::from_millis(
+            self.stuck_after_ms
+                .load(std::sync::atomic::Ordering::Relaxed),
+        )
     }
 
     /// Bytes a subscriber may lag behind on one filter.
@@ -371,7 +391,7 @@ impl LagTracker {
             });
             return Admission::Held {
                 key,
-                stuck_at: since + self.stuck_after,
+                stuck_at: since + self.stuck_after(),
             };
         }
         for (key, i, bytes, messages) in adds {
@@ -412,7 +432,7 @@ impl LagTracker {
         let stuck = sub.connected
             && sub
                 .holding_since
-                .is_some_and(|since| since.elapsed() >= self.stuck_after);
+                .is_some_and(|since| since.elapsed() >= self.stuck_after());
         if !stuck {
             return;
         }
@@ -420,7 +440,7 @@ impl LagTracker {
             client_id = %sub.client_id,
             lag_messages = sub.lag_messages(),
             "A subscriber held publishers back for longer than broker.slow_subscriber_timeout ({:?}): disconnected; what its session cannot keep is dropped",
-            self.stuck_after
+            self.stuck_after()
         );
         metrics::counter!(metric::REFUSED_TOTAL, "reason" => "slow_subscriber").increment(1);
         sub.connected = false;

@@ -77,9 +77,6 @@ pub(crate) struct EdgeContext {
     pub(crate) admission: Arc<admission::Admission>,
     /// Password checks waiting or running.
     pub(crate) logins: Arc<admission::Turns>,
-    /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good),
-    /// with the identity that added it, and how many each identity added.
-    filters: std::sync::Mutex<Filters>,
     max_filters: usize,
     max_filters_per_identity: usize,
     /// Delayed wills (MQTT 5), by session key: cancelled when the client comes back.
@@ -88,14 +85,30 @@ pub(crate) struct EdgeContext {
     max_delayed_will_bytes: usize,
     max_will_delay: Duration,
     pub(crate) shutdown: Shutdown,
-    auto_ids: AtomicU64,
-    /// Every subscriber's lag: publishes wait for room in it.
+    /// Every subscriber's lag: publishes wait for room in it (the router's, see
+    /// [`RouterState`]).
     pub(crate) lag: Arc<lag::LagTracker>,
-    /// Numbers the connections (a session taken over keeps its key, not its number).
-    connection_ids: AtomicU64,
     /// The router link MQTT 5 wills are published through (opened on first use; its
     /// receiving half is kept so the router keeps the link).
     will_link: tokio::sync::Mutex<Option<(LinkTx, LinkRx)>>,
+    pub(crate) session_limits: expiry::Limits,
+    /// MQTT 5 message expiry's clock (the router's, see [`RouterState`]).
+    pub(crate) clock: v5::Clock,
+    /// What the edge keeps of the router's state.
+    router: Arc<RouterState>,
+}
+
+/// What the edge knows of the state rumqttd's router keeps, and so must keep as long as the
+/// router: the components restart on an applied configuration, the router does not (rumqttd
+/// has no stop for it), and its retained messages, persistent sessions and filter logs stay.
+/// So do, here: the filters it holds a log for (counted against their identities), the MQTT 5
+/// sessions stored for clients away (their clocks run on `lifetime`, not on one start's
+/// shutdown), the subscribers' lag, and the clock and key its messages were stamped with.
+pub(crate) struct RouterState {
+    pub(crate) links: SessionLinks,
+    /// Every distinct filter subscribed since start (rumqttd keeps a log for each, for good),
+    /// with the identity that added it, and how many each identity added.
+    filters: std::sync::Mutex<Filters>,
     /// MQTT 5 sessions stored for clients that went away, and their bounds.
     stored_sessions: std::sync::Mutex<expiry::Stored>,
     /// Told when a session being ended has reached the router (see [`expiry`]).
@@ -103,24 +116,50 @@ pub(crate) struct EdgeContext {
     /// MQTT 5 sessions' filters, by session key: each with its internal subscription id and
     /// QoS, put back into the router when the session is resumed (see [`expiry`]).
     subscriptions: std::sync::Mutex<expiry::Subscriptions>,
-    pub(crate) session_limits: expiry::Limits,
-    /// MQTT 5 message expiry's clock.
-    pub(crate) clock: v5::Clock,
+    lag: Arc<lag::LagTracker>,
+    clock: v5::Clock,
     /// Keys the hash that names a publish's session (see [`EdgeContext::origin`]).
     origins: std::hash::RandomState,
+    auto_ids: AtomicU64,
+    /// Numbers the connections (a session taken over keeps its key, not its number).
+    connection_ids: AtomicU64,
+    /// What outlives one start of the components: stored sessions' clocks.
+    lifetime: Shutdown,
+}
+
+impl RouterState {
+    pub(crate) fn new(
+        links: SessionLinks,
+        settings: &crate::config::BrokerSettings,
+        lifetime: Shutdown,
+    ) -> Self {
+        Self {
+            links,
+            filters: std::sync::Mutex::default(),
+            stored_sessions: std::sync::Mutex::default(),
+            session_gone: tokio::sync::Notify::new(),
+            subscriptions: std::sync::Mutex::default(),
+            lag: Arc::new(lag::LagTracker::new(settings)),
+            clock: v5::Clock::new(),
+            origins: std::hash::RandomState::new(),
+            auto_ids: AtomicU64::new(1),
+            connection_ids: AtomicU64::new(1),
+            lifetime,
+        }
+    }
 }
 
 impl EdgeContext {
     pub(crate) fn new(
-        links: SessionLinks,
+        router: Arc<RouterState>,
         ingress: Arc<dyn Ingress>,
         access: Arc<Access>,
         settings: &crate::config::BrokerSettings,
         shutdown: Shutdown,
-        lag: Arc<lag::LagTracker>,
     ) -> Self {
+        router.lag.set_stuck_after(settings.slow_subscriber_timeout);
         Self {
-            links,
+            links: router.links.clone(),
             ingress,
             access,
             connections: Arc::new(Semaphore::new(settings.max_connections)),
@@ -139,7 +178,6 @@ impl EdgeContext {
                 settings.max_unauthenticated_per_address,
             ),
             logins: admission::Turns::new(LOGINS_PER_ADDRESS, LOGINS_WAITING),
-            filters: std::sync::Mutex::default(),
             max_filters: settings.max_filters,
             max_filters_per_identity: settings.max_filters_per_identity,
             pending_wills: std::sync::Mutex::default(),
@@ -147,20 +185,15 @@ impl EdgeContext {
             max_delayed_will_bytes: settings.max_delayed_will_bytes,
             max_will_delay: settings.max_will_delay,
             shutdown,
-            auto_ids: AtomicU64::new(1),
-            lag,
-            connection_ids: AtomicU64::new(1),
+            lag: router.lag.clone(),
             will_link: tokio::sync::Mutex::new(None),
-            stored_sessions: std::sync::Mutex::default(),
-            session_gone: tokio::sync::Notify::new(),
-            subscriptions: std::sync::Mutex::default(),
             session_limits: expiry::Limits {
                 max_expiry: settings.max_session_expiry,
                 max_stored: settings.max_stored_sessions,
                 max_per_identity: settings.max_stored_sessions_per_identity,
             },
-            clock: v5::Clock::new(),
-            origins: std::hash::RandomState::new(),
+            clock: router.clock,
+            router,
         }
     }
 
@@ -169,6 +202,7 @@ impl EdgeContext {
     /// on, and counts against that identity).
     pub(crate) fn admit_filter(&self, filter: &str, identity: &str) -> Result<(), FilterRefused> {
         let mut filters = self
+            .router
             .filters
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -321,17 +355,17 @@ impl EdgeContext {
     /// gateway's own.
     pub(crate) fn origin(&self, key: &str) -> u64 {
         use std::hash::BuildHasher as _;
-        self.origins.hash_one(key) | 1
+        self.router.origins.hash_one(key) | 1
     }
 
     /// A number for this connection.
     pub(crate) fn next_connection_id(&self) -> u64 {
-        self.connection_ids.fetch_add(1, Ordering::Relaxed)
+        self.router.connection_ids.fetch_add(1, Ordering::Relaxed)
     }
 
     /// A number for a client id the broker assigns.
     pub(crate) fn next_auto_id(&self) -> u64 {
-        self.auto_ids.fetch_add(1, Ordering::Relaxed)
+        self.router.auto_ids.fetch_add(1, Ordering::Relaxed)
     }
 }
 

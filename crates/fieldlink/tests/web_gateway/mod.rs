@@ -118,6 +118,17 @@ impl Gateway {
         )
     }
 
+    /// How many of the gateway's threads are called `name`.
+    pub fn threads_named(&self, name: &str) -> usize {
+        std::fs::read_dir(format!("/proc/{}/task", self.child.id()))
+            .unwrap()
+            .filter(|task| {
+                let comm = task.as_ref().unwrap().path().join("comm");
+                std::fs::read_to_string(comm).is_ok_and(|comm| comm.trim_end() == name)
+            })
+            .count()
+    }
+
     pub fn publish(&self, topic: &str, payload: &str) {
         let ok = Command::new("mosquitto_pub")
             .args([
