@@ -2,8 +2,10 @@
 //! the same run: `cargo bench -p fieldlink --bench broker`.
 //!
 //! Both run as their own processes on loopback (TCP_NODELAY on both: the edge always sets it,
-//! mosquitto gets `set_tcp_nodelay true`), with the same rumqttc load generator in this
-//! process. For each case (QoS 0 and 1, one publisher or ten into one subscriber, plain and
+//! mosquitto gets `set_tcp_nodelay true`), with the same load generator in this process: a
+//! lean one of our own (`support/lean_mqtt.rs`: frames encoded once, so its cost per message
+//! hardly depends on the protocol or the properties), or rumqttc with
+//! `BENCH_GENERATOR=rumqttc`. For each case (QoS 0 and 1, one publisher or ten into one subscriber, plain and
 //! TLS) it measures, alternating fieldlink and mosquitto, three runs each:
 //! - delivered msgs/s at full speed, and how many were lost;
 //! - the broker's CPU time per delivered message (utime + stime from /proc), and the load
@@ -33,6 +35,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use fieldlink_test_support::certs::{TestCa, write};
 use fieldlink_test_support::{free_port, wait_for_port};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, Transport};
+
+#[path = "support/lean_mqtt.rs"]
+mod lean_mqtt;
 
 const PAYLOAD: usize = 64;
 const FULL_SPEED_MESSAGES: u64 = 40_000;
@@ -133,7 +138,7 @@ struct Outcome {
     latencies: Vec<u64>,
 }
 
-/// [`run_v311`] or [`run_v5`], as the case says.
+/// The lean generator ([`run_lean`]), or rumqttc's ([`run_v311`], [`run_v5`]).
 async fn run(
     broker: &Broker,
     case: Case,
@@ -141,9 +146,110 @@ async fn run(
     per_publisher: u64,
     rate: Option<u64>,
 ) -> Outcome {
+    if !rumqttc_generator() {
+        return run_lean(broker, case, tls, per_publisher, rate).await;
+    }
     match case.proto {
         Proto::V311 => run_v311(broker, case, tls, per_publisher, rate).await,
         Proto::V5 | Proto::V5Props => run_v5(broker, case, tls, per_publisher, rate).await,
+    }
+}
+
+fn rumqttc_generator() -> bool {
+    std::env::var("BENCH_GENERATOR").is_ok_and(|g| g == "rumqttc")
+}
+
+/// A client's connection, plain or TLS.
+trait Io: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Io for T {}
+
+async fn dial(port: u16, tls: Option<&Arc<rustls::ClientConfig>>) -> Box<dyn Io> {
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    match tls {
+        None => Box::new(tcp),
+        Some(config) => {
+            let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
+            Box::new(
+                tokio_rustls::TlsConnector::from(config.clone())
+                    .connect(name, tcp)
+                    .await
+                    .unwrap(),
+            )
+        }
+    }
+}
+
+/// [`run_v311`] and [`run_v5`] with the lean generator.
+async fn run_lean(
+    broker: &Broker,
+    case: Case,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    per_publisher: u64,
+    rate: Option<u64>,
+) -> Outcome {
+    let port = if case.tls { broker.tls } else { broker.plain };
+    let v5 = case.proto != Proto::V311;
+    let spec = lean_mqtt::Spec {
+        v5,
+        qos: case.qos as u8,
+        topic: format!("bench/{}", now_nanos()),
+        properties: if case.proto == Proto::V5Props {
+            lean_mqtt::expiry_and_user_properties()
+        } else {
+            Vec::new()
+        },
+        payload_len: PAYLOAD,
+    };
+    let expected = per_publisher * case.publishers as u64;
+    let mut sub = dial(port, tls).await;
+    lean_mqtt::connect(&mut sub, v5, "bench-sub").await.unwrap();
+    lean_mqtt::subscribe(&mut sub, v5, &spec.topic, spec.qos)
+        .await
+        .unwrap();
+    let collector = tokio::spawn(async move {
+        let received = lean_mqtt::receive(&mut sub, v5, expected, now_nanos).await;
+        drop(sub);
+        received
+    });
+
+    let cpu_before = cpu_ticks(broker.pid);
+    let load_before = cpu_ticks(std::process::id());
+    let start = Instant::now();
+    let mut publishers = Vec::new();
+    for p in 0..case.publishers {
+        let spec = spec.clone();
+        let tls = tls.cloned();
+        let each_rate = rate.map(|r| r as f64 / case.publishers as f64);
+        publishers.push(tokio::spawn(async move {
+            let mut io = dial(port, tls.as_ref()).await;
+            lean_mqtt::connect(&mut io, v5, &format!("bench-pub-{p}"))
+                .await
+                .unwrap();
+            if let Err(e) =
+                lean_mqtt::publish(&mut io, &spec, per_publisher, each_rate, now_nanos).await
+            {
+                println!("publisher {p}: {e}");
+            }
+            // QoS 0: let the broker read the last ones before the connection goes.
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }));
+    }
+    for p in publishers {
+        let _ = p.await;
+    }
+    let (latencies, last) = collector.await.unwrap();
+    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
+    let cpu_seconds = (cpu_ticks(broker.pid) - cpu_before) as f64 / TICKS_PER_SECOND;
+    let load_cpu_seconds = (cpu_ticks(std::process::id()) - load_before) as f64 / TICKS_PER_SECOND;
+    Outcome {
+        delivered: latencies.len() as u64,
+        seconds,
+        cpu_seconds,
+        load_cpu_seconds,
+        latencies,
     }
 }
 
@@ -503,6 +609,10 @@ async fn bench() {
         });
     }
 
+    println!(
+        "load generator: {}\n",
+        if rumqttc_generator() { "rumqttc" } else { "lean (support/lean_mqtt.rs)" }
+    );
     println!(
         "| case | broker | delivered msgs/s | lost | broker CPU µs/msg | p50 ms @{FIXED_RATE}/s | p99 ms | p99.9 ms | load generator CPU µs/msg |"
     );
