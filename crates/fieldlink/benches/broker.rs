@@ -17,6 +17,10 @@
 //! Each case runs with MQTT 3.1.1 clients, with MQTT 5 clients, and with MQTT 5 clients whose
 //! publishes carry two user properties and a Message Expiry Interval ("v5+props").
 //!
+//! Cases run in rounds (every case once per round, `BENCH_RUNS` rounds, 3 by default), and
+//! each v5+props case is also given as a ratio to its plain v5 twin round by round: issue
+//! #17's budget for what properties cost.
+//!
 //! `BENCH_CASES=<text>` runs only the cases whose name contains it (e.g.
 //! `BENCH_CASES="QoS 1 10→1"`, `BENCH_CASES="v5+props"`).
 //!
@@ -40,13 +44,15 @@ use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, QoS, TlsConfiguration, 
 mod lean_mqtt;
 
 const PAYLOAD: usize = 64;
-const FULL_SPEED_MESSAGES: u64 = 40_000;
+/// Messages of a full-speed run: at the lean generator's 300 000 msgs/s and more, 40 000 were
+/// over in ~0.13 s, where one scheduling hiccup of the shared machine moved a run by 20 %.
+const FULL_SPEED_MESSAGES: u64 = 200_000;
 const FIXED_RATE: u64 = 1_000;
 const FIXED_RATE_SECONDS: u64 = 3;
 const RUNS: usize = 3;
 
 /// The MQTT version the load generator speaks.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Proto {
     V311,
     V5,
@@ -54,7 +60,7 @@ enum Proto {
     V5Props,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq)]
 struct Case {
     qos: QoS,
     publishers: usize,
@@ -611,7 +617,11 @@ async fn bench() {
 
     println!(
         "load generator: {}\n",
-        if rumqttc_generator() { "rumqttc" } else { "lean (support/lean_mqtt.rs)" }
+        if rumqttc_generator() {
+            "rumqttc"
+        } else {
+            "lean (support/lean_mqtt.rs)"
+        }
     );
     println!(
         "| case | broker | delivered msgs/s | lost | broker CPU µs/msg | p50 ms @{FIXED_RATE}/s | p99 ms | p99.9 ms | load generator CPU µs/msg |"
@@ -635,19 +645,26 @@ async fn bench() {
                 })
             })
         });
-    for case in cases {
-        let (publishers, tls) = (case.publishers, case.tls);
-        if !case.name().contains(&only) {
-            continue;
-        }
-        let mut summaries: Vec<Summary> = brokers.iter().map(|_| Summary::default()).collect();
-        for _ in 0..RUNS {
+    let cases: Vec<Case> = cases.filter(|c| c.name().contains(&only)).collect();
+    let runs = std::env::var("BENCH_RUNS")
+        .ok()
+        .and_then(|r| r.parse().ok())
+        .unwrap_or(RUNS);
+    // Rounds over every case, so that a case and its twin (v5 and v5+props) are measured
+    // minutes apart at most, whatever else the machine does meanwhile.
+    let mut summaries: Vec<Vec<Summary>> = cases
+        .iter()
+        .map(|_| brokers.iter().map(|_| Summary::default()).collect())
+        .collect();
+    for _ in 0..runs {
+        for (c, case) in cases.iter().enumerate() {
+            let (publishers, tls) = (case.publishers, case.tls);
             for (b, broker) in brokers.iter().enumerate() {
                 let tls_config = tls.then_some(&client_tls);
                 let per = FULL_SPEED_MESSAGES / publishers as u64;
-                let full = run(broker, case, tls_config, per, None).await;
+                let full = run(broker, *case, tls_config, per, None).await;
                 let expected = per * publishers as u64;
-                let s = &mut summaries[b];
+                let s = &mut summaries[c][b];
                 s.rate.push(full.delivered as f64 / full.seconds);
                 s.lost.push((expected - full.delivered) as f64);
                 s.cpu_us
@@ -655,26 +672,31 @@ async fn bench() {
                 s.load_cpu_us
                     .push(full.load_cpu_seconds * 1e6 / full.delivered.max(1) as f64);
                 let per = FIXED_RATE * FIXED_RATE_SECONDS / publishers as u64;
-                let mut fixed = run(broker, case, tls_config, per, Some(FIXED_RATE)).await;
+                let mut fixed = run(broker, *case, tls_config, per, Some(FIXED_RATE)).await;
                 fixed.latencies.sort_unstable();
                 s.p50.push(percentile(&fixed.latencies, 0.5));
                 s.p99.push(percentile(&fixed.latencies, 0.99));
                 s.p999.push(percentile(&fixed.latencies, 0.999));
             }
         }
-        let rates: Vec<f64> = summaries.iter().map(|s| median(s.rate.clone())).collect();
-        for (b, s) in summaries.into_iter().enumerate() {
+    }
+    for (c, case) in cases.iter().enumerate() {
+        let rates: Vec<f64> = summaries[c]
+            .iter()
+            .map(|s| median(s.rate.clone()))
+            .collect();
+        for (b, s) in summaries[c].iter().enumerate() {
             println!(
                 "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} |",
                 case.name(),
                 brokers[b].name,
-                median(s.rate),
-                median(s.lost),
-                median(s.cpu_us),
-                median(s.p50),
-                median(s.p99),
-                median(s.p999),
-                median(s.load_cpu_us),
+                median(s.rate.clone()),
+                median(s.lost.clone()),
+                median(s.cpu_us.clone()),
+                median(s.p50.clone()),
+                median(s.p99.clone()),
+                median(s.p999.clone()),
+                median(s.load_cpu_us.clone()),
             );
         }
         ratios.push((
@@ -683,13 +705,48 @@ async fn bench() {
             rates.get(2).map(|r| rates[0] / r),
         ));
     }
+    // Issue #17's budget: what properties cost, round by round against the plain v5 twin.
     println!();
-    println!("fieldlink / mosquitto delivered msgs/s (median of {RUNS}):");
+    println!("v5+props / v5 delivered msgs/s, per round: median (min-max) of {runs}:");
+    for (c, case) in cases.iter().enumerate() {
+        let twin = cases.iter().position(|t| {
+            case.proto == Proto::V5Props
+                && *t
+                    == Case {
+                        proto: Proto::V5,
+                        ..*case
+                    }
+        });
+        let Some(twin) = twin else { continue };
+        let line: Vec<String> = brokers
+            .iter()
+            .enumerate()
+            .map(|(b, broker)| {
+                let per_round: Vec<f64> = summaries[c][b]
+                    .rate
+                    .iter()
+                    .zip(&summaries[twin][b].rate)
+                    .map(|(props, plain)| props / plain)
+                    .collect();
+                let (low, high) = per_round
+                    .iter()
+                    .fold((f64::MAX, 0f64), |(l, h), r| (l.min(*r), h.max(*r)));
+                format!(
+                    "{} {:.2} ({low:.2}-{high:.2})",
+                    broker.name,
+                    median(per_round)
+                )
+            })
+            .collect();
+        println!("  {}: {}", case.name(), line.join(", "));
+    }
+    println!();
+    println!("fieldlink / mosquitto delivered msgs/s (median of {runs}):");
     for (name, ratio, _) in &ratios {
         println!("  {name}: {ratio:.2}×");
     }
     if reference.is_some() {
-        println!("fieldlink / fieldlink-ref delivered msgs/s (median of {RUNS}):");
+        println!("fieldlink / fieldlink-ref delivered msgs/s (median of {runs}):");
         for (name, _, to_reference) in &ratios {
             println!("  {name}: {:.2}×", to_reference.unwrap_or(f64::NAN));
         }

@@ -254,7 +254,10 @@ pub async fn publish<S: AsyncRead + AsyncWrite + Unpin>(
                 window.acquire().await.map_err(io::Error::other)?.forget();
                 let more = window.available_permits().min(batch as usize - 1);
                 if more > 0 {
-                    window.try_acquire_many(more as u32).map_err(io::Error::other)?.forget();
+                    window
+                        .try_acquire_many(more as u32)
+                        .map_err(io::Error::other)?
+                        .forget();
                 }
                 batch = 1 + more as u64;
             }
