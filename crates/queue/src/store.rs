@@ -466,7 +466,11 @@ pub(crate) async fn delete_ids(
     }
     for chunk in singles.chunks(500) {
         let counted = with_id_list(
-            concat!("SELECT stream, COUNT(*), SUM(", size_sql!(), ") FROM messages WHERE id IN ("),
+            concat!(
+                "SELECT stream, COUNT(*), SUM(",
+                size_sql!(),
+                ") FROM messages WHERE id IN ("
+            ),
             chunk,
             ") GROUP BY stream",
         )
