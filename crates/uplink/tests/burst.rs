@@ -43,12 +43,8 @@ fn packet_id(body: &[u8]) -> u16 {
 async fn pubacks_free_room_for_publishes_a_quarter_window_at_a_time() {
     let ca = TestCa::new("burst CA");
     let server = ca.issue("cloud", &["localhost"]);
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let tls = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
+    let tls = fieldlink_core::tls::TlsPolicy::default()
+        .server_config(
             vec![CertificateDer::from_pem_slice(server.cert_pem.as_bytes()).unwrap()],
             PrivateKeyDer::from_pem_slice(server.key_pem.as_bytes()).unwrap(),
         )

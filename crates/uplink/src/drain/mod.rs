@@ -40,14 +40,14 @@ const SETTLE_AT_STOP: Duration = Duration::from_secs(1);
 /// a batch holds at most one window).
 const ACKS_WAITING: usize = 64;
 
-/// Publishes go out in bursts of at least a window's this much while some are in flight,
+/// While messages are in flight, new ones are published once 1/this of the window is free,
 /// rather than one for each PUBACK. One publish at a time, every stage wakes up for each
 /// message: rumqttc, the bridge (a TLS record and a TCP write each), the cloud, and back,
-/// each PUBACK on its own. Measured on a drain (docs/BENCHMARKS.md, "Uplink drain"), bursts
-/// took the tokio workers from about 14 to 9 µs of CPU per message. In bursts, the
-/// bridge reads many publishes at once into one TLS record and the cloud's PUBACKs come back
-/// together. On a link whose round trip bounds the drain, the window is then on average at
-/// least 7/8 full instead of full.
+/// each PUBACK on its own. In bursts, the bridge reads many publishes at once into one TLS
+/// record and the cloud's PUBACKs come back together: measured on a drain
+/// (docs/BENCHMARKS.md, "Uplink drain"), the tokio workers went from about 14 to 9 µs of CPU
+/// per message. On a link whose round trip bounds the drain, the window is then on average
+/// at least 7/8 full instead of full.
 const BURST_OF_WINDOW: usize = 4;
 
 /// The drain rate is measured over this many ticks (a 5 s sliding window): close to the true
