@@ -9,7 +9,7 @@
 //! back lie before them); a lease then reads its streams from their start, skipping what is
 //! leased or delivered, page by page, and sets them again.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 
 use sqlx::SqliteConnection;
 
@@ -37,7 +37,7 @@ struct Head {
 pub(crate) struct Lessor<'a> {
     pub(crate) conn: &'a mut SqliteConnection,
     pub(crate) leased: &'a mut HashSet<i64>,
-    pub(crate) delivered: &'a HashSet<i64>,
+    pub(crate) delivered: &'a BTreeSet<i64>,
     pub(crate) cursors: &'a mut HashMap<String, i64>,
 }
 

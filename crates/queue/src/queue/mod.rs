@@ -8,7 +8,7 @@ mod replay;
 mod telemetry;
 mod writer;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +23,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::config::{Durability, QueueSettings, StreamLimits};
 use crate::journal::Journal;
 pub use crate::store::Leased;
-use crate::store::{self, Removed};
+use crate::store::{self, Removed, StreamRemoval};
 use crate::{DB_FILE, DiskSpace, QueueError};
 
 pub(crate) use self::lease::Lessor;
@@ -190,7 +190,7 @@ impl Queue {
             disk,
             depth,
             leased: HashSet::new(),
-            delivered: HashSet::new(),
+            delivered: BTreeSet::new(),
             last_delete: None,
             clock,
             cursors: HashMap::new(),
@@ -369,6 +369,20 @@ impl Depth {
             self.bytes = self.bytes.saturating_sub(r.bytes);
             if let Some(s) = self.streams.get_mut(&r.stream) {
                 s.messages = s.messages.saturating_sub(1);
+                s.bytes = s.bytes.saturating_sub(r.bytes);
+                if s.messages == 0 {
+                    self.streams.remove(&r.stream);
+                }
+            }
+        }
+    }
+
+    fn remove_counted(&mut self, removed: &[StreamRemoval]) {
+        for r in removed {
+            self.messages = self.messages.saturating_sub(r.messages);
+            self.bytes = self.bytes.saturating_sub(r.bytes);
+            if let Some(s) = self.streams.get_mut(&r.stream) {
+                s.messages = s.messages.saturating_sub(r.messages);
                 s.bytes = s.bytes.saturating_sub(r.bytes);
                 if s.messages == 0 {
                     self.streams.remove(&r.stream);

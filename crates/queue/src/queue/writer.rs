@@ -1,7 +1,7 @@
 //! The writer task: the one connection to SQLite, group commit, leases, deletions, expiry and
 //! the queue clock.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,8 +63,10 @@ pub(super) struct Writer {
     pub(super) depth: Depth,
     pub(super) leased: HashSet<i64>,
     /// Acknowledged by the cloud and not deleted yet: never leased, peeked or counted again.
-    /// Deleting them costs a commit's pages, so it is done for many at once.
-    pub(super) delivered: HashSet<i64>,
+    /// Deleting them costs a commit's pages, so it is done for many at once, oldest first
+    /// (ordered): consecutive ids are deleted by range and touch few pages, where a random
+    /// pick of them touched a page or two each, written again at every fold.
+    pub(super) delivered: BTreeSet<i64>,
     /// When delivered messages were last deleted.
     pub(super) last_delete: Option<std::time::Instant>,
     /// Queue time, which ages are measured in (see `clock.rs`).
@@ -252,7 +254,8 @@ impl Writer {
     async fn commit(&mut self, pending: &mut Pending) {
         let Pending { appends, .. } = std::mem::take(pending);
         // Deleting costs no write of its own (the open transaction's pages are in memory):
-        // every round deletes what was delivered, and its journal commit records it.
+        // every round deletes what was delivered, oldest first, and its journal commit
+        // records it.
         let delete: Vec<i64> = self
             .delivered
             .iter()
@@ -407,8 +410,11 @@ impl Writer {
         let mut deleted = 0;
         if !delete.is_empty() {
             let removed = store::delete_ids(conn, delete).await?;
-            depth.remove(&removed);
-            deleted = removed.iter().map(|r| r.bytes + ROW_OVERHEAD).sum();
+            depth.remove_counted(&removed);
+            deleted = removed
+                .iter()
+                .map(|r| r.bytes + r.messages * ROW_OVERHEAD)
+                .sum();
         }
         // What the file system can still take above the reserve, as a ceiling on the bytes of
         // messages held: the queue's policy applies to it like to max_bytes.
