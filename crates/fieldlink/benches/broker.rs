@@ -144,6 +144,38 @@ struct Outcome {
     latencies: Vec<u64>,
 }
 
+/// The clocks of a full-speed run: wall time from its start, the broker's CPU and this
+/// process's (the load generator's).
+struct Meter {
+    pid: u32,
+    start: Instant,
+    cpu: u64,
+    load_cpu: u64,
+}
+
+impl Meter {
+    fn start(broker: &Broker) -> Self {
+        Self {
+            pid: broker.pid,
+            cpu: cpu_ticks(broker.pid),
+            load_cpu: cpu_ticks(std::process::id()),
+            start: Instant::now(),
+        }
+    }
+
+    /// The run's outcome: `delivered` messages, the last at `last`.
+    fn outcome(&self, delivered: u64, last: Instant, latencies: Vec<u64>) -> Outcome {
+        let ticks = |now: u64, before: u64| (now - before) as f64 / TICKS_PER_SECOND;
+        Outcome {
+            delivered,
+            seconds: last.duration_since(self.start).as_secs_f64().max(1e-9),
+            cpu_seconds: ticks(cpu_ticks(self.pid), self.cpu),
+            load_cpu_seconds: ticks(cpu_ticks(std::process::id()), self.load_cpu),
+            latencies,
+        }
+    }
+}
+
 /// The lean generator ([`run_lean`]), or rumqttc's ([`run_v311`], [`run_v5`]).
 async fn run(
     broker: &Broker,
@@ -221,9 +253,7 @@ async fn run_lean(
         received
     });
 
-    let cpu_before = cpu_ticks(broker.pid);
-    let load_before = cpu_ticks(std::process::id());
-    let start = Instant::now();
+    let meter = Meter::start(broker);
     let mut publishers = Vec::new();
     for p in 0..case.publishers {
         let spec = spec.clone();
@@ -247,16 +277,7 @@ async fn run_lean(
         let _ = p.await;
     }
     let (latencies, last) = collector.await.unwrap();
-    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
-    let cpu_seconds = (cpu_ticks(broker.pid) - cpu_before) as f64 / TICKS_PER_SECOND;
-    let load_cpu_seconds = (cpu_ticks(std::process::id()) - load_before) as f64 / TICKS_PER_SECOND;
-    Outcome {
-        delivered: latencies.len() as u64,
-        seconds,
-        cpu_seconds,
-        load_cpu_seconds,
-        latencies,
-    }
+    meter.outcome(latencies.len() as u64, last, latencies)
 }
 
 /// Publishes `per_publisher` messages from each publisher (paced at `rate` msgs/s overall
@@ -302,9 +323,7 @@ async fn run_v311(
         (latencies, last)
     });
 
-    let cpu_before = cpu_ticks(broker.pid);
-    let load_before = cpu_ticks(std::process::id());
-    let start = Instant::now();
+    let meter = Meter::start(broker);
     let mut publishers = Vec::new();
     for p in 0..case.publishers {
         let (client, mut events) =
@@ -339,17 +358,8 @@ async fn run_v311(
         let _ = p.await;
     }
     let (latencies, last) = collector.await.unwrap();
-    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
-    let cpu_seconds = (cpu_ticks(broker.pid) - cpu_before) as f64 / TICKS_PER_SECOND;
-    let load_cpu_seconds = (cpu_ticks(std::process::id()) - load_before) as f64 / TICKS_PER_SECOND;
     drop(sub);
-    Outcome {
-        delivered: received.load(Ordering::Relaxed),
-        seconds,
-        cpu_seconds,
-        load_cpu_seconds,
-        latencies,
-    }
+    meter.outcome(received.load(Ordering::Relaxed), last, latencies)
 }
 
 fn options_v5(
@@ -424,9 +434,7 @@ async fn run_v5(
         (latencies, last)
     });
 
-    let cpu_before = cpu_ticks(broker.pid);
-    let load_before = cpu_ticks(std::process::id());
-    let start = Instant::now();
+    let meter = Meter::start(broker);
     let mut publishers = Vec::new();
     for p in 0..case.publishers {
         let (client, mut events) =
@@ -477,17 +485,8 @@ async fn run_v5(
         let _ = p.await;
     }
     let (latencies, last) = collector.await.unwrap();
-    let seconds = last.duration_since(start).as_secs_f64().max(1e-9);
-    let cpu_seconds = (cpu_ticks(broker.pid) - cpu_before) as f64 / TICKS_PER_SECOND;
-    let load_cpu_seconds = (cpu_ticks(std::process::id()) - load_before) as f64 / TICKS_PER_SECOND;
     drop(sub);
-    Outcome {
-        delivered: received.load(Ordering::Relaxed),
-        seconds,
-        cpu_seconds,
-        load_cpu_seconds,
-        latencies,
-    }
+    meter.outcome(received.load(Ordering::Relaxed), last, latencies)
 }
 
 fn percentile(sorted: &[u64], p: f64) -> f64 {
