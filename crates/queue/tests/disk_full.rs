@@ -84,7 +84,7 @@ fn disk_alarm(path: &Path) -> Option<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_under_reject_and_intake_resumes_when_space_returns() {
-    refuses_and_resumes("4m").await;
+    refuses_and_resumes("4m", false).await;
 }
 
 /// With room for the WAL's and the journal's working size at open, the queue runs with its
@@ -92,10 +92,11 @@ async fn a_full_disk_refuses_under_reject_and_intake_resumes_when_space_returns(
 /// the same refusal, nothing confirmed lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_disk_refuses_under_reject_with_the_commit_journal_too() {
-    refuses_and_resumes("40m").await;
+    refuses_and_resumes("40m", true).await;
 }
 
-async fn refuses_and_resumes(size: &str) {
+/// `journal`: the queue runs with its commit journal on a disk of `size`.
+async fn refuses_and_resumes(size: &str, journal: bool) {
     let Some(disk) = SmallDisk::mount(size) else {
         return;
     };
@@ -119,6 +120,20 @@ async fn refuses_and_resumes(size: &str) {
         alarm.contains("is full") && alarm.contains("refused"),
         "{alarm}"
     );
+    // The free space it gives is the file system's (the journal's headroom said apart).
+    let said: u64 = alarm
+        .split(" MB free")
+        .next()
+        .and_then(|before| before.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no free space in: {alarm}"));
+    let free =
+        fieldlink_queue::DiskSpace::available(&StatvfsDisk, &disk.path()).unwrap() / 1_000_000;
+    assert!(
+        said.abs_diff(free) <= 1,
+        "{said} MB said, {free} MB free: {alarm}"
+    );
+    assert_eq!(alarm.contains("more stay free"), journal, "{alarm}");
     // Refused again, nothing lost from what was stored, no failure in between.
     assert!(queue.append(vec![big(0)]).await.is_err());
     let stats = queue.stats().await.unwrap();

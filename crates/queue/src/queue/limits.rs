@@ -25,8 +25,12 @@ pub(super) struct Limits<'a> {
 /// The file system's room for messages, as a ceiling on the bytes held (see [`disk_room`]).
 pub(super) struct DiskRoom {
     pub(super) path: PathBuf,
+    /// The file system's free space, as it says.
     pub(super) available: u64,
+    /// `queue.disk_reserve`.
     pub(super) reserve: u64,
+    /// Kept free above the reserve for the commit journal's next fold (0 without a journal).
+    pub(super) headroom: u64,
     /// Bytes of messages the queue may hold before the file system's free space would fall
     /// below the reserve.
     pub(super) cap: u64,
@@ -56,11 +60,19 @@ impl DiskRoom {
             FullPolicy::DropNewest => "new messages are dropped (when_full = \"drop_newest\")",
         };
         let text = format!(
-            "The file system of the queue {} is full: {} MB free, queue.disk_reserve is {} MB; \
+            "The file system of the queue {} is full: {} MB free, queue.disk_reserve is {} MB{}; \
              {effect}. Free disk space or lower queue.max_bytes",
             self.path.display(),
             self.available / 1_000_000,
             self.reserve / 1_000_000,
+            if self.headroom == 0 {
+                String::new()
+            } else {
+                format!(
+                    " and {} MB more stay free for the queue's own commits",
+                    self.headroom / 1_000_000
+                )
+            },
         );
         if fieldlink_core::alarms::raise(&key, text.clone()) {
             tracing::warn!("{text}");

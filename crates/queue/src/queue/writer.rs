@@ -393,11 +393,9 @@ impl Writer {
         let available = if appends.is_empty() {
             u64::MAX
         } else {
-            let headroom = if self.direct { 0 } else { FOLD_HEADROOM };
-            self.disk
-                .available(&self.path)
-                .map_or(u64::MAX, |free| free.saturating_sub(headroom))
+            self.disk.available(&self.path).unwrap_or(u64::MAX)
         };
+        let headroom = if self.direct { 0 } else { FOLD_HEADROOM };
         let Self {
             conn,
             depth,
@@ -426,9 +424,10 @@ impl Writer {
                 path: path.clone(),
                 available,
                 reserve: settings.disk_reserve,
+                headroom,
                 cap: depth.bytes.saturating_add(disk_room(
                     available,
-                    settings.disk_reserve,
+                    settings.disk_reserve.saturating_add(headroom),
                     file,
                     depth.bytes,
                 )),
