@@ -4,6 +4,9 @@
 //! 0600, set explicitly: a umask of 022 (the usual default) or a data directory someone made
 //! 0755 by hand must not leave them world-readable. An existing directory or file that others
 //! can read is tightened; one we may not change is refused with what to do.
+//!
+//! Secret files the operator gives us (PSKs, a token's PIN, a cloud password or signing key)
+//! are never changed, only checked: [`read_secret_file`].
 
 use std::fs::Permissions;
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
@@ -188,9 +191,86 @@ fn tighten(path: &Path, private: u32) -> Result<Outcome, PrivateError> {
     Ok(Outcome::Tightened { from: mode })
 }
 
+/// Why a secret file cannot be used. What it holds never appears here.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SecretFileError {
+    /// Missing, or the service user may not read it.
+    #[error("cannot read it: {0}")]
+    Unreadable(std::io::Error),
+    /// Others may read it: the secret may be known already.
+    #[error("it is readable by other users")]
+    OpenToOthers,
+}
+
+impl SecretFileError {
+    /// What the operator should do.
+    pub fn hint(&self) -> &'static str {
+        match self {
+            Self::Unreadable(_) => "check the path and that the service user may read it",
+            Self::OpenToOthers => {
+                "chmod 600 it: it holds a secret (or hand it over as a systemd credential)"
+            }
+        }
+    }
+
+    /// Whose fault it is: the operator's file, or the machine's (a read error).
+    pub fn fault(&self) -> crate::fault::Fault {
+        match self {
+            Self::Unreadable(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                crate::fault::Fault::Environment
+            }
+            _ => crate::fault::Fault::Config,
+        }
+    }
+}
+
+/// Checks that the secret file `path` is readable by its owner only, unless systemd handed it
+/// over as a credential (under `$CREDENTIALS_DIRECTORY`, which systemd itself keeps private).
+pub fn check_secret_file(path: &Path) -> Result<(), SecretFileError> {
+    let meta = std::fs::metadata(path).map_err(SecretFileError::Unreadable)?;
+    if meta.permissions().mode() & OTHERS != 0 && !from_systemd_credentials(path) {
+        return Err(SecretFileError::OpenToOthers);
+    }
+    Ok(())
+}
+
+/// The bytes of the secret file `path`, after [`check_secret_file`]; wiped when dropped.
+pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, SecretFileError> {
+    check_secret_file(path)?;
+    std::fs::read(path)
+        .map(zeroize::Zeroizing::new)
+        .map_err(SecretFileError::Unreadable)
+}
+
+fn from_systemd_credentials(path: &Path) -> bool {
+    std::env::var_os("CREDENTIALS_DIRECTORY")
+        .is_some_and(|dir| !dir.is_empty() && path.starts_with(dir))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_secret_file_is_read_only_when_others_cannot_read_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, b"s3cret\n").unwrap();
+        std::fs::set_permissions(&secret, Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(&read_secret_file(&secret).unwrap()[..], b"s3cret\n");
+        std::fs::set_permissions(&secret, Permissions::from_mode(0o640)).unwrap();
+        let open = read_secret_file(&secret).unwrap_err();
+        assert!(matches!(open, SecretFileError::OpenToOthers), "{open}");
+        assert!(open.hint().contains("chmod 600"));
+        assert!(!open.to_string().contains("s3cret"));
+        let missing = read_secret_file(&dir.path().join("none")).unwrap_err();
+        assert!(
+            matches!(missing, SecretFileError::Unreadable(_)),
+            "{missing}"
+        );
+        assert_eq!(missing.fault(), crate::fault::Fault::Config);
+    }
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o7777

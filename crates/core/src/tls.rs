@@ -105,28 +105,17 @@ impl fmt::Debug for PskEntry {
 /// Reads a PSK file: `identity:hexkey` lines (blank lines and `#` comments aside). The file
 /// must be readable by its owner only; errors name the line, never a key.
 pub fn read_psk_file(path: &Path) -> Result<Vec<PskEntry>, TlsError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let bad = |problem: String, hint: &'static str| TlsError::File {
         path: path.to_owned(),
         problem,
         hint,
     };
-    let meta = std::fs::metadata(path).map_err(|e| {
+    let bytes =
+        crate::private_fs::read_secret_file(path).map_err(|e| bad(e.to_string(), e.hint()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
         bad(
-            format!("cannot read it: {e}"),
-            "check the path and that the service user may read it",
-        )
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(bad(
-            "it is readable by other users".into(),
-            "chmod 600 it: it holds secret keys",
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        bad(
-            format!("cannot read it: {e}"),
-            "check that the service user may read it",
+            "it is not UTF-8 text".into(),
+            "write one `identity:hexkey` per line",
         )
     })?;
     let mut entries = Vec::new();

@@ -221,28 +221,17 @@ pub fn read_pin(source: &PinSource) -> Result<AuthPin, KeyError> {
 }
 
 fn read_pin_file(path: &Path) -> Result<AuthPin, KeyError> {
-    use std::os::unix::fs::PermissionsExt as _;
     let bad = |problem: String, hint: &'static str| KeyError::Pin {
         place: format!("{path:?}"),
         problem,
         hint,
     };
-    let meta = std::fs::metadata(path).map_err(|e| {
+    let bytes = fieldlink_core::private_fs::read_secret_file(path)
+        .map_err(|e| bad(e.to_string(), e.hint()))?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| {
         bad(
-            format!("cannot read it: {e}"),
-            "check the path and that the service user may read it",
-        )
-    })?;
-    if meta.permissions().mode() & 0o077 != 0 {
-        return Err(bad(
-            "it is readable by other users".into(),
-            "chmod 600 it: it holds the token's PIN",
-        ));
-    }
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        bad(
-            format!("cannot read it: {e}"),
-            "check that the service user may read it",
+            "it is not UTF-8 text".into(),
+            "write the token's user PIN into it",
         )
     })?;
     // One line; the newline an editor adds is not part of the PIN.

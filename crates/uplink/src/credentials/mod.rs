@@ -138,11 +138,8 @@ pub(crate) fn from_unix(seconds: u64) -> SystemTime {
 /// handed it over as a credential (`$CREDENTIALS_DIRECTORY`, which systemd protects itself).
 /// Errors say what is wrong with the file, never what it holds.
 pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<String>, UplinkError> {
-    check_private(path)?;
-    let text = Zeroizing::new(std::fs::read(path).map_err(|e| UplinkError::Credentials {
-        path: path.to_owned(),
-        problem: format!("cannot read it: {e}; check that the service user may read it"),
-    })?);
+    let text = fieldlink_core::private_fs::read_secret_file(path)
+        .map_err(|e| secret_file_error(path, &e))?;
     let first = text.split(|b| *b == b'\n').next().unwrap_or_default();
     let first = first.strip_suffix(b"\r").unwrap_or(first);
     let line = std::str::from_utf8(first).map_err(|_| UplinkError::Credentials {
@@ -160,22 +157,14 @@ pub(crate) fn read_secret(path: &Path) -> Result<Zeroizing<String>, UplinkError>
 
 /// A key or password file must not be readable by others (systemd credentials aside).
 pub(crate) fn check_private(path: &Path) -> Result<(), UplinkError> {
-    use std::os::unix::fs::PermissionsExt as _;
-    let meta = std::fs::metadata(path).map_err(|e| UplinkError::Credentials {
+    fieldlink_core::private_fs::check_secret_file(path).map_err(|e| secret_file_error(path, &e))
+}
+
+fn secret_file_error(path: &Path, e: &fieldlink_core::private_fs::SecretFileError) -> UplinkError {
+    UplinkError::Credentials {
         path: path.to_owned(),
-        problem: format!(
-            "cannot read it: {e}; check the path and that the service user may read it"
-        ),
-    })?;
-    let from_systemd = std::env::var_os("CREDENTIALS_DIRECTORY")
-        .is_some_and(|dir| !dir.is_empty() && path.starts_with(dir));
-    if meta.permissions().mode() & 0o077 != 0 && !from_systemd {
-        return Err(UplinkError::Credentials {
-            path: path.to_owned(),
-            problem: "it is readable by other users; chmod 600 it: it holds a secret".into(),
-        });
+        problem: format!("{e}; {}", e.hint()),
     }
-    Ok(())
 }
 
 #[cfg(test)]
