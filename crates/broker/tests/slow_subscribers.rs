@@ -13,6 +13,7 @@ use common::raw::{Connect, Raw, Read};
 use fieldlink_core::metrics as m;
 use fieldlink_test_support::free_port;
 use fieldlink_test_support::metrics::metric_values;
+use fieldlink_test_support::mqtt_bytes::publish_parts;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use rumqttc::{AsyncClient, Event, Incoming, MqttOptions, Outgoing, QoS};
 
@@ -77,12 +78,8 @@ async fn receive(raw: &mut Raw, pace: Duration, expected: usize, quiet: Duration
         if first >> 4 != 3 {
             continue;
         }
-        let qos = (first >> 1) & 3;
-        let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-        let mut at = 2 + topic_len;
-        if qos > 0 {
-            let pkid = [body[at], body[at + 1]];
-            at += 2;
+        let (pkid, at) = publish_parts(first, &body, false).expect("a whole PUBLISH");
+        if let Some(pkid) = pkid {
             raw.send(&[0x40, 2, pkid[0], pkid[1]]).await;
         }
         let id = u64::from_be_bytes(body[at..at + 8].try_into().unwrap());

@@ -213,16 +213,6 @@ impl SecretFileError {
             }
         }
     }
-
-    /// Whose fault it is: the operator's file, or the machine's (a read error).
-    pub fn fault(&self) -> crate::fault::Fault {
-        match self {
-            Self::Unreadable(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                crate::fault::Fault::Environment
-            }
-            _ => crate::fault::Fault::Config,
-        }
-    }
 }
 
 /// Checks that the secret file `path` is readable by its owner only, unless systemd handed it
@@ -269,7 +259,6 @@ mod tests {
             matches!(missing, SecretFileError::Unreadable(_)),
             "{missing}"
         );
-        assert_eq!(missing.fault(), crate::fault::Fault::Config);
     }
 
     fn mode(path: &Path) -> u32 {

@@ -22,6 +22,7 @@ pub mod certs;
 mod https;
 pub mod metrics;
 mod mosquitto;
+pub mod mqtt_bytes;
 mod proxy;
 mod rabbitmq;
 pub mod rauc;

@@ -12,6 +12,7 @@
 use std::io;
 use std::time::{Duration, Instant};
 
+use fieldlink_test_support::mqtt_bytes::{frame, publish_parts, string, varint};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 
 /// Publishes in flight per publisher at QoS 1 (rumqttc's setting in the other generator).
@@ -34,35 +35,10 @@ pub fn expiry_and_user_properties() -> Vec<u8> {
     p.extend_from_slice(&3600u32.to_be_bytes());
     for (k, v) in [("site", "north-field"), ("unit", "celsius")] {
         p.push(0x26);
-        put_str(&mut p, k);
-        put_str(&mut p, v);
+        p.extend(string(k.as_bytes()));
+        p.extend(string(v.as_bytes()));
     }
     p
-}
-
-fn put_str(out: &mut Vec<u8>, s: &str) {
-    out.extend_from_slice(&(s.len() as u16).to_be_bytes());
-    out.extend_from_slice(s.as_bytes());
-}
-
-fn put_varint(out: &mut Vec<u8>, mut n: usize) {
-    loop {
-        let mut byte = (n % 128) as u8;
-        n /= 128;
-        if n > 0 {
-            byte |= 0x80;
-        }
-        out.push(byte);
-        if n == 0 {
-            return;
-        }
-    }
-}
-
-fn frame(out: &mut Vec<u8>, first: u8, body: &[u8]) {
-    out.push(first);
-    put_varint(out, body.len());
-    out.extend_from_slice(body);
 }
 
 /// A publish frame, with where its packet id and payload start.
@@ -74,20 +50,18 @@ struct Template {
 
 impl Template {
     fn new(spec: &Spec) -> Self {
-        let mut body = Vec::new();
-        put_str(&mut body, &spec.topic);
+        let mut body = string(spec.topic.as_bytes());
         let pkid = (spec.qos > 0).then(|| {
             body.extend_from_slice(&[0, 1]);
             body.len() - 2
         });
         if spec.v5 {
-            put_varint(&mut body, spec.properties.len());
+            body.extend(varint(spec.properties.len()));
             body.extend_from_slice(&spec.properties);
         }
         let payload = body.len();
         body.resize(body.len() + spec.payload_len, 0);
-        let mut bytes = Vec::new();
-        frame(&mut bytes, 0x30 | (spec.qos << 1), &body);
+        let bytes = frame(0x30 | (spec.qos << 1), &body);
         let header = bytes.len() - body.len();
         Self {
             pkid_at: pkid.map(|p| p + header),
@@ -180,16 +154,13 @@ pub async fn connect<S: AsyncRead + AsyncWrite + Unpin>(
     v5: bool,
     client_id: &str,
 ) -> io::Result<()> {
-    let mut body = Vec::new();
-    put_str(&mut body, "MQTT");
+    let mut body = string(b"MQTT");
     body.extend_from_slice(&[if v5 { 5 } else { 4 }, 0x02, 0, 30]);
     if v5 {
         body.push(0);
     }
-    put_str(&mut body, client_id);
-    let mut out = Vec::new();
-    frame(&mut out, 0x10, &body);
-    io.write_all(&out).await?;
+    body.extend(string(client_id.as_bytes()));
+    io.write_all(&frame(0x10, &body)).await?;
     let (first, body) = Reader::new().read(io).await?;
     if first >> 4 != 2 || body.get(1) != Some(&0) {
         return Err(io::Error::other(format!("CONNECT refused: {body:?}")));
@@ -208,11 +179,9 @@ pub async fn subscribe<S: AsyncRead + AsyncWrite + Unpin>(
     if v5 {
         body.push(0);
     }
-    put_str(&mut body, filter);
+    body.extend(string(filter.as_bytes()));
     body.push(qos);
-    let mut out = Vec::new();
-    frame(&mut out, 0x82, &body);
-    io.write_all(&out).await?;
+    io.write_all(&frame(0x82, &body)).await?;
     let mut reader = Reader::new();
     loop {
         let (first, body) = reader.read(io).await?;
@@ -312,25 +281,11 @@ pub async fn receive<S: AsyncRead + AsyncWrite + Unpin>(
             if first >> 4 != 3 {
                 continue;
             }
-            let qos = (first >> 1) & 3;
-            let topic_len = usize::from(u16::from_be_bytes([body[0], body[1]]));
-            let mut at = 2 + topic_len;
-            if qos > 0 {
-                acks.extend_from_slice(&[0x40, 2, body[at], body[at + 1]]);
-                at += 2;
-            }
-            if v5 {
-                let (mut len, mut shift) = (0usize, 0);
-                loop {
-                    let byte = body[at];
-                    at += 1;
-                    len |= usize::from(byte & 0x7f) << shift;
-                    shift += 7;
-                    if byte & 0x80 == 0 {
-                        break;
-                    }
-                }
-                at += len;
+            let Some((pkid, at)) = publish_parts(first, body, v5) else {
+                continue;
+            };
+            if let Some(pkid) = pkid {
+                acks.extend_from_slice(&[0x40, 2, pkid[0], pkid[1]]);
             }
             let sent = body
                 .get(at..at + 8)
