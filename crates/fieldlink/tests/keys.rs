@@ -418,7 +418,7 @@ fn jwts_signed_by_a_token_key_log_the_uplink_in_to_rabbitmq() {
 }
 
 /// The PIN as a systemd credential (`LoadCredential=token-pin:/etc/fieldlink/token.pin`): read
-/// from `$CREDENTIALS_DIRECTORY`, where systemd puts it mode 0400.
+/// from `$CREDENTIALS_DIRECTORY`, where systemd puts it mode 0400 (any mode is taken there).
 #[test]
 fn the_pin_can_come_from_a_systemd_credential() {
     let bench = Bench::new();
@@ -450,6 +450,19 @@ fn the_pin_can_come_from_a_systemd_credential() {
         .output()
         .unwrap();
     assert!(with.status.success(), "{}", text(&with));
+    // systemd keeps the credentials directory private: a credential's own mode is not judged
+    // (a PIN file elsewhere readable by the group is refused, see below).
+    set_mode(&pin, 0o640);
+    let group_readable = bench
+        .token
+        .command(BIN)
+        .env("CREDENTIALS_DIRECTORY", &credentials)
+        .args(["--config", bench.path("credential.toml").to_str().unwrap()])
+        .arg("check-config")
+        .output()
+        .unwrap();
+    assert!(group_readable.status.success(), "{}", text(&group_readable));
+    set_mode(&pin, 0o400);
 
     let log = std::fs::File::create(bench.path("gateway.log")).unwrap();
     let gateway = bench
