@@ -24,6 +24,11 @@
 //! `BENCH_CASES=<text>` runs only the cases whose name contains it (e.g.
 //! `BENCH_CASES="QoS 1 10→1"`, `BENCH_CASES="v5+props"`).
 //!
+//! `BENCH_PIN=1` runs the brokers on the last CPU and this process (the load generator) on the
+//! others (`taskset`), so that a broker's delivered msgs/s is bound by its own work rather than
+//! by the generator's share of the same cores: how to tell what the edge's added work costs
+//! apart from what the clients' larger frames cost them.
+//!
 //! `BENCH_REFERENCE=<path>` adds another fieldlink binary (e.g. a release build of an older
 //! commit) as a third broker in the same runs, "fieldlink-ref", with the same configuration,
 //! and prints fieldlink / fieldlink-ref ratios too: how a change moved the edge's speed, with
@@ -514,6 +519,8 @@ struct Summary {
 }
 
 fn main() {
+    // Before the runtime's threads start: they inherit this thread's CPUs.
+    pin_this_process();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -522,8 +529,56 @@ fn main() {
     runtime.block_on(bench());
 }
 
+/// With `BENCH_PIN`, the CPUs for the brokers (the last one) and for this process (the
+/// others), as `taskset -c` lists; `None` without it or with a single CPU.
+fn pinning() -> Option<(String, String)> {
+    std::env::var_os("BENCH_PIN")?;
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus < 2 {
+        println!("BENCH_PIN: a single CPU, nothing pinned");
+        return None;
+    }
+    Some((format!("{}", cpus - 1), format!("0-{}", cpus - 2)))
+}
+
+fn pin_this_process() {
+    let Some((_, generator)) = pinning() else {
+        return;
+    };
+    let pinned = Command::new("taskset")
+        .args([
+            "-a",
+            "-p",
+            "-c",
+            &generator,
+            &std::process::id().to_string(),
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(
+        pinned,
+        "BENCH_PIN: taskset (util-linux) could not pin this process"
+    );
+}
+
+/// The command that starts a broker: under `taskset` on the brokers' CPU with `BENCH_PIN`.
+fn broker_command(program: &str) -> Command {
+    match pinning() {
+        Some((brokers, _)) => {
+            let mut command = Command::new("taskset");
+            command.args(["-c", &brokers, program]);
+            command
+        }
+        None => Command::new(program),
+    }
+}
+
 async fn bench() {
     fieldlink_core::tls::install_default_provider();
+    if let Some((brokers, generator)) = pinning() {
+        println!("pinned: brokers on CPU {brokers}, load generator on CPU {generator}");
+    }
     let dir = tempfile::tempdir().unwrap();
     let ca = TestCa::new("bench CA");
     let server = ca.issue("broker", &["localhost"]);
@@ -582,7 +637,7 @@ async fn bench() {
             key.display()
         ),
     );
-    let mosquitto: Child = Command::new("mosquitto")
+    let mosquitto: Child = broker_command("mosquitto")
         .arg("-c")
         .arg(&mq_config)
         .stdout(Stdio::null())
@@ -783,7 +838,7 @@ fn fieldlink_config(
 
 /// Starts a fieldlink binary and waits for its TLS listener (the last one it opens).
 fn spawn_fieldlink(binary: &str, config: &std::path::Path, tls: u16) -> Child {
-    let child = Command::new(binary)
+    let child = broker_command(binary)
         .arg("--config")
         .arg(config)
         .arg("run")

@@ -338,7 +338,11 @@ pub fn fuzz_frames(data: &[u8]) {
             let _ = publish_qos_pkid(&buf);
             let _ = peek_connect(&buf);
             if codec == Codec::V5 {
-                let _ = super::v5::take_own(&mut buf, 64 * 1024);
+                let _ = super::v5::take_own(
+                    &mut buf,
+                    64 * 1024,
+                    &mut super::v5::StampBuffers::default(),
+                );
             }
             match codec.read(&mut buf, 64 * 1024) {
                 Ok(Packet::Publish(publish, properties)) => {

@@ -186,6 +186,8 @@ pub(crate) struct Session {
     acked: Vec<u16>,
     /// MQTT 5: this session as a publish's origin (see [`v5::Stamp`]).
     origin: u64,
+    /// MQTT 5: where its publishes' full stamps are written.
+    stamps: v5::StampBuffers,
     /// MQTT 5, a resumed session: its filters to subscribe again (see [`super::expiry`]).
     restore: Vec<(String, usize, u8)>,
     /// MQTT 5: whether the session may hold a No Local subscription (one made on this
@@ -388,6 +390,7 @@ impl Session {
             forwarded: Vec::new(),
             acked: Vec::new(),
             origin,
+            stamps: v5::StampBuffers::default(),
             may_no_local: admitted.session_present,
             restore,
             client_max_packet: admitted
@@ -818,7 +821,9 @@ impl Session {
             // An MQTT 5 publish's own properties, taken off its frame as they are (see
             // `v5::take_own`); `None`: the codec reads them, if any.
             let own = match (self.codec, peeked) {
-                (Codec::V5, Some(_)) => v5::take_own(buf, self.ctx.max_packet_size),
+                (Codec::V5, Some(_)) => {
+                    v5::take_own(buf, self.ctx.max_packet_size, &mut self.stamps)
+                }
                 _ => None,
             };
             let packet = match self.codec.read(buf, self.ctx.max_packet_size) {
