@@ -530,15 +530,21 @@ fn main() {
 }
 
 /// With `BENCH_PIN`, the CPUs for the brokers (the last one) and for this process (the
-/// others), as `taskset -c` lists; `None` without it or with a single CPU.
+/// others), as `taskset -c` lists; `None` without it or with a single CPU. Decided once,
+/// before this process is pinned (which leaves it fewer CPUs to count).
 fn pinning() -> Option<(String, String)> {
-    std::env::var_os("BENCH_PIN")?;
-    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
-    if cpus < 2 {
-        println!("BENCH_PIN: a single CPU, nothing pinned");
-        return None;
-    }
-    Some((format!("{}", cpus - 1), format!("0-{}", cpus - 2)))
+    static PINNING: std::sync::OnceLock<Option<(String, String)>> = std::sync::OnceLock::new();
+    PINNING
+        .get_or_init(|| {
+            std::env::var_os("BENCH_PIN")?;
+            let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+            if cpus < 2 {
+                println!("BENCH_PIN: a single CPU, nothing pinned");
+                return None;
+            }
+            Some((format!("{}", cpus - 1), format!("0-{}", cpus - 2)))
+        })
+        .clone()
 }
 
 fn pin_this_process() {

@@ -125,8 +125,8 @@ pub(crate) fn take_own(buf: &mut BytesMut, max: usize, stamps: &mut StampBuffers
 /// Where a session's full stamps are written: one allocation of [`STAMPS_CHUNK`] bytes holds
 /// the stamps of many publishes, each a slice of it, as rumqttd's reader cuts payloads from a
 /// session's read buffer. A buffer per stamp was allocated on the session's thread and freed
-/// on the router's, where glibc's per-thread cache cannot take it back: about 500
-/// instructions of the 1 600 a publish's properties added (callgrind). A chunk is freed when
+/// on the router's, where glibc's per-thread cache cannot take it back: about 500 of the
+/// 1 900 instructions a publish's properties added at the edge (callgrind). A chunk is freed when
 /// the last message cut from it is gone: a message waiting for a slow subscriber keeps at most
 /// one chunk alive, as its payload keeps the read buffer it was cut from. A retained message
 /// may be kept for ever, so its stamp gets a buffer of its own size: a client cannot make a
@@ -136,8 +136,10 @@ pub(crate) struct StampBuffers {
     chunk: BytesMut,
 }
 
-/// The size of a [`StampBuffers`] chunk (a stamp larger than this gets a chunk of its own).
-const STAMPS_CHUNK: usize = 4096;
+/// The size of a [`StampBuffers`] chunk (a stamp larger than this gets a chunk of its own):
+/// the stamps of a dozen or more publishes with a few user properties (a malloc and a free
+/// shared by as many), and at most this much held by one message kept long.
+const STAMPS_CHUNK: usize = 1024;
 
 impl StampBuffers {
     /// Reads a publish's property block as [`take_own`] takes it: the Message Expiry Interval
