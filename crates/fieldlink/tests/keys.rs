@@ -441,26 +441,22 @@ fn the_pin_can_come_from_a_systemd_credential() {
         "{}",
         text(&without)
     );
-    let with = bench
-        .token
-        .command(BIN)
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .args(["--config", bench.path("credential.toml").to_str().unwrap()])
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let check_with_credentials = || {
+        bench
+            .token
+            .command(BIN)
+            .env("CREDENTIALS_DIRECTORY", &credentials)
+            .args(["--config", bench.path("credential.toml").to_str().unwrap()])
+            .arg("check-config")
+            .output()
+            .unwrap()
+    };
+    let with = check_with_credentials();
     assert!(with.status.success(), "{}", text(&with));
     // systemd keeps the credentials directory private: a credential's own mode is not judged
     // (a PIN file elsewhere readable by the group is refused, see below).
     set_mode(&pin, 0o640);
-    let group_readable = bench
-        .token
-        .command(BIN)
-        .env("CREDENTIALS_DIRECTORY", &credentials)
-        .args(["--config", bench.path("credential.toml").to_str().unwrap()])
-        .arg("check-config")
-        .output()
-        .unwrap();
+    let group_readable = check_with_credentials();
     assert!(group_readable.status.success(), "{}", text(&group_readable));
     set_mode(&pin, 0o400);
 
