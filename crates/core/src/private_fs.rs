@@ -234,8 +234,20 @@ pub fn read_secret_file(path: &Path) -> Result<zeroize::Zeroizing<Vec<u8>>, Secr
 }
 
 fn from_systemd_credentials(path: &Path) -> bool {
-    std::env::var_os("CREDENTIALS_DIRECTORY")
-        .is_some_and(|dir| !dir.is_empty() && path.starts_with(dir))
+    under_credentials(path, std::env::var_os("CREDENTIALS_DIRECTORY").as_deref())
+}
+
+/// Whether `path` names a file inside the credentials directory `dir`: a `..` anywhere in it
+/// could lead out of the directory while still starting with it, so such a path is judged as
+/// any other file.
+fn under_credentials(path: &Path, dir: Option<&std::ffi::OsStr>) -> bool {
+    dir.is_some_and(|dir| {
+        !dir.is_empty()
+            && path.starts_with(dir)
+            && !path
+                .components()
+                .any(|c| c == std::path::Component::ParentDir)
+    })
 }
 
 #[cfg(test)]
@@ -259,6 +271,23 @@ mod tests {
             matches!(missing, SecretFileError::Unreadable(_)),
             "{missing}"
         );
+    }
+
+    #[test]
+    fn only_a_file_inside_the_credentials_directory_is_a_credential() {
+        let dir = Some(std::ffi::OsStr::new("/run/credentials/fieldlink.service"));
+        let inside = Path::new("/run/credentials/fieldlink.service/token-pin");
+        assert!(under_credentials(inside, dir));
+        for outside in [
+            "/run/credentials/fieldlink.service/../other.service/token-pin",
+            "/run/credentials/fieldlink.service/../../../etc/fieldlink/token.pin",
+            "/run/credentials/fieldlink.serviceX/token-pin",
+            "/etc/fieldlink/token.pin",
+        ] {
+            assert!(!under_credentials(Path::new(outside), dir), "{outside}");
+        }
+        assert!(!under_credentials(inside, None));
+        assert!(!under_credentials(inside, Some(std::ffi::OsStr::new(""))));
     }
 
     fn mode(path: &Path) -> u32 {

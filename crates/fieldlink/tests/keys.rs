@@ -454,7 +454,7 @@ fn the_pin_can_come_from_a_systemd_credential() {
     let with = check_with_credentials();
     assert!(with.status.success(), "{}", text(&with));
     // systemd keeps the credentials directory private: a credential's own mode is not judged
-    // (a PIN file elsewhere readable by the group is refused, see below).
+    // (the same mode on a file anywhere else is refused: `core::private_fs`'s tests).
     set_mode(&pin, 0o640);
     let group_readable = check_with_credentials();
     assert!(group_readable.status.success(), "{}", text(&group_readable));
