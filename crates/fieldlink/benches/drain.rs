@@ -129,7 +129,7 @@ impl CloudFiles {
     /// QoS 0 messages are queued for it too, so none is missed whoever connects first.
     fn start(&self, plain: u16, tls: u16) -> Mosquitto {
         let d = self.dir.path();
-        let broker = Mosquitto::start_on(
+        let broker = Mosquitto::start_on_quietly(
             plain,
             &format!(
                 "persistence true\npersistence_location {}/\nqueue_qos0_messages true\n\
@@ -370,13 +370,16 @@ async fn bridge_drain(n: u64) -> Outcome {
     cloud.stop();
 
     let state = tempfile::tempdir_in(concat!(env!("CARGO_MANIFEST_DIR"), "/../../target")).unwrap();
-    let local = Mosquitto::start(&format!(
-        "persistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 1000\n\
+    let local = Mosquitto::start_on_quietly(
+        free_port(),
+        &format!(
+            "persistence true\npersistence_location {}/\nmax_queued_messages 0\nmax_inflight_messages 1000\n\
          connection bench-bridge\naddress 127.0.0.1:{tls}\nbridge_cafile {}\nbridge_insecure true\n\
          cleansession false\nrestart_timeout 1\ntopic # out 1\n",
-        state.path().display(),
-        files.ca_file.display()
-    ));
+            state.path().display(),
+            files.ca_file.display()
+        ),
+    );
     let built = Instant::now();
     let acked = backlog(local.addr().port(), n).await;
     if acked < n {
