@@ -8,8 +8,9 @@
 //! `BENCH_GENERATOR=rumqttc`. For each case (QoS 0 and 1, one publisher or ten into one subscriber, plain and
 //! TLS) it measures, alternating fieldlink and mosquitto, three runs each:
 //! - delivered msgs/s at full speed, and how many were lost;
-//! - the broker's CPU time per delivered message (utime + stime from /proc), and the load
-//!   generator's (this process's), which shares the two cores with it;
+//! - the broker's CPU time per delivered message (utime + stime from /proc; utime, its own
+//!   code's share, apart too), and the load generator's (this process's), which shares the
+//!   two cores with it;
 //! - latency p50/p99/p99.9 at a fixed 1 000 msgs/s.
 //!
 //! 64-byte payloads; the first 8 bytes carry the send time.
@@ -97,20 +98,29 @@ struct Broker {
     pid: u32,
 }
 
-fn cpu_ticks(pid: u32) -> u64 {
+/// CPU ticks of `pid` so far: user and system.
+fn cpu_ticks(pid: u32) -> CpuTicks {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     // Fields after the command name (which may hold spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // utime and stime are fields 14 and 15 of the line, 12 and 13 after ')'.
-    fields
-        .get(11)
-        .and_then(|u| u.parse::<u64>().ok())
-        .unwrap_or(0)
-        + fields
-            .get(12)
-            .and_then(|s| s.parse::<u64>().ok())
+    let field = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|f| f.parse::<u64>().ok())
             .unwrap_or(0)
+    };
+    CpuTicks {
+        user: field(11),
+        system: field(12),
+    }
+}
+
+#[derive(Clone, Copy)]
+struct CpuTicks {
+    user: u64,
+    system: u64,
 }
 
 const TICKS_PER_SECOND: f64 = 100.0;
@@ -144,6 +154,9 @@ struct Outcome {
     delivered: u64,
     seconds: f64,
     cpu_seconds: f64,
+    /// Of `cpu_seconds`, in user space: the broker's own code, as opposed to the kernel's
+    /// work for its sockets.
+    user_cpu_seconds: f64,
     /// This process's CPU time meanwhile: the load generator's, on the same two cores.
     load_cpu_seconds: f64,
     latencies: Vec<u64>,
@@ -154,8 +167,8 @@ struct Outcome {
 struct Meter {
     pid: u32,
     start: Instant,
-    cpu: u64,
-    load_cpu: u64,
+    cpu: CpuTicks,
+    load_cpu: CpuTicks,
 }
 
 impl Meter {
@@ -170,12 +183,17 @@ impl Meter {
 
     /// The run's outcome: `delivered` messages, the last at `last`.
     fn outcome(&self, delivered: u64, last: Instant, latencies: Vec<u64>) -> Outcome {
-        let ticks = |now: u64, before: u64| (now - before) as f64 / TICKS_PER_SECOND;
+        let seconds = |ticks: u64| ticks as f64 / TICKS_PER_SECOND;
+        let (broker, load) = (cpu_ticks(self.pid), cpu_ticks(std::process::id()));
+        let user = broker.user - self.cpu.user;
         Outcome {
             delivered,
             seconds: last.duration_since(self.start).as_secs_f64().max(1e-9),
-            cpu_seconds: ticks(cpu_ticks(self.pid), self.cpu),
-            load_cpu_seconds: ticks(cpu_ticks(std::process::id()), self.load_cpu),
+            cpu_seconds: seconds(user + broker.system - self.cpu.system),
+            user_cpu_seconds: seconds(user),
+            load_cpu_seconds: seconds(
+                load.user + load.system - self.load_cpu.user - self.load_cpu.system,
+            ),
             latencies,
         }
     }
@@ -512,6 +530,7 @@ struct Summary {
     rate: Vec<f64>,
     lost: Vec<f64>,
     cpu_us: Vec<f64>,
+    user_cpu_us: Vec<f64>,
     load_cpu_us: Vec<f64>,
     p50: Vec<f64>,
     p99: Vec<f64>,
@@ -684,9 +703,9 @@ async fn bench() {
         }
     );
     println!(
-        "| case | broker | delivered msgs/s | lost | broker CPU µs/msg | p50 ms @{FIXED_RATE}/s | p99 ms | p99.9 ms | load generator CPU µs/msg |"
+        "| case | broker | delivered msgs/s | lost | broker CPU µs/msg | of which user | p50 ms @{FIXED_RATE}/s | p99 ms | p99.9 ms | load generator CPU µs/msg |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut ratios = Vec::new();
     let only = std::env::var("BENCH_CASES").unwrap_or_default();
     let cases = [QoS::AtMostOnce, QoS::AtLeastOnce]
@@ -729,6 +748,8 @@ async fn bench() {
                 s.lost.push((expected - full.delivered) as f64);
                 s.cpu_us
                     .push(full.cpu_seconds * 1e6 / full.delivered.max(1) as f64);
+                s.user_cpu_us
+                    .push(full.user_cpu_seconds * 1e6 / full.delivered.max(1) as f64);
                 s.load_cpu_us
                     .push(full.load_cpu_seconds * 1e6 / full.delivered.max(1) as f64);
                 let per = FIXED_RATE * FIXED_RATE_SECONDS / publishers as u64;
@@ -747,12 +768,13 @@ async fn bench() {
             .collect();
         for (b, s) in summaries[c].iter().enumerate() {
             println!(
-                "| {} | {} | {:.0} | {:.0} | {:.1} | {:.2} | {:.2} | {:.2} | {:.1} |",
+                "| {} | {} | {:.0} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.1} |",
                 case.name(),
                 brokers[b].name,
                 median(s.rate.clone()),
                 median(s.lost.clone()),
                 median(s.cpu_us.clone()),
+                median(s.user_cpu_us.clone()),
                 median(s.p50.clone()),
                 median(s.p99.clone()),
                 median(s.p999.clone()),

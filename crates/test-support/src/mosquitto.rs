@@ -26,7 +26,7 @@ impl Mosquitto {
 
     /// Starts mosquitto on `port` (to restart one on the same port).
     pub fn start_on(port: u16, extra: &str) -> Self {
-        Self::spawn(port, extra, "all")
+        Self::spawn(port, extra, &["all"])
     }
 
     /// Starts mosquitto on `port` logging as a production broker does (its default: errors,
@@ -34,14 +34,10 @@ impl Mosquitto {
     /// per message makes a broker write more to its log file than to its clients, which no
     /// cloud broker does.
     pub fn start_on_quietly(port: u16, extra: &str) -> Self {
-        Self::spawn(
-            port,
-            extra,
-            "error\nlog_type warning\nlog_type notice\nlog_type information",
-        )
+        Self::spawn(port, extra, &["error", "warning", "notice", "information"])
     }
 
-    fn spawn(port: u16, extra: &str, log_types: &str) -> Self {
+    fn spawn(port: u16, extra: &str, log_types: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("a temporary directory");
         let conf = dir.path().join("mosquitto.conf");
         let log = dir.path().join("mosquitto.log");
@@ -51,8 +47,11 @@ impl Mosquitto {
         if is_root() {
             text.push_str("user root\n");
         }
+        for log_type in log_types {
+            text.push_str(&format!("log_type {log_type}\n"));
+        }
         text.push_str(&format!(
-            "log_dest file {}\nlog_type {log_types}\npersistence false\n\
+            "log_dest file {}\npersistence false\n\
              listener {port} 127.0.0.1\nallow_anonymous true\n{extra}\n",
             log.display()
         ));
