@@ -234,8 +234,11 @@ async fn open_checked(
         // a statement journal. SQLite spills it to a temporary file past 64 KiB: during a
         // drain that was a third of this connection's writes, thousands of 1 KiB pages a
         // second to a file deleted at the round's end (CPU, and SD-card traffic where the
-        // temporary directory is on the card). In memory it costs at most the pages one round
-        // changes. A statement journal is never needed for crash recovery (the WAL is).
+        // temporary directory is on the card). In memory it holds the pages a round changes
+        // that existed before it, once each: for its deletions a few hundred KiB at most
+        // (MAX_DELETE_PER_ROUND rows), for its appends (into free pages) about the appended
+        // rows' own bytes, which the round holds in memory anyway. A statement journal is
+        // never needed for crash recovery (the WAL is).
         .pragma("temp_store", "memory")
         .busy_timeout(Duration::from_secs(5));
     let mut conn = match SqliteConnection::connect_with(&options).await {
