@@ -2,7 +2,8 @@
 //! a config file whose `[uplink]` is the annotated default (only host, port, CA file and
 //! client id set; `inflight` too for the larger-window row); a backlog of 64 B messages is
 //! published through its local broker while the cloud (a real mosquitto, TLS on loopback,
-//! logging as a production broker does rather than every packet) is down; then the cloud comes back and a subscriber on it counts until it has everything.
+//! logging as a production broker does rather than every packet) is down; then the cloud
+//! comes back and a subscriber on it counts until it has everything.
 //! The reference, in the same run: the same backlog forwarded by a mosquitto → mosquitto
 //! bridge (persistence on, QoS 1), built and timed the same way.
 //!

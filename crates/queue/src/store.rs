@@ -980,8 +980,8 @@ mod tests {
     }
 
     /// A round's statement journal stays in memory (a file would take a write per page it
-    /// holds, on the SD card where the temporary directory is), and VACUUM, which makes its copy
-    /// in a file, leaves it so.
+    /// holds, on the SD card where the temporary directory is), and a VACUUM (run with
+    /// temporary storage in a file, which is not observable here) leaves it so.
     #[tokio::test]
     async fn temporary_storage_is_in_memory_before_and_after_a_vacuum() {
         let dir = tempfile::tempdir().unwrap();
