@@ -300,7 +300,7 @@ impl EdgeContext {
             will.qos as u8,
             will.retain,
             0,
-            self.clock.now(),
+            || self.clock.now(),
         );
         let publish = Publish::new(
             bytes::Bytes::from(will.topic.as_str().to_owned()),

@@ -638,7 +638,8 @@ impl Session {
                 }
                 notification = self.link_rx.next() => match notification {
                     Ok(Some(notification)) => {
-                        if let Some(end) = self.outbound(notification, &mut out).await {
+                        let mut now = self.ctx.clock.lazy();
+                        if let Some(end) = self.outbound(notification, &mut out, &mut now).await {
                             let _ = self.send(io, &mut out).await;
                             return end;
                         }
@@ -647,7 +648,7 @@ impl Session {
                         while out.len() < MAX_WRITE_BATCH
                             && let Some(Ok(Some(more))) = poll_once(self.link_rx.next())
                         {
-                            if let Some(end) = self.outbound(more, &mut out).await {
+                            if let Some(end) = self.outbound(more, &mut out, &mut now).await {
                                 let _ = self.send(io, &mut out).await;
                                 return end;
                             }
@@ -815,6 +816,7 @@ impl Session {
         let mut to_store: Vec<Message> = Vec::new();
         // Counted once per batch, not per message.
         let mut accepted = 0u32;
+        let mut now = self.ctx.clock.lazy();
         let mut open = true;
         while !buf.is_empty() {
             let peeked = codec::publish_qos_pkid(buf);
@@ -910,7 +912,7 @@ impl Session {
                             qos,
                             publish.retain,
                             self.origin,
-                            self.ctx.clock.now(),
+                            || now.get(),
                         ),
                         (Codec::V5, None)
                             if !self.may_no_local && v5::fits_compact(properties.as_ref()) =>
@@ -922,7 +924,7 @@ impl Session {
                             qos,
                             publish.retain,
                             self.origin,
-                            self.ctx.clock.now(),
+                            || now.get(),
                         ),
                         (Codec::V4, _) => v5::compact_stamp(qos, publish.retain),
                     };
@@ -1180,8 +1182,14 @@ impl Session {
             .collect()
     }
 
-    /// One notification from the router to the client. `Some`: the session ends.
-    async fn outbound(&mut self, notification: Notification, out: &mut BytesMut) -> Option<End> {
+    /// One notification from the router to the client. `Some`: the session ends. `now` is
+    /// the clock of the batch it came in (see [`v5::Now`]).
+    async fn outbound(
+        &mut self,
+        notification: Notification,
+        out: &mut BytesMut,
+        now: &mut v5::Now,
+    ) -> Option<End> {
         match notification {
             Notification::Unschedule => {
                 if self.link_rx.wake().await.is_err() {
@@ -1269,7 +1277,7 @@ impl Session {
                         self.ack_release(rel.pkid, Packet::PubComp(comp, None));
                     }
                     Some(Packet::Publish(publish, properties)) if self.codec == Codec::V5 => {
-                        let sent = self.deliver(publish, properties, out);
+                        let sent = self.deliver(publish, properties, out, now);
                         if sent.is_some() {
                             self.delivered += 1;
                         }
@@ -1310,6 +1318,7 @@ impl Session {
         mut publish: Publish,
         properties: Option<PublishProperties>,
         out: &mut BytesMut,
+        now: &mut v5::Now,
     ) -> Option<Option<u16>> {
         let start = out.len();
         let mut props = properties.unwrap_or_default();
@@ -1317,10 +1326,10 @@ impl Session {
             &mut props,
             &mut publish.retain,
             self.origin,
-            self.ctx.clock.now(),
+            || now.get(),
         );
-        let props = (!v5::is_empty(&props)).then_some(props);
         if own.is_empty() {
+            let props = (!v5::is_empty(&props)).then_some(props);
             self.write(Packet::Publish(publish, props), out);
         } else {
             self.write_with(publish, props, &own, out);
@@ -1469,24 +1478,28 @@ impl Session {
     }
 
     /// Writes an MQTT 5 publish with the publisher's own properties, `own` (encoded, as the
-    /// full stamp carried them through the router), after those the edge sets.
+    /// full stamp carried them through the router), after those the edge sets: rumqttd's
+    /// writer writes the head (it keeps QoS and packet id private), the rest is added in place.
     fn write_with(
         &mut self,
         mut publish: Publish,
-        props: Option<PublishProperties>,
+        mut props: PublishProperties,
         own: &[u8],
         out: &mut BytesMut,
     ) {
         let payload = std::mem::take(&mut publish.payload);
-        self.scratch.clear();
-        if let Err(e) = self
-            .codec
-            .write(Packet::Publish(publish, props), &mut self.scratch)
-        {
+        let edge = codec::DeliveryProperties {
+            expiry: props.message_expiry_interval.take(),
+            subscription_ids: std::mem::take(&mut props.subscription_identifiers),
+        };
+        let props = (!v5::is_empty(&props)).then_some(props);
+        let start = out.len();
+        if let Err(e) = self.codec.write(Packet::Publish(publish, props), out) {
             tracing::warn!(client_id = %self.client_id, error = %e, "A packet could not be encoded");
+            out.truncate(start);
             return;
         }
-        if !codec::put_publish_with(&self.scratch, own, &payload, out) {
+        if !codec::complete_publish(out, start, &edge, own, &payload) {
             tracing::warn!(client_id = %self.client_id, "A publish could not be encoded");
         }
     }
