@@ -308,7 +308,10 @@ pub(crate) fn complete_publish(
     }
     put_varint_at(remaining, &mut out[start + 1..start + header]);
     let length_at = topic.end + topic_shift;
-    put_varint_at(properties_len, &mut out[length_at..properties.start + properties_shift]);
+    put_varint_at(
+        properties_len,
+        &mut out[length_at..properties.start + properties_shift],
+    );
     edge.put(out);
     out.extend_from_slice(own);
     out.extend_from_slice(payload);
@@ -543,7 +546,10 @@ mod tests {
         }
         let mut out = BytesMut::from(&[0x30, 4, 0, 1, b'a', 0][..]);
         let huge = vec![0u8; MAX_REMAINING];
-        assert!(!complete_publish(&mut out, 0, &edge, b"", &huge), "too large");
+        assert!(
+            !complete_publish(&mut out, 0, &edge, b"", &huge),
+            "too large"
+        );
         assert!(out.is_empty());
     }
 

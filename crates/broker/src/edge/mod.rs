@@ -295,13 +295,9 @@ impl EdgeContext {
                 .await
                 .map_err(|e| e.to_string())?;
         }
-        let properties = v5::stamp(
-            Some(properties),
-            will.qos as u8,
-            will.retain,
-            0,
-            || self.clock.now(),
-        );
+        let properties = v5::stamp(Some(properties), will.qos as u8, will.retain, 0, || {
+            self.clock.now()
+        });
         let publish = Publish::new(
             bytes::Bytes::from(will.topic.as_str().to_owned()),
             bytes::Bytes::from(will.payload),

@@ -907,25 +907,17 @@ impl Session {
                     // What the router would lose goes with it (see `v5`): a 3.1.1 client's
                     // publish has only its QoS and retain flag to carry.
                     let properties = match (self.codec, own) {
-                        (Codec::V5, Some(own)) => v5::stamp_own(
-                            own,
-                            qos,
-                            publish.retain,
-                            self.origin,
-                            || now.get(),
-                        ),
+                        (Codec::V5, Some(own)) => {
+                            v5::stamp_own(own, qos, publish.retain, self.origin, || now.get())
+                        }
                         (Codec::V5, None)
                             if !self.may_no_local && v5::fits_compact(properties.as_ref()) =>
                         {
                             v5::compact_stamp_onto(properties, qos, publish.retain)
                         }
-                        (Codec::V5, None) => v5::stamp(
-                            properties,
-                            qos,
-                            publish.retain,
-                            self.origin,
-                            || now.get(),
-                        ),
+                        (Codec::V5, None) => {
+                            v5::stamp(properties, qos, publish.retain, self.origin, || now.get())
+                        }
                         (Codec::V4, _) => v5::compact_stamp(qos, publish.retain),
                     };
                     to_router.push(Packet::Publish(publish, Some(properties)));
@@ -1322,12 +1314,8 @@ impl Session {
     ) -> Option<Option<u16>> {
         let start = out.len();
         let mut props = properties.unwrap_or_default();
-        let (delivery, own) = v5::deliver(
-            &mut props,
-            &mut publish.retain,
-            self.origin,
-            || now.get(),
-        );
+        let (delivery, own) =
+            v5::deliver(&mut props, &mut publish.retain, self.origin, || now.get());
         if own.is_empty() {
             let props = (!v5::is_empty(&props)).then_some(props);
             self.write(Packet::Publish(publish, props), out);

@@ -336,9 +336,23 @@ const HEADER: usize = 16;
 /// The deadline of a message that never expires.
 const NEVER: u64 = u64::MAX;
 
+/// The publisher's own properties, encoded, as a full stamp carried them (empty for a compact
+/// stamp): the stamp's buffer, seen past its header. A slice of the buffer would count its
+/// reference up and down again for every delivery.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Carried(Bytes);
+
+impl std::ops::Deref for Carried {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        self.0.get(HEADER..).unwrap_or_default()
+    }
+}
+
 /// Takes the stamp off a publish on its way to a client: the stamp, and the publisher's own
-/// properties as encoded (empty for a compact stamp). `None` if it has none.
-pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<(Stamp, Bytes)> {
+/// properties. `None` if it has none.
+pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<(Stamp, Carried)> {
     let marker = properties
         .payload_format_indicator
         .filter(|value| value & (COMPACT | FULL) != 0)?;
@@ -350,14 +364,14 @@ pub(crate) fn unstamp(properties: &mut PublishProperties) -> Option<(Stamp, Byte
         expires_at: None,
     };
     if marker & COMPACT != 0 {
-        return Some((stamp, Bytes::new()));
+        return Some((stamp, Carried::default()));
     }
     let carried = properties.correlation_data.take()?;
     let header = carried.get(..HEADER)?;
     let (origin, at) = header.split_at(8);
     stamp.origin = u64::from_be_bytes(origin.try_into().ok()?);
     stamp.expires_at = Some(u64::from_be_bytes(at.try_into().ok()?)).filter(|at| *at != NEVER);
-    Some((stamp, carried.slice(HEADER..)))
+    Some((stamp, Carried(carried)))
 }
 
 /// MQTT 5 property identifiers of a publisher's own properties (MQTT 5 §2.2.2.2).
@@ -487,10 +501,10 @@ pub(crate) fn deliver(
     retain: &mut bool,
     session_origin: u64,
     now: impl FnOnce() -> u64,
-) -> (Delivery, Bytes) {
+) -> (Delivery, Carried) {
     let (stamp, own) = match unstamp(properties) {
         Some((stamp, own)) => (Some(stamp), own),
-        None => (None, Bytes::new()),
+        None => (None, Carried::default()),
     };
     // The router adds the id of the filter that matched last; a publisher cannot add one.
     let options = properties
@@ -734,7 +748,10 @@ mod tests {
         let id = Options::default().encode();
         let expected = delivered(stamp(Some(properties.clone()), 1, false, 9, || 0), id, 10);
         for own in [first, second, third, kept] {
-            assert_eq!(delivered(stamp_own(own, 1, false, 9, || 0), id, 10), expected);
+            assert_eq!(
+                delivered(stamp_own(own, 1, false, 9, || 0), id, 10),
+                expected
+            );
         }
         // A stamp larger than a chunk gets a chunk of its own, read back whole.
         let large = PublishProperties {
