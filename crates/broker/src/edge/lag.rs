@@ -42,6 +42,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
 use super::metric;
+use super::pkid::PkidMap;
 
 fn millis(duration: Duration) -> u64 {
     u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
@@ -147,7 +148,7 @@ struct Subscriber {
     /// Forwards the client has not acknowledged, by packet id: (track id, offset, bytes).
     /// The router sends a persistent session's again from the first of them when it comes
     /// back.
-    unacked: HashMap<u16, (u64, u64, u64)>,
+    unacked: PkidMap<(u64, u64, u64)>,
     next_track_id: u64,
 }
 
@@ -253,7 +254,7 @@ impl LagTracker {
                         tracks: Vec::new(),
                         holding_since: None,
                         kick: kick.clone(),
-                        unacked: HashMap::new(),
+                        unacked: PkidMap::default(),
                         next_track_id: 0,
                     },
                 );

@@ -26,6 +26,7 @@ mod codec;
 mod expiry;
 pub(crate) mod handshake;
 pub(crate) mod lag;
+mod pkid;
 mod rate;
 pub(crate) mod session;
 pub(crate) mod transport;

@@ -24,11 +24,11 @@
 //! lagging QoS 1/2 subscriber (see [`super::lag`]) waits before the router: the session stops
 //! reading meanwhile (its PUBACKs wait too), and still delivers to its client.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{BufMut as _, BytesMut};
+use bytes::{Buf as _, BufMut as _, BytesMut};
 use fieldlink_core::message::{Message, QoS};
 use fieldlink_core::topic::{TopicFilter, TopicName};
 use rumqttd::Notification;
@@ -45,6 +45,7 @@ use super::alias::TopicAliases;
 use super::codec::{self, Codec, FrameError};
 use super::handshake;
 use super::lag::{Admission, Demand, Forwarded};
+use super::pkid::{PkidMap, PkidSet};
 use super::rate::RateLimit;
 use super::{EdgeContext, FilterRefused, Stream, metric, v5};
 use crate::access::SessionAcl;
@@ -161,13 +162,13 @@ pub(crate) struct Session {
     ctx: Arc<EdgeContext>,
     _permit: tokio::sync::OwnedSemaphorePermit,
     /// Inbound QoS 1 publishes the router has not acknowledged yet.
-    qos1: HashSet<u16>,
+    qos1: PkidSet,
     /// Inbound QoS 2 publishes not completed yet.
-    qos2: HashMap<u16, Qos2>,
+    qos2: PkidMap<Qos2>,
     /// How many of `qos2` the router has not acknowledged yet.
     qos2_routing: usize,
     /// SUBSCRIBEs sent to the router with some filters held back: the codes to put back.
-    held_back: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
+    held_back: PkidMap<Vec<Option<SubscribeReasonCode>>>,
     rate: RateLimit,
     /// Publishes written to the client since the metric was last updated.
     delivered: u64,
@@ -179,7 +180,7 @@ pub(crate) struct Session {
     kick: tokio_util::sync::CancellationToken,
     /// Filters of SUBSCRIBEs sent to the router, by packet id, with their QoS: measured once
     /// granted.
-    subscribing: HashMap<u16, Vec<(String, u8)>>,
+    subscribing: PkidMap<Vec<(String, u8)>>,
     /// Forwards received since the lag tracker was last told.
     forwarded: Vec<Forwarded>,
     /// Forwards the client acknowledged since the lag tracker was last told.
@@ -190,6 +191,9 @@ pub(crate) struct Session {
     stamps: v5::StampBuffers,
     /// MQTT 5, a resumed session: its filters to subscribe again (see [`super::expiry`]).
     restore: Vec<(String, usize, u8)>,
+    /// MQTT 5: the filters for which the router holds an internal subscription id on this
+    /// connection (see [`Session::split_subscribe`]).
+    router_ids: HashSet<String>,
     /// MQTT 5: whether the session may hold a No Local subscription (one made on this
     /// connection, or any from before if it was resumed): its publishes then carry their
     /// origin (the full stamp, see [`v5`]).
@@ -202,7 +206,7 @@ pub(crate) struct Session {
     /// router's in-flight window per connection, `max_inflight`.)
     client_receive_max: usize,
     inflight_out: usize,
-    waiting_out: VecDeque<BytesMut>,
+    waiting_out: Waiting,
     /// Acknowledgements ready for the router (MQTT 5 sessions), in the order it takes them.
     router_acks: Vec<Packet>,
     /// MQTT 5: acknowledgements of the router's QoS 1/2 forwards, in forward order, and of its
@@ -214,12 +218,12 @@ pub(crate) struct Session {
     release_order: VecDeque<(u16, Option<Packet>)>,
     /// Forwards the router sent at QoS 2 and the client got at QoS 1: its PUBACK is the
     /// router's PUBREC. (Bounded by the router's in-flight window, and by packet ids.)
-    downgraded: HashSet<u16>,
+    downgraded: PkidSet,
     /// QoS 2 forwards whose PUBREL the edge answers for the client.
-    completing: HashSet<u16>,
+    completing: PkidSet,
     /// MQTT 5 SUBSCRIBEs sent to the router a filter at a time (each with its own options):
     /// the SUBACKs still to come, and the codes so far.
-    split_subacks: HashMap<u16, (usize, Vec<SubscribeReasonCode>)>,
+    split_subacks: PkidMap<(usize, Vec<SubscribeReasonCode>)>,
     /// MQTT 5: the server topic aliases of this connection, if the client takes any.
     aliases: Option<TopicAliases>,
     /// Where a forward is encoded before its alias is put in (reused: no allocation per
@@ -377,22 +381,23 @@ impl Session {
             link_rx: admitted.link_rx,
             ctx: admitted.ctx,
             _permit: admitted.permit,
-            qos1: HashSet::new(),
+            qos1: PkidSet::default(),
             qos2_routing: 0,
-            qos2: HashMap::new(),
-            held_back: HashMap::new(),
+            qos2: PkidMap::default(),
+            held_back: PkidMap::default(),
             rate,
             delivered: 0,
             last_heard: Instant::now(),
             conn,
             kick,
-            subscribing: HashMap::new(),
+            subscribing: PkidMap::default(),
             forwarded: Vec::new(),
             acked: Vec::new(),
             origin,
             stamps: v5::StampBuffers::default(),
             may_no_local: admitted.session_present,
             restore,
+            router_ids: HashSet::new(),
             client_max_packet: admitted
                 .client_max_packet
                 .and_then(|max| usize::try_from(max).ok())
@@ -400,13 +405,13 @@ impl Session {
             session_expiry: admitted.session_expiry,
             client_receive_max: usize::from(admitted.client_receive_max.unwrap_or(u16::MAX).max(1)),
             inflight_out: 0,
-            waiting_out: VecDeque::new(),
+            waiting_out: Waiting::default(),
             router_acks: Vec::new(),
             ack_order: VecDeque::new(),
             release_order: VecDeque::new(),
-            downgraded: HashSet::new(),
-            completing: HashSet::new(),
-            split_subacks: HashMap::new(),
+            downgraded: PkidSet::default(),
+            completing: PkidSet::default(),
+            split_subacks: PkidMap::default(),
             aliases,
             scratch: BytesMut::new(),
         }
@@ -510,11 +515,17 @@ impl Session {
 
     async fn pump(&mut self, io: &mut Box<dyn Stream>, buf: &mut BytesMut) -> End {
         let mut out = BytesMut::with_capacity(4096);
-        // A resumed MQTT 5 session's filters get their options back (see `expiry`).
+        // A resumed MQTT 5 session's filters get their options back (see `expiry`); the
+        // router has the filters, and those with the default options need nothing else.
         if !self.restore.is_empty() {
+            let default = v5::Options::default().encode();
             let packets = std::mem::take(&mut self.restore)
                 .into_iter()
-                .map(|(path, id, qos)| restore_subscribe(path, id, qos))
+                .filter(|(_, id, _)| *id != default)
+                .map(|(path, id, qos)| {
+                    self.router_ids.insert(path.clone());
+                    restore_subscribe(path, id, qos)
+                })
                 .collect();
             if let Err(why) = self.forward(packets).await {
                 return End::Lost(why);
@@ -577,12 +588,9 @@ impl Session {
                         }
                         // MQTT 5 acknowledgements go to the router at once, in their order
                         // (not behind publishes waiting to be stored).
-                        if !self.router_acks.is_empty() {
-                            let acks = std::mem::take(&mut self.router_acks);
-                            if let Err(why) = self.forward(acks).await {
-                                let _ = self.send(io, &mut out).await;
-                                return End::Lost(why);
-                            }
+                        if let Err(why) = self.forward_acks().await {
+                            let _ = self.send(io, &mut out).await;
+                            return End::Lost(why);
                         }
                         if let Err(end) = self.send(io, &mut out).await {
                             return end;
@@ -654,12 +662,9 @@ impl Session {
                             }
                         }
                         // What the edge acknowledges for the client goes to the router at once.
-                        if !self.router_acks.is_empty() {
-                            let acks = std::mem::take(&mut self.router_acks);
-                            if let Err(why) = self.forward(acks).await {
-                                let _ = self.send(io, &mut out).await;
-                                return End::Lost(why);
-                            }
+                        if let Err(why) = self.forward_acks().await {
+                            let _ = self.send(io, &mut out).await;
+                            return End::Lost(why);
                         }
                         if self.delivered > 0 {
                             metrics::counter!(metric::MESSAGES_OUT_TOTAL)
@@ -1014,6 +1019,8 @@ impl Session {
                         self.ctx.lag.unsubscribed(&self.key, self.conn, filter);
                         if self.codec == Codec::V5 {
                             self.ctx.forget_subscription(&self.key, filter);
+                            // The router drops its id with the filter.
+                            self.router_ids.remove(filter);
                         }
                     }
                     to_router.push(packet);
@@ -1040,6 +1047,20 @@ impl Session {
             return Ok(());
         };
         self.link_tx.buffer().extend(packets);
+        self.link_tx
+            .send(last)
+            .await
+            .map(drop)
+            .map_err(|e| format!("router link: {e}"))
+    }
+
+    /// Sends the acknowledgements waiting for the router, as [`Session::forward`] does, keeping
+    /// their buffer for the next ones (a new one for every batch cost an allocation).
+    async fn forward_acks(&mut self) -> Result<(), String> {
+        let Some(last) = self.router_acks.pop() else {
+            return Ok(());
+        };
+        self.link_tx.buffer().extend(self.router_acks.drain(..));
         self.link_tx
             .send(last)
             .await
@@ -1132,7 +1153,10 @@ impl Session {
 
     /// An MQTT 5 SUBSCRIBE as the router gets it: a SUBSCRIBE per filter, each with the
     /// filter's options in its subscription id (see [`v5::Options`]); their SUBACKs are put
-    /// together again into one.
+    /// together again into one. A filter with the default options goes without an id unless
+    /// the router holds one for it from before (which only an id replaces): rumqttd pushes
+    /// a filter's id onto every publish it forwards, an allocation per message (about 300
+    /// instructions, callgrind), and a publish without one is delivered with the defaults.
     fn split_subscribe(&mut self, subscribe: Subscribe, id: Option<usize>) -> Vec<Packet> {
         let pkid = subscribe.pkid;
         self.split_subacks
@@ -1161,8 +1185,13 @@ impl Session {
                     options.encode(),
                     filter.qos as u8,
                 );
+                let with_id =
+                    options != v5::Options::default() || self.router_ids.contains(&filter.path);
+                if with_id {
+                    self.router_ids.insert(filter.path.clone());
+                }
                 let properties = SubscribeProperties {
-                    id: Some(options.encode()),
+                    id: with_id.then(|| options.encode()),
                     user_properties: Vec::new(),
                 };
                 let one = Subscribe {
@@ -1364,7 +1393,8 @@ impl Session {
             // The client's Receive Maximum: past it, the publish waits (in order) for one of
             // those in flight to be acknowledged.
             if self.inflight_out >= self.client_receive_max || !self.waiting_out.is_empty() {
-                self.waiting_out.push_back(out.split_off(start));
+                self.waiting_out.push(&out[start..]);
+                out.truncate(start);
             } else {
                 self.inflight_out += 1;
             }
@@ -1410,12 +1440,13 @@ impl Session {
     fn client_done(&mut self, out: &mut BytesMut) {
         self.inflight_out = self.inflight_out.saturating_sub(1);
         while self.inflight_out < self.client_receive_max
-            && let Some(next) = self.waiting_out.pop_front()
+            && let Some(next) = self.waiting_out.front()
         {
             match self.aliases.as_mut() {
-                Some(aliases) => aliases.put(&next, self.client_max_packet, out),
-                None => out.extend_from_slice(&next),
+                Some(aliases) => aliases.put(next, self.client_max_packet, out),
+                None => out.extend_from_slice(next),
             }
+            self.waiting_out.pop();
             self.inflight_out += 1;
         }
     }
@@ -1501,6 +1532,39 @@ impl Session {
     fn disconnect_with(&self, out: &mut BytesMut, reason_code: DisconnectReasonCode) {
         if self.codec == Codec::V5 {
             self.write(Packet::Disconnect(Disconnect { reason_code }, None), out);
+        }
+    }
+}
+
+/// Publishes written for an MQTT 5 client, waiting for room under its Receive Maximum, in
+/// order: their frames one after the other in one buffer. A buffer per frame (split off the
+/// write buffer) cost two allocations per waiting publish, one for it and one for the write
+/// buffer it was taken from.
+#[derive(Debug, Default)]
+struct Waiting {
+    frames: BytesMut,
+    lens: VecDeque<usize>,
+}
+
+impl Waiting {
+    fn is_empty(&self) -> bool {
+        self.lens.is_empty()
+    }
+
+    fn push(&mut self, frame: &[u8]) {
+        self.frames.extend_from_slice(frame);
+        self.lens.push_back(frame.len());
+    }
+
+    /// The first waiting frame.
+    fn front(&self) -> Option<&[u8]> {
+        self.lens.front().map(|len| &self.frames[..*len])
+    }
+
+    /// Drops the first waiting frame.
+    fn pop(&mut self) {
+        if let Some(len) = self.lens.pop_front() {
+            self.frames.advance(len);
         }
     }
 }
