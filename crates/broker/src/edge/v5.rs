@@ -22,7 +22,8 @@
 //!   bytes out as they are, without decoding them again per subscriber. A publish with
 //!   nothing of its own gets the **compact stamp**, the indicator alone: a 3.1.1 client's,
 //!   the gateway's own, and an MQTT 5 client's without properties.
-//! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client:
+//! - an **internal subscription id**, which the edge gives each filter of an MQTT 5 client
+//!   whose options are not the defaults (a forward without one is delivered with those):
 //!   it holds the filter's options (No Local, Retain As Published, whether its retained
 //!   messages are sent) and the client's own subscription id, if any. The router keeps it
 //!   with the connection only, not with a stored session: the edge remembers each session's
