@@ -296,7 +296,8 @@ pub(crate) fn complete_publish(
         start + old_header..start + parts.pkid.end,
         start + parts.properties.start..start + parts.properties.end,
     );
-    // Most often nothing moves: a small publish's lengths keep their size.
+    // Most often nothing moves: a small publish's lengths keep their size. (The topic never
+    // moves further than the properties: `topic_shift <= properties_shift`.)
     if properties_shift > 0 {
         out.resize(out.len() + properties_shift, 0);
         if !properties.is_empty() {

@@ -42,15 +42,29 @@ impl Hasher for PkidHasher {
 
 #[cfg(test)]
 mod tests {
+    use std::hash::BuildHasher as _;
+
     use super::*;
 
-    #[test]
-    fn every_packet_id_is_its_own_key() {
-        let mut set = PkidSet::default();
-        for id in 0..=u16::MAX {
-            assert!(set.insert(id));
+    /// Bucket (of a 128-bucket table, as hashbrown takes it from the low bits) -> ids in it.
+    fn fullest_bucket(ids: impl Iterator<Item = u16>) -> usize {
+        let build = BuildHasherDefault::<PkidHasher>::default();
+        let mut buckets = [0usize; 128];
+        for id in ids {
+            buckets[(build.hash_one(id) & 127) as usize] += 1;
         }
-        assert_eq!(set.len(), 65_536);
+        buckets.into_iter().max().unwrap_or(0)
+    }
+
+    #[test]
+    fn packet_ids_spread_over_a_table() {
+        let build = BuildHasherDefault::<PkidHasher>::default();
+        let hashes: HashSet<u64> = (0..=u16::MAX).map(|id| build.hash_one(id)).collect();
+        assert_eq!(hashes.len(), 65_536, "no two ids share a hash");
+        // A window of consecutive ids, as a client numbers them.
+        assert!(fullest_bucket(1..=100) <= 3);
+        // Ids that share their low bits, which an unmixed hash would put in one bucket.
+        assert!(fullest_bucket((0..=u16::MAX).step_by(128)) <= 8);
         let mut map = PkidMap::default();
         map.insert(7, "seven");
         map.insert(7 + 1024, "another");
